@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Q, QuerySet
+from django.forms import BaseInlineFormSet, ModelForm
+from django.http import HttpRequest
+from django.utils import timezone
+
+from . import keys, services
+from .models import ApiKey, Membership, Tenant
+
+
+def show_new_key(request: HttpRequest, key: ApiKey, secret: str) -> None:
+    # Messages use cookie storage (settings.MESSAGE_STORAGE), so the plaintext never reaches the database.
+    messages.warning(request, f"New key for {key.tenant} “{key.name}”: {secret} — copy it now, it will not be shown again.")
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    extra = 0
+    can_delete = False
+    fields = ["name", "masked", "key_status", "expires_at", "allowed_models", "created_at", "last_used_at"]
+    readonly_fields = ["masked", "key_status", "created_at", "last_used_at"]
+    ordering = ["-created_at"]
+    show_change_link = True
+
+    @admin.display(description="status")
+    def key_status(self, key: ApiKey) -> str:
+        return key.status() if key.pk else "new"
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "timezone", "is_active", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [MembershipInline, ApiKeyInline]
+    show_full_result_count = False
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and "is_active" in form.changed_data:
+            services.forget_tenant_keys(tenant=obj)
+
+    def save_formset(self, request: HttpRequest, form: ModelForm, formset: BaseInlineFormSet, change: bool) -> None:
+        if formset.model is not ApiKey:
+            super().save_formset(request, form, formset, change)
+            return
+        for key in formset.save(commit=False):
+            if key.pk is None:
+                created, secret = services.issue_key(
+                    tenant=form.instance,
+                    name=key.name,
+                    created_by=request.user,
+                    expires_at=key.expires_at,
+                    allowed_models=key.allowed_models,
+                )
+                show_new_key(request, created, secret)
+            else:
+                key.save()
+                keys.forget(key.prefix)
+
+
+class KeyStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
+        now = timezone.now()
+        if self.value() == "active":
+            return queryset.active(now)  # type: ignore[attr-defined]
+        if self.value() == "expired":
+            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["masked", "name", "tenant", "key_status", "created_at", "expires_at", "last_used_at"]
+    list_select_related = ["tenant"]
+    list_filter = [KeyStatusFilter]
+    search_fields = ["=prefix", "name", "tenant__slug", "tenant__name"]
+    autocomplete_fields = ["tenant"]
+    actions = ["revoke_selected", "rotate_selected"]
+    ordering = ["-created_at"]
+    show_full_result_count = False
+    readonly_fields = ["masked", "created_by", "created_at", "last_used_at", "revoked_at", "rotated_from"]
+
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        if obj is None:
+            return ["tenant", "name", "expires_at", "allowed_models"]
+        return ["tenant", "name", "masked", "expires_at", "allowed_models", *self.readonly_fields[1:]]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        return [*self.readonly_fields, "tenant"] if obj else []
+
+    def has_delete_permission(self, request: HttpRequest, obj: ApiKey | None = None) -> bool:
+        return False  # usage rows point at keys: revoke instead
+
+    @admin.display(description="status")
+    def key_status(self, key: ApiKey) -> str:
+        return key.status()
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[ApiKey], search_term: str
+    ) -> tuple[QuerySet[ApiKey], bool]:
+        # A whole pasted key finds its row by prefix; the secret part is never compared here.
+        prefix = search_term.strip().removeprefix("tg-").split("-")[0]
+        if search_term.strip().startswith("tg-") and prefix:
+            return queryset.filter(Q(prefix=prefix)), False
+        return super().get_search_results(request, queryset, search_term)
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: ModelForm, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            keys.forget(obj.prefix)
+            return
+        created, secret = services.issue_key(
+            tenant=obj.tenant,
+            name=obj.name,
+            created_by=request.user,
+            expires_at=obj.expires_at,
+            allowed_models=obj.allowed_models,
+        )
+        obj.pk, obj.prefix, obj.created_at = created.pk, created.prefix, created.created_at
+        show_new_key(request, created, secret)
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = 0
+        for key in queryset.filter(revoked_at__isnull=True):
+            try:
+                services.revoke_key(key=key)
+                revoked += 1
+            except services.KeyNotActive:
+                pass
+        self.message_user(request, f"Revoked {revoked} key(s).")
+
+    @admin.action(description="Rotate selected keys (revoke and issue a replacement)")
+    def rotate_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for key in queryset.select_related("tenant"):
+            try:
+                created, secret = services.rotate_key(key=key, created_by=request.user)
+            except (services.KeyNotActive, ValidationError) as e:
+                self.message_user(request, f"{key.masked} was not rotated: {'; '.join(_messages(e))}", messages.ERROR)
+                continue
+            show_new_key(request, created, secret)
+
+
+def _messages(error: Exception) -> list[str]:
+    return error.messages if isinstance(error, ValidationError) else [str(error)]

@@ -1,0 +1,159 @@
+"""API key format, digests, and the cached key lookup behind /v1 authentication.
+
+A key looks like ``tg-<prefix>-<secret>``. The prefix is a public id stored in clear (indexed, safe to
+show and search); the database keeps only an HMAC-SHA256 of the whole key under a server pepper, so a
+leaked table cannot be replayed. The ``tg-`` start lets secret scanners recognise our keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import string
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.cache import caches
+from django.db.models import Q
+from django.utils import timezone
+
+from .models import ApiKey
+
+PREFIX_LENGTH = 12
+SECRET_LENGTH = 40
+_SECRET_ALPHABET = string.ascii_letters + string.digits
+_KEY_RE = re.compile(rf"tg-([0-9a-f]{{{PREFIX_LENGTH}}})-([A-Za-z0-9]{{{SECRET_LENGTH}}})")
+_MISSING = "missing"  # cached for unknown prefixes, so garbage keys do not reach the database each time
+
+
+class KeyRejected(Exception):
+    """A presented key cannot be used. ``reason`` is one of the class constants."""
+
+    MALFORMED, UNKNOWN, REVOKED, EXPIRED, TENANT_INACTIVE = "malformed", "unknown", "revoked", "expired", "tenant_inactive"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Minted:
+    secret: str
+    prefix: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling /v1: everything later steps need, without touching the database."""
+
+    key_id: int
+    key_prefix: str
+    tenant_id: int
+    tenant_slug: str
+    allowed_models: tuple[str, ...]
+
+    def may_use(self, model: str) -> bool:
+        return not self.allowed_models or model in self.allowed_models
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What the key cache holds for one prefix."""
+
+    caller: Caller
+    digest: str
+    revoked_at: datetime | None
+    expires_at: datetime | None
+    tenant_active: bool
+    last_used_at: datetime | None
+
+
+def digest(presented: str) -> str:
+    return hmac.new(settings.TOLLGATE_KEY_PEPPER.encode(), presented.encode(), hashlib.sha256).hexdigest()
+
+
+def mint() -> Minted:
+    """Return a new random key, its public prefix and its digest."""
+    prefix = secrets.token_hex(PREFIX_LENGTH // 2)
+    secret = f"tg-{prefix}-" + "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(SECRET_LENGTH))
+    return Minted(secret=secret, prefix=prefix, digest=digest(secret))
+
+
+def parse_prefix(presented: str) -> str | None:
+    """Return the public prefix of a well-formed key, or None."""
+    match = _KEY_RE.fullmatch(presented)
+    return match.group(1) if match else None
+
+
+def cache_key(prefix: str) -> str:
+    return f"apikey:{prefix}"
+
+
+def forget(prefix: str) -> None:
+    caches["default"].delete(cache_key(prefix))
+
+
+def forget_many(prefixes: list[str]) -> None:
+    caches["default"].delete_many([cache_key(prefix) for prefix in prefixes])
+
+
+def lookup(presented: str, *, now: datetime | None = None) -> Caller:
+    """Return the Caller for a presented key. Raises KeyRejected. Cache first: 0 queries warm, 1 cold."""
+    prefix = parse_prefix(presented)
+    if prefix is None:
+        raise KeyRejected(KeyRejected.MALFORMED)
+    now = now or timezone.now()
+    cache = caches["default"]
+    record = cache.get(cache_key(prefix))
+    if record is None:
+        record = load_record(prefix) or _MISSING
+        cache.set(cache_key(prefix), record, settings.TOLLGATE_KEY_CACHE_SECONDS)
+        cold = True
+    else:
+        cold = False
+    if record == _MISSING or not hmac.compare_digest(record.digest, digest(presented)):
+        raise KeyRejected(KeyRejected.UNKNOWN)
+    if record.revoked_at is not None:
+        raise KeyRejected(KeyRejected.REVOKED)
+    if record.expires_at is not None and record.expires_at <= now:
+        raise KeyRejected(KeyRejected.EXPIRED)
+    if not record.tenant_active:
+        raise KeyRejected(KeyRejected.TENANT_INACTIVE)
+    if cold:
+        touch_if_stale(record, now)
+    return record.caller
+
+
+def load_record(prefix: str) -> KeyRecord | None:
+    key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
+    if key is None:
+        return None
+    caller = Caller(
+        key_id=key.pk,
+        key_prefix=key.prefix,
+        tenant_id=key.tenant_id,
+        tenant_slug=key.tenant.slug,
+        allowed_models=tuple(key.allowed_models or ()),
+    )
+    return KeyRecord(
+        caller=caller,
+        digest=key.digest,
+        revoked_at=key.revoked_at,
+        expires_at=key.expires_at,
+        tenant_active=key.tenant.is_active,
+        last_used_at=key.last_used_at,
+    )
+
+
+def touch_if_stale(record: KeyRecord, now: datetime) -> None:
+    # Only on a cold lookup, and only when the stored time is older than the touch interval: the
+    # warm path never writes, so last_used_at costs at most one UPDATE per key per interval.
+    cutoff = now - timedelta(seconds=settings.TOLLGATE_KEY_TOUCH_SECONDS)
+    if record.last_used_at is not None and record.last_used_at > cutoff:
+        return
+    stale = Q(last_used_at__isnull=True) | Q(last_used_at__lte=cutoff)
+    ApiKey.objects.filter(stale, pk=record.caller.key_id).update(last_used_at=now)

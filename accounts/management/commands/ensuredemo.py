@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+
+from accounts import services
+from accounts.models import ApiKey, Membership, Tenant
+
+DEMO_SLUG = "demo"
+DEMO_KEY_NAME = "demo key"
+
+SNIPPET = """\
+    pip install openai
+
+    from openai import OpenAI
+    client = OpenAI(base_url="{base_url}/v1", api_key="{secret}")
+    stream = client.chat.completions.create(
+        model="demo", messages=[{{"role": "user", "content": "Hello!"}}], stream=True)
+    for chunk in stream:
+        if chunk.choices:
+            print(chunk.choices[0].delta.content or "", end="", flush=True)
+"""
+
+
+class Command(BaseCommand):
+    help = (
+        "Make sure the demo tenant, an admin user and one demo key exist; print the admin URL, the key and an "
+        "SDK snippet. The previous demo key is rotated, because a key can only be shown when it is issued."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+
+    @transaction.atomic
+    def handle(self, *args: Any, **options: Any) -> None:
+        base_url = options["base_url"].rstrip("/")
+        tenant = Tenant.objects.filter(slug=DEMO_SLUG).first() or services.create_tenant(name="Demo", slug=DEMO_SLUG)
+        admin_line = self.ensure_admin(tenant)
+        current = ApiKey.objects.for_tenant(tenant).active().filter(name=DEMO_KEY_NAME).first()
+        if current is None:
+            key, secret = services.issue_key(tenant=tenant, name=DEMO_KEY_NAME)
+        else:
+            key, secret = services.rotate_key(key=current)
+        self.stdout.write(f"Admin:    {base_url}/admin/  ({admin_line})")
+        self.stdout.write(f"Demo key: {secret}  (tenant {tenant.slug}; rotated at every start)")
+        self.stdout.write("Try it with the OpenAI SDK:\n" + SNIPPET.format(base_url=base_url, secret=secret))
+
+    def ensure_admin(self, tenant: Tenant) -> str:
+        User = get_user_model()
+        admin = User.objects.filter(is_superuser=True).order_by("pk").first()
+        if admin is not None:
+            return f"user {admin.get_username()}; reset with `manage.py changepassword {admin.get_username()}`"
+        password = secrets.token_urlsafe(12)
+        admin = User.objects.create_superuser("admin", "admin@localhost", password)
+        services.add_member(tenant=tenant, user=admin, role=Membership.Role.OWNER)
+        return f"user admin, password {password} — shown this once"

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from . import keys
+from .models import ApiKey, Membership, Tenant
+
+logger = logging.getLogger(__name__)
+
+
+class KeyNotActive(Exception):
+    """The key is already revoked, so it cannot be revoked or rotated again."""
+
+
+def create_tenant(
+    *, name: str, slug: str, timezone_name: str = "UTC", contact_emails: Iterable[str] = ()
+) -> Tenant:
+    """Create and return a validated tenant. Raises ValidationError on bad fields."""
+    tenant = Tenant(name=name, slug=slug, timezone=timezone_name, contact_emails=", ".join(contact_emails))
+    tenant.full_clean()
+    tenant.save()
+    logger.info("tenant created: %s", tenant.slug)
+    return tenant
+
+
+def add_member(*, tenant: Tenant, user: AbstractBaseUser, role: str = Membership.Role.MEMBER) -> Membership:
+    """Return the user's membership of the tenant, creating it or updating its role."""
+    membership, _ = Membership.objects.update_or_create(tenant=tenant, user=user, defaults={"role": role})
+    return membership
+
+
+def issue_key(
+    *,
+    tenant: Tenant,
+    name: str,
+    created_by: AbstractBaseUser | None = None,
+    expires_at: datetime | None = None,
+    allowed_models: list[str] | None = None,
+    rotated_from: ApiKey | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key. Returns the row and the plaintext, which is shown once and never stored."""
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry time must be in the future."})
+    minted = keys.mint()
+    key = ApiKey(
+        tenant=tenant,
+        name=name,
+        prefix=minted.prefix,
+        digest=minted.digest,
+        created_by=created_by,
+        expires_at=expires_at,
+        allowed_models=list(allowed_models or []),
+        rotated_from=rotated_from,
+    )
+    key.full_clean(exclude=["digest", "prefix", "rotated_from"])
+    key.save()
+    # An unknown prefix may sit in the cache as "missing"; drop it so the new key works at once.
+    keys.forget(key.prefix)
+    logger.info("api key issued: tenant=%s prefix=%s", tenant.pk, key.prefix)
+    return key, minted.secret
+
+
+def revoke_key(*, key: ApiKey, now: datetime | None = None) -> ApiKey:
+    """Revoke the key and drop its cache entry. Raises KeyNotActive if it was already revoked."""
+    now = now or timezone.now()
+    # Conditional UPDATE: two operators revoking at once both succeed without overwriting the time.
+    changed = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now)
+    if not changed:
+        raise KeyNotActive(f"{key.masked} is already revoked")
+    key.revoked_at = now
+    keys.forget(key.prefix)
+    # A lookup that raced with this revoke may have re-cached the live row; drop it again after commit.
+    transaction.on_commit(lambda: keys.forget(key.prefix))
+    logger.info("api key revoked: tenant=%s prefix=%s", key.tenant_id, key.prefix)
+    return key
+
+
+@transaction.atomic
+def rotate_key(
+    *, key: ApiKey, created_by: AbstractBaseUser | None = None, now: datetime | None = None
+) -> tuple[ApiKey, str]:
+    """Revoke the key and issue its replacement with the same settings. Returns the new row and plaintext."""
+    revoke_key(key=key, now=now)
+    return issue_key(
+        tenant=key.tenant,
+        name=key.name,
+        created_by=created_by,
+        expires_at=key.expires_at,
+        allowed_models=key.allowed_models,
+        rotated_from=key,
+    )
+
+
+def forget_tenant_keys(*, tenant: Tenant) -> None:
+    """Drop the cached lookups of every key of the tenant, e.g. after it was deactivated."""
+    prefixes = ApiKey.objects.for_tenant(tenant).values_list("prefix", flat=True)
+    keys.forget_many(list(prefixes))

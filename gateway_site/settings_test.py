@@ -1,0 +1,16 @@
+"""Test settings: the real settings plus fast hashing, eager Celery and captured email."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never depend on the developer's secrets; these exist only for the test run.
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key")
+os.environ.setdefault("TOLLGATE_KEY_PEPPER", "test-key-pepper")
+
+from .settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CELERY_TASK_ALWAYS_EAGER = True
+CELERY_TASK_EAGER_PROPAGATES = True
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

@@ -1,0 +1,54 @@
+"""Step one of the /v1 path: the presented key becomes a Caller, cache first."""
+
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest
+
+from accounts.keys import Caller, KeyRejected, lookup
+
+from .errors import AuthenticationFailed, GatewayError, PermissionDenied
+
+# One thread hop per request: the cache read and, when cold, the single key query.
+alookup = sync_to_async(lookup)
+
+# Messages never repeat what the client sent: a mistyped key is still somebody's secret.
+_MESSAGES = {
+    KeyRejected.MALFORMED: "Incorrect API key provided. Tollgate keys look like tg-<id>-<secret>.",
+    KeyRejected.UNKNOWN: "Incorrect API key provided.",
+    KeyRejected.REVOKED: "This API key has been revoked.",
+    KeyRejected.EXPIRED: "This API key has expired.",
+}
+
+
+def presented_key(request: HttpRequest) -> str:
+    """Return the key from `Authorization: Bearer` or `x-api-key`. Raises AuthenticationFailed."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthenticationFailed("Authorization must be 'Bearer <your Tollgate API key>'.")
+        return value.strip()
+    value = request.headers.get("x-api-key", "").strip()
+    if not value:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' or in the x-api-key header."
+        )
+    return value
+
+
+async def authenticate(request: HttpRequest) -> Caller:
+    """Return the Caller for the request's key. Raises a 401/403 GatewayError."""
+    key = presented_key(request)
+    if len(key) > 200:
+        raise AuthenticationFailed(_MESSAGES[KeyRejected.MALFORMED])
+    try:
+        return await alookup(key)
+    except KeyRejected as e:
+        raise rejection(e.reason) from None
+
+
+def rejection(reason: str) -> GatewayError:
+    if reason == KeyRejected.TENANT_INACTIVE:
+        return PermissionDenied("This key's tenant is deactivated. Ask your Tollgate operator.", code="tenant_inactive")
+    return AuthenticationFailed(_MESSAGES[reason])
