@@ -100,7 +100,8 @@ def database_from_url(url: str, *, pool_min: int, pool_max: int) -> dict[str, An
             "OPTIONS": options,
         }
     if parts.scheme == "sqlite":
-        return sqlite_database(Path(unquote(parts.path)))
+        # sqlite:////abs/path.db is absolute, sqlite:///rel/path.db relative (as with dj-database-url).
+        return sqlite_database(Path(unquote(parts.path[1:])))
     raise ImproperlyConfigured(f"DATABASE_URL must start with postgres://, postgresql:// or sqlite://, got {parts.scheme!r}://")
 
 

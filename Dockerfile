@@ -1,0 +1,16 @@
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TOLLGATE_DATA_DIR=/app/var
+WORKDIR /app
+
+COPY requirements/ requirements/
+RUN pip install --no-cache-dir -r requirements/base.txt
+
+COPY . .
+# collectstatic needs settings but no secrets or database: DEBUG supplies throwaway ones for this step only.
+RUN DJANGO_DEBUG=1 python manage.py collectstatic --noinput -v0 \
+    && useradd --system --home /app tollgate && mkdir -p var && chown -R tollgate var
+USER tollgate
+
+EXPOSE 8000
+CMD ["uvicorn", "gateway_site.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--no-access-log", "--lifespan", "off"]

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.cache import caches
+from django.db import connection
+
+from accounts.models import ApiKey, Tenant
+
+from .factories import make_key, make_tenant, make_user
+
+
+@dataclass
+class Party:
+    """A tenant with an owner and one API key: alice is the caller, bob is someone else."""
+
+    tenant: Tenant
+    user: User
+    key: ApiKey
+    secret: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}"}
+
+
+def make_party(slug: str) -> Party:
+    tenant = make_tenant(slug, contact_emails=[f"{slug}@example.com"])
+    user = make_user(slug, tenant=tenant)
+    key, secret = make_key(tenant, name=f"{slug}'s key")
+    return Party(tenant=tenant, user=user, key=key, secret=secret)
+
+
+@pytest.fixture
+def alice(db: None) -> Party:
+    return make_party("alice")
+
+
+@pytest.fixture
+def bob(db: None) -> Party:
+    return make_party("bob")
+
+
+@pytest.fixture(autouse=True)
+def clear_caches() -> Iterator[None]:
+    # Key lookups are cached; a row rolled back by one test must not answer from the cache in the next.
+    for alias in ("default", "limits"):
+        caches[alias].clear()
+    yield
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("needs_redis") and not os.environ.get("REDIS_URL"):
+        pytest.skip("needs REDIS_URL (a real Redis server)")
+    if item.get_closest_marker("needs_postgres") and connection.vendor != "postgresql":
+        pytest.skip("needs DATABASE_URL pointing at PostgreSQL")

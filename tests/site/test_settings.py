@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from gateway_site.settings import BASE_DIR, database_from_url, env_bool, env_int, env_secret, redis_url
+
+
+def test_env_bool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLAG", "Yes")
+    assert env_bool("FLAG", False) is True
+    monkeypatch.setenv("FLAG", "off")
+    assert env_bool("FLAG", True) is False
+    monkeypatch.delenv("FLAG")
+    assert env_bool("FLAG", True) is True
+    monkeypatch.setenv("FLAG", "maybe")
+    with pytest.raises(ImproperlyConfigured, match="FLAG"):
+        env_bool("FLAG", False)
+
+
+def test_env_int(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COUNT", "12")
+    assert env_int("COUNT", 1) == 12
+    monkeypatch.setenv("COUNT", "twelve")
+    with pytest.raises(ImproperlyConfigured, match="COUNT must be a whole number"):
+        env_int("COUNT", 1)
+    monkeypatch.setenv("COUNT", "-1")
+    with pytest.raises(ImproperlyConfigured, match="COUNT must be at least 0"):
+        env_int("COUNT", 1)
+
+
+def test_env_secret_reads_value_or_file_and_needs_one_outside_debug(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("SOME_SECRET", raising=False)
+    monkeypatch.delenv("SOME_SECRET_FILE", raising=False)
+    with pytest.raises(ImproperlyConfigured, match="SOME_SECRET"):
+        env_secret("SOME_SECRET", dev_default="dev")
+    assert env_secret("SOME_SECRET", dev_default="dev", debug=True) == "dev"
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file\n")
+    monkeypatch.setenv("SOME_SECRET_FILE", str(secret_file))
+    assert env_secret("SOME_SECRET") == "from-a-file"
+    monkeypatch.setenv("SOME_SECRET", "also-set")
+    with pytest.raises(ImproperlyConfigured, match="either SOME_SECRET or SOME_SECRET_FILE"):
+        env_secret("SOME_SECRET")
+    monkeypatch.delenv("SOME_SECRET")
+    monkeypatch.setenv("SOME_SECRET_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ImproperlyConfigured, match="SOME_SECRET_FILE"):
+        env_secret("SOME_SECRET")
+
+
+def test_database_url_postgres_uses_the_pool() -> None:
+    db = database_from_url("postgres://tg:p%40ss@db.internal:6432/tollgate?sslmode=require", pool_min=2, pool_max=8)
+    assert db["ENGINE"] == "django.db.backends.postgresql"
+    assert (db["NAME"], db["USER"], db["PASSWORD"], db["HOST"], db["PORT"]) == ("tollgate", "tg", "p@ss", "db.internal", "6432")
+    assert db["CONN_MAX_AGE"] == 0
+    assert db["OPTIONS"]["pool"]["max_size"] == 8 and db["OPTIONS"]["sslmode"] == "require"
+
+
+def test_database_url_sqlite_and_bad_urls() -> None:
+    db = database_from_url("sqlite:////tmp/x.sqlite3", pool_min=1, pool_max=1)
+    assert db["NAME"] == "/tmp/x.sqlite3" and db["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+    with pytest.raises(ImproperlyConfigured, match="DATABASE_URL must start with"):
+        database_from_url("mysql://root@localhost/db", pool_min=1, pool_max=1)
+    with pytest.raises(ImproperlyConfigured, match="DATABASE_URL must name a database"):
+        database_from_url("postgres://localhost", pool_min=1, pool_max=1)
+
+
+def test_redis_url_must_be_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOME_REDIS", "http://localhost:6379")
+    with pytest.raises(ImproperlyConfigured, match="SOME_REDIS"):
+        redis_url("SOME_REDIS")
+
+
+def start_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Load the real settings in a fresh interpreter, as a server process would."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "TOLLGATE_", "DATABASE_URL", "REDIS_URL"))}
+    clean.update({"DJANGO_SETTINGS_MODULE": "gateway_site.settings", "TOLLGATE_DATA_DIR": "/tmp/tollgate-settings-test"})
+    clean.update(env)
+    code = "import django; django.setup(); print('ok')"
+    return subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=clean, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "env, variable",
+    [
+        ({}, "DJANGO_SECRET_KEY"),
+        ({"DJANGO_SECRET_KEY": "s"}, "TOLLGATE_KEY_PEPPER"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_KEY_CACHE_SECONDS": "soon"}, "TOLLGATE_KEY_CACHE_SECONDS"),
+        ({"DJANGO_DEBUG": "perhaps"}, "DJANGO_DEBUG"),
+        ({"DJANGO_DEBUG": "1", "DATABASE_URL": "oracle://x/y"}, "DATABASE_URL"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_LOG_LEVEL": "LOUD"}, "TOLLGATE_LOG_LEVEL"),
+    ],
+)
+def test_bad_configuration_stops_startup_naming_the_variable(env: dict[str, str], variable: str) -> None:
+    result = start_with(env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and variable in result.stderr
+
+
+def test_debug_alone_starts_with_development_defaults() -> None:
+    result = start_with({"DJANGO_DEBUG": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
