@@ -265,6 +265,13 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 TOLLGATE_KEY_CACHE_SECONDS = env_int("TOLLGATE_KEY_CACHE_SECONDS", 30)
 # last_used_at is written at most this often per key.
 TOLLGATE_KEY_TOUCH_SECONDS = env_int("TOLLGATE_KEY_TOUCH_SECONDS", 60, minimum=1)
+# The /v1 path: largest accepted body, how long each process keeps its routing table, the demo's pacing.
+TOLLGATE_MAX_BODY_BYTES = env_int("TOLLGATE_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = TOLLGATE_MAX_BODY_BYTES
+TOLLGATE_ROUTES_CACHE_SECONDS = env_int("TOLLGATE_ROUTES_CACHE_SECONDS", 10)
+TOLLGATE_DEMO_TOKEN_DELAY_MS = env_int("TOLLGATE_DEMO_TOKEN_DELAY_MS", 30)
+# Provider API keys are encrypted at rest with this secret (SECRET_KEY when unset).
+TOLLGATE_CREDENTIALS_KEY = env_secret("TOLLGATE_CREDENTIALS_KEY", dev_default=SECRET_KEY, debug=True)
 TOLLGATE_PUBLIC_URL = os.environ.get("TOLLGATE_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 
 LOG_LEVEL = os.environ.get("TOLLGATE_LOG_LEVEL", "INFO").strip().upper()

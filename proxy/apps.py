@@ -1,8 +1,23 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
+from django.db.models.signals import post_delete, post_save
+
+
+def _drop_routing_table(**_: Any) -> None:
+    from . import routing
+
+    routing.invalidate()
 
 
 class ProxyConfig(AppConfig):
     name = "proxy"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        for model_name in ("Provider", "ModelRoute", "Deployment"):
+            model = self.get_model(model_name)
+            post_save.connect(_drop_routing_table, sender=model, dispatch_uid=f"routing-{model_name}-save")
+            post_delete.connect(_drop_routing_table, sender=model, dispatch_uid=f"routing-{model_name}-delete")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 from django.http import JsonResponse
 
 
 class GatewayError(Exception):
     status, type, code = 400, "invalid_request_error", None
+    end_reason = "rejected"  # what the usage row says when this error ends a request
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -16,6 +19,9 @@ class GatewayError(Exception):
 
     def envelope(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def sse_event(self) -> bytes:
+        return b"data: " + json.dumps(self.envelope()).encode() + b"\n\n"
 
     def headers(self) -> dict[str, str]:
         return {}
@@ -36,9 +42,36 @@ class NotFound(GatewayError):
     status, code = 404, "not_found"
 
 
+class ModelNotFound(GatewayError):
+    status, code = 404, "model_not_found"
+
+
 class MethodNotAllowed(GatewayError):
     status, code = 405, "method_not_allowed"
 
 
+class PayloadTooLarge(GatewayError):
+    status, code = 413, "request_too_large"
+
+
 class ServerError(GatewayError):
     status, type, code = 500, "server_error", "internal_error"
+    end_reason = "upstream_error"
+
+
+class ProviderError(GatewayError):
+    """The upstream failed. ``permanent`` errors are not retried on another deployment."""
+
+    type, end_reason = "upstream_error", "upstream_error"
+
+    def __init__(
+        self, message: str, *, status: int, code: str, permanent: bool, retry_after: str | None = None,
+        end_reason: str = "upstream_error",
+    ) -> None:
+        super().__init__(message, code=code)
+        self.status, self.permanent, self.retry_after, self.end_reason = status, permanent, retry_after, end_reason
+        if status < 500:
+            self.type = "invalid_request_error" if status != 429 else "rate_limit_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": self.retry_after} if self.retry_after else {}

@@ -1,10 +1,97 @@
+"""The /v1 endpoints: authenticate -> gate -> route -> stream -> record, as plain async views."""
+
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponseBase
+import asyncio
+import logging
+
+from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from . import routing, sse
 from .auth import authenticate
-from .errors import GatewayError, NotFound
+from .errors import GatewayError, MethodNotAllowed, NotFound, ServerError
+from .limits import check_limits
+from .metering import Meter
+from .parsing import parse
+from .providers.base import CHAT, COMPLETIONS, EMBEDDINGS
+from .streaming import first_completion, open_first, relay_stream
+
+logger = logging.getLogger(__name__)
+
+
+async def relay(request: HttpRequest, endpoint: str) -> HttpResponseBase:
+    meter = Meter(endpoint)
+    try:
+        if request.method != "POST":
+            raise MethodNotAllowed(f"Use POST for /v1/{'chat/completions' if endpoint == CHAT else endpoint}.")
+        meter.caller = await authenticate(request)
+        meter.body = body = parse(request, endpoint)
+        targets = await routing.route(meter.caller, body.model)
+        await check_limits(meter.caller, body)
+        if body.stream:
+            upstream = await open_first(targets, body, meter)
+            headers = {**sse.HEADERS, "x-request-id": meter.request_id, "x-tollgate-overhead-ms": meter.overhead_ms()}
+            return StreamingHttpResponse(relay_stream(upstream, body, meter), content_type="text/event-stream", headers=headers)
+        completion = await first_completion(targets, body, meter)
+    except GatewayError as e:
+        await meter.record(end_reason=e.end_reason, status=e.status, error_code=e.code or "")
+        return with_ids(e.response(), meter)
+    except asyncio.CancelledError:
+        await meter.record(end_reason="client_gone", status=499)  # left before the provider answered
+        raise
+    except Exception:
+        logger.exception("unexpected error on /v1/%s (request %s)", endpoint, meter.request_id)
+        error = ServerError("Tollgate failed to handle the request. It has been logged.")
+        await meter.record(end_reason=error.end_reason, status=500, error_code=error.code)
+        return with_ids(error.response(), meter)
+    await meter.record(end_reason="complete", status=200)
+    return with_ids(JsonResponse(completion.payload), meter)
+
+
+def with_ids(response: HttpResponseBase, meter: Meter) -> HttpResponseBase:
+    response["x-request-id"] = meter.request_id
+    response["x-tollgate-overhead-ms"] = meter.overhead_ms()
+    return response
+
+
+@csrf_exempt
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    return await relay(request, CHAT)
+
+
+@csrf_exempt
+async def completions(request: HttpRequest) -> HttpResponseBase:
+    return await relay(request, COMPLETIONS)
+
+
+@csrf_exempt
+async def embeddings(request: HttpRequest) -> HttpResponseBase:
+    return await relay(request, EMBEDDINGS)
+
+
+def model_object(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "tollgate"}
+
+
+async def models_list(request: HttpRequest) -> HttpResponseBase:
+    try:
+        caller = await authenticate(request)
+        names = [name for name in (await routing.table()).models if caller.may_use(name)]
+    except GatewayError as e:
+        return e.response()
+    return JsonResponse({"object": "list", "data": [model_object(name) for name in names]})
+
+
+async def model_detail(request: HttpRequest, model: str) -> HttpResponseBase:
+    try:
+        caller = await authenticate(request)
+        targets = await routing.route(caller, model)
+    except GatewayError as e:
+        if isinstance(e, routing.PermissionDenied):  # a model the key may not use does not exist for it
+            e = routing.ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+        return e.response()
+    return JsonResponse(model_object(targets[0].public_model))
 
 
 @csrf_exempt

@@ -9,6 +9,7 @@ from django.db import transaction
 
 from accounts import services
 from accounts.models import ApiKey, Membership, Tenant
+from proxy.services import ensure_demo_route
 
 DEMO_SLUG = "demo"
 DEMO_KEY_NAME = "demo key"
@@ -40,6 +41,7 @@ class Command(BaseCommand):
         base_url = options["base_url"].rstrip("/")
         tenant = Tenant.objects.filter(slug=DEMO_SLUG).first() or services.create_tenant(name="Demo", slug=DEMO_SLUG)
         admin_line = self.ensure_admin(tenant)
+        ensure_demo_route()
         current = ApiKey.objects.for_tenant(tenant).active().filter(name=DEMO_KEY_NAME).first()
         if current is None:
             key, secret = services.issue_key(tenant=tenant, name=DEMO_KEY_NAME)

@@ -1,0 +1,86 @@
+"""Step five: what one request used, written as exactly one ledger row on every exit path."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from asgiref.sync import sync_to_async
+
+from accounts.keys import Caller
+from billing.services import UsageEntry, record_usage
+
+from .providers.base import CHAT, ApiRequest, Chunk, Target, Usage
+
+arecord_usage = sync_to_async(record_usage)
+
+# Writes still running after their request was cancelled; a reference keeps each task alive until done.
+_pending: set[asyncio.Task[object]] = set()
+
+
+class Meter:
+    """Times and usage of one request, filled in as it runs; ``record`` writes them once."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.request_id = uuid.uuid4().hex
+        self.started = time.perf_counter()
+        self.upstream_seconds = 0.0  # time spent waiting on the provider, excluded from our overhead
+        self.first_byte: float | None = None
+        self.usage: Usage | None = None
+        self.texts: list[str] = []
+        self.caller: Caller | None = None
+        self.body: ApiRequest | None = None
+        self.target: Target | None = None
+        self.recorded = False
+
+    def observe(self, chunk: Chunk) -> None:
+        if self.first_byte is None:
+            self.first_byte = time.perf_counter()
+        if chunk.text:
+            self.texts.append(chunk.text)
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+
+    def overhead_ms(self) -> str:
+        return f"{(time.perf_counter() - self.started - self.upstream_seconds) * 1000:.2f}"
+
+    def entry(self, *, end_reason: str, status: int, error_code: str = "") -> UsageEntry:
+        caller, body, target, usage = self.caller, self.body, self.target, self.usage
+        assert caller is not None
+        sent = target is not None and end_reason != "rejected"
+        now = time.perf_counter()
+        return UsageEntry(
+            request_id=self.request_id,
+            tenant_id=caller.tenant_id,
+            key_id=caller.key_id,
+            endpoint=self.endpoint,
+            end_reason=end_reason,
+            status_code=status,
+            error_code=error_code,
+            public_model=target.public_model if target else (body.model if body else ""),
+            provider=target.provider_name if target else "",
+            upstream_model=target.upstream_model if target else "",
+            stream=bool(body and body.stream),
+            # No usage from a provider we did reach: estimate from what was asked and what was delivered.
+            prompt_tokens=usage.prompt_tokens if usage else (None if sent else 0),
+            completion_tokens=usage.completion_tokens if usage else (None if sent else 0),
+            cached_tokens=usage.cached_tokens if usage else 0,
+            prompt_texts=body.prompt_texts() if (body and sent and not usage) else [],
+            completion_text="".join(self.texts) if (sent and not usage) else "",
+            chat=bool(body and body.endpoint == CHAT),
+            latency_ms=round((now - self.started) * 1000),
+            ttfb_ms=round((self.first_byte - self.started) * 1000) if self.first_byte else None,
+        )
+
+    async def record(self, *, end_reason: str, status: int, error_code: str = "") -> None:
+        """Write this request's ledger row once. Survives the request being cancelled again meanwhile."""
+        if self.recorded or self.caller is None:
+            return  # unauthenticated requests belong to no tenant and leave no row
+        self.recorded = True
+        task = asyncio.ensure_future(arecord_usage(entry=self.entry(end_reason=end_reason, status=status, error_code=error_code)))
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+        # A second cancellation (e.g. daphne's application-close timeout) stops this await, not the write.
+        await asyncio.shield(task)

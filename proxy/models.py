@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import os
+import re
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+from . import credentials, providers
+from .providers.compatible import PRESETS
+
+
+def validate_names(value: object) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValidationError('Aliases must be a list of model names, e.g. ["gpt4o", "default"]')
+
+
+class Provider(models.Model):
+    class Kind(models.TextChoices):
+        OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible"
+        ANTHROPIC = "anthropic", "Anthropic"
+        DEMO = "demo", "Built-in demo model"
+
+    name = models.SlugField(max_length=64, unique=True)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    preset = models.CharField(
+        max_length=32, blank=True, choices=[(p, p) for p in PRESETS],
+        help_text="For OpenAI-compatible providers: the vendor, for its default URL and quirks.",
+    )
+    base_url = models.URLField(blank=True, help_text="Leave blank to use the preset's URL.")
+    # Fernet ciphertext; the plaintext is never shown back or logged.
+    credential_encrypted = models.TextField(blank=True, editable=False)
+    credential_env = models.CharField(
+        max_length=128, blank=True, help_text="Or: the name of an environment variable holding the API key."
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.kind == self.Kind.OPENAI_COMPATIBLE and not (self.base_url or PRESETS.get(self.preset or "custom", {}).get("base_url")):
+            raise ValidationError({"base_url": "Give a base URL, or pick a preset that has one."})
+        if self.credential_env and not re.fullmatch(r"[A-Z_][A-Z0-9_]*", self.credential_env):
+            raise ValidationError({"credential_env": "Use an environment variable name such as OPENAI_API_KEY."})
+
+    def set_credential(self, plaintext: str) -> None:
+        self.credential_encrypted = credentials.encrypt(plaintext) if plaintext else ""
+
+    def credential(self) -> str:
+        if self.credential_encrypted:
+            return credentials.decrypt(self.credential_encrypted)
+        return os.environ.get(self.credential_env, "") if self.credential_env else ""
+
+    def resolved_base_url(self) -> str:
+        if self.base_url:
+            return self.base_url
+        if self.kind == self.Kind.ANTHROPIC:
+            return "https://api.anthropic.com"
+        return str(PRESETS.get(self.preset or "custom", {}).get("base_url", ""))
+
+    def quirks(self) -> dict[str, object]:
+        return dict(PRESETS.get(self.preset or "custom", {})) if self.kind == self.Kind.OPENAI_COMPATIBLE else {}
+
+    @property
+    def has_credential(self) -> bool:
+        return bool(self.credential_encrypted or self.credential_env)
+
+
+class ModelRoute(models.Model):
+    name = models.CharField(max_length=200, unique=True, help_text="The model name clients send, e.g. gpt-4o.")
+    aliases = models.JSONField(default=list, blank=True, validators=[validate_names])
+    strip_prefix = models.CharField(
+        max_length=64, blank=True, help_text="Also accept names with this prefix, e.g. 'Proxy/' for Proxy/gpt-4o."
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def public_names(self) -> list[str]:
+        names = [self.name, *self.aliases]
+        return names + [self.strip_prefix + n for n in names] if self.strip_prefix else names
+
+
+class Deployment(models.Model):
+    route = models.ForeignKey(ModelRoute, on_delete=models.CASCADE, related_name="deployments")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="deployments")
+    upstream_model = models.CharField(max_length=200, help_text="The model name the provider knows.")
+    weight = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+    is_active = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return f"{self.route} → {self.provider}/{self.upstream_model}"
+
+    def clean(self) -> None:
+        if self.provider_id and self.provider.kind not in providers.KINDS:
+            raise ValidationError({"provider": "Unknown provider kind."})

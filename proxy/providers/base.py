@@ -1,0 +1,120 @@
+"""What every provider speaks: the request we forward, the chunks we stream back, the usage we record.
+
+HTTP providers are pure translators (``build_request``, ``stream_translator``, ``parse_response``,
+``error_for``); all I/O lives in ``providers/http.py`` and ``proxy/upstream.py``. A provider that
+needs no HTTP (the built-in demo model) implements ``open_stream`` and ``complete`` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from ..errors import ProviderError
+
+JSONDict = dict[str, Any]
+
+CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
+
+
+@dataclass
+class ApiRequest:
+    """A validated /v1 request body. ``data`` is the client's JSON, forwarded as far as the provider allows."""
+
+    endpoint: str  # CHAT, COMPLETIONS or EMBEDDINGS
+    model: str
+    data: JSONDict
+    stream: bool = False
+    include_usage: bool = False  # the client asked for stream_options.include_usage
+    max_tokens: int | None = None
+
+    def prompt_texts(self) -> list[str]:
+        """The text the prompt is made of, for token estimates when a provider reports no usage."""
+        if self.endpoint == CHAT:
+            texts = []
+            for message in self.data.get("messages", []):
+                content = message.get("content")
+                if isinstance(content, str):
+                    texts.append(content)
+                elif isinstance(content, list):
+                    texts.extend(part.get("text", "") for part in content if isinstance(part, dict))
+            return texts
+        value = self.data.get("prompt" if self.endpoint == COMPLETIONS else "input", "")
+        if isinstance(value, str):
+            return [value]
+        return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment chosen for one request: where to send it and how."""
+
+    public_model: str
+    deployment_id: int
+    provider_name: str
+    kind: str
+    base_url: str
+    upstream_model: str
+    api_key: str = field(repr=False, default="")
+    stream_usage: bool = True  # the upstream honours stream_options.include_usage
+    options: JSONDict = field(default_factory=dict)  # preset quirks, e.g. parameter renames
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass
+class Chunk:
+    """One event for the client. ``data`` is the JSON payload of an SSE ``data:`` line, or None to send nothing."""
+
+    data: bytes | None
+    text: str = ""  # delta text, kept for token estimates
+    usage: Usage | None = None
+    usage_only: bool = False  # a `choices: []` usage chunk, stripped unless the client asked for usage
+    finished: bool = False  # the upstream said the answer is complete
+
+
+@dataclass
+class Completion:
+    """A non-streamed answer, already in the OpenAI shape."""
+
+    payload: JSONDict
+    usage: Usage | None
+    text: str = ""
+
+
+class Upstream(Protocol):
+    """An opened stream: iterate chunks, then close. Closing early drops the upstream connection."""
+
+    def __aiter__(self) -> AsyncIterator[Chunk]: ...
+    async def aclose(self) -> None: ...
+
+
+StreamTranslator = Callable[[str], list[Chunk]]
+
+
+class HttpProvider(Protocol):
+    name: str
+
+    def build_request(self, client: httpx.AsyncClient, target: Target, body: ApiRequest) -> httpx.Request:
+        """Return the upstream request for the body. Raises GatewayError if the provider cannot serve it."""
+        ...
+
+    def stream_translator(self, target: Target, body: ApiRequest) -> StreamTranslator:
+        """Return a function from one upstream SSE `data:` payload to the chunks it yields."""
+        ...
+
+    def parse_response(self, target: Target, body: ApiRequest, data: JSONDict) -> Completion:
+        """Return the OpenAI-shaped answer for a non-streamed upstream response."""
+        ...
+
+    def error_for(self, response: httpx.Response) -> ProviderError:
+        """Return the error for an upstream 4xx/5xx, without its body or credentials."""
+        ...

@@ -1,0 +1,89 @@
+"""The one place Tollgate talks HTTP to providers: a shared httpx client and the upstream error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import httpx
+
+from ..errors import ProviderError
+
+# A slow first token is normal (long prompts, cold models): read waits up to two minutes. A dead
+# upstream still fails fast on connect and pool waits, so no request hangs forever.
+TIMEOUT = httpx.Timeout(connect=5.0, read=120.0, write=30.0, pool=5.0)
+LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=30.0)
+
+_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+
+def client() -> httpx.AsyncClient:
+    """Return the shared client of the running event loop (Django has no ASGI lifespan to build it in)."""
+    loop = asyncio.get_running_loop()
+    shared = _clients.get(loop)
+    if shared is None or shared.is_closed:
+        for stale in [other for other in _clients if other.is_closed()]:
+            del _clients[stale]
+        shared = _clients[loop] = httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS, follow_redirects=False)
+    return shared
+
+
+_SAFE_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def upstream_code(response: httpx.Response) -> str | None:
+    """The upstream's short error code (e.g. context_length_exceeded) if it is a plain identifier.
+
+    Only this enumerated token is passed on: upstream messages can quote prompts or masked credentials.
+    """
+    try:
+        error = json.loads(response.content).get("error")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(error, dict):
+        for candidate in (error.get("code"), error.get("type")):
+            if isinstance(candidate, str) and _SAFE_CODE.fullmatch(candidate):
+                return candidate
+    return None
+
+
+def status_error(response: httpx.Response) -> ProviderError:
+    """Map an upstream 4xx/5xx to the status the OpenAI SDKs expect. The body is never echoed."""
+    status, code = response.status_code, upstream_code(response)
+    if status in (400, 413, 422):
+        return ProviderError(
+            f"The provider rejected the request as invalid (HTTP {status}).",
+            status=400, code=code or "upstream_bad_request", permanent=True,
+        )
+    if status in (401, 403):
+        return ProviderError(
+            "The provider refused Tollgate's credentials. Ask your Tollgate operator to check the provider settings.",
+            status=502, code="upstream_auth_failed", permanent=False,
+        )
+    if status == 404:
+        return ProviderError(
+            "The provider does not know the configured model. Ask your Tollgate operator to check the route.",
+            status=502, code="upstream_model_not_found", permanent=False,
+        )
+    if status == 429:
+        return ProviderError(
+            "The provider is rate limiting requests; try again shortly.",
+            status=429, code=code or "upstream_rate_limited", permanent=False,
+            retry_after=response.headers.get("retry-after"),
+        )
+    return ProviderError(
+        f"The provider failed (HTTP {status}).", status=502, code="upstream_error", permanent=False
+    )
+
+
+def transport_error(error: httpx.HTTPError) -> ProviderError:
+    """Map a connection failure or timeout; the message names no host, key or URL."""
+    if isinstance(error, httpx.TimeoutException):
+        return ProviderError(
+            "The provider did not answer in time.", status=504, code="upstream_timeout", permanent=False,
+            end_reason="timeout",
+        )
+    return ProviderError(
+        "The provider could not be reached.", status=502, code="upstream_unreachable", permanent=False
+    )

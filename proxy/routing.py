@@ -1,0 +1,127 @@
+"""Step three: a public model name becomes an ordered list of Targets (first choice, then fallbacks).
+
+The routing table is small and read on every request, so each process keeps it in memory: saving a
+provider, route or deployment drops this process's copy at once, other processes reload within
+TOLLGATE_ROUTES_CACHE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from accounts.keys import Caller
+
+from .errors import ModelNotFound, PermissionDenied
+from .providers.base import Target
+
+logger = logging.getLogger(__name__)
+
+# A deployment that failed this many times in a row sits out for COOLDOWN seconds.
+FAILURES_TO_TRIP, COOLDOWN = 3, 30.0
+
+
+@dataclass(frozen=True)
+class Choice:
+    target: Target
+    weight: int
+
+
+@dataclass(frozen=True)
+class Table:
+    routes: dict[str, tuple[Choice, ...]]  # every accepted public name -> its deployments
+    models: tuple[str, ...]  # canonical public names, for /v1/models
+    loaded_at: float
+
+
+_table: Table | None = None
+_failures: dict[int, tuple[int, float]] = {}  # deployment id -> (consecutive failures, last failure time)
+
+
+def load_table() -> Table:
+    """Return a fresh routing table read from the database (active rows only)."""
+    from .models import Deployment, ModelRoute
+
+    routes: dict[str, list[Choice]] = {}
+    models: list[str] = []
+    deployments = Deployment.objects.filter(is_active=True, route__is_active=True, provider__is_active=True)
+    by_route: dict[int, list[Deployment]] = {}
+    for deployment in deployments.select_related("provider"):
+        by_route.setdefault(deployment.route_id, []).append(deployment)
+    for route in ModelRoute.objects.filter(is_active=True, pk__in=by_route.keys()):
+        choices = []
+        for deployment in by_route[route.pk]:
+            provider = deployment.provider
+            try:
+                api_key = provider.credential()
+            except ValueError:
+                logger.error("provider %s: stored credential cannot be decrypted; its deployments are skipped", provider.name)
+                continue
+            target = Target(
+                public_model=route.name, deployment_id=deployment.pk, provider_name=provider.name, kind=provider.kind,
+                base_url=provider.resolved_base_url(), upstream_model=deployment.upstream_model, api_key=api_key,
+                stream_usage=bool(provider.quirks().get("stream_usage", True)), options=provider.quirks(),
+            )
+            choices.append(Choice(target=target, weight=deployment.weight))
+        if choices:
+            models.append(route.name)
+            for name in route.public_names():
+                routes[name] = [*routes.get(name, []), *choices] if name != route.name else choices
+    return Table(
+        routes={name: tuple(choices) for name, choices in routes.items()},
+        models=tuple(sorted(models)),
+        loaded_at=time.monotonic(),
+    )
+
+
+aload_table = sync_to_async(load_table)
+
+
+async def table() -> Table:
+    """Return this process's routing table, reloading it when older than the cache time."""
+    global _table
+    current = _table
+    if current is None or time.monotonic() - current.loaded_at >= settings.TOLLGATE_ROUTES_CACHE_SECONDS:
+        current = _table = await aload_table()
+    return current
+
+
+def invalidate() -> None:
+    global _table
+    _table = None
+
+
+async def route(caller: Caller, model: str) -> list[Target]:
+    """Return the targets to try for the caller's model, best first. Raises ModelNotFound or PermissionDenied."""
+    choices = (await table()).routes.get(model)
+    if not choices:
+        raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+    if not caller.may_use(choices[0].target.public_model) and not caller.may_use(model):
+        raise PermissionDenied(f"This API key is not allowed to use the model '{model}'.", param="model", code="model_not_allowed")
+    return order(choices)
+
+
+def order(choices: tuple[Choice, ...]) -> list[Target]:
+    healthy = [c for c in choices if is_healthy(c.target.deployment_id)]
+    pool = healthy or list(choices)  # all tripped: try them anyway rather than fail without asking
+    first = random.choices(pool, weights=[c.weight for c in pool])[0]
+    rest = [c for c in pool if c is not first] + [c for c in choices if c not in pool]
+    return [first.target, *(c.target for c in rest)]
+
+
+def is_healthy(deployment_id: int) -> bool:
+    failures, last = _failures.get(deployment_id, (0, 0.0))
+    return failures < FAILURES_TO_TRIP or time.monotonic() - last > COOLDOWN
+
+
+def report(target: Target, *, ok: bool) -> None:
+    if ok:
+        _failures.pop(target.deployment_id, None)
+    else:
+        failures, _ = _failures.get(target.deployment_id, (0, 0.0))
+        _failures[target.deployment_id] = (failures + 1, time.monotonic())

@@ -1,0 +1,105 @@
+"""Step four: reach a provider (falling over before the first byte) and relay its answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+from asgiref.sync import sync_to_async
+
+from billing import tokens
+
+from . import routing, sse, upstream
+from .errors import ProviderError, ServerError
+from .metering import Meter
+from .providers.base import CHAT, ApiRequest, Completion, Target, Upstream, Usage
+
+logger = logging.getLogger(__name__)
+
+
+MAX_ATTEMPTS = 2  # the chosen deployment, then one fallback; never after the first byte went out
+
+T = TypeVar("T")
+
+
+async def try_targets(targets: list[Target], meter: Meter, call: Callable[[Target], Awaitable[T]]) -> T:
+    """Return the first result a target gives. Raises the last ProviderError if none does."""
+    tries = targets[:MAX_ATTEMPTS]
+    for attempt, target in enumerate(tries):
+        meter.target = target
+        started = time.perf_counter()
+        try:
+            return await call(target)
+        except ProviderError as e:
+            routing.report(target, ok=False)
+            if e.permanent or attempt == len(tries) - 1:
+                raise
+        finally:
+            meter.upstream_seconds += time.perf_counter() - started
+    raise AssertionError("route() never returns an empty list")
+
+
+async def open_first(targets: list[Target], body: ApiRequest, meter: Meter) -> Upstream:
+    """Return the first upstream stream that opens. Raises ProviderError."""
+    return await try_targets(targets, meter, lambda target: upstream.open_stream(target, body))
+
+
+async def first_completion(targets: list[Target], body: ApiRequest, meter: Meter) -> Completion:
+    """Return the first whole answer a target gives. Raises ProviderError."""
+    completion = await try_targets(targets, meter, lambda target: upstream.complete(target, body))
+    assert meter.target is not None
+    routing.report(meter.target, ok=True)
+    meter.usage, meter.first_byte = completion.usage, time.perf_counter()
+    if completion.usage is None and completion.text:
+        meter.texts.append(completion.text)
+    return completion
+
+
+async def relay_stream(stream: Upstream, body: ApiRequest, meter: Meter) -> AsyncIterator[bytes]:
+    """Forward each upstream event as it arrives; always end with [DONE] or an in-band error."""
+    end_reason, status, code = "client_gone", 499, ""  # unless the stream reaches one of its own ends
+    try:
+        async for chunk in stream:
+            meter.observe(chunk)
+            if chunk.data is None or (chunk.usage_only and not body.include_usage):
+                continue
+            yield sse.frame(chunk.data)
+        if body.include_usage and meter.usage is None:
+            yield sse.frame(await estimated_usage_chunk(body, meter))
+        assert meter.target is not None
+        routing.report(meter.target, ok=True)
+        end_reason, status = "complete", 200
+        yield sse.DONE
+    except ProviderError as e:
+        # Headers are gone already: report the failure in-band and stop, never with a clean [DONE].
+        end_reason, status, code = e.end_reason, e.status, e.code or ""
+        yield e.sse_event()
+    except Exception:
+        logger.exception("unexpected error while streaming (request %s)", meter.request_id)
+        error = ServerError("Tollgate failed while streaming the answer. It has been logged.")
+        end_reason, status, code = error.end_reason, 500, error.code
+        yield error.sse_event()
+    finally:
+        # On a client disconnect Django cancels us here; close the upstream first, then write the row.
+        await stream.aclose()
+        await meter.record(end_reason=end_reason, status=status, error_code=code)
+
+
+async def estimated_usage_chunk(body: ApiRequest, meter: Meter) -> bytes:
+    """The usage chunk a client asked for when the provider sent none; counted in a worker thread."""
+    usage = await sync_to_async(estimate)(body, "".join(meter.texts), meter.target)
+    # meter.usage stays None, so the ledger row marks these numbers as estimated, not as provider usage.
+    total = usage.prompt_tokens + usage.completion_tokens
+    data = {"id": f"usage-{meter.request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": body.model, "choices": [],
+            "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": total}}
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def estimate(body: ApiRequest, text: str, target: Target | None) -> Usage:
+    model = target.upstream_model if target else body.model
+    counter = tokens.count_messages if body.endpoint == CHAT else tokens.count
+    return Usage(prompt_tokens=counter(body.prompt_texts(), model=model), completion_tokens=tokens.count([text], model=model))
