@@ -14,3 +14,11 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+TOLLGATE_DEMO_TOKEN_DELAY_MS = 0
+
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # A file rather than memory, so the live server process of the SDK tests can open the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
+if os.environ.get("TOLLGATE_LIVE_TEST_DATABASE"):
+    # Set by the live-server fixture: serve the test run's database, which pytest-django already created.
+    DATABASES["default"]["NAME"] = os.environ["TOLLGATE_LIVE_TEST_DATABASE"]

@@ -12,6 +12,7 @@ from django.db import connection
 from accounts.models import ApiKey, Tenant
 
 from .factories import make_key, make_tenant, make_user
+from .live import mock_upstream_server, tollgate_server
 
 
 @dataclass
@@ -58,3 +59,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip("needs REDIS_URL (a real Redis server)")
     if item.get_closest_marker("needs_postgres") and connection.vendor != "postgresql":
         pytest.skip("needs DATABASE_URL pointing at PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def mock_upstream_url() -> Iterator[str]:
+    with mock_upstream_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def live_server_url(django_db_setup: None, mock_upstream_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from django.db import connection
+
+    log = tmp_path_factory.mktemp("live") / "tollgate.log"
+    with tollgate_server(connection.settings_dict["NAME"], log, TOLLGATE_UPSTREAM_READ_TIMEOUT="2") as url:
+        yield url

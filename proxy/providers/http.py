@@ -7,13 +7,20 @@ import json
 import re
 
 import httpx
+from django.conf import settings
 
 from ..errors import ProviderError
 
-# A slow first token is normal (long prompts, cold models): read waits up to two minutes. A dead
-# upstream still fails fast on connect and pool waits, so no request hangs forever.
-TIMEOUT = httpx.Timeout(connect=5.0, read=120.0, write=30.0, pool=5.0)
 LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=30.0)
+
+def timeout() -> httpx.Timeout:
+    # httpx's default of 5 s of silence would cut off a slow first token (long prompts, cold models);
+    # connect and pool waits stay short so a dead upstream fails fast instead of hanging a request.
+    return httpx.Timeout(
+        connect=settings.TOLLGATE_UPSTREAM_CONNECT_TIMEOUT, read=settings.TOLLGATE_UPSTREAM_READ_TIMEOUT,
+        write=30.0, pool=5.0,
+    )
+
 
 _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
 
@@ -25,7 +32,7 @@ def client() -> httpx.AsyncClient:
     if shared is None or shared.is_closed:
         for stale in [other for other in _clients if other.is_closed()]:
             del _clients[stale]
-        shared = _clients[loop] = httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS, follow_redirects=False)
+        shared = _clients[loop] = httpx.AsyncClient(timeout=timeout(), limits=LIMITS, follow_redirects=False)
     return shared
 
 

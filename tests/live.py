@@ -1,0 +1,79 @@
+"""Servers for end-to-end tests: the mock upstream in a thread, Tollgate itself in a real process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+
+from bench import mock_upstream
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, *, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+
+
+@contextmanager
+def mock_upstream_server() -> Iterator[str]:
+    """Run the mock provider in a thread; yields its root URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(mock_upstream.app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port(port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+@contextmanager
+def tollgate_server(database_name: str, log_path: Path, **env: str) -> Iterator[str]:
+    """Run Tollgate under uvicorn in its own process, on the test database; yields its root URL."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "gateway_site.settings_test",
+        "TOLLGATE_LIVE_TEST_DATABASE": database_name,
+        "TOLLGATE_ROUTES_CACHE_SECONDS": "0",  # tests add routes from outside the server process
+        **env,
+    }
+    command = [sys.executable, "-m", "uvicorn", "gateway_site.asgi:application", "--host", "127.0.0.1",
+               "--port", str(port), "--lifespan", "off", "--no-access-log"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=BASE_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(port, process=process)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
