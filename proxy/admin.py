@@ -58,6 +58,8 @@ class ModelRouteAdmin(admin.ModelAdmin):
     list_display = ["name", "aliases", "strip_prefix", "deployment_count", "is_active"]
     list_filter = ["is_active"]
     search_fields = ["name"]
+    fields = ["name", "aliases", "strip_prefix", "is_active", "created_at"]
+    readonly_fields = ["created_at"]
     inlines = [DeploymentInline]
 
     def get_queryset(self, request: HttpRequest) -> Any:

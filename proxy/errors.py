@@ -49,6 +49,9 @@ class ModelNotFound(GatewayError):
 class MethodNotAllowed(GatewayError):
     status, code = 405, "method_not_allowed"
 
+    def headers(self) -> dict[str, str]:
+        return {"Allow": "POST"}
+
 
 class PayloadTooLarge(GatewayError):
     status, code = 413, "request_too_large"

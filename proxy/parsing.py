@@ -33,7 +33,7 @@ def read_json(request: HttpRequest) -> JSONDict:
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise GatewayError("We could not parse the JSON body of your request.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise GatewayError("The request body must be a JSON object.", code="invalid_json")
@@ -66,7 +66,8 @@ def check_messages(messages: list[Any]) -> None:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise invalid(f"messages[{i}] must be an object.", f"messages[{i}]")
-        if message.get("role") not in ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
             raise invalid(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}.", f"messages[{i}].role")
         content = message.get("content")
         if content is None and not (message.get("tool_calls") or message.get("function_call")):
@@ -105,7 +106,8 @@ def parse(request: HttpRequest, endpoint: str) -> ApiRequest:
         raise invalid("'stream_options.include_usage' must be a boolean.", "stream_options.include_usage")
     if options and not stream:
         raise invalid("'stream_options' is only allowed when 'stream' is true.", "stream_options")
-    max_tokens = positive_int(data, "max_completion_tokens") or positive_int(data, "max_tokens")
+    max_completion_tokens, max_tokens = positive_int(data, "max_completion_tokens"), positive_int(data, "max_tokens")
+    max_tokens = max_completion_tokens or max_tokens
     n = positive_int(data, "n")
     if n is not None and n > 16:
         raise invalid("'n' must be at most 16.", "n")

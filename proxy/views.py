@@ -23,9 +23,9 @@ logger = logging.getLogger(__name__)
 async def relay(request: HttpRequest, endpoint: str) -> HttpResponseBase:
     meter = Meter(endpoint)
     try:
+        meter.caller = await authenticate(request)
         if request.method != "POST":
             raise MethodNotAllowed(f"Use POST for /v1/{'chat/completions' if endpoint == CHAT else endpoint}.")
-        meter.caller = await authenticate(request)
         meter.body = body = parse(request, endpoint)
         targets = await routing.route(meter.caller, body.model)
         await check_limits(meter.caller, body)

@@ -1,0 +1,95 @@
+"""Query budgets and the one-row-per-request rule on the /v1 path, in process with the built-in demo model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.core.cache import caches
+from django.test import TestCase
+from django.utils import timezone
+
+from accounts.keys import lookup
+from accounts.models import ApiKey
+from billing.models import UsageRecord
+from proxy import routing
+from proxy.metering import Meter
+from proxy.services import ensure_demo_route
+
+from ..conftest import make_party
+
+CHAT = {"model": "demo", "messages": [{"role": "user", "content": "Hello there"}]}
+
+
+async def drain(response: object) -> bytes:
+    return b"".join([part async for part in response.streaming_content])  # type: ignore[attr-defined]
+
+
+class HotPathTests(TestCase):
+    def setUp(self) -> None:
+        ensure_demo_route()
+        routing.invalidate()
+        self.alice = make_party("alice")
+        ApiKey.objects.filter(pk=self.alice.key.pk).update(last_used_at=timezone.now())
+
+    async def post(self, body: dict[str, object]) -> object:
+        return await self.async_client.post(
+            "/v1/chat/completions", json.dumps(body), content_type="application/json", headers=self.alice.auth
+        )
+
+    def post_sync(self, body: dict[str, object]) -> object:
+        # The sync test client runs the async view in a loop of its own; the ORM work it hands back to
+        # this thread is what assertNumQueries counts.
+        return self.client.post(
+            "/v1/chat/completions", json.dumps(body), content_type="application/json", headers=self.alice.auth
+        )
+
+    def test_non_streaming_query_budget(self) -> None:
+        self.post_sync(CHAT)  # warms the key cache and this process's routing table
+        # warm key cache: the usage insert only
+        with self.assertNumQueries(1):
+            response = self.post_sync(CHAT)
+        self.assertEqual(response.status_code, 200)
+        caches["default"].clear()
+        # cold key cache: key lookup (joined with its tenant) + usage insert
+        with self.assertNumQueries(2):
+            self.post_sync(CHAT)
+
+    def test_streaming_query_budget(self) -> None:
+        self.post_sync(CHAT)
+        # warm key cache: the usage insert only, written when the stream ends
+        with self.assertNumQueries(1):
+            response = self.post_sync({**CHAT, "stream": True})
+            body = async_to_sync(drain)(response)
+        self.assertTrue(body.endswith(b"data: [DONE]\n\n"))
+        self.assertNotIn(b'"choices":[]', body)  # usage chunk stripped: the client did not ask
+
+    async def test_every_request_leaves_exactly_one_row(self) -> None:
+        await self.post(CHAT)
+        streamed = await self.post({**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+        body = await drain(streamed)
+        self.assertIn(b'"choices":[]', body)
+        await self.post({"model": "no-such-model", "messages": CHAT["messages"]})
+        await self.post({"model": "demo"})
+        reasons = await sync_to_async(lambda: sorted(UsageRecord.objects.values_list("end_reason", "status_code")))()
+        self.assertEqual(reasons, [("complete", 200), ("complete", 200), ("rejected", 400), ("rejected", 404)])
+        row = await UsageRecord.objects.filter(stream=True).aget()
+        self.assertEqual((row.usage_source, row.completion_tokens > 0, row.public_model), ("provider", True, "demo"))
+        self.assertEqual(streamed["x-request-id"], row.request_id.hex)
+
+    async def test_the_row_is_written_even_if_recording_is_cancelled_twice(self) -> None:
+        meter = Meter("chat")
+        meter.caller = await sync_to_async(lookup)(self.alice.secret)
+        recording = asyncio.ensure_future(meter.record(end_reason="client_gone", status=499))
+        await asyncio.sleep(0)
+        recording.cancel()  # the request task is cancelled while the row is being written...
+        await asyncio.sleep(0)
+        recording.cancel()  # ...and again, as daphne does after its application-close timeout
+        with self.assertRaises(asyncio.CancelledError):
+            await recording
+        for _ in range(200):
+            if await UsageRecord.objects.filter(end_reason="client_gone").aexists():
+                break
+            await asyncio.sleep(0.01)
+        self.assertEqual(await UsageRecord.objects.filter(tenant_id=self.alice.tenant.pk).acount(), 1)
