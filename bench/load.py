@@ -88,7 +88,10 @@ async def hammer(
                 continue
             phase.ok += 1
             phase.latencies_ms.append(elapsed)
-            record_overhead(phase, response)
+            if (overhead := overhead_ms(response)) is None:
+                phase.missing_overhead += 1
+            else:
+                phase.overheads_ms.append(overhead)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -96,15 +99,12 @@ async def hammer(
     return phase
 
 
-def record_overhead(phase: Phase, response: httpx.Response) -> None:
-    raw = response.headers.get(OVERHEAD_HEADER)
-    if raw is None:
-        phase.missing_overhead += 1
-        return
+def overhead_ms(response: httpx.Response) -> float | None:
+    """Tollgate's own time for the request from its response header, or None when absent or malformed."""
     try:
-        phase.overheads_ms.append(float(raw))
-    except ValueError:
-        phase.missing_overhead += 1
+        return float(response.headers[OVERHEAD_HEADER])
+    except (KeyError, ValueError):
+        return None
 
 
 @dataclass
@@ -157,8 +157,8 @@ async def stream_rounds(
                     await response.aread()
                     result.error(f"HTTP {response.status_code}: {response.text[:200]}")
                     return
-                if (raw := response.headers.get(OVERHEAD_HEADER)) is not None:
-                    result.overheads_ms.append(float(raw))
+                if (overhead := overhead_ms(response)) is not None:
+                    result.overheads_ms.append(overhead)
                 async for line in response.aiter_lines():
                     if first is None and line.startswith("data:"):
                         first = time.perf_counter()

@@ -1,0 +1,410 @@
+"""The benchmark of record: what Tollgate adds on top of an upstream that costs (almost) nothing.
+
+Run from the repository root, with PostgreSQL and Redis up (nothing is fetched from the network):
+
+    .venv/bin/python bench/run.py                  # 10 s per phase at concurrency 1, 16 and 64
+    .venv/bin/python bench/run.py --quick          # 3 s per phase, one stream round
+    .venv/bin/python bench/run.py --soak 300 --json var/bench.json
+
+It starts the mock upstream (bench/mock_upstream.py) and ONE uvicorn worker of Tollgate with production
+settings (DEBUG off, throwaway secrets made per run) and full bookkeeping on PostgreSQL
+(``--database-url``, else DATABASE_URL, else postgres://postgres@127.0.0.1:5432/tollgate_bench, created if
+missing and migrated) and Redis (``--redis-url``, else REDIS_URL, else redis://127.0.0.1:6379/8). A fresh
+tenant and key, and the routes ``mock`` and ``mock-slow`` pointing at the mock, are seeded per run.
+
+For each concurrency it measures the mock alone and the same request through Tollgate, after a 1 s
+warm-up each: requests/s, p50/p99 latency, errors (any non-200 or exception), CPU ms per request of the
+serving process (utime+stime from /proc), and the p50 of Tollgate's ``x-tollgate-overhead-ms`` header.
+Then waves of 16 concurrent ``mock-slow`` streams (20 chunks 50 ms apart): time to the first ``data:``
+line and total stream time. It reports Tollgate's resident memory, optionally over a concurrency-16 soak,
+and checks that the ledger holds one ``billing_usagerecord`` row per answered Tollgate request.
+
+The load generator (bench/load.py, httpx) runs in this process on the same machine: on 2 cores it
+competes with both servers for CPU, so read requests/s as a comparison between the two columns, not as
+what either server does alone. The API key never leaves the seeding subprocess's stdout and this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from load import Phase, Streams, hammer, new_client, stream_rounds  # bench/ is on sys.path as a script
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/tollgate_bench"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/8"
+WARMUP_SECONDS = 1.0
+STREAM_CONCURRENCY = 16
+CPU_CONCURRENCY = 16  # the phase whose CPU cost per request is the headline number
+MESSAGES = [{"role": "user", "content": "Say hello."}]
+CHAT_BODY = json.dumps({"model": "mock", "messages": MESSAGES}).encode()
+STREAM_BODY = json.dumps(
+    {"model": "mock-slow", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
+).encode()
+
+# Run by the child Python with Tollgate's environment. Its stdout carries the key to us and nowhere else.
+SEED_SCRIPT = """
+import json, sys
+import django
+django.setup()
+from accounts.services import create_tenant, issue_key
+from proxy.models import Deployment, ModelRoute, Provider
+
+base_url, slug = sys.argv[1], sys.argv[2]
+tenant = create_tenant(name="Benchmark " + slug, slug=slug)
+_, secret = issue_key(tenant=tenant, name="bench")
+provider, _ = Provider.objects.update_or_create(
+    name="bench-mock", defaults={"kind": "openai_compatible", "preset": "custom", "base_url": base_url, "is_active": True})
+for model in ("mock", "mock-slow"):
+    route, _ = ModelRoute.objects.update_or_create(name=model, defaults={"is_active": True})
+    route.deployments.all().delete()
+    Deployment.objects.create(route=route, provider=provider, upstream_model=model)
+print(json.dumps({"key": secret, "tenant_id": tenant.pk}))
+"""
+
+
+class BenchError(Exception):
+    """The benchmark could not be set up or run; the message says why."""
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    url: str  # the chat completions endpoint
+    headers: dict[str, str]
+    pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process so far. Fields follow the ')' closing the command name."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+class Children:
+    """The child processes of this run, each logging to its own file; ``stop`` ends them all."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: list[IO[bytes]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{name}.log", "wb")
+        self.logs.append(log)
+        self.procs[name] = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self.procs[name]
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        return "\n".join((self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
+
+    def errors_logged(self, name: str) -> list[str]:
+        """Lines of the child's log at ERROR or above, or from a traceback (the first 5)."""
+        text = (self.log_dir / f"{name}.log").read_text(errors="replace")
+        return [line for line in text.splitlines() if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")][:5]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for log in self.logs:
+            log.close()
+
+    def wait_until_up(self, name: str, url: str, timeout: float = 30.0) -> None:
+        """Return once ``url`` answers anything over HTTP. Raises BenchError if the process dies or is too slow."""
+        proc, deadline = self.procs[name], time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise BenchError(f"{name} exited with status {proc.returncode}:\n{self.tail(name)}")
+            try:
+                httpx.get(url, timeout=1.0)
+                return
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{name} did not answer {url} within {timeout:.0f} s:\n{self.tail(name)}") from None
+                time.sleep(0.1)
+
+
+def ensure_database(url: str) -> None:
+    """Create the database named in the URL unless it exists. Raises BenchError for a non-PostgreSQL URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise BenchError(f"the benchmark needs PostgreSQL; got a {parts.scheme}:// URL")
+    name = unquote(parts.path.lstrip("/"))
+    with psycopg.connect(parts._replace(path="/postgres").geturl(), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def tollgate_env(database_url: str, redis_url: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name != "DJANGO_DEBUG"}
+    env.update(
+        DJANGO_SETTINGS_MODULE="gateway_site.settings", DATABASE_URL=database_url, REDIS_URL=redis_url,
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50), TOLLGATE_KEY_PEPPER=secrets.token_urlsafe(32),
+    )
+    return env
+
+
+def run_django(args: list[str], env: dict[str, str], what: str) -> str:
+    """Run a Django child to completion and return its stdout. Raises BenchError with its stderr on failure."""
+    done = subprocess.run([PYTHON, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BenchError(f"{what} failed (status {done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def seed(env: dict[str, str], mock_base_url: str) -> tuple[str, int]:
+    """Seed this run's tenant, key and routes. Returns the key's plaintext and the tenant id."""
+    slug = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    out = run_django(["-c", SEED_SCRIPT, mock_base_url, slug], env, "seeding")
+    seeded = json.loads(out.strip().splitlines()[-1])
+    return str(seeded["key"]), int(seeded["tenant_id"])
+
+
+def count_ledger(database_url: str, tenant_id: int, expected: int) -> int:
+    """Rows of the tenant, once they stop changing: stream rows are written just after the last byte."""
+    last, settled_at = -1, time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while True:
+            row = conn.execute("SELECT count(*) FROM billing_usagerecord WHERE tenant_id = %s", (tenant_id,)).fetchone()
+            count = int(row[0]) if row else 0
+            if count != last:
+                last, settled_at = count, time.monotonic()
+            if count >= expected or time.monotonic() - settled_at > 3.0:
+                return count
+            time.sleep(0.2)
+
+
+class Bench:
+    """The measurements of one run against the two servers, collected into ``results``."""
+
+    def __init__(self, opts: argparse.Namespace, mock: Server, tollgate: Server) -> None:
+        self.opts, self.mock, self.tollgate = opts, mock, tollgate
+        self.tollgate_answers = 0  # every answered request through Tollgate, warm-ups included: one ledger row each
+        self.results: dict[str, Any] = {"phases": [], "streams": [], "rss_mb": {}}
+
+    def count(self, result: Phase | Streams, server: Server) -> None:
+        if server is self.tollgate:
+            self.tollgate_answers += result.responses
+
+    async def phase(self, server: Server, concurrency: int) -> dict[str, object]:
+        async with new_client(concurrency) as client:
+            kwargs: dict[str, Any] = {"headers": server.headers, "body": CHAT_BODY, "concurrency": concurrency, "target": server.name}
+            self.count(await hammer(client, server.url, seconds=WARMUP_SECONDS, **kwargs), server)
+            if server is self.tollgate and "after_warmup" not in self.results["rss_mb"]:
+                self.results["rss_mb"]["after_warmup"] = round(rss_mb(server.pid), 1)
+            cpu, loadgen = cpu_seconds(server.pid), time.process_time()
+            result = await hammer(client, server.url, seconds=self.opts.seconds, **kwargs)
+            cpu, loadgen = cpu_seconds(server.pid) - cpu, time.process_time() - loadgen
+        self.count(result, server)
+        summary = result.summary()
+        summary["cpu_ms_per_request"] = round(cpu * 1000 / result.ok, 3) if result.ok else None
+        summary["loadgen_cpu_ms_per_request"] = round(loadgen * 1000 / result.ok, 3) if result.ok else None
+        progress(f"c={concurrency:<3} {server.name:<8} {summary['rps']:>8} req/s  {result.errors} errors")
+        return summary
+
+    async def streams(self, server: Server) -> dict[str, object]:
+        async with new_client(STREAM_CONCURRENCY) as client:
+            kwargs: dict[str, Any] = {"headers": server.headers, "body": STREAM_BODY, "concurrency": STREAM_CONCURRENCY, "target": server.name}
+            self.count(await stream_rounds(client, server.url, rounds=1, **kwargs), server)
+            result = await stream_rounds(client, server.url, rounds=self.opts.stream_rounds, **kwargs)
+        self.count(result, server)
+        progress(f"streams  {server.name:<8} {result.ok} streams  {result.errors} errors")
+        return result.summary()
+
+    async def soak(self) -> dict[str, object]:
+        pid, peak = self.tollgate.pid, [rss_mb(self.tollgate.pid)]
+
+        async def sample() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                peak.append(rss_mb(pid))
+
+        start = peak[0]
+        sampler = asyncio.ensure_future(sample())
+        async with new_client(CPU_CONCURRENCY) as client:
+            result = await hammer(client, self.tollgate.url, headers=self.tollgate.headers, body=CHAT_BODY,
+                                  concurrency=CPU_CONCURRENCY, seconds=self.opts.soak, target="tollgate")
+        sampler.cancel()
+        self.count(result, self.tollgate)
+        end = rss_mb(pid)
+        return {**result.summary(), "rss_start_mb": round(start, 1), "rss_end_mb": round(end, 1),
+                "rss_peak_mb": round(max(peak + [end]), 1), "rss_change_percent": round((end - start) / start * 100, 1)}
+
+    async def run(self) -> dict[str, Any]:
+        for concurrency in self.opts.concurrency:
+            for server in (self.mock, self.tollgate):
+                self.results["phases"].append(await self.phase(server, concurrency))
+        for server in (self.mock, self.tollgate):
+            self.results["streams"].append(await self.streams(server))
+        if self.opts.soak:
+            progress(f"soak: {self.opts.soak:.0f} s at concurrency {CPU_CONCURRENCY} through Tollgate")
+            self.results["soak"] = await self.soak()
+        self.results["rss_mb"]["end"] = round(rss_mb(self.tollgate.pid), 1)
+        return self.results
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def fmt(value: object, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def compare(mock: object, tollgate: object, *, latency: bool) -> str:
+    if not isinstance(mock, (int, float)) or not isinstance(tollgate, (int, float)):
+        return ""
+    if latency:
+        return f"{tollgate - mock:+.2f} ms"
+    return f"{tollgate / mock:.2f}x" if mock else ""
+
+
+def row(label: str, mock: object, tollgate: object, *, latency: bool = False, ratio: bool = True, digits: int = 2) -> str:
+    verdict = compare(mock, tollgate, latency=latency) if ratio else ""
+    return f"  {label:<26}{fmt(mock, digits):>12}{fmt(tollgate, digits):>14}{verdict:>16}"
+
+
+def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
+    lines = [f"Tollgate benchmark: {opts.seconds:g} s phases, one uvicorn worker, PostgreSQL + Redis ledger, {os.cpu_count()} CPUs",
+             f"  {'':<26}{'mock alone':>12}{'via Tollgate':>14}{'Tollgate/mock':>16}"]
+    phases = {(p["target"], p["concurrency"]): p for p in results["phases"]}
+    for c in opts.concurrency:
+        m, t = phases[("mock", c)], phases[("tollgate", c)]
+        lines += [f"concurrency {c}",
+                  row("requests/s", m["rps"], t["rps"], digits=1),
+                  row("p50 latency ms", m["p50_ms"], t["p50_ms"], latency=True),
+                  row("p99 latency ms", m["p99_ms"], t["p99_ms"], latency=True),
+                  row("errors", m["errors"], t["errors"], ratio=False),
+                  row("CPU ms/request", m["cpu_ms_per_request"], t["cpu_ms_per_request"], digits=3),
+                  row("overhead header p50 ms", None, t["overhead_p50_ms"], ratio=False),
+                  row("load generator CPU ms/req", m["loadgen_cpu_ms_per_request"], t["loadgen_cpu_ms_per_request"], digits=3)]
+    m, t = results["streams"]
+    lines += [f"streams: {STREAM_CONCURRENCY} concurrent mock-slow x {opts.stream_rounds} rounds (20 chunks, 50 ms apart)",
+              row("first data: p50 ms", m["ttfb_p50_ms"], t["ttfb_p50_ms"], latency=True),
+              row("first data: p99 ms", m["ttfb_p99_ms"], t["ttfb_p99_ms"], latency=True),
+              row("total stream p50 ms", m["total_p50_ms"], t["total_p50_ms"], latency=True),
+              row("errors", m["errors"], t["errors"], ratio=False)]
+    rss = results["rss_mb"]
+    lines.append(f"Tollgate RSS: {rss['after_warmup']:.1f} MB after warm-up, {rss['end']:.1f} MB at the end")
+    if soak := results.get("soak"):
+        lines.append(f"soak {opts.soak:g} s at c={CPU_CONCURRENCY}: {soak['requests']} requests, {soak['errors']} errors, "
+                     f"{soak['rps']} req/s; RSS {soak['rss_start_mb']} -> {soak['rss_end_mb']} MB "
+                     f"({soak['rss_change_percent']:+.1f} %, peak {soak['rss_peak_mb']} MB)")
+    ledger = results["ledger"]
+    verdict = "OK" if ledger["rows"] == ledger["requests"] else f"MISMATCH ({ledger['rows'] - ledger['requests']:+d})"
+    lines.append(f"ledger rows: {ledger['rows']} for {ledger['requests']} requests  {verdict}")
+    errors = [f"  {p['target']} c={p.get('concurrency')}: {p['first_error']}" for p in results["phases"] + results["streams"] if p["errors"]]
+    if results["tollgate_log_errors"]:
+        errors += ["  tollgate log: " + line for line in results["tollgate_log_errors"]]
+    return "\n".join(lines + (["first errors:", *errors] if errors else []))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated concurrencies (default 1,16,64)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measured phase (default 10)")
+    parser.add_argument("--quick", action="store_true", help="3 s phases and one stream round")
+    parser.add_argument("--stream-rounds", type=int, default=3, help="waves of 16 concurrent streams (default 3)")
+    parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="also soak at concurrency 16 and watch RSS")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
+    opts = parser.parse_args(argv)
+    opts.concurrency = [int(c) for c in opts.concurrency.split(",") if c.strip()]
+    if opts.quick:
+        opts.seconds, opts.stream_rounds = 3.0, 1
+    return opts
+
+
+def start_servers(children: Children, opts: argparse.Namespace) -> tuple[Server, Server, int]:
+    """Prepare the database, start both servers and seed. Returns the mock, Tollgate and the tenant id."""
+    mock_port, tollgate_port = free_port(), free_port()
+    children.start("mock", [PYTHON, "bench/mock_upstream.py", "--port", str(mock_port)], dict(os.environ))
+    env = tollgate_env(opts.database_url, opts.redis_url)
+    ensure_database(opts.database_url)
+    progress("migrating and seeding")
+    run_django(["manage.py", "migrate", "--noinput"], env, "manage.py migrate")
+    key, tenant_id = seed(env, f"http://127.0.0.1:{mock_port}/v1")
+    children.start("tollgate", [PYTHON, "-m", "uvicorn", "gateway_site.asgi:application", "--port", str(tollgate_port),
+                                "--lifespan", "off", "--no-access-log", "--log-level", "warning"], env)
+    children.wait_until_up("mock", f"http://127.0.0.1:{mock_port}/_events")
+    children.wait_until_up("tollgate", f"http://127.0.0.1:{tollgate_port}/v1/models")
+    json_type = {"content-type": "application/json"}
+    mock = Server("mock", f"http://127.0.0.1:{mock_port}/v1/chat/completions", json_type, children.procs["mock"].pid)
+    tollgate = Server("tollgate", f"http://127.0.0.1:{tollgate_port}/v1/chat/completions",
+                      {**json_type, "authorization": f"Bearer {key}"}, children.procs["tollgate"].pid)
+    return mock, tollgate, tenant_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    # SIGTERM becomes SystemExit so the finally below stops the children, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with tempfile.TemporaryDirectory(prefix="tollgate-bench-") as log_dir:
+        children = Children(Path(log_dir))
+        try:
+            mock, tollgate, tenant_id = start_servers(children, opts)
+            bench = Bench(opts, mock, tollgate)
+            results = asyncio.run(bench.run())
+            for name in ("mock", "tollgate"):
+                if children.procs[name].poll() is not None:
+                    raise BenchError(f"{name} died during the run:\n{children.tail(name)}")
+            rows = count_ledger(opts.database_url, tenant_id, bench.tollgate_answers)
+            results["ledger"] = {"rows": rows, "requests": bench.tollgate_answers}
+            results["tollgate_log_errors"] = children.errors_logged("tollgate")
+        except BenchError as e:
+            print(f"bench: {e}", file=sys.stderr)
+            return 1
+        finally:
+            children.stop()
+    results["config"] = {"concurrency": opts.concurrency, "seconds": opts.seconds, "stream_rounds": opts.stream_rounds,
+                         "soak": opts.soak, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    print(table(results, opts))
+    if opts.json:
+        opts.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
