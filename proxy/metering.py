@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 from asgiref.sync import sync_to_async
 
@@ -16,7 +17,7 @@ from .providers.base import CHAT, ApiRequest, Chunk, Target, Usage
 arecord_usage = sync_to_async(record_usage)
 
 # Writes still running after their request was cancelled; a reference keeps each task alive until done.
-_pending: set[asyncio.Task[object]] = set()
+_pending: set[asyncio.Future[Any]] = set()
 
 
 class Meter:
@@ -33,6 +34,7 @@ class Meter:
         self.caller: Caller | None = None
         self.body: ApiRequest | None = None
         self.target: Target | None = None
+        self.streaming = False  # the relay generator has started
         self.recorded = False
 
     def observe(self, chunk: Chunk) -> None:
@@ -74,13 +76,18 @@ class Meter:
             ttfb_ms=round((self.first_byte - self.started) * 1000) if self.first_byte else None,
         )
 
+    @staticmethod
+    def keep(task: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """Hold a reference to a background task until it is done, so it is never collected half-way."""
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
+        return task
+
     async def record(self, *, end_reason: str, status: int, error_code: str = "") -> None:
         """Write this request's ledger row once. Survives the request being cancelled again meanwhile."""
         if self.recorded or self.caller is None:
             return  # unauthenticated requests belong to no tenant and leave no row
         self.recorded = True
-        task = asyncio.ensure_future(arecord_usage(entry=self.entry(end_reason=end_reason, status=status, error_code=error_code)))
-        _pending.add(task)
-        task.add_done_callback(_pending.discard)
+        task = self.keep(asyncio.ensure_future(arecord_usage(entry=self.entry(end_reason=end_reason, status=status, error_code=error_code))))
         # A second cancellation (e.g. daphne's application-close timeout) stops this await, not the write.
         await asyncio.shield(task)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -58,8 +59,32 @@ async def first_completion(targets: list[Target], body: ApiRequest, meter: Meter
     return completion
 
 
+def guarded_relay(stream: Upstream, body: ApiRequest, meter: Meter) -> AsyncIterator[bytes]:
+    """Return the relay generator, with a guard for a client that leaves before it ever starts.
+
+    A generator that never started never runs its ``finally``: if the request task ends first (the
+    client went away while headers were being sent), close the upstream and write the row here.
+    """
+    relay = relay_stream(stream, body, meter)
+    task = asyncio.current_task()
+
+    def if_never_started(_: object) -> None:
+        if not meter.streaming:
+            meter.keep(asyncio.ensure_future(abandon(stream, meter)))
+
+    if task is not None:
+        task.add_done_callback(if_never_started)
+    return relay
+
+
+async def abandon(stream: Upstream, meter: Meter) -> None:
+    await stream.aclose()
+    await meter.record(end_reason="client_gone", status=499)
+
+
 async def relay_stream(stream: Upstream, body: ApiRequest, meter: Meter) -> AsyncIterator[bytes]:
     """Forward each upstream event as it arrives; always end with [DONE] or an in-band error."""
+    meter.streaming = True
     end_reason, status, code = "client_gone", 499, ""  # unless the stream reaches one of its own ends
     try:
         async for chunk in stream:

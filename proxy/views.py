@@ -15,7 +15,7 @@ from .limits import check_limits
 from .metering import Meter
 from .parsing import parse
 from .providers.base import CHAT, COMPLETIONS, EMBEDDINGS
-from .streaming import first_completion, open_first, relay_stream
+from .streaming import first_completion, guarded_relay, open_first
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ async def relay(request: HttpRequest, endpoint: str) -> HttpResponseBase:
         if body.stream:
             upstream = await open_first(targets, body, meter)
             headers = {**sse.HEADERS, "x-request-id": meter.request_id, "x-tollgate-overhead-ms": meter.overhead_ms()}
-            return StreamingHttpResponse(relay_stream(upstream, body, meter), content_type="text/event-stream", headers=headers)
+            return StreamingHttpResponse(guarded_relay(upstream, body, meter), content_type="text/event-stream", headers=headers)
         completion = await first_completion(targets, body, meter)
     except GatewayError as e:
         await meter.record(end_reason=e.end_reason, status=e.status, error_code=e.code or "")

@@ -93,3 +93,31 @@ class HotPathTests(TestCase):
                 break
             await asyncio.sleep(0.01)
         self.assertEqual(await UsageRecord.objects.filter(tenant_id=self.alice.tenant.pk).acount(), 1)
+
+    async def test_a_stream_the_client_left_before_it_started_still_leaves_its_row(self) -> None:
+        from proxy.streaming import guarded_relay
+
+        closed = []
+
+        class Upstream:
+            def __aiter__(self) -> object:
+                raise AssertionError("never iterated")
+
+            async def aclose(self) -> None:
+                closed.append(True)
+
+        meter = Meter("chat")
+        meter.caller = await sync_to_async(lookup)(self.alice.secret)
+
+        async def view_then_disconnect() -> None:
+            guarded_relay(Upstream(), None, meter)  # type: ignore[arg-type]
+            raise asyncio.CancelledError  # the request task dies before the response body is sent
+
+        with self.assertRaises(asyncio.CancelledError):
+            await asyncio.ensure_future(view_then_disconnect())
+        for _ in range(200):
+            if await UsageRecord.objects.filter(end_reason="client_gone").aexists():
+                break
+            await asyncio.sleep(0.01)
+        self.assertEqual(closed, [True])
+        self.assertEqual(await UsageRecord.objects.filter(end_reason="client_gone", status_code=499).acount(), 1)
