@@ -207,3 +207,15 @@ def test_bob_cannot_use_alices_key_or_see_her_rows(live_server_url: str, alice: 
     sdk(live_server_url, bob).chat.completions.create(model="mock", messages=MESSAGES)
     assert UsageRecord.objects.for_tenant(bob.tenant).count() == 1
     assert UsageRecord.objects.for_tenant(bob.tenant).get().key_id == bob.key.pk
+
+
+def test_failure_before_the_first_byte_falls_over_to_another_deployment(
+    live_server_url: str, mock_upstream_url: str, alice: Party
+) -> None:
+    make_route("balanced", upstream_model="mock-503", base_url=f"{mock_upstream_url}/v1", provider_name="mock", weight=1000)
+    make_route("balanced", upstream_model="mock", base_url=f"{mock_upstream_url}/v1", provider_name="mock", weight=1)
+    for stream in (False, True):
+        result = sdk(live_server_url, alice).chat.completions.create(model="balanced", messages=MESSAGES, stream=stream)
+        assert list(result) if stream else result.choices[0].message.content == "Hello from the mock."
+    rows = list(UsageRecord.objects.filter(public_model="balanced"))
+    assert [(r.end_reason, r.upstream_model) for r in rows] == [("complete", "mock")] * 2

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from proxy import routing
+from proxy.providers.base import Target
+from proxy.routing import Choice
+
+
+def choice(deployment_id: int, weight: int) -> Choice:
+    target = Target(public_model="m", deployment_id=deployment_id, provider_name="p", kind="demo", base_url="",
+                    upstream_model=f"u{deployment_id}")
+    return Choice(target=target, weight=weight)
+
+
+@pytest.fixture(autouse=True)
+def clean_health() -> None:
+    routing._failures.clear()
+    random.seed(7)
+
+
+def test_weighted_choice_follows_the_weights() -> None:
+    choices = (choice(1, 3), choice(2, 1))
+    firsts = Counter(routing.order(choices)[0].deployment_id for _ in range(4000))
+    assert 0.70 < firsts[1] / 4000 < 0.80
+    assert {t.deployment_id for t in routing.order(choices)} == {1, 2}  # the other one is the fallback
+
+
+def test_a_deployment_failing_three_times_sits_out_then_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    choices = (choice(1, 100), choice(2, 1))
+    for _ in range(routing.FAILURES_TO_TRIP):
+        routing.report(choices[0].target, ok=False)
+    assert all(routing.order(choices)[0].deployment_id == 2 for _ in range(50))
+    assert routing.order(choices)[-1].deployment_id == 1  # still the last resort
+    now = routing.time.monotonic()
+    monkeypatch.setattr(routing.time, "monotonic", lambda: now + routing.COOLDOWN + 1)
+    assert routing.is_healthy(1)
+
+
+def test_success_resets_the_failure_count() -> None:
+    target = choice(1, 1).target
+    routing.report(target, ok=False)
+    routing.report(target, ok=False)
+    routing.report(target, ok=True)
+    routing.report(target, ok=False)
+    assert routing.is_healthy(1)
+
+
+def test_all_tripped_are_still_tried() -> None:
+    choices = (choice(1, 1), choice(2, 1))
+    for c in choices:
+        for _ in range(routing.FAILURES_TO_TRIP):
+            routing.report(c.target, ok=False)
+    assert {t.deployment_id for t in routing.order(choices)} == {1, 2}
