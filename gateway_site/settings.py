@@ -263,6 +263,9 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 # Validated key lookups are cached this long; revoke and rotate drop the entry at once.
 TOLLGATE_KEY_CACHE_SECONDS = env_int("TOLLGATE_KEY_CACHE_SECONDS", 30)
+# Each process also keeps its own copy this long, so a warm key costs no cache round trip. Revoke and
+# rotate drop it at once in the process that made the change; other processes follow within this time.
+TOLLGATE_KEY_LOCAL_CACHE_SECONDS = env_int("TOLLGATE_KEY_LOCAL_CACHE_SECONDS", 5)
 # last_used_at is written at most this often per key.
 TOLLGATE_KEY_TOUCH_SECONDS = env_int("TOLLGATE_KEY_TOUCH_SECONDS", 60, minimum=1)
 # The /v1 path: largest accepted body, how long each process keeps its routing table, the demo's pacing.
@@ -286,4 +289,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # httpx logs every upstream request at INFO: noise, and a cost on the hot path.
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }

@@ -23,10 +23,10 @@ _pending: set[asyncio.Future[Any]] = set()
 class Meter:
     """Times and usage of one request, filled in as it runs; ``record`` writes them once."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, started: float | None = None) -> None:
         self.endpoint = endpoint
         self.request_id = uuid.uuid4().hex
-        self.started = time.perf_counter()
+        self.started = started or time.perf_counter()
         self.upstream_seconds = 0.0  # time spent waiting on the provider, excluded from our overhead
         self.first_byte: float | None = None
         self.usage: Usage | None = None

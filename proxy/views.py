@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHt
 from django.views.decorators.csrf import csrf_exempt
 
 from . import routing, sse
+from .asgi import STARTED
 from .auth import authenticate
 from .errors import GatewayError, MethodNotAllowed, NotFound, ServerError
 from .limits import check_limits
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 async def relay(request: HttpRequest, endpoint: str) -> HttpResponseBase:
-    meter = Meter(endpoint)
+    meter = Meter(endpoint, request.scope.get(STARTED) if hasattr(request, "scope") else None)
     try:
         meter.caller = await authenticate(request)
         if request.method != "POST":

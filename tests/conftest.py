@@ -9,6 +9,7 @@ from django.contrib.auth.models import User
 from django.core.cache import caches
 from django.db import connection
 
+from accounts import keys
 from accounts.models import ApiKey, Tenant
 
 from .factories import make_key, make_tenant, make_user
@@ -51,6 +52,7 @@ def clear_caches() -> Iterator[None]:
     # Key lookups are cached; a row rolled back by one test must not answer from the cache in the next.
     for alias in ("default", "limits"):
         caches[alias].clear()
+    keys._local.clear()
     yield
 
 

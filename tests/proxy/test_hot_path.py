@@ -10,6 +10,7 @@ from django.core.cache import caches
 from django.test import TestCase
 from django.utils import timezone
 
+from accounts import keys
 from accounts.keys import lookup
 from accounts.models import ApiKey
 from billing.models import UsageRecord
@@ -52,6 +53,7 @@ class HotPathTests(TestCase):
             response = self.post_sync(CHAT)
         self.assertEqual(response.status_code, 200)
         caches["default"].clear()
+        keys._local.clear()
         # cold key cache: key lookup (joined with its tenant) + usage insert
         with self.assertNumQueries(2):
             self.post_sync(CHAT)
