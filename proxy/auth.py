@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 
 from accounts.keys import Caller, KeyRejected, lookup, lookup_local
 
+from .db import db_step
 from .errors import AuthenticationFailed, GatewayError, PermissionDenied
 
 # One thread hop per request: the cache read and, when cold, the single key query.
-alookup = sync_to_async(lookup)
+alookup = db_step(lookup)
 
 # Messages never repeat what the client sent: a mistyped key is still somebody's secret.
 _MESSAGES = {

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 import uuid
 from typing import Any
 
-from asgiref.sync import sync_to_async
-
 from accounts.keys import Caller
 from billing.services import UsageEntry, record_usage
 
+from .db import db_step
 from .providers.base import CHAT, ApiRequest, Chunk, Target, Usage
 
-arecord_usage = sync_to_async(record_usage)
+# A lost connection is retried once: the row is the request's bill and must not be dropped.
+arecord_usage = db_step(record_usage, retry=True)
+
+logger = logging.getLogger(__name__)
 
 # Writes still running after their request was cancelled; a reference keeps each task alive until done.
 _pending: set[asyncio.Future[Any]] = set()
@@ -88,6 +92,21 @@ class Meter:
         if self.recorded or self.caller is None:
             return  # unauthenticated requests belong to no tenant and leave no row
         self.recorded = True
-        task = self.keep(asyncio.ensure_future(arecord_usage(entry=self.entry(end_reason=end_reason, status=status, error_code=error_code))))
-        # A second cancellation (e.g. daphne's application-close timeout) stops this await, not the write.
-        await asyncio.shield(task)
+        entry = self.entry(end_reason=end_reason, status=status, error_code=error_code)
+        task = self.keep(asyncio.ensure_future(arecord_usage(entry=entry)))
+        task.add_done_callback(functools.partial(report_lost_row, entry))
+        try:
+            # A second cancellation (e.g. daphne's application-close timeout) stops this await, not the write.
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            pass  # the client still gets its answer; report_lost_row logged what the row would have held
+
+
+def report_lost_row(entry: UsageEntry, task: asyncio.Future[Any]) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    # Everything needed to re-create the row by hand, but never the prompt or answer text.
+    fields = {k: v for k, v in vars(entry).items() if k not in ("prompt_texts", "completion_text")}
+    logger.error("usage row could not be written: %s", fields, exc_info=task.exception())

@@ -12,11 +12,11 @@ import random
 import time
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from accounts.keys import Caller
 
+from .db import db_step
 from .errors import ModelNotFound, PermissionDenied
 from .providers.base import Target
 
@@ -79,7 +79,7 @@ def load_table() -> Table:
     )
 
 
-aload_table = sync_to_async(load_table)
+aload_table = db_step(load_table)
 
 
 async def table() -> Table:

@@ -123,3 +123,29 @@ class HotPathTests(TestCase):
             await asyncio.sleep(0.01)
         self.assertEqual(closed, [True])
         self.assertEqual(await UsageRecord.objects.filter(end_reason="client_gone", status_code=499).acount(), 1)
+
+    async def test_a_lost_database_connection_is_retried_and_a_failed_write_is_logged(self) -> None:
+        from unittest import mock
+
+        from django.db import OperationalError
+
+        from proxy import db
+
+        meter = Meter("chat")
+        meter.caller = await sync_to_async(lookup)(self.alice.secret)
+        calls = []
+
+        def flaky(*, entry: object) -> None:
+            calls.append(entry)
+            raise OperationalError("server closed the connection unexpectedly")
+
+        with mock.patch("proxy.metering.arecord_usage", db.db_step(flaky, retry=True)), \
+                mock.patch("proxy.db.connection") as connection, \
+                self.assertLogs("proxy.metering", "ERROR") as logs:
+            connection.in_atomic_block = False  # as on the server, outside a test transaction
+            await meter.record(end_reason="complete", status=200)
+            await asyncio.sleep(0)
+        self.assertEqual(len(calls), 2)  # the first try, then one retry on a fresh connection
+        connection.close.assert_called()
+        self.assertIn("usage row could not be written", logs.output[0])
+        self.assertIn(str(self.alice.tenant.pk), logs.output[0])
