@@ -93,4 +93,7 @@ async def complete(target: Target, body: ApiRequest) -> Completion:
         data = None
     if not isinstance(data, dict):
         raise ProviderError("The provider sent an unreadable answer.", status=502, code="upstream_error", permanent=False)
-    return provider.parse_response(target, body, data)
+    completion: Completion = provider.parse_response(target, body, data)
+    if completion.payload is data:
+        completion.raw = response.content  # unchanged by the provider: no need to encode it again
+    return completion

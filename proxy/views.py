@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from . import routing, sse
@@ -47,6 +47,8 @@ async def relay(request: HttpRequest, endpoint: str) -> HttpResponseBase:
         await meter.record(end_reason=error.end_reason, status=500, error_code=error.code)
         return with_ids(error.response(), meter)
     await meter.record(end_reason="complete", status=200)
+    if completion.raw is not None:
+        return with_ids(HttpResponse(completion.raw, content_type="application/json"), meter)
     return with_ids(JsonResponse(completion.payload), meter)
 
 

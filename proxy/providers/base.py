@@ -88,6 +88,7 @@ class Completion:
     payload: JSONDict
     usage: Usage | None
     text: str = ""
+    raw: bytes | None = None  # the upstream's JSON as received, sent on unchanged when the shape already fits
 
 
 class Upstream(Protocol):
