@@ -194,7 +194,7 @@ async def hammer(pool: Pool, *, seconds: float, target: str) -> Phase:
 
 @dataclass
 class Streams(Phase):
-    """Waves of concurrent streams against one target: time to the first ``data:`` line and to the end."""
+    """Waves of concurrent streams against one target: time to the first ``data:`` line and to ``[DONE]``."""
 
     rounds: int = 0
     ttfb_ms: list[float] = field(default_factory=list, repr=False)
@@ -215,10 +215,14 @@ async def stream_rounds(pool: Pool, *, rounds: int, target: str) -> Streams:
     async def one(connection: Connection) -> None:
         started = time.perf_counter()
         first: list[float] = []
+        done: list[float] = []
 
         def on_data(piece: bytes) -> None:
             if not first and b"data:" in piece:
                 first.append(time.perf_counter())
+            # The stream is over for an SDK when [DONE] arrives; what follows is connection bookkeeping.
+            if not done and b"data: [DONE]" in piece:
+                done.append(time.perf_counter())
 
         try:
             answer = await connection.send(pool.request, on_data)
@@ -230,7 +234,7 @@ async def stream_rounds(pool: Pool, *, rounds: int, target: str) -> Streams:
             return
         result.ok += 1
         result.ttfb_ms.append((first[0] - started) * 1000)
-        result.latencies_ms.append((time.perf_counter() - started) * 1000)
+        result.latencies_ms.append(((done[0] if done else time.perf_counter()) - started) * 1000)
         if (overhead := overhead_ms(answer)) is not None:
             result.overheads_ms.append(overhead)
 
