@@ -16,6 +16,19 @@ def show_new_key(request: HttpRequest, key: ApiKey, secret: str) -> None:
     messages.warning(request, f"New key for {key.tenant} “{key.name}”: {secret} — copy it now, it will not be shown again.")
 
 
+def issue_drafted(request: HttpRequest, draft: ApiKey, *, tenant: Tenant) -> ApiKey:
+    """Issue a key with the fields an admin form filled in, and show its plaintext once. Returns the new row."""
+    created, secret = services.issue_key(
+        tenant=tenant,
+        name=draft.name,
+        created_by=request.user,
+        expires_at=draft.expires_at,
+        allowed_models=draft.allowed_models,
+    )
+    show_new_key(request, created, secret)
+    return created
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
@@ -57,14 +70,7 @@ class TenantAdmin(admin.ModelAdmin):
             return
         for key in formset.save(commit=False):
             if key.pk is None:
-                created, secret = services.issue_key(
-                    tenant=form.instance,
-                    name=key.name,
-                    created_by=request.user,
-                    expires_at=key.expires_at,
-                    allowed_models=key.allowed_models,
-                )
-                show_new_key(request, created, secret)
+                issue_drafted(request, key, tenant=form.instance)
             else:
                 key.save()
                 keys.forget(key.prefix)
@@ -129,15 +135,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
             super().save_model(request, obj, form, change)
             keys.forget(obj.prefix)
             return
-        created, secret = services.issue_key(
-            tenant=obj.tenant,
-            name=obj.name,
-            created_by=request.user,
-            expires_at=obj.expires_at,
-            allowed_models=obj.allowed_models,
-        )
+        created = issue_drafted(request, obj, tenant=obj.tenant)
         obj.pk, obj.prefix, obj.created_at = created.pk, created.prefix, created.created_at
-        show_new_key(request, created, secret)
 
     @admin.action(description="Revoke selected keys")
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
