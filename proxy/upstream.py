@@ -10,7 +10,7 @@ import httpx
 from . import providers
 from .errors import ProviderError
 from .providers.base import ApiRequest, Chunk, Completion, StreamTranslator, Target, Upstream
-from .providers.http import client, transport_error
+from .providers.http import client, send, transport_error
 
 
 class HttpUpstream:
@@ -61,7 +61,7 @@ async def open_stream(target: Target, body: ApiRequest) -> Upstream:
     request = provider.build_request(http, target, body)
     try:
         # Open inside the view, before the response starts, so an upstream 4xx/5xx keeps its status code.
-        response = await http.send(request, stream=True)
+        response = await send(request)
     except httpx.HTTPError as e:
         raise transport_error(e) from None
     if response.status_code >= 400:
@@ -82,7 +82,8 @@ async def complete(target: Target, body: ApiRequest) -> Completion:
         return await provider.complete(target, body)
     http = client()
     try:
-        response = await http.send(provider.build_request(http, target, body))
+        response = await send(provider.build_request(http, target, body))
+        await response.aread()
     except httpx.HTTPError as e:
         raise transport_error(e) from None
     if response.status_code >= 400:
