@@ -135,11 +135,11 @@ class HotPathTests(TestCase):
         meter.caller = await sync_to_async(lookup)(self.alice.secret)
         calls = []
 
-        def flaky(*, entry: object) -> None:
-            calls.append(entry)
+        def flaky(*, entries: object) -> None:
+            calls.append(entries)
             raise OperationalError("server closed the connection unexpectedly")
 
-        with mock.patch("proxy.metering.arecord_usage", db.db_step(flaky, retry=True)), \
+        with mock.patch("proxy.metering.arecord_usages", db.db_step(flaky, retry=True)), \
                 mock.patch("proxy.db.connection") as connection, \
                 self.assertLogs("proxy.metering", "ERROR") as logs:
             connection.in_atomic_block = False  # as on the server, outside a test transaction
@@ -149,3 +149,13 @@ class HotPathTests(TestCase):
         connection.close.assert_called()
         self.assertIn("usage row could not be written", logs.output[0])
         self.assertIn(str(self.alice.tenant.pk), logs.output[0])
+
+    async def test_rows_of_concurrent_requests_share_one_insert(self) -> None:
+        caller = await sync_to_async(lookup)(self.alice.secret)
+        meters = [Meter("chat") for _ in range(10)]
+        for meter in meters:
+            meter.caller = caller
+        with self.assertNumQueries(1):
+            await asyncio.gather(*(meter.record(end_reason="complete", status=200) for meter in meters))
+        ids = await sync_to_async(lambda: {r.hex for r in UsageRecord.objects.values_list("request_id", flat=True)})()
+        self.assertEqual(ids, {meter.request_id for meter in meters})
