@@ -150,12 +150,16 @@ class HotPathTests(TestCase):
         self.assertIn("usage row could not be written", logs.output[0])
         self.assertIn(str(self.alice.tenant.pk), logs.output[0])
 
-    async def test_rows_of_concurrent_requests_share_one_insert(self) -> None:
-        caller = await sync_to_async(lookup)(self.alice.secret)
+    def test_rows_of_concurrent_requests_share_one_insert(self) -> None:
+        caller = lookup(self.alice.secret)
         meters = [Meter("chat") for _ in range(10)]
         for meter in meters:
             meter.caller = caller
-        with self.assertNumQueries(1):
+
+        async def ten_requests_end_together() -> None:
             await asyncio.gather(*(meter.record(end_reason="complete", status=200) for meter in meters))
-        ids = await sync_to_async(lambda: {r.hex for r in UsageRecord.objects.values_list("request_id", flat=True)})()
+
+        with self.assertNumQueries(1):
+            async_to_sync(ten_requests_end_together)()
+        ids = {r.hex for r in UsageRecord.objects.values_list("request_id", flat=True)}
         self.assertEqual(ids, {meter.request_id for meter in meters})
