@@ -108,3 +108,11 @@ def test_key_changelist_query_count_does_not_grow_with_10000_keys(admin_client: 
     assert changelist_queries() == few <= 5
     page = admin_client.get("/admin/accounts/apikey/", {"status": "active", "q": "alice"})
     assert page.status_code == 200 and "bulk 9998" in page.content.decode()
+
+
+def test_admin_is_branded_and_static_files_are_found(admin_client: Client) -> None:
+    from django.contrib.staticfiles import finders
+
+    page = admin_client.get("/admin/").content.decode()
+    assert "LLM gateway operations" in page and "tollgate/admin.css" in page
+    assert finders.find("tollgate/admin.css")
