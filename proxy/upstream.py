@@ -22,11 +22,16 @@ class HttpUpstream:
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         finished = False
         try:
-            async for line in self.response.aiter_lines():
+            lines = self.response.aiter_lines()
+            async for line in lines:
                 if not line.startswith("data:"):
                     continue  # blank separators, `event:` names (their payload repeats the type), comments
                 payload = line[5:].strip()
                 if payload == "[DONE]":
+                    # Read to the end of the body: only a fully read response returns its connection
+                    # to the pool, and a new connection per stream would cost a TLS handshake each time.
+                    async for _ in lines:
+                        pass
                     return
                 for chunk in self.translate(payload):
                     finished = finished or chunk.finished
