@@ -199,3 +199,20 @@ def test_bob_cannot_see_alices_keys(alice: Party, bob: Party) -> None:
     assert visible == {bob.key.pk}
     assert alice.key.pk not in visible
     assert lookup(bob.secret).tenant_id == bob.tenant.pk
+
+
+@override_settings(
+    CACHES={
+        # A Redis nobody listens on: the shared key cache is down.
+        "default": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://127.0.0.1:1/0",
+                    "OPTIONS": {"IGNORE_EXCEPTIONS": True, "SOCKET_CONNECT_TIMEOUT": 0.2}},
+        "limits": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "limits-redis-down"},
+    }
+)
+def test_keys_still_work_from_the_database_when_the_cache_is_down(alice: Party, django_assert_num_queries) -> None:
+    keys._local.clear()
+    ApiKey.objects.filter(pk=alice.key.pk).update(last_used_at=timezone.now())
+    with django_assert_num_queries(1):
+        assert lookup(alice.secret).key_id == alice.key.pk
+    services.revoke_key(key=alice.key)
+    assert rejected_reason(alice.secret) == KeyRejected.REVOKED

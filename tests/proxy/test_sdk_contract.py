@@ -219,3 +219,16 @@ def test_failure_before_the_first_byte_falls_over_to_another_deployment(
         assert list(result) if stream else result.choices[0].message.content == "Hello from the mock."
     rows = list(UsageRecord.objects.filter(public_model="balanced"))
     assert [(r.end_reason, r.upstream_model) for r in rows] == [("complete", "mock")] * 2
+
+
+def test_client_leaving_before_the_provider_answers_still_leaves_its_row(live_server_url: str, alice: Party, routes: None) -> None:
+    # mock-hang holds its answer for seconds: the client gives up while Tollgate is still waiting for headers.
+    for stream in (False, True):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{live_server_url}/v1/chat/completions", headers=alice.auth, timeout=0.5,
+                       json={"model": "mock-hang", "messages": MESSAGES, "stream": stream})
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and UsageRecord.objects.filter(public_model="mock-hang").count() < 2:
+        time.sleep(0.02)
+    rows = list(UsageRecord.objects.filter(public_model="mock-hang"))
+    assert sorted((r.stream, r.end_reason, r.status_code) for r in rows) == [(False, "client_gone", 499), (True, "client_gone", 499)]
