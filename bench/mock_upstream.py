@@ -31,6 +31,8 @@ HANG = 5.0
 SECRET_BODY_MARKER = "UPSTREAM-SECRET-sk-mock-should-never-leak"
 
 events: list[dict[str, Any]] = []
+connections: list[int] = []  # requests served, one entry per client connection, in order of arrival
+_connection_index: dict[int, int] = {}
 
 
 def chat_chunk(i: int, content: str | None, finish: str | None = None) -> bytes:
@@ -81,6 +83,15 @@ async def read_body(receive: Any) -> dict[str, Any]:
     return json.loads(b"".join(chunks) or b"{}")
 
 
+def count_request(scope: dict[str, Any]) -> None:
+    # The client's (host, port) names its connection: a reused connection keeps its port.
+    peer = hash(tuple(scope.get("client") or ()))
+    if peer not in _connection_index:
+        _connection_index[peer] = len(connections)
+        connections.append(0)
+    connections[_connection_index[peer]] += 1
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
@@ -93,6 +104,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             events.clear()
         await send_json(send, 200, json.dumps(events).encode())
         return
+    count_request(scope)
     body = await read_body(receive)
     model = str(body.get("model", "mock"))
     if model.startswith("mock-") and model[5:].isdigit():

@@ -3,58 +3,40 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-
-import httpx
+from collections.abc import AsyncIterator, Callable
 
 from . import providers
 from .errors import ProviderError
+from .providers import http
 from .providers.base import ApiRequest, Chunk, Completion, StreamTranslator, Target, Upstream
-from .providers.http import client, send, transport_error
 
 
 class HttpUpstream:
-    """An upstream SSE response being read line by line. Closing it drops the connection at once."""
+    """An upstream SSE answer being read line by line. Closing it early drops the connection at once."""
 
-    def __init__(self, response: httpx.Response, translate: StreamTranslator) -> None:
-        self.response, self.translate = response, translate
+    def __init__(self, lines: AsyncIterator[str], translate: StreamTranslator, close: Callable[[], None]) -> None:
+        self.lines, self.translate, self.close = lines, translate, close
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         finished = False
-        try:
-            lines = self.response.aiter_lines()
-            async for line in lines:
-                if not line.startswith("data:"):
-                    continue  # blank separators, `event:` names (their payload repeats the type), comments
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    # Read to the end of the body: only a fully read response returns its connection
-                    # to the pool, and a new connection per stream would cost a TLS handshake each time.
-                    async for _ in lines:
-                        pass
-                    return
-                for chunk in self.translate(payload):
-                    finished = finished or chunk.finished
-                    yield chunk
-        except httpx.TimeoutException:
-            raise ProviderError(
-                "The provider stopped sending in the middle of the answer.", status=504, code="upstream_timeout",
-                permanent=False, end_reason="timeout",
-            ) from None
-        except httpx.HTTPError:
-            raise cut() from None
+        async for line in self.lines:
+            if not line.startswith("data:"):
+                continue  # blank separators, `event:` names (their payload repeats the type), comments
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                # Read to the end of the body: only a fully read answer returns its connection to the
+                # pool, and a new connection per stream would cost a TLS handshake each time.
+                async for _ in self.lines:
+                    pass
+                return
+            for chunk in self.translate(payload):
+                finished = finished or chunk.finished
+                yield chunk
         if not finished:
-            raise cut()  # the connection closed cleanly, but the answer never said it was complete
+            raise http.stream_error(ConnectionError())  # the body ended cleanly, but the answer never did
 
     async def aclose(self) -> None:
-        await self.response.aclose()
-
-
-def cut() -> ProviderError:
-    return ProviderError(
-        "The provider closed the connection in the middle of the answer.", status=502, code="upstream_cut",
-        permanent=False, end_reason="upstream_cut",
-    )
+        self.close()
 
 
 async def open_stream(target: Target, body: ApiRequest) -> Upstream:
@@ -62,22 +44,12 @@ async def open_stream(target: Target, body: ApiRequest) -> Upstream:
     provider = providers.get(target.kind)
     if hasattr(provider, "open_stream"):
         return await provider.open_stream(target, body)
-    http = client()
-    request = provider.build_request(http, target, body)
-    try:
-        # Open inside the view, before the response starts, so an upstream 4xx/5xx keeps its status code.
-        response = await send(request)
-    except httpx.HTTPError as e:
-        raise transport_error(e) from None
-    if response.status_code >= 400:
-        try:
-            await response.aread()
-        except httpx.HTTPError:
-            pass
-        finally:
-            await response.aclose()
-        raise provider.error_for(response)
-    return HttpUpstream(response, provider.stream_translator(target, body))
+    # Opened inside the view, before the response starts, so an upstream 4xx/5xx keeps its status code.
+    response = await http.send(provider.build_request(target, body))
+    if response.status >= 400:
+        raise provider.error_for(await http.reply(response))
+    # close() drops a half-read connection (stopping the upstream's work); a finished one goes back to the pool.
+    return HttpUpstream(http.lines(response), provider.stream_translator(target, body), response.close)
 
 
 async def complete(target: Target, body: ApiRequest) -> Completion:
@@ -85,21 +57,16 @@ async def complete(target: Target, body: ApiRequest) -> Completion:
     provider = providers.get(target.kind)
     if hasattr(provider, "complete"):
         return await provider.complete(target, body)
-    http = client()
+    answer = await http.reply(await http.send(provider.build_request(target, body)))
+    if answer.status_code >= 400:
+        raise provider.error_for(answer)
     try:
-        response = await send(provider.build_request(http, target, body))
-        await response.aread()
-    except httpx.HTTPError as e:
-        raise transport_error(e) from None
-    if response.status_code >= 400:
-        raise provider.error_for(response)
-    try:
-        data = json.loads(response.content)
+        data = json.loads(answer.content)
     except ValueError:
         data = None
     if not isinstance(data, dict):
         raise ProviderError("The provider sent an unreadable answer.", status=502, code="upstream_error", permanent=False)
     completion: Completion = provider.parse_response(target, body, data)
     if completion.payload is data:
-        completion.raw = response.content  # unchanged by the provider: no need to encode it again
+        completion.raw = answer.content  # unchanged by the provider: no need to encode it again
     return completion

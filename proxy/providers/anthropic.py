@@ -10,10 +10,9 @@ import json
 import time
 from typing import Any
 
-import httpx
 
 from ..errors import GatewayError, ProviderError
-from .base import CHAT, ApiRequest, Chunk, Completion, JSONDict, StreamTranslator, Target, Usage
+from .base import CHAT, ApiRequest, Chunk, Completion, JSONDict, StreamTranslator, Target, UpstreamReply, UpstreamRequest, Usage
 from .http import status_error
 
 API_VERSION = "2023-06-01"
@@ -171,7 +170,7 @@ def _mid_stream_error() -> ProviderError:
 class AnthropicProvider:
     name = "anthropic"
 
-    def build_request(self, client: httpx.AsyncClient, target: Target, body: ApiRequest) -> httpx.Request:
+    def build_request(self, target: Target, body: ApiRequest) -> UpstreamRequest:
         """Return the POST /v1/messages request. Raises GatewayError for other endpoints or non-text content."""
         if body.endpoint != CHAT:
             raise GatewayError(
@@ -180,7 +179,7 @@ class AnthropicProvider:
             )
         headers = {"x-api-key": target.api_key, "anthropic-version": API_VERSION}
         url = f"{target.base_url.rstrip('/')}/v1/messages"
-        return client.build_request("POST", url, json=_payload(target, body), headers=headers)
+        return UpstreamRequest.post_json(url, _payload(target, body), headers)
 
     def stream_translator(self, target: Target, body: ApiRequest) -> StreamTranslator:
         """Return a stateful function from one SSE payload to OpenAI chunks; it raises ProviderError on `error`."""
@@ -197,6 +196,6 @@ class AnthropicProvider:
                    "model": target.public_model, "choices": [choice], "usage": _openai_usage(usage)}
         return Completion(payload=payload, usage=usage, text=text)
 
-    def error_for(self, response: httpx.Response) -> ProviderError:
+    def error_for(self, response: UpstreamReply) -> ProviderError:
         """Return the mapped ProviderError; Anthropic's 529 overloaded becomes a retryable 502."""
         return status_error(response)

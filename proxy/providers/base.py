@@ -7,11 +7,10 @@ needs no HTTP (the built-in demo model) implements ``open_stream`` and ``complet
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import httpx
 
 from ..errors import ProviderError
 
@@ -91,6 +90,33 @@ class Completion:
     raw: bytes | None = None  # the upstream's JSON as received, sent on unchanged when the shape already fits
 
 
+@dataclass(frozen=True)
+class UpstreamRequest:
+    """What to send a provider, independent of the HTTP library behind providers/http.py."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str] = field(repr=False, default_factory=dict)  # carries the provider's key
+    method: str = "POST"
+
+    @classmethod
+    def post_json(cls, url: str, payload: JSONDict, headers: dict[str, str]) -> UpstreamRequest:
+        return cls(url=url, body=json.dumps(payload).encode(), headers={"Content-Type": "application/json", **headers})
+
+    def json(self) -> JSONDict:
+        data: JSONDict = json.loads(self.body)
+        return data
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    """A provider's complete error answer, read into memory (it is never passed on)."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+
 class Upstream(Protocol):
     """An opened stream: iterate chunks, then close. Closing early drops the upstream connection."""
 
@@ -104,7 +130,7 @@ StreamTranslator = Callable[[str], list[Chunk]]
 class HttpProvider(Protocol):
     name: str
 
-    def build_request(self, client: httpx.AsyncClient, target: Target, body: ApiRequest) -> httpx.Request:
+    def build_request(self, target: Target, body: ApiRequest) -> UpstreamRequest:
         """Return the upstream request for the body. Raises GatewayError if the provider cannot serve it."""
         ...
 
@@ -116,6 +142,6 @@ class HttpProvider(Protocol):
         """Return the OpenAI-shaped answer for a non-streamed upstream response."""
         ...
 
-    def error_for(self, response: httpx.Response) -> ProviderError:
+    def error_for(self, response: UpstreamReply) -> ProviderError:
         """Return the error for an upstream 4xx/5xx, without its body or credentials."""
         ...

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
 from ..errors import GatewayError, ProviderError
-from .base import CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, Chunk, Completion, JSONDict, StreamTranslator, Target, Usage
+from .base import (
+    CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, Chunk, Completion, JSONDict, StreamTranslator, Target, UpstreamReply,
+    UpstreamRequest, Usage,
+)
 from .http import status_error
 
 # stream_usage: the upstream honours stream_options.include_usage (else usage is estimated or read
@@ -67,7 +68,7 @@ def choice_text(choice: JSONDict) -> str:
 class OpenAICompatibleProvider:
     name = "openai_compatible"
 
-    def build_request(self, client: httpx.AsyncClient, target: Target, body: ApiRequest) -> httpx.Request:
+    def build_request(self, target: Target, body: ApiRequest) -> UpstreamRequest:
         """Return the upstream request: the client's body with the upstream model and our usage options."""
         payload = dict(body.data)
         payload["model"] = target.upstream_model
@@ -80,13 +81,10 @@ class OpenAICompatibleProvider:
             payload["stream_options"] = {**options, "include_usage": True}
         else:
             payload.pop("stream_options", None)
-        headers = {"Content-Type": "application/json"}
-        if target.api_key:
-            headers["Authorization"] = f"Bearer {target.api_key}"
+        headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
         if body.endpoint not in _PATHS:
             raise GatewayError(f"{body.endpoint} is not supported by this provider", code="unsupported_endpoint")
-        url = target.base_url.rstrip("/") + _PATHS[body.endpoint]
-        return client.build_request("POST", url, content=json.dumps(payload).encode(), headers=headers)
+        return UpstreamRequest.post_json(target.base_url.rstrip("/") + _PATHS[body.endpoint], payload, headers)
 
     def stream_translator(self, target: Target, body: ApiRequest) -> StreamTranslator:
         """Return a translator that forwards each upstream payload unchanged and reads its usage."""
@@ -98,7 +96,7 @@ class OpenAICompatibleProvider:
         text = "".join(choice_text(c) for c in choices if isinstance(c, dict))
         return Completion(payload=data, usage=parse_usage(data.get("usage")), text=text)
 
-    def error_for(self, response: httpx.Response) -> ProviderError:
+    def error_for(self, response: UpstreamReply) -> ProviderError:
         """Return the mapped error for an upstream 4xx/5xx."""
         return status_error(response)
 

@@ -5,12 +5,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from proxy.errors import GatewayError, ProviderError
 from proxy.providers.anthropic import AnthropicProvider
-from proxy.providers.base import ApiRequest, Chunk, JSONDict, Target
+from proxy.providers.base import ApiRequest, Chunk, JSONDict, Target, UpstreamReply, UpstreamRequest
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TARGET = Target(
@@ -18,17 +17,15 @@ TARGET = Target(
     base_url="https://api.anthropic.com", upstream_model="claude-sonnet-4-5", api_key="sk-ant-test",
 )
 SECRET_UPSTREAM_MESSAGE = "prompt said: my password is hunter2"
-# build_request only assembles a request; nothing is sent, so one unopened client serves every test.
-CLIENT = httpx.AsyncClient()
 
 
 def chat(data: JSONDict, *, stream: bool = True, endpoint: str = "chat") -> ApiRequest:
     return ApiRequest(endpoint=endpoint, model="claude", data=data, stream=stream)
 
 
-def build(data: JSONDict, **kwargs: Any) -> tuple[httpx.Request, JSONDict]:
-    request = AnthropicProvider().build_request(CLIENT, TARGET, chat(data, **kwargs))
-    return request, json.loads(request.content)
+def build(data: JSONDict, **kwargs: Any) -> tuple[UpstreamRequest, JSONDict]:
+    request = AnthropicProvider().build_request(TARGET, chat(data, **kwargs))
+    return request, request.json()
 
 
 def replay(name: str) -> list[Chunk]:
@@ -43,12 +40,12 @@ def replay(name: str) -> list[Chunk]:
 def test_request_goes_to_messages_with_anthropic_headers() -> None:
     target = dataclasses.replace(TARGET, base_url="https://api.anthropic.com/")
     body = chat({"messages": [{"role": "user", "content": "hi"}]})
-    request = AnthropicProvider().build_request(CLIENT, target, body)
+    request = AnthropicProvider().build_request(target, body)
     assert request.method == "POST"
     assert str(request.url) == "https://api.anthropic.com/v1/messages"
-    assert request.headers["x-api-key"] == "sk-ant-test"
-    assert request.headers["anthropic-version"] == "2023-06-01"
-    assert "authorization" not in request.headers
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    assert headers["x-api-key"] == "sk-ant-test" and headers["anthropic-version"] == "2023-06-01"
+    assert headers["content-type"] == "application/json" and "authorization" not in headers
 
 
 def test_request_translates_a_simple_chat() -> None:
@@ -255,7 +252,7 @@ def test_error_for_maps_statuses_without_the_upstream_message(
     status: int, error_type: str, expected_status: int, permanent: bool
 ) -> None:
     body = {"type": "error", "error": {"type": error_type, "message": SECRET_UPSTREAM_MESSAGE}}
-    response = httpx.Response(status, json=body, request=httpx.Request("POST", "https://x"))
+    response = UpstreamReply(status_code=status, headers={}, content=json.dumps(body).encode())
     error = AnthropicProvider().error_for(response)
     assert (error.status, error.permanent) == (expected_status, permanent)
     assert "hunter2" not in error.message and "hunter2" not in json.dumps(error.envelope())

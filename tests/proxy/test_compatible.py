@@ -8,19 +8,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 
 from proxy.errors import GatewayError, ProviderError
 from proxy.models import Provider
-from proxy.providers.base import ApiRequest, Chunk, JSONDict, Target
+from proxy.providers import http
+from proxy.providers.base import ApiRequest, Chunk, JSONDict, Target, UpstreamRequest
 from proxy.providers.compatible import PRESETS, OpenAICompatibleProvider
 from proxy.upstream import HttpUpstream
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-UPSTREAM_URL = "http://upstream.test/v1/chat/completions"
 TARGET = Target(
     public_model="gpt-4o-mini", deployment_id=1, provider_name="openai", kind="openai_compatible",
     base_url="https://api.openai.com/v1", upstream_model="gpt-4o-mini-2024-07-18", api_key="sk-test-upstream",
@@ -29,17 +29,17 @@ TARGET = Target(
 SECRET_UPSTREAM_MESSAGE = "prompt said: my password is hunter2"
 KNOWN_QUIRKS = {"base_url", "stream_usage", "renames"}
 HELLO = [{"role": "user", "content": "hi"}]
-# build_request only assembles a request; nothing is sent, so one unopened client serves every test.
-CLIENT = httpx.AsyncClient()
 
 
-class TrickleStream(httpx.AsyncByteStream):
-    """Sends the body in small pieces, so SSE lines (and UTF-8 characters) are split across reads."""
+class TrickleBody:
+    """Stands in for an aiohttp response body that arrives in small pieces, so SSE lines (and UTF-8
+    characters) are split across reads; optionally it breaks off at the end."""
 
     def __init__(self, body: bytes, size: int = 7, fail_with: Exception | None = None) -> None:
         self.body, self.size, self.fail_with = body, size, fail_with
+        self.content = self
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def iter_any(self) -> AsyncIterator[bytes]:
         for start in range(0, len(self.body), self.size):
             yield self.body[start:start + self.size]
         if self.fail_with is not None:
@@ -51,17 +51,19 @@ def chat(data: JSONDict | None = None, *, stream: bool = True, endpoint: str = "
                       stream=stream)
 
 
-def build(data: JSONDict, target: Target = TARGET, **kwargs: Any) -> tuple[httpx.Request, JSONDict]:
-    request = OpenAICompatibleProvider().build_request(CLIENT, target, chat(data, **kwargs))
-    return request, json.loads(request.content)
+def build(data: JSONDict, target: Target = TARGET, **kwargs: Any) -> tuple[UpstreamRequest, JSONDict]:
+    request = OpenAICompatibleProvider().build_request(target, chat(data, **kwargs))
+    return request, request.json()
+
+
+def lower(headers: dict[str, str]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
 
 
 def upstream(body: bytes, **stream_kwargs: Any) -> HttpUpstream:
-    response = httpx.Response(
-        200, headers={"content-type": "text/event-stream; charset=utf-8"},
-        stream=TrickleStream(body, **stream_kwargs), request=httpx.Request("POST", UPSTREAM_URL),
-    )
-    return HttpUpstream(response, OpenAICompatibleProvider().stream_translator(TARGET, chat()))
+    response = TrickleBody(body, **stream_kwargs)
+    return HttpUpstream(http.lines(response), OpenAICompatibleProvider().stream_translator(TARGET, chat()),  # type: ignore[arg-type]
+                        lambda: None)
 
 
 def collect(source: HttpUpstream) -> list[Chunk]:
@@ -120,14 +122,14 @@ def test_stream_cut_before_the_finish_chunk_is_upstream_cut() -> None:
 def test_connection_dropped_mid_stream_is_upstream_cut() -> None:
     body = b"".join(b"data: " + line + b"\n\n" for line in data_lines("openai_stream_hello.txt")[:4])
     with pytest.raises(ProviderError) as caught:
-        collect(upstream(body, fail_with=httpx.RemoteProtocolError("peer closed connection")))
+        collect(upstream(body, fail_with=aiohttp.ClientPayloadError("Response payload is not completed")))
     assert caught.value.end_reason == "upstream_cut"
 
 
 def test_read_timeout_mid_stream_is_a_timeout() -> None:
     body = b"".join(b"data: " + line + b"\n\n" for line in data_lines("openai_stream_hello.txt")[:4])
     with pytest.raises(ProviderError) as caught:
-        collect(upstream(body, fail_with=httpx.ReadTimeout("no bytes for 120 s")))
+        collect(upstream(body, fail_with=aiohttp.SocketTimeoutError("no bytes for 120 s")))
     assert (caught.value.status, caught.value.end_reason) == (504, "timeout")
 
 
@@ -180,14 +182,14 @@ def test_request_replaces_the_model_and_keeps_the_rest_of_the_body() -> None:
     request, payload = build(data, stream=False)
     assert payload == {**data, "model": "gpt-4o-mini-2024-07-18"}
     assert request.method == "POST"
-    assert request.headers["content-type"] == "application/json"
+    assert lower(request.headers)["content-type"] == "application/json"
 
 
 def test_authorization_is_sent_only_with_an_api_key() -> None:
     request, _ = build({"messages": HELLO})
-    assert request.headers["authorization"] == "Bearer sk-test-upstream"
+    assert lower(request.headers)["authorization"] == "Bearer sk-test-upstream"
     request, _ = build({"messages": HELLO}, dataclasses.replace(TARGET, api_key=""))
-    assert "authorization" not in request.headers
+    assert "authorization" not in lower(request.headers)
 
 
 @pytest.mark.parametrize(

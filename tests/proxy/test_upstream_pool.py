@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bench import mock_upstream
 from proxy import upstream
 from proxy.providers import http
 from proxy.providers.base import ApiRequest, Target
@@ -16,13 +17,14 @@ def test_streams_and_completions_reuse_one_upstream_connection(mock_upstream_url
     stream = ApiRequest(endpoint="chat", model="m", data={"model": "m", "messages": messages, "stream": True}, stream=True)
     once = ApiRequest(endpoint="chat", model="m", data={"model": "m", "messages": messages})
 
-    async def three_streams_and_a_completion() -> list[int]:
+    async def three_streams_and_a_completion() -> tuple[int, int]:
+        opened_before = len(mock_upstream.connections)
         for _ in range(3):
             opened = await upstream.open_stream(target, stream)
             assert [chunk async for chunk in opened][-1].usage is not None
             await opened.aclose()
         await upstream.complete(target, once)
-        connections = http.pool()[1]._pool.connections
-        return [connection._connection._request_count for connection in connections]  # type: ignore[attr-defined]
+        await http.session().close()
+        return len(mock_upstream.connections) - opened_before, sum(mock_upstream.connections[opened_before:])
 
-    assert asyncio.run(three_streams_and_a_completion()) == [4]
+    assert asyncio.run(three_streams_and_a_completion()) == (1, 4)  # one connection, four requests on it
