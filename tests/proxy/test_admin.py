@@ -86,3 +86,37 @@ def test_ledger_changelist_never_counts_the_whole_table(admin_client: Client, al
     assert admin_client.get("/admin/billing/usagerecord/add/").status_code == 403
     filtered = admin_client.get("/admin/billing/usagerecord/", {"end_reason": "complete", "q": "alice"})
     assert filtered.status_code == 200
+
+
+def test_ledger_date_drilldown_matches_djangos_without_scanning(admin_client: Client, alice: Party) -> None:
+    from datetime import datetime, timezone as dt_timezone
+
+    from django.db.models import QuerySet
+
+    moments = [datetime(2025, 12, 31, 23, 59, tzinfo=dt_timezone.utc), datetime(2026, 1, 1, tzinfo=dt_timezone.utc),
+               datetime(2026, 1, 15, 12, tzinfo=dt_timezone.utc), datetime(2026, 3, 2, tzinfo=dt_timezone.utc)]
+    UsageRecord.objects.bulk_create(
+        UsageRecord(tenant=alice.tenant, endpoint="chat", end_reason="complete", status_code=200, created_at=moment)
+        for moment in moments
+    )
+    rows = UsageRecord.objects.all()
+    for kind in ("year", "month", "day"):
+        assert rows.datetimes("created_at", kind) == list(QuerySet.datetimes(rows, "created_at", kind))
+        assert rows.datetimes("created_at", kind, "DESC") == list(QuerySet.datetimes(rows, "created_at", kind, "DESC"))
+    january = rows.filter(created_at__year=2026, created_at__month=1)
+    assert january.datetimes("created_at", "day") == list(QuerySet.datetimes(january, "created_at", "day"))
+    page = admin_client.get("/admin/billing/usagerecord/", {"created_at__year": "2026"}).content.decode()
+    assert "January" in page and "March" in page and "February" not in page
+
+
+def test_ledger_search_goes_by_request_id_key_or_tenant(admin_client: Client, alice: Party, bob: Party) -> None:
+    mine = UsageRecord.objects.create(tenant=alice.tenant, key=alice.key, endpoint="chat", end_reason="complete", status_code=200)
+    UsageRecord.objects.create(tenant=bob.tenant, key=bob.key, endpoint="chat", end_reason="complete", status_code=200)
+
+    def found(term: str) -> set[int]:
+        response = admin_client.get("/admin/billing/usagerecord/", {"q": term})
+        return {row.pk for row in response.context["cl"].result_list}
+
+    assert found(str(mine.request_id)) == {mine.pk}
+    assert found(alice.key.prefix) == found(alice.secret) == found("alice") == {mine.pk}
+    assert found("nobody") == set() and found("tg-0123456789ab") == set()
