@@ -37,6 +37,9 @@ class HttpUpstream:
 
     async def aclose(self) -> None:
         self.close()
+        finish = getattr(self.lines, "aclose", None)
+        if finish is not None:
+            await finish()  # finalise the reader now rather than whenever the collector gets to it
 
 
 async def open_stream(target: Target, body: ApiRequest) -> Upstream:
