@@ -77,12 +77,10 @@ def build_record(entry: UsageEntry) -> UsageRecord:
     prompt, completion = entry.prompt_tokens, entry.completion_tokens
     if prompt is None or completion is None:
         source = UsageRecord.Source.ESTIMATED
-        model = entry.upstream_model or entry.public_model
-        if prompt is None:
-            counter = tokens.count_messages if entry.chat else tokens.count
-            prompt = counter(entry.prompt_texts, model=model) if entry.prompt_texts else 0
-        if completion is None:
-            completion = tokens.count([entry.completion_text], model=model)
+        estimated = tokens.estimate(entry.prompt_texts, entry.completion_text,
+                                    model=entry.upstream_model or entry.public_model, chat=entry.chat)
+        prompt = estimated[0] if prompt is None else prompt
+        completion = estimated[1] if completion is None else completion
     record = UsageRecord(
         tenant_id=entry.tenant_id,
         key_id=entry.key_id,

@@ -37,3 +37,9 @@ def count(texts: Iterable[str], *, model: str) -> int:
 def count_messages(texts: list[str], *, model: str) -> int:
     """Return the prompt tokens of chat messages: their text plus OpenAI's framing of ~3 tokens each."""
     return count(texts, model=model) + 3 * len(texts) + 3
+
+
+def estimate(prompt_texts: list[str], completion_text: str, *, model: str, chat: bool) -> tuple[int, int]:
+    """Return (prompt tokens, completion tokens) counted the way the model's provider would."""
+    prompt = (count_messages if chat else count)(prompt_texts, model=model) if prompt_texts else 0
+    return prompt, count([completion_text], model=model)

@@ -126,5 +126,5 @@ async def estimated_usage_chunk(body: ApiRequest, meter: Meter) -> bytes:
 
 def estimate(body: ApiRequest, text: str, target: Target | None) -> Usage:
     model = target.upstream_model if target else body.model
-    counter = tokens.count_messages if body.endpoint == CHAT else tokens.count
-    return Usage(prompt_tokens=counter(body.prompt_texts(), model=model), completion_tokens=tokens.count([text], model=model))
+    prompt, completion = tokens.estimate(body.prompt_texts(), text, model=model, chat=body.endpoint == CHAT)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion)
