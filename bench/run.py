@@ -23,7 +23,7 @@ The load generator (bench/load.py: one kept-alive HTTP/1.1 connection per worker
 request, reported in the table) runs in this process on the same machine and competes with both servers
 for the 2 cores: read requests/s as a comparison between the columns, not as what either server does
 alone. The run exits 2 if any request failed or a ledger row is missing; nothing is asserted on timings.
-The API key travels only from the seeding subprocess's stdout into this process; it is never printed.
+The API key travels from the seeding subprocess to this one through a private temporary file; it is never printed.
 """
 
 from __future__ import annotations
@@ -52,28 +52,27 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script, Python puts bench/ on sys.path but not the repository root
 from bench.load import Phase, Pool, Request, hammer, stream_rounds  # noqa: E402
+from bench.report import SOAK_CONCURRENCY, STREAM_CONCURRENCY, table  # noqa: E402
 
 PYTHON = sys.executable
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/tollgate_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/8"
 WARMUP_SECONDS = 1.0
-STREAM_CONCURRENCY = 16
-SOAK_CONCURRENCY = 16
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 CHAT_BODY = json.dumps({"model": "mock", "messages": MESSAGES}).encode()
 STREAM_BODY = json.dumps(
     {"model": "mock-slow", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
 ).encode()
 
-# Run by the child Python with Tollgate's environment. Its stdout carries the key to us and nowhere else.
+# Run by the child Python with Tollgate's environment. The key reaches us through a file only we can read.
 SEED_SCRIPT = """
-import json, sys
+import json, os, sys
 import django
 django.setup()
 from accounts.services import create_tenant, issue_key
 from proxy.models import Deployment, ModelRoute, Provider
 
-base_url, slug = sys.argv[1], sys.argv[2]
+base_url, slug, out = sys.argv[1], sys.argv[2], sys.argv[3]
 tenant = create_tenant(name="Benchmark " + slug, slug=slug)
 _, secret = issue_key(tenant=tenant, name="bench")
 provider, _ = Provider.objects.update_or_create(
@@ -82,7 +81,8 @@ for model in ("mock", "mock-slow"):
     route, _ = ModelRoute.objects.update_or_create(name=model, defaults={"is_active": True})
     route.deployments.all().delete()
     Deployment.objects.create(route=route, provider=provider, upstream_model=model)
-print(json.dumps({"key": secret, "tenant_id": tenant.pk}))
+with open(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handoff:
+    json.dump({"key": secret, "tenant_id": tenant.pk}, handoff)
 """
 
 
@@ -203,8 +203,10 @@ def run_django(args: list[str], env: dict[str, str], what: str) -> str:
 def seed(env: dict[str, str], mock_base_url: str) -> tuple[str, int]:
     """Seed this run's tenant, key and routes. Returns the key's plaintext and the tenant id."""
     slug = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    out = run_django(["-c", SEED_SCRIPT, mock_base_url, slug], env, "seeding")
-    seeded = json.loads(out.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as private:
+        handoff = Path(private) / "seeded.json"
+        run_django(["-c", SEED_SCRIPT, mock_base_url, slug, str(handoff)], env, "seeding")
+        seeded = json.loads(handoff.read_text())
     return str(seeded["key"]), int(seeded["tenant_id"])
 
 
@@ -292,62 +294,6 @@ class Bench:
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def fmt(value: object, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def compare(mock: object, tollgate: object, *, latency: bool) -> str:
-    if not isinstance(mock, (int, float)) or not isinstance(tollgate, (int, float)):
-        return ""
-    if latency:
-        return f"{tollgate - mock:+.2f} ms"
-    return f"{tollgate / mock:.2f}x" if mock else ""
-
-
-def row(label: str, mock: object, tollgate: object, *, latency: bool = False, ratio: bool = True, digits: int = 2) -> str:
-    verdict = compare(mock, tollgate, latency=latency) if ratio else ""
-    return f"  {label:<26}{fmt(mock, digits):>12}{fmt(tollgate, digits):>14}{verdict:>16}"
-
-
-def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
-    lines = [f"Tollgate benchmark: {opts.seconds:g} s phases, one uvicorn worker, PostgreSQL + Redis ledger, {os.cpu_count()} CPUs",
-             f"  {'':<26}{'mock alone':>12}{'via Tollgate':>14}{'Tollgate/mock':>16}"]
-    phases = {(p["target"], p["concurrency"]): p for p in results["phases"]}
-    for c in opts.concurrency:
-        m, t = phases[("mock", c)], phases[("tollgate", c)]
-        lines += [f"concurrency {c}",
-                  row("requests/s", m["rps"], t["rps"], digits=1),
-                  row("p50 latency ms", m["p50_ms"], t["p50_ms"], latency=True),
-                  row("p99 latency ms", m["p99_ms"], t["p99_ms"], latency=True),
-                  row("errors", m["errors"], t["errors"], ratio=False),
-                  row("CPU ms/request", m["cpu_ms_per_request"], t["cpu_ms_per_request"], digits=3),
-                  row("overhead header p50 ms", None, t["overhead_p50_ms"], ratio=False),
-                  row("load generator CPU ms/req", m["loadgen_cpu_ms_per_request"], t["loadgen_cpu_ms_per_request"], digits=3)]
-    m, t = results["streams"]
-    lines += [f"streams: {STREAM_CONCURRENCY} concurrent mock-slow x {opts.stream_rounds} rounds (20 chunks, 50 ms apart)",
-              row("first data: p50 ms", m["ttfb_p50_ms"], t["ttfb_p50_ms"], latency=True),
-              row("first data: p99 ms", m["ttfb_p99_ms"], t["ttfb_p99_ms"], latency=True),
-              row("total stream p50 ms", m["total_p50_ms"], t["total_p50_ms"], latency=True),
-              row("errors", m["errors"], t["errors"], ratio=False)]
-    rss = results["rss_mb"]
-    lines.append(f"Tollgate RSS: {rss['after_warmup']:.1f} MB after warm-up, {rss['end']:.1f} MB at the end")
-    if soak := results.get("soak"):
-        lines.append(f"soak {opts.soak:g} s at c={SOAK_CONCURRENCY}: {soak['requests']} requests, {soak['errors']} errors, "
-                     f"{soak['rps']} req/s; RSS {soak['rss_start_mb']} -> {soak['rss_end_mb']} MB "
-                     f"({soak['rss_change_percent']:+.1f} %, peak {soak['rss_peak_mb']} MB)")
-    ledger = results["ledger"]
-    verdict = "OK" if ledger["rows"] == ledger["requests"] else f"MISMATCH ({ledger['rows'] - ledger['requests']:+d})"
-    lines.append(f"ledger rows: {ledger['rows']} for {ledger['requests']} requests  {verdict}")
-    errors = [f"  {p['target']} c={p.get('concurrency')}: {p['first_error']}" for p in results["phases"] + results["streams"] if p["errors"]]
-    errors += [f"  tollgate c={p['concurrency']}: {p['missing_overhead']} answers without x-tollgate-overhead-ms"
-               for p in results["phases"] if p.get("missing_overhead")]
-    if results["tollgate_log_errors"]:
-        errors += ["  tollgate log: " + line for line in results["tollgate_log_errors"]]
-    return "\n".join(lines + (["first errors:", *errors] if errors else []))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,0 +1,66 @@
+"""The benchmark's printed table: each figure for the mock alone, through Tollgate, and their ratio."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+STREAM_CONCURRENCY = 16
+SOAK_CONCURRENCY = 16
+
+
+def fmt(value: object, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def compare(mock: object, tollgate: object, *, latency: bool) -> str:
+    if not isinstance(mock, (int, float)) or not isinstance(tollgate, (int, float)):
+        return ""
+    if latency:
+        return f"{tollgate - mock:+.2f} ms"
+    return f"{tollgate / mock:.2f}x" if mock else ""
+
+
+def row(label: str, mock: object, tollgate: object, *, latency: bool = False, ratio: bool = True, digits: int = 2) -> str:
+    verdict = compare(mock, tollgate, latency=latency) if ratio else ""
+    return f"  {label:<26}{fmt(mock, digits):>12}{fmt(tollgate, digits):>14}{verdict:>16}"
+
+
+def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
+    lines = [f"Tollgate benchmark: {opts.seconds:g} s phases, one uvicorn worker, PostgreSQL + Redis ledger, {os.cpu_count()} CPUs",
+             f"  {'':<26}{'mock alone':>12}{'via Tollgate':>14}{'Tollgate/mock':>16}"]
+    phases = {(p["target"], p["concurrency"]): p for p in results["phases"]}
+    for c in opts.concurrency:
+        m, t = phases[("mock", c)], phases[("tollgate", c)]
+        lines += [f"concurrency {c}",
+                  row("requests/s", m["rps"], t["rps"], digits=1),
+                  row("p50 latency ms", m["p50_ms"], t["p50_ms"], latency=True),
+                  row("p99 latency ms", m["p99_ms"], t["p99_ms"], latency=True),
+                  row("errors", m["errors"], t["errors"], ratio=False),
+                  row("CPU ms/request", m["cpu_ms_per_request"], t["cpu_ms_per_request"], digits=3),
+                  row("overhead header p50 ms", None, t["overhead_p50_ms"], ratio=False),
+                  row("load generator CPU ms/req", m["loadgen_cpu_ms_per_request"], t["loadgen_cpu_ms_per_request"], digits=3)]
+    m, t = results["streams"]
+    lines += [f"streams: {STREAM_CONCURRENCY} concurrent mock-slow x {opts.stream_rounds} rounds (20 chunks, 50 ms apart)",
+              row("first data: p50 ms", m["ttfb_p50_ms"], t["ttfb_p50_ms"], latency=True),
+              row("first data: p99 ms", m["ttfb_p99_ms"], t["ttfb_p99_ms"], latency=True),
+              row("total stream p50 ms", m["total_p50_ms"], t["total_p50_ms"], latency=True),
+              row("errors", m["errors"], t["errors"], ratio=False)]
+    rss = results["rss_mb"]
+    lines.append(f"Tollgate RSS: {rss['after_warmup']:.1f} MB after warm-up, {rss['end']:.1f} MB at the end")
+    if soak := results.get("soak"):
+        lines.append(f"soak {opts.soak:g} s at c={SOAK_CONCURRENCY}: {soak['requests']} requests, {soak['errors']} errors, "
+                     f"{soak['rps']} req/s; RSS {soak['rss_start_mb']} -> {soak['rss_end_mb']} MB "
+                     f"({soak['rss_change_percent']:+.1f} %, peak {soak['rss_peak_mb']} MB)")
+    ledger = results["ledger"]
+    verdict = "OK" if ledger["rows"] == ledger["requests"] else f"MISMATCH ({ledger['rows'] - ledger['requests']:+d})"
+    lines.append(f"ledger rows: {ledger['rows']} for {ledger['requests']} requests  {verdict}")
+    errors = [f"  {p['target']} c={p.get('concurrency')}: {p['first_error']}" for p in results["phases"] + results["streams"] if p["errors"]]
+    errors += [f"  tollgate c={p['concurrency']}: {p['missing_overhead']} answers without x-tollgate-overhead-ms"
+               for p in results["phases"] if p.get("missing_overhead")]
+    if results["tollgate_log_errors"]:
+        errors += ["  tollgate log: " + line for line in results["tollgate_log_errors"]]
+    return "\n".join(lines + (["first errors:", *errors] if errors else []))
