@@ -7,7 +7,6 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.db import connection
 
-from accounts import keys
 from accounts.keys import KeyRejected, lookup
 from accounts.models import ApiKey, Tenant
 
