@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from django.http import HttpRequest
 
 from accounts.keys import Caller, KeyRejected, lookup, lookup_local
@@ -11,6 +13,9 @@ from .errors import AuthenticationFailed, GatewayError, PermissionDenied
 
 # One thread hop per request: the cache read and, when cold, the single key query.
 alookup = db_step(lookup)
+
+# Lookups in flight, by event loop and presented key (held in memory only while the lookup runs).
+_pending: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[Caller]] = {}
 
 # Messages never repeat what the client sent: a mistyped key is still somebody's secret.
 _MESSAGES = {
@@ -44,9 +49,30 @@ async def authenticate(request: HttpRequest) -> Caller:
         raise AuthenticationFailed(_MESSAGES[KeyRejected.MALFORMED])
     try:
         # A key seen in the last few seconds is answered from memory, on the loop, with no thread hop.
-        return lookup_local(key) or await alookup(key)
+        return lookup_local(key) or await shared_lookup(key)
     except KeyRejected as e:
         raise rejection(e.reason) from None
+
+
+async def shared_lookup(key: str) -> Caller:
+    """Return lookup(key), run once for all the requests that present the same key at the same moment.
+
+    When the process's copy of a busy key expires, every request in flight misses it together; without
+    this each would queue its own hop on the one database thread, behind any ledger write.
+    """
+    loop = asyncio.get_running_loop()
+    pending = _pending.get((loop, key))
+    if pending is None:
+        pending = _pending[(loop, key)] = asyncio.ensure_future(alookup(key))
+        pending.add_done_callback(lambda done: forget_pending(loop, key, done))
+    # Shielded: a client that leaves must not cancel the lookup the others are waiting on.
+    return await asyncio.shield(pending)
+
+
+def forget_pending(loop: asyncio.AbstractEventLoop, key: str, done: asyncio.Future[Caller]) -> None:
+    _pending.pop((loop, key), None)
+    if not done.cancelled():
+        done.exception()  # retrieved here too, in case every waiter has gone: no "never retrieved" warning
 
 
 def rejection(reason: str) -> GatewayError:

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
-import pytest
-from django.test import Client
+import asyncio
 
-from accounts import services
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from django.test import Client, override_settings
+
+from accounts import keys, services
+from accounts.keys import Caller
+from proxy import auth
 
 from ..conftest import Party
 
@@ -72,3 +77,27 @@ def test_unknown_paths_on_v1_are_json_never_html(client: Client, alice: Party) -
     for path in ("/v1/", "/v1/chat/completion", "/v1/nothing/here"):
         response = client.post(path, data="{}", content_type="application/json", headers=alice.auth)
         assert_envelope(response, 404, "unknown_url")
+
+
+def test_requests_presenting_one_key_together_share_one_lookup(alice: Party, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    async def slow_lookup(key: str) -> Caller:
+        calls.append(key)
+        await asyncio.sleep(0.05)  # still in flight when the other requests arrive
+        return await sync_to_async(keys.lookup)(key)
+
+    monkeypatch.setattr(auth, "alookup", slow_lookup)
+    unknown = "tg-0123456789ab-" + "Z" * 40
+
+    async def sixteen_then_an_unknown_pair() -> tuple[list[Caller], list[BaseException]]:
+        callers = await asyncio.gather(*(auth.shared_lookup(alice.secret) for _ in range(16)))
+        failures = await asyncio.gather(auth.shared_lookup(unknown), auth.shared_lookup(unknown), return_exceptions=True)
+        return callers, failures
+
+    with override_settings(TOLLGATE_KEY_LOCAL_CACHE_SECONDS=0):
+        callers, failures = async_to_sync(sixteen_then_an_unknown_pair)()
+    assert calls == [alice.secret, unknown]  # one lookup per key, not one per request
+    assert {c.key_id for c in callers} == {alice.key.id}
+    assert [type(f) for f in failures] == [keys.KeyRejected, keys.KeyRejected]
+    assert auth._pending == {}  # nothing held once answered: the presented keys are not kept
