@@ -49,6 +49,11 @@ def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
               row("first data: p99 ms", m["ttfb_p99_ms"], t["ttfb_p99_ms"], latency=True),
               row("total stream p50 ms", m["total_p50_ms"], t["total_p50_ms"], latency=True),
               row("errors", m["errors"], t["errors"], ratio=False)]
+    if reference := results.get("reference_streams"):
+        lines += ["  bare Django forwarder (no auth, no ledger), in the Tollgate column:",
+                  row("first data: p50 ms", m["ttfb_p50_ms"], reference["ttfb_p50_ms"], latency=True),
+                  row("total stream p50 ms", m["total_p50_ms"], reference["total_p50_ms"], latency=True),
+                  row("errors", m["errors"], reference["errors"], ratio=False)]
     rss = results["rss_mb"]
     lines.append(f"Tollgate RSS: {rss['after_warmup']:.1f} MB after warm-up, {rss['end']:.1f} MB at the end")
     if soak := results.get("soak"):

@@ -5,6 +5,7 @@ Run from the repository root, with PostgreSQL and Redis up (nothing is fetched f
     .venv/bin/python bench/run.py                  # 10 s per phase at concurrency 1, 16 and 64
     .venv/bin/python bench/run.py --quick          # 3 s per phase, one stream round
     .venv/bin/python bench/run.py --soak 300 --json var/bench.json
+    .venv/bin/python bench/run.py --reference      # also streams through a bare Django forwarder
 
 It starts the mock upstream (bench/mock_upstream.py) and ONE uvicorn worker of Tollgate with production
 settings (DEBUG off, throwaway secrets made per run) and full bookkeeping on PostgreSQL
@@ -16,7 +17,8 @@ For each concurrency it measures the mock alone and the same request through Tol
 warm-up each: requests/s, p50/p99 latency, errors (any non-200 or exception), CPU ms per request of the
 serving process (utime+stime from /proc), and the p50 of Tollgate's ``x-tollgate-overhead-ms`` header.
 Then waves of 16 concurrent ``mock-slow`` streams (20 chunks 50 ms apart): time to the first ``data:``
-line and total stream time. It reports Tollgate's resident memory, optionally over a concurrency-16 soak,
+line and total stream time; with ``--reference`` the same waves also go through stock Django relaying
+the stream with no gateway work at all (bench/bare_django.py), as a yardstick. It reports Tollgate's resident memory, optionally over a concurrency-16 soak,
 and checks that the ledger holds one ``billing_usagerecord`` row per answered Tollgate request.
 
 The load generator (bench/load.py: one kept-alive HTTP/1.1 connection per worker, about 0.1 ms of CPU per
@@ -227,8 +229,8 @@ def count_ledger(database_url: str, tenant_id: int, expected: int) -> int:
 class Bench:
     """The measurements of one run against the two servers, collected into ``results``."""
 
-    def __init__(self, opts: argparse.Namespace, mock: Server, tollgate: Server) -> None:
-        self.opts, self.mock, self.tollgate = opts, mock, tollgate
+    def __init__(self, opts: argparse.Namespace, mock: Server, tollgate: Server, reference: Server | None = None) -> None:
+        self.opts, self.mock, self.tollgate, self.reference = opts, mock, tollgate, reference
         self.tollgate_answers = 0  # every answered request through Tollgate, warm-ups included: one ledger row each
         self.results: dict[str, Any] = {"phases": [], "streams": [], "rss_mb": {}}
 
@@ -285,6 +287,8 @@ class Bench:
                 self.results["phases"].append(await self.phase(server, concurrency))
         for server in (self.mock, self.tollgate):
             self.results["streams"].append(await self.streams(server))
+        if self.reference is not None:
+            self.results["reference_streams"] = await self.streams(self.reference)
         if self.opts.soak:
             progress(f"soak: {self.opts.soak:.0f} s at concurrency {SOAK_CONCURRENCY} through Tollgate")
             self.results["soak"] = await self.soak()
@@ -303,6 +307,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="3 s phases and one stream round")
     parser.add_argument("--stream-rounds", type=int, default=3, help="waves of 16 concurrent streams (default 3)")
     parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="also soak at concurrency 16 and watch RSS")
+    parser.add_argument("--reference", action="store_true",
+                        help="also stream through a bare Django forwarder (bench/bare_django.py) for comparison")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
@@ -335,6 +341,16 @@ def start_servers(children: Children, opts: argparse.Namespace) -> tuple[Server,
     return mock, tollgate, tenant_id
 
 
+def start_reference(children: Children, mock: Server) -> Server:
+    """Start the bare Django forwarder in front of the mock (see bench/bare_django.py)."""
+    port = free_port()
+    env = {**os.environ, "BARE_UPSTREAM": mock.url, "PYTHONPATH": str(ROOT)}
+    children.start("bare-django", [PYTHON, "-m", "uvicorn", "bench.bare_django:application", "--port", str(port),
+                                   "--lifespan", "off", "--no-access-log", "--log-level", "warning"], env)
+    children.wait_until_up("bare-django", f"http://127.0.0.1:{port}/")
+    return Server("bare-django", f"http://127.0.0.1:{port}/v1/chat/completions", mock.headers, children.procs["bare-django"].pid)
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     # SIGTERM becomes SystemExit so the finally below stops the children, as Ctrl-C does.
@@ -343,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         children = Children(Path(log_dir))
         try:
             mock, tollgate, tenant_id = start_servers(children, opts)
-            bench = Bench(opts, mock, tollgate)
+            reference = start_reference(children, mock) if opts.reference else None
+            bench = Bench(opts, mock, tollgate, reference)
             results = asyncio.run(bench.run())
             for name in ("mock", "tollgate"):
                 if children.procs[name].poll() is not None:
