@@ -48,6 +48,24 @@ class Minted:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Rate limits of a key or a tenant; None means no limit."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.requests_per_minute, self.tokens_per_minute, self.max_concurrent))
+
+
+def limits_of(holder: object) -> Limits:
+    return Limits(requests_per_minute=getattr(holder, "requests_per_minute", None),
+                  tokens_per_minute=getattr(holder, "tokens_per_minute", None),
+                  max_concurrent=getattr(holder, "max_concurrent", None))
+
+
+@dataclass(frozen=True)
 class Caller:
     """Who is calling /v1: everything later steps need, without touching the database."""
 
@@ -56,6 +74,8 @@ class Caller:
     tenant_id: int
     tenant_slug: str
     allowed_models: tuple[str, ...]
+    key_limits: Limits = Limits()
+    tenant_limits: Limits = Limits()
 
     def may_use(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
@@ -91,7 +111,7 @@ def parse_prefix(presented: str) -> str | None:
 
 
 def cache_key(prefix: str) -> str:
-    return f"apikey:{prefix}"
+    return f"apikey:v2:{prefix}"  # v2: records carry rate limits
 
 
 # This process's copy of recent lookups, in front of the shared cache: a warm key costs no I/O and no
@@ -172,6 +192,8 @@ def load_record(prefix: str) -> KeyRecord | None:
         tenant_id=key.tenant_id,
         tenant_slug=key.tenant.slug,
         allowed_models=tuple(key.allowed_models or ()),
+        key_limits=limits_of(key),
+        tenant_limits=limits_of(key.tenant),
     )
     return KeyRecord(
         caller=caller,

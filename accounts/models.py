@@ -38,6 +38,10 @@ class Tenant(models.Model):
         blank=True, validators=[validate_email_list], help_text="Budget alerts go here. Comma or newline separated."
     )
     is_active = models.BooleanField(default=True, help_text="An inactive tenant's keys are refused.")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Empty means no limit.")
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Prompt tokens plus the completion tokens asked for. Empty means no limit.")
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True, help_text="Requests in flight at once. Empty means no limit.")
     created_at = models.DateTimeField(default=tz.now)
 
     class Meta:
@@ -95,6 +99,10 @@ class ApiKey(models.Model):
     allowed_models = models.JSONField(
         default=list, blank=True, validators=[validate_model_list], help_text="Public model names; empty means all."
     )
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Empty means no limit.")
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Prompt tokens plus the completion tokens asked for. Empty means no limit.")
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True, help_text="Requests in flight at once. Empty means no limit.")
     last_used_at = models.DateTimeField(null=True, blank=True)
     rotated_from = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rotated_to"

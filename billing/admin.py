@@ -1,17 +1,35 @@
 from __future__ import annotations
 
+import json
 import re
 import uuid
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.http import HttpRequest
+from django.db.models import Model, QuerySet
+from django.forms import BaseInlineFormSet, ModelForm
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils import timezone
 from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApiKey, Tenant
 
-from .models import UsageRecord
+from . import pricing
+from .models import Budget, Price, UsageRecord, micros_to_dollars
+
+CENTS = Decimal("0.01")
+
+
+def dollars(micros: int) -> str:
+    """$1.50 for whole cents; every digit down to the micro-dollar otherwise."""
+    amount = micros_to_dollars(micros)
+    cents = amount.quantize(CENTS)
+    return f"${cents if cents == amount else amount.normalize()}"
 
 
 class LedgerPaginator(Paginator):
@@ -31,10 +49,10 @@ class LedgerPaginator(Paginator):
 class UsageRecordAdmin(admin.ModelAdmin):
     list_display = [
         "created_at", "tenant", "key", "public_model", "provider", "stream", "prompt_tokens", "completion_tokens",
-        "usage_source", "end_reason", "status_code", "latency_ms", "ttfb_ms",
+        "usage_source", "end_reason", "status_code", "latency_ms", "ttfb_ms", "cost",
     ]
     list_select_related = ["tenant", "key"]
-    list_filter = ["end_reason", "usage_source", "stream", "endpoint"]
+    list_filter = ["end_reason", "usage_source", "stream", "endpoint", "unpriced"]
     search_fields = ["=request_id"]
     search_help_text = "A request id (x-request-id), a tenant slug, or an API key (its prefix or the whole key)."
     date_hierarchy = "created_at"
@@ -42,6 +60,21 @@ class UsageRecordAdmin(admin.ModelAdmin):
     paginator = LedgerPaginator
     show_full_result_count = False
     list_per_page = 100
+    readonly_fields = ["gate_decision"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: UsageRecord | None = None) -> list[tuple[str | None, dict[str, Any]]]:
+        fields = [name for name in self.get_fields(request, obj) if name not in ("gate", "gate_decision")]
+        return [(None, {"fields": fields}), ("Why admitted or denied", {"fields": ["gate_decision"]})]
+
+    @admin.display(description="cost", ordering="cost_micros")
+    def cost(self, record: UsageRecord) -> str:
+        return dollars(record.cost_micros)
+
+    @admin.display(description="gate")
+    def gate_decision(self, record: UsageRecord) -> str:
+        if not record.gate:
+            return "Nothing was recorded."
+        return format_html("<pre>{}</pre>", json.dumps(record.gate, indent=2, sort_keys=True))
 
     def get_paginator(self, request: HttpRequest, queryset: Any, per_page: int, orphans: int = 0,
                       allow_empty_first_page: bool = True) -> Paginator:
@@ -78,3 +111,137 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
         return False
+
+
+@admin.register(Price)
+class PriceAdmin(admin.ModelAdmin):
+    list_display = ["model", "provider", "effective_from", "input_per_million", "output_per_million",
+                    "cached_input_per_million", "per_request"]
+    list_select_related = ["provider"]
+    list_filter = ["provider"]
+    search_fields = ["model"]
+    ordering = ["-effective_from", "model"]
+    fields = ["model", "provider", "effective_from", "input_per_million", "output_per_million",
+              "cached_input_per_million", "per_request", "note", "history"]
+    readonly_fields = ["history"]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        if request.method == "GET":
+            warn_unpriced(request)
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="other prices of this model")
+    def history(self, price: Price) -> str:
+        if price.pk is None:
+            return "—"
+        others = list(Price.objects.filter(model=price.model, provider=price.provider_id).exclude(pk=price.pk)
+                      .order_by("-effective_from"))
+        if not others:
+            return "None: this is the only one."
+        items = format_html_join("", '<li><a href="{}">from {}</a> ({}): {}</li>', (
+            (reverse("admin:billing_price_change", args=[other.pk]), other.effective_from,
+             "newer" if other.effective_from > price.effective_from else "older", amounts(other))
+            for other in others
+        ))
+        return format_html("<ul>{}</ul>", items)
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        # Usage records protect the prices they were charged at. Django would list every one of them on
+        # the confirmation page, and a price can have millions: ask whether one exists instead.
+        used = [price for price in objs if UsageRecord.objects.filter(price=price).exists()]
+        if used:
+            return [], {}, set(), [f"{price}: usage records were charged at it. Add a newer price instead." for price in used]
+        return super().get_deleted_objects(objs, request)
+
+    def save_model(self, request: HttpRequest, obj: Price, form: ModelForm, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        pricing.forget()
+
+    def delete_model(self, request: HttpRequest, obj: Price) -> None:
+        super().delete_model(request, obj)
+        pricing.forget()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Price]) -> None:
+        super().delete_queryset(request, queryset)
+        pricing.forget()
+
+
+def amounts(price: Price) -> str:
+    cached = "same as input" if price.cached_input_per_million is None else plain(price.cached_input_per_million)
+    return (f"input {plain(price.input_per_million)}, output {plain(price.output_per_million)}, cached {cached}, "
+            f"per request {plain(price.per_request)}")
+
+
+def plain(amount: Decimal) -> str:
+    return f"{amount.normalize():f}"
+
+
+def warn_unpriced(request: HttpRequest) -> None:
+    since = timezone.now() - timedelta(days=7)
+    unpriced = UsageRecord.objects.filter(unpriced=True, created_at__gte=since)
+    models = list(unpriced.values_list("public_model", flat=True).distinct()[:10])
+    if models:
+        messages.warning(request, f"No price for {', '.join(models)}: requests in the last 7 days were recorded at "
+                                  "no cost. Add a price for each.")
+
+
+class BudgetStatusColumn:
+    @admin.display(description="this period")
+    def this_period(self, budget: Budget) -> str:
+        if budget.pk is None:
+            return "—"
+        # Imported on use, so the admin loads even where billing.budgets cannot (it lands separately).
+        from . import budgets
+
+        status = budgets.status(budget)
+        return (f"{dollars(status.spent_micros)} spent / {dollars(status.reserved_micros)} reserved / "
+                f"{dollars(status.remaining_micros)} left")
+
+
+@admin.register(Budget)
+class BudgetAdmin(BudgetStatusColumn, admin.ModelAdmin):
+    list_display = ["label", "tenant", "key", "amount", "period", "hard", "is_active", "this_period"]
+    list_select_related = ["tenant", "key"]
+    list_filter = ["period", "hard", "is_active"]
+    search_fields = ["name", "tenant__slug", "tenant__name", "=key__prefix"]
+    autocomplete_fields = ["tenant", "key"]
+    fields = ["tenant", "key", "name", "amount", "period", "hard", "alert_thresholds", "is_active", "this_period",
+              "created_at"]
+    readonly_fields = ["this_period", "created_at"]
+    list_per_page = 50  # each row asks for its period's status
+
+    @admin.display(description="name", ordering="name")
+    def label(self, budget: Budget) -> str:
+        return str(budget)
+
+
+class BudgetInline(BudgetStatusColumn, admin.TabularInline):
+    model = Budget
+    fk_name = "tenant"
+    extra = 0
+    fields = ["name", "key", "amount", "period", "hard", "alert_thresholds", "is_active", "this_period"]
+    readonly_fields = ["this_period"]
+
+    def get_formset(self, request: HttpRequest, obj: Model | None = None, **kwargs: Any) -> type[BaseInlineFormSet]:
+        formset: type[BaseInlineFormSet] = super().get_formset(request, obj, **kwargs)
+        if "key" in formset.form.base_fields:
+            # Offer this tenant's keys only, rather than every key of every tenant.
+            keys = ApiKey.objects.for_tenant(obj) if isinstance(obj, Tenant) else ApiKey.objects.none()
+            formset.form.base_fields["key"].queryset = keys  # type: ignore[attr-defined]
+        return formset
+
+
+class KeyBudgetFormSet(BaseInlineFormSet):
+    def save_new(self, form: ModelForm, commit: bool = True) -> Budget:
+        form.instance.tenant_id = self.instance.tenant_id
+        budget: Budget = super().save_new(form, commit)
+        return budget
+
+
+class KeyBudgetInline(BudgetStatusColumn, admin.TabularInline):
+    model = Budget
+    fk_name = "key"
+    formset = KeyBudgetFormSet
+    extra = 0
+    fields = ["name", "amount", "period", "hard", "alert_thresholds", "is_active", "this_period"]
+    readonly_fields = ["this_period"]

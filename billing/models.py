@@ -1,13 +1,149 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
+from decimal import ROUND_HALF_UP, Decimal
 
+from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Max, Min
+from django.db.models import Max, Min, Q
 from django.utils import timezone
 
 from accounts.models import ApiKey, Tenant
+
+MICROS = Decimal(1_000_000)  # money is kept in integer micro-dollars (1 USD = 1,000,000)
+
+
+def to_micros(dollars: Decimal) -> int:
+    return int((dollars * MICROS).to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def micros_to_dollars(micros: int) -> Decimal:
+    return (Decimal(micros) / MICROS).quantize(Decimal("0.000001"))
+
+
+class Price(models.Model):
+    """What a model costs from a date on. A price change is a new row, so past costs never change.
+
+    Matched by deployment (provider + upstream model name) first, then by public model name. Amounts are
+    US dollars per million tokens; ``tokens x price`` is then the cost in micro-dollars.
+    """
+
+    model = models.CharField(max_length=200, help_text="The public model name, or the upstream model name when a provider is set.")
+    provider = models.ForeignKey("proxy.Provider", null=True, blank=True, on_delete=models.CASCADE, related_name="prices",
+                                 help_text="Set it to price one provider's deployments of the model.")
+    effective_from = models.DateField(default=date.today, help_text="Applies to requests from this day (UTC) on.")
+    input_per_million = models.DecimalField(max_digits=14, decimal_places=6, help_text="USD per million prompt tokens.")
+    output_per_million = models.DecimalField(max_digits=14, decimal_places=6, help_text="USD per million completion tokens.")
+    cached_input_per_million = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True,
+        help_text="USD per million cached prompt tokens; empty means the input price.")
+    per_request = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal(0),
+                                      help_text="USD per request, for providers that charge so.")
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "provider", "effective_from"], condition=Q(provider__isnull=False),
+                                    name="price_unique_per_deployment_day"),
+            models.UniqueConstraint(fields=["model", "effective_from"], condition=Q(provider__isnull=True),
+                                    name="price_unique_per_model_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} from {self.effective_from}"
+
+    def cost_micros(self, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, requests: int = 1) -> int:
+        """Cost in micro-dollars, rounded half up once at the end. Cached tokens are part of prompt_tokens."""
+        cached = min(cached_tokens, prompt_tokens)
+        cached_price = self.input_per_million if self.cached_input_per_million is None else self.cached_input_per_million
+        micros = ((prompt_tokens - cached) * self.input_per_million + cached * cached_price
+                  + completion_tokens * self.output_per_million + requests * self.per_request * MICROS)
+        return int(micros.to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def validate_thresholds(value: str) -> None:
+    try:
+        numbers = parse_thresholds(value)
+    except ValueError:
+        raise ValidationError("Give whole percentages separated by commas, e.g. 50,80,100.") from None
+    if any(n <= 0 or n > 1000 for n in numbers):
+        raise ValidationError("Each threshold must be between 1 and 1000 percent.")
+
+
+def parse_thresholds(value: str) -> list[int]:
+    return sorted({int(part) for part in value.replace(" ", "").split(",") if part})
+
+
+class Budget(models.Model):
+    """A spending limit on a tenant, or on one of its keys, per calendar period in the tenant's time zone.
+
+    What a period has spent is derived from the ledger plus the reservations still open; a new period
+    simply starts empty, so nothing ever needs resetting.
+    """
+
+    class Period(models.TextChoices):
+        DAY = "day"
+        WEEK = "week", "Week (from Monday)"
+        MONTH = "month"
+        LIFETIME = "lifetime"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="budgets")
+    key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets",
+                            help_text="Empty: the budget covers every key of the tenant.")
+    name = models.CharField(max_length=100, blank=True)
+    amount = models.DecimalField(max_digits=12, decimal_places=2, help_text="USD per period.")
+    period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
+    hard = models.BooleanField(default=True, help_text="Deny requests once the amount is reached; otherwise only alert.")
+    alert_thresholds = models.CharField(max_length=64, default="50,80,100", validators=[validate_thresholds],
+                                        help_text="Percentages of the amount that send an alert email.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["tenant", "key", "period"]
+
+    def __str__(self) -> str:
+        return self.name or f"{self.get_period_display()} budget of {self.scope_label}"
+
+    @property
+    def scope_label(self) -> str:
+        return f"key {self.key.prefix}" if self.key_id and self.key else f"tenant {self.tenant.slug}" if self.tenant_id else "tenant"
+
+    @property
+    def amount_micros(self) -> int:
+        return to_micros(self.amount)
+
+    def clean(self) -> None:
+        if self.key_id and self.tenant_id and self.key.tenant_id != self.tenant_id:
+            raise ValidationError({"key": "This key belongs to another tenant."})
+        if self.amount is not None and self.amount <= 0:
+            raise ValidationError({"amount": "A budget must be more than zero."})
+
+
+class BudgetPeriod(models.Model):
+    """The running totals of one budget in one period, kept by the database when Redis is not configured."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="+")
+    starts_at = models.DateTimeField()
+    spent_micros = models.BigIntegerField(default=0)
+    reserved_micros = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["budget", "starts_at"], name="budget_period_unique")]
+
+
+class Reservation(models.Model):
+    """Money held for a request in flight, kept by the database when Redis is not configured.
+
+    Deleted when the request settles; a lease that runs out (a crashed process) is released by the reaper.
+    """
+
+    request_id = models.CharField(max_length=32, unique=True)
+    amount_micros = models.BigIntegerField()
+    periods = models.JSONField(help_text="The BudgetPeriod ids the amount is held on.")
+    expires_at = models.DateTimeField(db_index=True)
 
 
 def _period_start(moment: datetime, kind: str) -> datetime:
@@ -90,6 +226,10 @@ class UsageRecord(models.Model):
     status_code = models.PositiveSmallIntegerField()
     latency_ms = models.PositiveIntegerField(default=0)
     ttfb_ms = models.PositiveIntegerField(null=True, blank=True)
+    cost_micros = models.BigIntegerField(default=0, help_text="Micro-dollars (1 USD = 1,000,000).")
+    price = models.ForeignKey(Price, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    unpriced = models.BooleanField(default=False, help_text="The model had no price when the request ran.")
+    gate = models.JSONField(default=dict, blank=True, help_text="Why the request was admitted or denied.")
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = UsageRecordQuerySet.as_manager()

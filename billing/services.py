@@ -10,7 +10,7 @@ from django.db import DatabaseError, connection
 from django.db.models import Field
 from django.utils import timezone
 
-from . import tokens
+from . import pricing, tokens
 from .models import UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class UsageEntry:
     ttfb_ms: int | None = None
     request_id: str | None = None
     created_at: datetime | None = None
+    gate: dict[str, Any] = field(default_factory=dict)
 
 
 def record_usage(*, entry: UsageEntry) -> UsageRecord:
@@ -49,15 +50,16 @@ def record_usage(*, entry: UsageEntry) -> UsageRecord:
     return record
 
 
-def record_usages(*, entries: list[UsageEntry]) -> None:
+def record_usages(*, entries: list[UsageEntry]) -> list[UsageRecord]:
     """Write the rows of several requests in one INSERT. If that fails, each row is tried alone.
 
-    Raises the error of the first row that could not be written, after trying all of them.
+    Returns the rows (with their tokens and cost). Raises the error of the first row that could not be
+    written, after trying all of them.
     """
     records = [build_record(entry) for entry in entries]
     try:
         insert_many(records)  # one statement: all rows or none
-        return
+        return records
     except DatabaseError:
         if len(records) == 1:
             raise
@@ -70,6 +72,7 @@ def record_usages(*, entries: list[UsageEntry]) -> None:
             failure = failure or e
     if failure is not None:
         raise failure
+    return records
 
 
 def build_record(entry: UsageEntry) -> UsageRecord:
@@ -98,11 +101,27 @@ def build_record(entry: UsageEntry) -> UsageRecord:
         status_code=entry.status_code,
         latency_ms=entry.latency_ms,
         ttfb_ms=entry.ttfb_ms,
+        gate=entry.gate,
         created_at=entry.created_at or timezone.now(),
     )
     if entry.request_id:
         record.request_id = entry.request_id
+    price_record(record)
     return record
+
+
+def price_record(record: UsageRecord) -> None:
+    """Set the row's cost from the price in force on its day; a model with no price is flagged, at zero cost."""
+    if not record.upstream_model or record.ttfb_ms is None:
+        return  # no answer ever came back (refused, failed or abandoned first): nothing to pay
+    price = pricing.price_for(public_model=record.public_model, provider=record.provider,
+                              upstream_model=record.upstream_model, on=record.created_at.date())
+    if price is None:
+        record.unpriced = True
+        return
+    record.price = price
+    record.cost_micros = price.cost_micros(prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
+                                           cached_tokens=record.cached_tokens)
 
 
 @functools.cache

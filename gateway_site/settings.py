@@ -7,6 +7,7 @@ startup with ImproperlyConfigured naming the variable, rather than failing on th
 from __future__ import annotations
 
 import os
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -29,6 +30,18 @@ def env_bool(name: str, default: bool) -> bool:
     if value in _FALSE:
         return False
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false, yes/no, on/off), got {raw!r}")
+
+
+def env_micros(name: str, default: str) -> int:
+    """A dollar amount from the environment, as integer micro-dollars (never a float)."""
+    raw = os.environ.get(name, default).strip()
+    try:
+        dollars = Decimal(raw)
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name} must be a dollar amount such as 5 or 0.25, got {raw!r}") from None
+    if not dollars.is_finite() or dollars < 0:
+        raise ImproperlyConfigured(f"{name} must be a dollar amount of zero or more, got {raw!r}")
+    return int(dollars * 1_000_000)
 
 
 def env_int(name: str, default: int, *, minimum: int = 0) -> int:
@@ -219,7 +232,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    # Holds whose process died are released once their lease runs out.
+    "reap-expired-holds": {"task": "billing.tasks.reap_expired_holds", "schedule": 60.0},
+}
 
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "").strip()
 if EMAIL_HOST:
@@ -276,6 +292,18 @@ TOLLGATE_ROUTES_CACHE_SECONDS = env_int("TOLLGATE_ROUTES_CACHE_SECONDS", 10)
 TOLLGATE_UPSTREAM_CONNECT_TIMEOUT = env_int("TOLLGATE_UPSTREAM_CONNECT_TIMEOUT", 5, minimum=1)
 TOLLGATE_UPSTREAM_READ_TIMEOUT = env_int("TOLLGATE_UPSTREAM_READ_TIMEOUT", 120, minimum=1)
 TOLLGATE_DEMO_TOKEN_DELAY_MS = env_int("TOLLGATE_DEMO_TOKEN_DELAY_MS", 30)
+# Budgets: before forwarding, the worst case is held (prompt tokens + max_tokens, or this many completion
+# tokens when the request sets none, at the model's prices), capped per request so a huge context cannot
+# be blocked forever; a hard budget admits a request while spent + held + this request <= amount + overdraft.
+TOLLGATE_DEFAULT_COMPLETION_TOKENS = env_int("TOLLGATE_DEFAULT_COMPLETION_TOKENS", 4096, minimum=1)
+TOLLGATE_RESERVATION_CAP_MICROS = env_micros("TOLLGATE_RESERVATION_CAP_USD", "5")
+TOLLGATE_BUDGET_OVERDRAFT_MICROS = env_micros("TOLLGATE_BUDGET_OVERDRAFT_USD", "0")
+# A hold whose process died is released after this long (longer than any request may take).
+TOLLGATE_RESERVATION_LEASE_SECONDS = env_int("TOLLGATE_RESERVATION_LEASE_SECONDS", 900, minimum=60)
+# A model with no price: "allow" admits it at zero cost and flags its rows; "deny" refuses it when budgets apply.
+TOLLGATE_UNPRICED = os.environ.get("TOLLGATE_UNPRICED", "allow").strip().lower()
+if TOLLGATE_UNPRICED not in ("allow", "deny"):
+    raise ImproperlyConfigured(f"TOLLGATE_UNPRICED must be allow or deny, got {TOLLGATE_UNPRICED!r}")
 # Provider API keys are encrypted at rest with this secret (SECRET_KEY when unset).
 TOLLGATE_CREDENTIALS_KEY = env_secret("TOLLGATE_CREDENTIALS_KEY", dev_default=SECRET_KEY, debug=True)
 TOLLGATE_PUBLIC_URL = os.environ.get("TOLLGATE_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")

@@ -78,3 +78,23 @@ class ProviderError(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": self.retry_after} if self.retry_after else {}
+
+
+class BudgetExceeded(GatewayError):
+    """A hard budget has no room for the request. Retrying will not help until the period or budget changes."""
+
+    status, type, code = 429, "insufficient_quota", "insufficient_quota"
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "false"}
+
+
+class RateLimited(GatewayError):
+    status, type, code = 429, "requests", "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

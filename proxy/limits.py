@@ -1,12 +1,98 @@
-"""Step two: the gate between a known caller and the provider. Rate limits and budgets plug in here."""
+"""Step two: the gate between a known caller and the provider: rate limits, then budgets.
+
+Admitting a request takes a rate limit slot and holds its worst-case cost on every budget that applies;
+the meter gives both back when the request ends, whichever way it ends (see Meter.record).
+"""
 
 from __future__ import annotations
 
-from accounts.keys import Caller
+import time
+from datetime import datetime
+from decimal import Decimal
 
-from .providers.base import ApiRequest
+from django.conf import settings
+from django.utils import timezone
+
+from billing import holds, pricing, tokens
+from billing.budgets import Table, load_table
+from billing.models import Price, micros_to_dollars
+
+from .db import db_step
+from .errors import BudgetExceeded, RateLimited
+from .metering import Meter
+from .providers.base import CHAT, EMBEDDINGS, ApiRequest, Target
+from .ratelimits import Scope, limiter
+
+_budgets: Table | None = None
 
 
-async def check_limits(caller: Caller, body: ApiRequest) -> None:
-    """Admit the request or raise a GatewayError. Nothing is limited yet: every caller is admitted."""
-    return None
+async def budget_table() -> Table:
+    global _budgets
+    if _budgets is None or time.monotonic() - _budgets.loaded_at > settings.TOLLGATE_ROUTES_CACHE_SECONDS:
+        _budgets = await db_step(load_table)()
+    return _budgets
+
+
+def forget_budgets() -> None:
+    global _budgets
+    _budgets = None
+
+
+def dollars(micros: int) -> str:
+    return f"${micros_to_dollars(max(micros, 0)).quantize(Decimal('0.01'))}"
+
+
+def worst_case(body: ApiRequest, target: Target) -> tuple[int, int]:
+    """Return (prompt tokens by the tokenizer, the completion tokens the request may use at most)."""
+    model = target.upstream_model
+    texts = body.prompt_texts()
+    prompt = tokens.count_messages(texts, model=model) if body.endpoint == CHAT else tokens.count(texts, model=model)
+    completion = 0 if body.endpoint == EMBEDDINGS else (body.max_tokens or settings.TOLLGATE_DEFAULT_COMPLETION_TOKENS)
+    return prompt, completion
+
+
+async def check_limits(meter: Meter, targets: list[Target]) -> None:
+    """Admit the request or raise BudgetExceeded / RateLimited. Admitted requests leave a slot and a hold on the meter."""
+    caller, body = meter.caller, meter.body
+    assert caller is not None and body is not None
+    specs = (await budget_table()).applicable(caller.tenant_id, caller.key_id)
+    scopes = [s for s in (Scope("key", caller.key_prefix, caller.key_limits),
+                          Scope("tenant", caller.tenant_slug, caller.tenant_limits)) if s.limits]
+    if not specs and not scopes:
+        return
+    now = timezone.now()
+    price = (await pricing.table()).find(public_model=targets[0].public_model, provider=targets[0].provider_name,
+                                         upstream_model=targets[0].upstream_model, on=now.date())
+    prompt, completion = worst_case(body, targets[0])
+    if scopes:
+        verdict = await limiter().acquire(meter.request_id, scopes, prompt + completion)
+        meter.gate["rate"] = verdict.as_json()
+        if not verdict.admitted:
+            assert verdict.scope is not None
+            what = {"requests": "requests per minute", "tokens": "tokens per minute", "concurrent": "requests in flight"}
+            raise RateLimited(f"Rate limit reached for this {verdict.scope.name}: {verdict.limit} {what[verdict.kind]}. "
+                              f"Try again in {verdict.retry_after} s.", retry_after=verdict.retry_after)
+        meter.scopes, meter.verdict = scopes, verdict
+    if specs:
+        await hold_budget(meter, specs, price, prompt, completion, now)
+
+
+async def hold_budget(meter: Meter, specs: tuple, price: Price | None, prompt: int, completion: int,
+                      now: datetime) -> None:
+    if price is None:
+        meter.gate["unpriced"] = True
+        if settings.TOLLGATE_UNPRICED == "deny" and any(s.hard for s in specs):
+            raise BudgetExceeded("This model has no price yet, and this key's budgets only admit priced models. "
+                                 "Ask your Tollgate operator to add a price.")
+    worst = price.cost_micros(prompt_tokens=prompt, completion_tokens=completion) if price else 0
+    amount = min(worst, settings.TOLLGATE_RESERVATION_CAP_MICROS)
+    hold = await holds.backend().reserve(meter.request_id, specs, amount, now)
+    meter.gate["budgets"] = [c.as_json() for c in hold.checks]
+    meter.gate["held_micros"] = amount
+    if not hold.admitted:
+        check = hold.denied_by or hold.checks[0]
+        left = check.spec.limit_micros - check.spent_micros - check.reserved_micros
+        raise BudgetExceeded(
+            f"You exceeded the {check.spec.period} budget of this {check.spec.scope} ({dollars(check.spec.limit_micros)}): "
+            f"{dollars(left)} remains and this request may cost up to {dollars(amount)}.")
+    meter.hold = hold

@@ -41,6 +41,28 @@ class Meter:
         self.target: Target | None = None
         self.streaming = False  # the relay generator has started
         self.recorded = False
+        self.gate: dict[str, Any] = {}  # why the gate admitted or denied, kept on the row
+        self.hold: Any = None  # billing.holds.Hold while money is held for this request
+        self.scopes: list[Any] = []  # rate limit scopes holding an in-flight slot
+        self.verdict: Any = None  # the rate limiter's answer, for the x-ratelimit headers
+
+    def limit_headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers, and what the tightest budget has left."""
+        headers: dict[str, str] = {}
+        verdict = self.verdict
+        if verdict is not None:
+            reset = f"{verdict.reset_seconds}s"
+            if verdict.limit_requests is not None:
+                headers["x-ratelimit-limit-requests"] = str(verdict.limit_requests)
+                headers["x-ratelimit-remaining-requests"] = str(max(verdict.remaining_requests or 0, 0))
+                headers["x-ratelimit-reset-requests"] = reset
+            if verdict.limit_tokens is not None:
+                headers["x-ratelimit-limit-tokens"] = str(verdict.limit_tokens)
+                headers["x-ratelimit-remaining-tokens"] = str(max(verdict.remaining_tokens or 0, 0))
+                headers["x-ratelimit-reset-tokens"] = reset
+        if self.hold is not None and (left := self.hold.remaining_micros()) is not None:
+            headers["x-tollgate-budget-remaining-usd"] = f"{max(left, 0) / 1_000_000:.6f}"
+        return headers
 
     def observe(self, chunk: Chunk) -> None:
         if self.first_byte is None:
@@ -77,6 +99,7 @@ class Meter:
             prompt_texts=body.prompt_texts() if (body and sent and not usage) else [],
             completion_text="".join(self.texts) if (sent and not usage) else "",
             chat=bool(body and body.endpoint == CHAT),
+            gate=self.gate,
             latency_ms=round((now - self.started) * 1000),
             ttfb_ms=round((self.first_byte - self.started) * 1000) if self.first_byte else None,
         )
@@ -96,6 +119,8 @@ class Meter:
         entry = self.entry(end_reason=end_reason, status=status, error_code=error_code)
         task = self.keep(writer().write(entry))
         task.add_done_callback(functools.partial(report_lost_row, entry))
+        if self.hold is not None or self.scopes:
+            task = self.keep(asyncio.ensure_future(self.settle(task)))
         try:
             # A second cancellation (e.g. daphne's application-close timeout) stops this await, not the write.
             await asyncio.shield(task)
@@ -103,6 +128,28 @@ class Meter:
             raise
         except Exception:
             pass  # the client still gets its answer; report_lost_row logged what the row would have held
+
+    async def settle(self, written: asyncio.Future[Any]) -> None:
+        """After the row is written: turn the budget hold into the row's cost and free the rate limit slot."""
+        from billing import holds
+
+        from .ratelimits import limiter
+
+        try:
+            record = await written
+            cost = record.cost_micros
+        except Exception:
+            cost = 0  # no row, no spend: the ledger and the running totals stay in step
+        try:
+            if self.hold is not None:
+                await holds.backend().settle(self.hold, cost)
+        except Exception:
+            logger.exception("budget hold of request %s could not be settled; its lease will release it", self.request_id)
+        try:
+            if self.scopes:
+                await limiter().release(self.request_id, self.scopes)
+        except Exception:
+            logger.exception("rate limit slot of request %s could not be freed; its lease will free it", self.request_id)
 
 
 def report_lost_row(entry: UsageEntry, task: asyncio.Future[Any]) -> None:
@@ -121,11 +168,11 @@ class LedgerWriter:
     """
 
     def __init__(self) -> None:
-        self.waiting: list[tuple[UsageEntry, asyncio.Future[None]]] = []
+        self.waiting: list[tuple[UsageEntry, asyncio.Future[Any]]] = []
         self.draining = False
 
-    def write(self, entry: UsageEntry) -> asyncio.Future[None]:
-        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def write(self, entry: UsageEntry) -> asyncio.Future[Any]:
+        written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.waiting.append((entry, written))
         if not self.draining:
             self.draining = True
@@ -137,13 +184,13 @@ class LedgerWriter:
             while self.waiting:
                 batch, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
                 try:
-                    await arecord_usages(entries=[entry for entry, _ in batch])
+                    records = await arecord_usages(entries=[entry for entry, _ in batch])
                 except Exception as e:
                     for _, written in batch:
                         written.set_exception(e)
                 else:
-                    for _, written in batch:
-                        written.set_result(None)
+                    for (_, written), record in zip(batch, records):
+                        written.set_result(record)
         finally:
             self.draining = False
 

@@ -29,10 +29,11 @@ async def relay(request: HttpRequest, endpoint: str) -> HttpResponseBase:
             raise MethodNotAllowed(f"Use POST for /v1/{'chat/completions' if endpoint == CHAT else endpoint}.")
         meter.body = body = parse(request, endpoint)
         targets = await routing.route(meter.caller, body.model)
-        await check_limits(meter.caller, body)
+        await check_limits(meter, targets)
         if body.stream:
             upstream = await open_first(targets, body, meter)
-            headers = {**sse.HEADERS, "x-request-id": meter.request_id, "x-tollgate-overhead-ms": meter.overhead_ms()}
+            headers = {**sse.HEADERS, **meter.limit_headers(), "x-request-id": meter.request_id,
+                       "x-tollgate-overhead-ms": meter.overhead_ms()}
             return StreamingHttpResponse(guarded_relay(upstream, body, meter), content_type="text/event-stream", headers=headers)
         completion = await first_completion(targets, body, meter)
     except GatewayError as e:
@@ -53,6 +54,8 @@ async def relay(request: HttpRequest, endpoint: str) -> HttpResponseBase:
 
 
 def with_ids(response: HttpResponseBase, meter: Meter) -> HttpResponseBase:
+    for name, value in meter.limit_headers().items():
+        response[name] = value
     response["x-request-id"] = meter.request_id
     response["x-tollgate-overhead-ms"] = meter.overhead_ms()
     return response

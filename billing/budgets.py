@@ -1,0 +1,193 @@
+"""Budgets: which apply to a request, their calendar periods, and the database way of holding money.
+
+A budget's spend in a period is the ledger's cost of that period plus the reservations still open. Each
+period has its own running total (in Redis when configured, else a BudgetPeriod row), created from the
+ledger the first time the period is used: a new period starts from what the ledger holds, which is
+nothing, so no job ever resets anything.
+"""
+
+from __future__ import annotations
+
+import time
+import zoneinfo
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from .models import Budget, BudgetPeriod, Reservation, UsageRecord
+
+LIFETIME_START = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """What the gate needs of one budget, kept in memory per process."""
+
+    id: int
+    name: str
+    tenant_id: int
+    key_id: int | None
+    limit_micros: int
+    period: str
+    hard: bool
+    zone: str
+
+    @property
+    def scope(self) -> str:
+        return "key" if self.key_id else "tenant"
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    starts_at: datetime
+    spent_micros: int
+    reserved_micros: int
+    limit_micros: int
+
+    @property
+    def remaining_micros(self) -> int:
+        return self.limit_micros - self.spent_micros - self.reserved_micros
+
+
+def period_bounds(period: str, zone: str, now: datetime) -> tuple[datetime, datetime | None]:
+    """Return the start and end (UTC) of the calendar period containing ``now`` in the tenant's zone."""
+    if period == Budget.Period.LIFETIME:
+        return LIFETIME_START, None
+    tz = zoneinfo.ZoneInfo(zone)
+    local = now.astimezone(tz)
+    day = local.date()
+    if period == Budget.Period.WEEK:
+        first, last = day - timedelta(days=day.weekday()), day - timedelta(days=day.weekday()) + timedelta(days=7)
+    elif period == Budget.Period.MONTH:
+        first = day.replace(day=1)
+        last = first.replace(year=first.year + first.month // 12, month=first.month % 12 + 1)
+    else:
+        first, last = day, day + timedelta(days=1)
+    # Midnight in the zone, whatever its UTC offset that day (DST changes move it, not the calendar).
+    start = datetime(first.year, first.month, first.day, tzinfo=tz).astimezone(UTC)
+    end = datetime(last.year, last.month, last.day, tzinfo=tz).astimezone(UTC)
+    return start, end
+
+
+def spec_of(budget: Budget) -> BudgetSpec:
+    return BudgetSpec(id=budget.pk, name=str(budget), tenant_id=budget.tenant_id, key_id=budget.key_id,
+                      limit_micros=budget.amount_micros, period=budget.period, hard=budget.hard, zone=budget.tenant.timezone)
+
+
+@dataclass(frozen=True)
+class Table:
+    by_tenant: dict[int, tuple[BudgetSpec, ...]]
+    loaded_at: float
+
+    def applicable(self, tenant_id: int, key_id: int | None) -> tuple[BudgetSpec, ...]:
+        return tuple(b for b in self.by_tenant.get(tenant_id, ()) if b.key_id is None or b.key_id == key_id)
+
+
+def load_table() -> Table:
+    by_tenant: dict[int, list[BudgetSpec]] = {}
+    budgets = Budget.objects.filter(is_active=True, tenant__is_active=True).select_related("tenant", "key")
+    for budget in budgets.order_by("pk"):
+        by_tenant.setdefault(budget.tenant_id, []).append(spec_of(budget))
+    return Table(by_tenant={k: tuple(v) for k, v in by_tenant.items()}, loaded_at=time.monotonic())
+
+
+def ledger_spent(spec: BudgetSpec, starts_at: datetime, until: datetime | None = None) -> int:
+    """The cost the ledger holds for the budget's scope since the period started."""
+    rows = UsageRecord.objects.filter(tenant_id=spec.tenant_id, created_at__gte=starts_at)
+    if spec.key_id:
+        rows = rows.filter(key_id=spec.key_id)
+    if until is not None:
+        rows = rows.filter(created_at__lt=until)
+    return int(rows.aggregate(total=Sum("cost_micros"))["total"] or 0)
+
+
+def status(budget: Budget, *, now: datetime | None = None) -> BudgetStatus:
+    """This period's spent, reserved and limit, from wherever the running totals are kept."""
+    from . import holds
+
+    spec = spec_of(budget)
+    starts_at, _ = period_bounds(spec.period, spec.zone, now or timezone.now())
+    spent, reserved = holds.backend().totals(spec, starts_at)
+    return BudgetStatus(starts_at=starts_at, spent_micros=spent, reserved_micros=reserved, limit_micros=spec.limit_micros)
+
+
+# --- The database way: used when Redis is not configured (SQLite serializes, PostgreSQL locks rows).
+
+
+@dataclass(frozen=True)
+class Check:
+    """One budget's state as a reservation saw it."""
+
+    spec: BudgetSpec
+    starts_at: datetime
+    spent_micros: int
+    reserved_micros: int
+
+    def as_json(self) -> dict[str, object]:
+        return {"budget": self.spec.id, "name": self.spec.name, "scope": self.spec.scope, "hard": self.spec.hard,
+                "period_start": self.starts_at.isoformat(), "spent_micros": self.spent_micros,
+                "reserved_micros": self.reserved_micros, "limit_micros": self.spec.limit_micros}
+
+
+def db_period(spec: BudgetSpec, starts_at: datetime) -> BudgetPeriod:
+    """Return the locked running total of the period, created from the ledger on first use."""
+    period = BudgetPeriod.objects.select_for_update().filter(budget_id=spec.id, starts_at=starts_at).first()
+    if period is None:
+        BudgetPeriod.objects.bulk_create(
+            [BudgetPeriod(budget_id=spec.id, starts_at=starts_at, spent_micros=ledger_spent(spec, starts_at))],
+            ignore_conflicts=True,  # another process created it meanwhile: use theirs
+        )
+        period = BudgetPeriod.objects.select_for_update().get(budget_id=spec.id, starts_at=starts_at)
+    return period
+
+
+def db_reserve(request_id: str, specs: tuple[BudgetSpec, ...], amount: int, overdraft: int,
+               now: datetime) -> tuple[bool, list[Check], list[int]]:
+    """Hold ``amount`` on every budget, or on none. Returns (admitted, checks, held period ids)."""
+    with transaction.atomic():
+        periods = [(spec, db_period(spec, period_bounds(spec.period, spec.zone, now)[0])) for spec in specs]
+        checks = [Check(spec, p.starts_at, p.spent_micros, p.reserved_micros) for spec, p in periods]
+        admitted = all(not c.spec.hard or c.spent_micros + c.reserved_micros + amount <= c.spec.limit_micros + overdraft
+                       for c in checks)
+        if not admitted or not amount:
+            return admitted, checks, []
+        ids = [p.pk for _, p in periods]
+        BudgetPeriod.objects.filter(pk__in=ids).update(reserved_micros=F("reserved_micros") + amount)
+        expires = now + timedelta(seconds=settings.TOLLGATE_RESERVATION_LEASE_SECONDS)
+        Reservation.objects.create(request_id=request_id, amount_micros=amount, periods=ids, expires_at=expires)
+        return True, checks, ids
+
+
+def db_settle(request_id: str, period_ids: list[int], cost: int) -> None:
+    """Turn a hold into the actual cost. A hold the reaper already released adds the cost alone."""
+    if not period_ids:
+        return
+    held = Reservation.objects.select_for_update().filter(request_id=request_id).first()
+    amount = held.amount_micros if held else 0
+    if held:
+        held.delete()
+    BudgetPeriod.objects.filter(pk__in=period_ids).update(
+        spent_micros=F("spent_micros") + cost, reserved_micros=F("reserved_micros") - amount)
+
+
+def db_reap(now: datetime) -> int:
+    """Release the holds whose lease ran out (their process died). Returns how many."""
+    released = 0
+    for held in Reservation.objects.filter(expires_at__lt=now).order_by("pk")[:1000]:
+        with transaction.atomic():
+            if Reservation.objects.select_for_update().filter(pk=held.pk).delete()[0]:
+                BudgetPeriod.objects.filter(pk__in=held.periods).update(
+                    reserved_micros=F("reserved_micros") - held.amount_micros)
+                released += 1
+    return released
+
+
+def db_totals(spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
+    period = BudgetPeriod.objects.filter(budget_id=spec.id, starts_at=starts_at).first()
+    if period is None:
+        return ledger_spent(spec, starts_at), 0
+    return period.spent_micros, period.reserved_micros

@@ -1,0 +1,255 @@
+"""Holding money for requests in flight: reserve the worst case on every budget at once, settle to the cost.
+
+With Redis configured the running totals live there and each step is one Lua script, atomic across every
+server process, run from the event loop with no thread hop. Without Redis they are BudgetPeriod rows,
+changed in one transaction on the database thread (SQLite serializes writers; PostgreSQL locks the rows).
+Every hold carries a lease: if its process dies, the reaper (a periodic task) releases it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from . import budgets
+from .budgets import BudgetSpec, Check
+
+PREFIX = "tg:budget:"
+LEASES = "tg:holds"
+
+
+@dataclass
+class Hold:
+    """What a request holds; settling it exactly once is the gate's job."""
+
+    request_id: str
+    amount_micros: int
+    checks: list[Check]
+    admitted: bool
+    keys: list[Any] = field(default_factory=list)  # Redis counter keys or BudgetPeriod ids
+
+    @property
+    def denied_by(self) -> Check | None:
+        return next((c for c in self.checks if c.spec.hard and not self.admitted and self.over(c)), None)
+
+    def over(self, check: Check) -> bool:
+        return check.spent_micros + check.reserved_micros + self.amount_micros > check.spec.limit_micros + overdraft()
+
+    def remaining_micros(self) -> int | None:
+        """The least any applicable budget has left after this hold, or None without budgets."""
+        if not self.checks:
+            return None
+        held = self.amount_micros if self.admitted else 0
+        return min(c.spec.limit_micros - c.spent_micros - c.reserved_micros - held for c in self.checks)
+
+
+def overdraft() -> int:
+    return settings.TOLLGATE_BUDGET_OVERDRAFT_MICROS
+
+
+class Backend(Protocol):
+    async def reserve(self, request_id: str, specs: tuple[BudgetSpec, ...], amount: int, now: datetime) -> Hold: ...
+    async def settle(self, hold: Hold, cost: int) -> None: ...
+    def totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]: ...
+    def reap(self, now: datetime) -> int: ...
+
+
+class DatabaseBackend:
+    async def reserve(self, request_id: str, specs: tuple[BudgetSpec, ...], amount: int, now: datetime) -> Hold:
+        from proxy.db import db_step
+
+        admitted, checks, ids = await db_step(budgets.db_reserve)(request_id, specs, amount, overdraft(), now)
+        return Hold(request_id, amount, checks, admitted, ids)
+
+    async def settle(self, hold: Hold, cost: int) -> None:
+        from proxy.db import db_step
+
+        await db_step(settle_in_transaction, retry=True)(hold.request_id, hold.keys, cost)
+
+    def totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
+        return budgets.db_totals(spec, starts_at)
+
+    def reap(self, now: datetime) -> int:
+        return budgets.db_reap(now)
+
+
+def settle_in_transaction(request_id: str, period_ids: list[int], cost: int) -> None:
+    from django.db import transaction
+
+    with transaction.atomic():
+        budgets.db_settle(request_id, period_ids, cost)
+
+
+# KEYS: one counter per budget (a hash: s = settled spend, r = reserved), the hold, the lease set.
+# ARGV: amount, overdraft, lease expiry, request id, then per budget: limit, hard (1/0).
+RESERVE = """
+local n = #KEYS - 2
+local amount, overdraft = tonumber(ARGV[1]), tonumber(ARGV[2])
+local missing = {}
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[i]) == 0 then missing[#missing + 1] = i end
+end
+if #missing > 0 then return {-1, missing} end
+local state, ok = {}, 1
+for i = 1, n do
+  local spent = tonumber(redis.call('HGET', KEYS[i], 's') or '0')
+  local reserved = tonumber(redis.call('HGET', KEYS[i], 'r') or '0')
+  state[#state + 1] = spent
+  state[#state + 1] = reserved
+  if ARGV[4 + 2 * i] == '1' and spent + reserved + amount > tonumber(ARGV[3 + 2 * i]) + overdraft then ok = 0 end
+end
+if ok == 1 and amount > 0 then
+  for i = 1, n do redis.call('HINCRBY', KEYS[i], 'r', amount) end
+  redis.call('HSET', KEYS[n + 1], 'amount', amount, 'keys', table.concat(KEYS, ' ', 1, n))
+  redis.call('ZADD', KEYS[n + 2], ARGV[3], ARGV[4])
+end
+return {ok, state}
+"""
+
+# KEYS: counters to create; ARGV: per counter its spend from the ledger and its expiry in seconds (0: none).
+CREATE = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('HSET', KEYS[i], 's', ARGV[2 * i - 1], 'r', 0)
+    if tonumber(ARGV[2 * i]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[2 * i]) end
+  end
+end
+return #KEYS
+"""
+
+# KEYS: the counters, the hold, the lease set; ARGV: cost, request id. A hold already reaped adds the cost alone.
+SETTLE = """
+local n = #KEYS - 2
+local amount = tonumber(redis.call('HGET', KEYS[n + 1], 'amount') or '0')
+redis.call('DEL', KEYS[n + 1])
+redis.call('ZREM', KEYS[n + 2], ARGV[2])
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HINCRBY', KEYS[i], 's', ARGV[1])
+    if amount > 0 then redis.call('HINCRBY', KEYS[i], 'r', -amount) end
+  end
+end
+return amount
+"""
+
+# KEYS: the lease set; ARGV: now, how many at most, the hold key prefix.
+REAP = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  local hold = ARGV[3] .. id
+  local amount = tonumber(redis.call('HGET', hold, 'amount') or '0')
+  local keys = redis.call('HGET', hold, 'keys')
+  if keys then
+    for key in string.gmatch(keys, '%S+') do
+      if amount > 0 and redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, 'r', -amount) end
+    end
+  end
+  redis.call('DEL', hold)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #ids
+"""
+
+HOLD_PREFIX = "tg:hold:"
+
+
+def counter_key(spec: BudgetSpec, starts_at: datetime) -> str:
+    return f"{PREFIX}{spec.id}:{int(starts_at.timestamp())}"
+
+
+class RedisBackend:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    def client(self) -> Any:
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        if loop not in self._clients:
+            for stale in [other for other in self._clients if other.is_closed()]:
+                del self._clients[stale]
+            self._clients[loop] = redis.asyncio.Redis.from_url(self.url)
+        return self._clients[loop]
+
+    def sync_client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+    async def reserve(self, request_id: str, specs: tuple[BudgetSpec, ...], amount: int, now: datetime) -> Hold:
+        periods = [budgets.period_bounds(s.period, s.zone, now) for s in specs]
+        keys = [counter_key(s, start) for s, (start, _) in zip(specs, periods)]
+        expires = now + timedelta(seconds=settings.TOLLGATE_RESERVATION_LEASE_SECONDS)
+        args: list[Any] = [amount, overdraft(), int(expires.timestamp()), request_id]
+        for spec in specs:
+            args += [spec.limit_micros, 1 if spec.hard else 0]
+        client = self.client()
+        for _ in range(3):
+            ok, state = await client.eval(RESERVE, len(keys) + 2, *keys, HOLD_PREFIX + request_id, LEASES, *args)
+            if ok != -1:
+                break
+            await self.create_counters([specs[i - 1] for i in state], [periods[i - 1] for i in state], now)
+        else:
+            raise RuntimeError("budget counters could not be created")
+        checks = [Check(spec, start, int(state[2 * i]), int(state[2 * i + 1]))
+                  for i, (spec, (start, _)) in enumerate(zip(specs, periods))]
+        admitted = ok == 1
+        return Hold(request_id, amount, checks, admitted, keys if admitted and amount else [])
+
+    async def create_counters(self, specs: list[BudgetSpec], periods: list[tuple[datetime, datetime | None]],
+                              now: datetime) -> None:
+        """Start the running totals of periods used for the first time (or lost by Redis) from the ledger."""
+        spent = await sync_to_async(lambda: [budgets.ledger_spent(s, start) for s, (start, _) in zip(specs, periods)])()
+        args: list[Any] = []
+        for total, (_, end) in zip(spent, periods):
+            # Kept a day past the period's end so late settlements still find it, then gone: no reset job.
+            args += [total, int((end - now).total_seconds()) + 86400 if end else 0]
+        keys = [counter_key(s, start) for s, (start, _) in zip(specs, periods)]
+        await self.client().eval(CREATE, len(keys), *keys, *args)
+
+    async def settle(self, hold: Hold, cost: int) -> None:
+        if hold.keys:
+            await self.client().eval(SETTLE, len(hold.keys) + 2, *hold.keys, HOLD_PREFIX + hold.request_id, LEASES,
+                                     cost, hold.request_id)
+
+    def totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
+        values = self.sync_client().hmget(counter_key(spec, starts_at), "s", "r")
+        if values[0] is None:
+            return budgets.ledger_spent(spec, starts_at), 0
+        return int(values[0]), int(values[1] or 0)
+
+    def reap(self, now: datetime) -> int:
+        client, total = self.sync_client(), 0
+        while True:
+            released = int(client.eval(REAP, 1, LEASES, int(now.timestamp()), 500, HOLD_PREFIX))
+            total += released
+            if released < 500:
+                return total
+
+
+_backend: Backend | None = None
+
+
+def backend() -> Backend:
+    global _backend
+    if _backend is None:
+        url = settings.REDIS_URL
+        _backend = RedisBackend(url) if url else DatabaseBackend()
+    return _backend
+
+
+def reset_backend() -> None:
+    """Drop the chosen backend (tests switch settings)."""
+    global _backend
+    _backend = None
+
+
+def reap_expired() -> int:
+    return backend().reap(timezone.now())
