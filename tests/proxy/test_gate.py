@@ -1,0 +1,102 @@
+"""The gate on /v1, in process with the built-in demo model: budgets, prices, rate limits and their denials."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from django.test import Client, override_settings
+
+from accounts.models import ApiKey
+from billing import budgets
+from billing.models import Budget, Price, UsageRecord
+from proxy import routing
+from proxy.services import ensure_demo_route
+
+from ..conftest import Party
+
+
+@pytest.fixture(autouse=True)
+def demo(db: None) -> None:
+    ensure_demo_route()
+    routing.invalidate()
+
+
+@pytest.fixture
+def demo_price(db: None) -> Price:
+    return Price.objects.create(model="demo", input_per_million=Decimal("1000"), output_per_million=Decimal("2000"))
+
+
+def chat(client: Client, party: Party, **body: object) -> object:
+    payload = {"model": "demo", "messages": [{"role": "user", "content": "Hello there"}], **body}
+    return client.post("/v1/chat/completions", json.dumps(payload), content_type="application/json", headers=party.auth)
+
+
+def row_of(response: object) -> UsageRecord:
+    return UsageRecord.objects.get(request_id=response["x-request-id"])  # type: ignore[index]
+
+
+def test_an_exhausted_budget_is_429_insufficient_quota_that_the_sdk_does_not_retry(
+    client: Client, alice: Party, bob: Party, demo_price: Price
+) -> None:
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.01"), period="month")
+    response = chat(client, alice, max_tokens=10_000)  # may cost up to $0.02
+    assert response.status_code == 429 and response["x-should-retry"] == "false"
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("insufficient_quota", "insufficient_quota")
+    assert "month budget of this tenant ($0.01)" in error["message"] and "bob" not in error["message"]
+    row = row_of(response)
+    assert (row.end_reason, row.error_code, row.status_code, row.cost_micros) == ("rejected", "insufficient_quota", 429, 0)
+    [check] = row.gate["budgets"]
+    assert (check["limit_micros"], check["spent_micros"], check["reserved_micros"]) == (10_000, 0, 0)
+    assert chat(client, bob, max_tokens=10_000).status_code == 200  # alice's budget is alice's alone
+
+
+def test_an_admitted_request_is_charged_its_actual_cost_and_releases_the_rest(
+    client: Client, alice: Party, demo_price: Price
+) -> None:
+    budget = Budget.objects.create(tenant=alice.tenant, key=alice.key, amount=Decimal("1.00"), period="day")
+    response = chat(client, alice, max_tokens=200)
+    assert response.status_code == 200
+    row = row_of(response)
+    expected = row.prompt_tokens * 1000 + row.completion_tokens * 2000
+    assert row.cost_micros == expected > 0 and row.price_id == demo_price.pk and not row.unpriced
+    state = budgets.status(budget)
+    assert (state.spent_micros, state.reserved_micros) == (expected, 0)
+    # The header was computed while the worst case was still held.
+    assert Decimal(response["x-tollgate-budget-remaining-usd"]) < Decimal("1.00") - Decimal(expected) / 1_000_000
+    assert row.gate["held_micros"] >= expected
+
+
+def test_requests_per_minute_is_429_with_retry_after_and_remaining_headers(client: Client, alice: Party) -> None:
+    ApiKey.objects.filter(pk=alice.key.pk).update(requests_per_minute=2)
+    first, second, third = (chat(client, alice) for _ in range(3))
+    assert (first["x-ratelimit-limit-requests"], first["x-ratelimit-remaining-requests"]) == ("2", "1")
+    assert second["x-ratelimit-remaining-requests"] == "0"
+    assert third.status_code == 429 and 1 <= int(third["Retry-After"]) <= 60
+    error = third.json()["error"]
+    assert (error["code"], error["type"]) == ("rate_limit_exceeded", "requests")
+    assert "2 requests per minute" in error["message"] and "key" in error["message"]
+    row = row_of(third)
+    assert (row.end_reason, row.error_code, row.gate["rate"]) == (
+        "rejected", "rate_limit_exceeded", {"scope": "key", "limit": "requests", "value": 2})
+
+
+def test_tokens_per_minute_counts_the_prompt_and_the_completion_asked_for(client: Client, alice: Party) -> None:
+    alice.tenant.tokens_per_minute = 1000
+    alice.tenant.save()
+    assert chat(client, alice, max_tokens=500).status_code == 200
+    refused = chat(client, alice, max_tokens=600)
+    assert refused.status_code == 429 and "1000 tokens per minute" in refused.json()["error"]["message"]
+    assert "tenant" in refused.json()["error"]["message"]
+
+
+def test_an_unpriced_model_is_flagged_and_denied_only_when_configured(client: Client, alice: Party) -> None:
+    response = chat(client, alice)
+    row = row_of(response)
+    assert response.status_code == 200 and row.unpriced and row.cost_micros == 0 and row.price_id is None
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("5"))
+    with override_settings(TOLLGATE_UNPRICED="deny"):
+        denied = chat(client, alice)
+    assert denied.status_code == 429 and "no price" in denied.json()["error"]["message"]
