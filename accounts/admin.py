@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
@@ -7,8 +9,13 @@ from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest
 from django.utils import timezone
 
+from billing.admin import BudgetInline, KeyBudgetInline
+
 from . import keys, services
 from .models import ApiKey, Membership, Tenant
+
+LIMITS = ["requests_per_minute", "tokens_per_minute", "max_concurrent"]
+LIMITS_HELP = "A request must fit both its key's limits and its tenant's."
 
 
 def show_new_key(request: HttpRequest, key: ApiKey, secret: str) -> None:
@@ -25,6 +32,11 @@ def issue_drafted(request: HttpRequest, draft: ApiKey, *, tenant: Tenant) -> Api
         expires_at=draft.expires_at,
         allowed_models=draft.allowed_models,
     )
+    limits = {name: getattr(draft, name) for name in LIMITS if getattr(draft, name) is not None}
+    if limits:
+        ApiKey.objects.filter(pk=created.pk).update(**limits)
+        for name, value in limits.items():
+            setattr(created, name, value)
     show_new_key(request, created, secret)
     return created
 
@@ -56,12 +68,17 @@ class TenantAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["created_at"]
-    inlines = [MembershipInline, ApiKeyInline]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "timezone", "contact_emails", "is_active", "created_at"]}),
+        ("Rate limits", {"fields": LIMITS, "description": LIMITS_HELP}),
+    ]
+    inlines = [MembershipInline, ApiKeyInline, BudgetInline]
     show_full_result_count = False
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        if change and "is_active" in form.changed_data:
+        # Cached key lookups carry the tenant's state and limits.
+        if change and {"is_active", *LIMITS} & set(form.changed_data):
             services.forget_tenant_keys(tenant=obj)
 
     def save_formset(self, request: HttpRequest, form: ModelForm, formset: BaseInlineFormSet, change: bool) -> None:
@@ -105,6 +122,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
     ordering = ["-created_at"]
     show_full_result_count = False
     readonly_fields = ["masked", "created_by", "created_at", "last_used_at", "revoked_at", "rotated_from"]
+    inlines = [KeyBudgetInline]
+
+    def get_fieldsets(self, request: HttpRequest, obj: ApiKey | None = None) -> list[tuple[str | None, dict[str, Any]]]:
+        return [(None, {"fields": self.get_fields(request, obj)}),
+                ("Rate limits", {"fields": LIMITS, "description": LIMITS_HELP})]
+
+    def get_inlines(self, request: HttpRequest, obj: ApiKey | None) -> list[type[admin.options.InlineModelAdmin]]:
+        return list(self.inlines) if obj else []  # budgets go on a key once it is issued
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:

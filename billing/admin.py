@@ -19,7 +19,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApiKey, Tenant
 
-from . import pricing
+from . import budgets
 from .models import Budget, Price, UsageRecord, micros_to_dollars
 
 CENTS = Decimal("0.01")
@@ -27,9 +27,9 @@ CENTS = Decimal("0.01")
 
 def dollars(micros: int) -> str:
     """$1.50 for whole cents; every digit down to the micro-dollar otherwise."""
-    amount = micros_to_dollars(micros)
+    amount = micros_to_dollars(abs(micros))
     cents = amount.quantize(CENTS)
-    return f"${cents if cents == amount else amount.normalize()}"
+    return f"{'-' if micros < 0 else ''}${cents if cents == amount else amount.normalize()}"
 
 
 class LedgerPaginator(Paginator):
@@ -153,18 +153,6 @@ class PriceAdmin(admin.ModelAdmin):
             return [], {}, set(), [f"{price}: usage records were charged at it. Add a newer price instead." for price in used]
         return super().get_deleted_objects(objs, request)
 
-    def save_model(self, request: HttpRequest, obj: Price, form: ModelForm, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        pricing.forget()
-
-    def delete_model(self, request: HttpRequest, obj: Price) -> None:
-        super().delete_model(request, obj)
-        pricing.forget()
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Price]) -> None:
-        super().delete_queryset(request, queryset)
-        pricing.forget()
-
 
 def amounts(price: Price) -> str:
     cached = "same as input" if price.cached_input_per_million is None else plain(price.cached_input_per_million)
@@ -186,13 +174,14 @@ def warn_unpriced(request: HttpRequest) -> None:
 
 
 class BudgetStatusColumn:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Budget]:
+        # The status needs the tenant (its time zone), and each row names its key: fetch both along.
+        return super().get_queryset(request).select_related("tenant", "key")  # type: ignore[misc]
+
     @admin.display(description="this period")
     def this_period(self, budget: Budget) -> str:
         if budget.pk is None:
             return "—"
-        # Imported on use, so the admin loads even where billing.budgets cannot (it lands separately).
-        from . import budgets
-
         status = budgets.status(budget)
         return (f"{dollars(status.spent_micros)} spent / {dollars(status.reserved_micros)} reserved / "
                 f"{dollars(status.remaining_micros)} left")

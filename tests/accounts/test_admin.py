@@ -43,6 +43,7 @@ def test_adding_a_key_inline_on_the_tenant_shows_it_once(admin_client: Client, a
         "name": tenant.name, "slug": tenant.slug, "timezone": "Europe/Berlin", "contact_emails": "ops@alice.example",
         "is_active": "on", "created_at_0": "2026-01-01", "created_at_1": "00:00:00",
         "memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0",
+        "budgets-TOTAL_FORMS": "0", "budgets-INITIAL_FORMS": "0",
         "api_keys-TOTAL_FORMS": "2", "api_keys-INITIAL_FORMS": "1",
         "api_keys-0-id": alice.key.pk, "api_keys-0-tenant": tenant.pk, "api_keys-0-name": "renamed",
         "api_keys-0-allowed_models": "[]", "api_keys-0-expires_at_0": "", "api_keys-0-expires_at_1": "",
