@@ -163,20 +163,27 @@ def counter_key(spec: BudgetSpec, starts_at: datetime) -> str:
     return f"{PREFIX}{spec.id}:{int(starts_at.timestamp())}"
 
 
+_clients: dict[tuple[asyncio.AbstractEventLoop, str], Any] = {}
+
+
+def loop_client(url: str) -> Any:
+    """The asyncio Redis client of the running event loop for ``url`` (a client is bound to one loop)."""
+    import redis.asyncio
+
+    loop = asyncio.get_running_loop()
+    if (loop, url) not in _clients:
+        for stale in [key for key in _clients if key[0].is_closed()]:
+            del _clients[stale]
+        _clients[(loop, url)] = redis.asyncio.Redis.from_url(url)
+    return _clients[(loop, url)]
+
+
 class RedisBackend:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
 
     def client(self) -> Any:
-        import redis.asyncio
-
-        loop = asyncio.get_running_loop()
-        if loop not in self._clients:
-            for stale in [other for other in self._clients if other.is_closed()]:
-                del self._clients[stale]
-            self._clients[loop] = redis.asyncio.Redis.from_url(self.url)
-        return self._clients[loop]
+        return loop_client(self.url)
 
     def sync_client(self) -> Any:
         import redis

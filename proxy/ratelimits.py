@@ -10,7 +10,6 @@ check a token count and a concurrency slot in the same atomic step.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from django.conf import settings
 
 from accounts.keys import Limits
+from billing.holds import loop_client
 
 WINDOW = 60
 
@@ -97,15 +97,9 @@ def keys_for(scope: Scope, window: int) -> list[str]:
 class RedisLimiter:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
 
     def client(self) -> Any:
-        import redis.asyncio
-
-        loop = asyncio.get_running_loop()
-        if loop not in self._clients:
-            self._clients[loop] = redis.asyncio.Redis.from_url(self.url)
-        return self._clients[loop]
+        return loop_client(self.url)
 
     async def acquire(self, request_id: str, scopes: list[Scope], tokens: int) -> Verdict:
         now = time.time()
