@@ -61,9 +61,9 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
     if not specs and not scopes:
         return
     now = timezone.now()
-    price = (await pricing.table()).find(public_model=targets[0].public_model, provider=targets[0].provider_name,
-                                         upstream_model=targets[0].upstream_model, on=now.date())
-    prompt, completion = worst_case(body, targets[0])
+    # The tokenizer runs only when a budget or a token limit needs the count.
+    counted = bool(specs) or any(s.limits.tokens_per_minute is not None for s in scopes)
+    prompt, completion = worst_case(body, targets[0]) if counted else (0, 0)
     if scopes:
         verdict = await limiter().acquire(meter.request_id, scopes, prompt + completion)
         meter.gate["rate"] = verdict.as_json()
@@ -74,6 +74,8 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
                               f"Try again in {verdict.retry_after} s.", retry_after=verdict.retry_after)
         meter.scopes, meter.verdict = scopes, verdict
     if specs:
+        price = (await pricing.table()).find(public_model=targets[0].public_model, provider=targets[0].provider_name,
+                                             upstream_model=targets[0].upstream_model, on=now.date())
         await hold_budget(meter, specs, price, prompt, completion, now)
 
 
