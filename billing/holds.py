@@ -174,7 +174,10 @@ def loop_client(url: str) -> Any:
     if (loop, url) not in _clients:
         for stale in [key for key in _clients if key[0].is_closed()]:
             del _clients[stale]
-        _clients[(loop, url)] = redis.asyncio.Redis.from_url(url)
+        # A blocking pool: a burst larger than the pool waits for a free connection instead of failing.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=settings.TOLLGATE_REDIS_CONNECTIONS,
+                                                             timeout=5)
+        _clients[(loop, url)] = redis.asyncio.Redis(connection_pool=pool)
     return _clients[(loop, url)]
 
 

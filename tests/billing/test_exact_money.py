@@ -1,0 +1,91 @@
+"""Money adds up to the last micro-dollar over many rows: ledger, budget totals and running counters agree."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+from django.db.models import Sum
+
+from billing import budgets, holds, pricing
+from billing.budgets import period_bounds
+from billing.models import Budget, Price, UsageRecord, micros_to_dollars
+from billing.services import UsageEntry, record_usages
+
+from ..conftest import Party
+
+ROWS = 10_000
+MONTH_START = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def exact_micros(price: dict[str, str], prompt: int, cached: int, completion: int) -> int:
+    """The cost worked out independently of billing.models: exact fractions, rounded half up once."""
+    def rate(name: str) -> Fraction:
+        return Fraction(price[name])
+    value = ((prompt - cached) * rate("input") + cached * rate("cached") + completion * rate("output")
+             + rate("request") * 1_000_000)
+    return int(value + Fraction(1, 2)) if value.denominator != 1 else int(value)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_costs_of_10000_rows_sum_exactly_across_a_mid_month_price_change(alice: Party) -> None:
+    # Prices chosen so that most rows carry a fraction of a micro-dollar before rounding.
+    old = {"input": "0.15", "cached": "0.075", "output": "0.60", "request": "0.000013"}
+    new = {"input": "0.17", "cached": "0.085", "output": "0.66", "request": "0.000017"}
+    for prices, day in ((old, date(2026, 1, 1)), (new, date(2026, 10, 16))):
+        Price.objects.create(model="mini", effective_from=day, input_per_million=Decimal(prices["input"]),
+                             cached_input_per_million=Decimal(prices["cached"]),
+                             output_per_million=Decimal(prices["output"]), per_request=Decimal(prices["request"]))
+    pricing.forget()
+    budget = Budget.objects.create(tenant=alice.tenant, amount=Decimal("1000"), period="month")
+
+    rng = random.Random(20261123)
+    entries, expected = [], 0
+    for i in range(ROWS):
+        created = MONTH_START + timedelta(seconds=i * (31 * 86400 - 1) // ROWS)
+        prompt, completion = rng.randint(1, 20_000), rng.randint(0, 4_000)
+        cached = rng.choice((0, 0, rng.randint(0, prompt)))
+        entries.append(UsageEntry(tenant_id=alice.tenant.pk, key_id=alice.key.pk, endpoint="chat", end_reason="complete",
+                                  status_code=200, public_model="mini", provider="openai", upstream_model="mini",
+                                  prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached,
+                                  ttfb_ms=5, created_at=created))
+        expected += exact_micros(new if created.date() >= date(2026, 10, 16) else old, prompt, cached, completion)
+    # With Redis, the running total the gate keeps: hold before each row is written, settle to its cost after.
+    spec = budgets.spec_of(budget)
+    starts_at, ends_at = period_bounds("month", "UTC", MONTH_START + timedelta(days=3))
+    backend = holds.RedisBackend(os.environ["REDIS_URL"]) if os.environ.get("REDIS_URL") else None
+    now = MONTH_START + timedelta(days=30)
+    if backend:
+        backend.sync_client().delete(holds.counter_key(spec, starts_at))
+        taken = asyncio.run(hold_each(backend, spec, now))
+        assert all(hold.admitted for hold in taken)  # 1,000 at once through a pool of fewer connections and backend.totals(spec, starts_at) == (0, ROWS * 50_000)
+
+    records = [r for start in range(0, ROWS, 500) for r in record_usages(entries=entries[start:start + 500])]
+
+    ledger = UsageRecord.objects.filter(tenant=alice.tenant)
+    assert ledger.count() == ROWS and ledger.filter(price__isnull=True).count() == 0
+    assert ledger.aggregate(total=Sum("cost_micros"))["total"] == expected
+    assert sum(micros_to_dollars(r.cost_micros) for r in records) == micros_to_dollars(expected)  # Decimal, no drift
+    assert starts_at == MONTH_START and budgets.ledger_spent(spec, starts_at, until=ends_at) == expected
+    if backend:
+        asyncio.run(settle_each(backend, taken, [r.cost_micros for r in records]))
+        assert backend.totals(spec, starts_at) == (expected, 0)
+
+
+async def hold_each(backend: holds.RedisBackend, spec: budgets.BudgetSpec, now: datetime) -> list[holds.Hold]:
+    taken: list[holds.Hold] = []
+    for batch in range(0, ROWS, 1000):
+        taken += await asyncio.gather(*(backend.reserve(f"exact-{i}", (spec,), 50_000, now)
+                                        for i in range(batch, min(batch + 1000, ROWS))))
+    return taken
+
+
+async def settle_each(backend: holds.RedisBackend, taken: list[holds.Hold], costs: list[int]) -> None:
+    for batch in range(0, ROWS, 1000):
+        await asyncio.gather(*(backend.settle(hold, cost)
+                               for hold, cost in zip(taken[batch:batch + 1000], costs[batch:batch + 1000])))
