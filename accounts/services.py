@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import asdict
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -10,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import keys
+from .keys import Limits, limits_of
 from .models import ApiKey, Membership, Tenant
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ def issue_key(
     expires_at: datetime | None = None,
     allowed_models: list[str] | None = None,
     rotated_from: ApiKey | None = None,
+    limits: Limits | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key. Returns the row and the plaintext, which is shown once and never stored."""
     if expires_at is not None and expires_at <= timezone.now():
@@ -58,6 +61,7 @@ def issue_key(
         expires_at=expires_at,
         allowed_models=list(allowed_models or []),
         rotated_from=rotated_from,
+        **(asdict(limits) if limits else {}),
     )
     key.full_clean(exclude=["digest", "prefix", "rotated_from"])
     key.save()
@@ -87,15 +91,20 @@ def rotate_key(
     *, key: ApiKey, created_by: AbstractBaseUser | None = None, now: datetime | None = None
 ) -> tuple[ApiKey, str]:
     """Revoke the key and issue its replacement with the same settings. Returns the new row and plaintext."""
+    from billing.services import carry_key_budgets
+
     revoke_key(key=key, now=now)
-    return issue_key(
+    new, secret = issue_key(
         tenant=key.tenant,
         name=key.name,
         created_by=created_by,
         expires_at=key.expires_at,
         allowed_models=key.allowed_models,
         rotated_from=key,
+        limits=limits_of(key),
     )
+    carry_key_budgets(old=key, new=new)
+    return new, secret
 
 
 def forget_tenant_keys(*, tenant: Tenant) -> None:

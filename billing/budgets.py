@@ -18,6 +18,8 @@ from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
+from accounts.models import ApiKey
+
 from .models import Budget, BudgetPeriod, Reservation, UsageRecord
 
 LIFETIME_START = datetime(2000, 1, 1, tzinfo=UTC)
@@ -95,11 +97,19 @@ def load_table() -> Table:
     return Table(by_tenant={k: tuple(v) for k, v in by_tenant.items()}, loaded_at=time.monotonic())
 
 
+def key_lineage(key_id: int) -> list[int]:
+    """The key and every key it replaced by rotation: a key budget moves to the new key with its spend."""
+    ids = [key_id]
+    while previous := ApiKey.objects.filter(pk=ids[-1]).values_list("rotated_from_id", flat=True).first():
+        ids.append(previous)
+    return ids
+
+
 def ledger_spent(spec: BudgetSpec, starts_at: datetime, until: datetime | None = None) -> int:
     """The cost the ledger holds for the budget's scope since the period started."""
     rows = UsageRecord.objects.filter(tenant_id=spec.tenant_id, created_at__gte=starts_at)
     if spec.key_id:
-        rows = rows.filter(key_id=spec.key_id)
+        rows = rows.filter(key_id__in=key_lineage(spec.key_id))
     if until is not None:
         rows = rows.filter(created_at__lt=until)
     return int(rows.aggregate(total=Sum("cost_micros"))["total"] or 0)

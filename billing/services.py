@@ -10,8 +10,10 @@ from django.db import DatabaseError, connection
 from django.db.models import Field
 from django.utils import timezone
 
+from accounts.models import ApiKey
+
 from . import pricing, tokens
-from .models import UsageRecord
+from .models import Budget, UsageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,16 @@ class UsageEntry:
     request_id: str | None = None
     created_at: datetime | None = None
     gate: dict[str, Any] = field(default_factory=dict)
+
+
+def carry_key_budgets(*, old: ApiKey, new: ApiKey) -> int:
+    """Move the budgets of a rotated key to its replacement; their periods keep what the old key spent."""
+    moved = 0
+    for budget in Budget.objects.filter(key=old):
+        budget.key = new
+        budget.save(update_fields=["key"])  # the signal drops this process's budget table
+        moved += 1
+    return moved
 
 
 def record_usage(*, entry: UsageEntry) -> UsageRecord:

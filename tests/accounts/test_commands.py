@@ -8,6 +8,7 @@ from django.core.management import CommandError, call_command
 
 from accounts.keys import lookup
 from accounts.models import ApiKey, Tenant
+from billing.models import Price
 
 from ..conftest import Party
 
@@ -52,9 +53,12 @@ def test_ensuredemo_is_idempotent_and_prints_a_working_key(db: None) -> None:
     first, _ = run("ensuredemo", "--base-url", "http://127.0.0.1:9000")
     assert "http://127.0.0.1:9000/admin/" in first and "password" in first
     assert 'base_url="http://127.0.0.1:9000/v1"' in first
+    assert "loaded 16 bundled prices" in first and Price.objects.filter(model="demo").exists()
+    Price.objects.filter(model="gpt-4o").delete()  # an operator's choice, not undone by the next start
     second, _ = run("ensuredemo")
     assert "shown this once" not in second and "changepassword admin" in second
     assert Tenant.objects.filter(slug="demo").count() == 1
+    assert "Prices:   15 rows" in second and not Price.objects.filter(model="gpt-4o").exists()
     assert User.objects.filter(is_superuser=True).count() == 1
     active = ApiKey.objects.filter(tenant__slug="demo").active()
     assert active.count() == 1

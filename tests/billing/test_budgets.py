@@ -113,3 +113,30 @@ def test_a_new_period_starts_from_the_ledger_with_no_reset(backend: holds.Backen
     hold = reserve(backend, "n1", (budget,), 800_000, now=november)
     assert not hold.admitted and hold.checks[0].spent_micros == 250_000  # October's spend is not November's
     assert reserve(backend, "d1", (budget,), 800_000, now=utc(2026, 12, 1)).admitted
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rotated_key_keeps_its_rate_limits_and_budgets_with_what_the_old_key_spent(
+    backend: holds.Backend, alice: Party, bob: Party
+) -> None:
+    from accounts import services
+    from accounts.models import ApiKey
+    from billing.models import UsageRecord
+
+    ApiKey.objects.filter(pk=alice.key.pk).update(requests_per_minute=5, tokens_per_minute=900, max_concurrent=2)
+    old = ApiKey.objects.get(pk=alice.key.pk)
+    budget = Budget.objects.create(tenant=alice.tenant, key=old, amount=Decimal("1.00"), period="month")
+    other = Budget.objects.create(tenant=bob.tenant, key=bob.key, amount=Decimal("1.00"), period="month")
+    for key, cost in ((old, 300_000), (bob.key, 50_000)):
+        UsageRecord.objects.create(tenant=key.tenant, key=key, endpoint="chat", end_reason="complete", status_code=200,
+                                   cost_micros=cost)
+
+    new, _ = services.rotate_key(key=old)
+    newer, _ = services.rotate_key(key=new)
+    assert (newer.requests_per_minute, newer.tokens_per_minute, newer.max_concurrent) == (5, 900, 2)
+    budget.refresh_from_db()
+    other.refresh_from_db()
+    assert budget.key_id == newer.pk and other.key_id == bob.key.pk
+    # The period's total is first built from the ledger: the old keys' spend still counts against it.
+    hold = reserve(backend, "after-rotation", (spec(budget),), 800_000)
+    assert not hold.admitted and hold.checks[0].spent_micros == 300_000

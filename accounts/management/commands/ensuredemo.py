@@ -9,6 +9,9 @@ from django.db import transaction
 
 from accounts import services
 from accounts.models import ApiKey, Membership, Tenant
+from billing import pricing
+from billing.management.commands.loadprices import BUNDLED, read_prices, save_prices
+from billing.models import Price
 from proxy.services import ensure_demo_route
 
 DEMO_SLUG = "demo"
@@ -47,9 +50,19 @@ class Command(BaseCommand):
             key, secret = services.issue_key(tenant=tenant, name=DEMO_KEY_NAME)
         else:
             key, secret = services.rotate_key(key=current)
+        prices_line = self.ensure_prices()
         self.stdout.write(f"Admin:    {base_url}/admin/  ({admin_line})")
+        self.stdout.write(f"Prices:   {prices_line}")
         self.stdout.write(f"Demo key: {secret}  (tenant {tenant.slug}; rotated at every start)")
         self.stdout.write("Try it with the OpenAI SDK:\n" + SNIPPET.format(base_url=base_url, secret=secret))
+
+    def ensure_prices(self) -> str:
+        # Only into an empty price table: a price the operator deleted or changed stays as they left it.
+        if Price.objects.exists():
+            return f"{Price.objects.count()} rows; edit them in the admin or run `manage.py loadprices`"
+        outcome = save_prices(read_prices(BUNDLED), update=False)
+        pricing.forget()
+        return f"loaded {len(outcome.created)} bundled prices; edit them in the admin"
 
     def ensure_admin(self, tenant: Tenant) -> str:
         User = get_user_model()
