@@ -24,6 +24,18 @@ def compare(mock: object, tollgate: object, *, latency: bool) -> str:
     return f"{tollgate / mock:.2f}x" if mock else ""
 
 
+def gate_cost(plain: dict[str, Any], gated: dict[str, Any]) -> str:
+    """What the gate adds to a request: the difference between the gated and the plain tenant, same process."""
+    parts = []
+    if plain["cpu_ms_per_request"] is not None and gated["cpu_ms_per_request"] is not None:
+        parts.append(f"{gated['cpu_ms_per_request'] - plain['cpu_ms_per_request']:+.3f} CPU ms/request")
+    if plain["p50_ms"] is not None and gated["p50_ms"] is not None:
+        parts.append(f"{gated['p50_ms'] - plain['p50_ms']:+.2f} ms p50 latency")
+    if plain["overhead_p50_ms"] is not None and gated["overhead_p50_ms"] is not None:
+        parts.append(f"{gated['overhead_p50_ms'] - plain['overhead_p50_ms']:+.2f} ms overhead header p50")
+    return ", ".join(parts) or "-"
+
+
 def row(label: str, mock: object, tollgate: object, *, latency: bool = False, ratio: bool = True, digits: int = 2) -> str:
     verdict = compare(mock, tollgate, latency=latency) if ratio else ""
     return f"  {label:<26}{fmt(mock, digits):>12}{fmt(tollgate, digits):>14}{verdict:>16}"
@@ -43,6 +55,14 @@ def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
                   row("CPU ms/request", m["cpu_ms_per_request"], t["cpu_ms_per_request"], digits=3),
                   row("overhead header p50 ms", None, t["overhead_p50_ms"], ratio=False),
                   row("load generator CPU ms/req", m["loadgen_cpu_ms_per_request"], t["loadgen_cpu_ms_per_request"], digits=3)]
+        if g := phases.get(("gated", c)):
+            lines += ["  with the gate on (2 budgets, limits on key and tenant), in the Tollgate column:",
+                      row("requests/s", m["rps"], g["rps"], digits=1),
+                      row("p50 latency ms", m["p50_ms"], g["p50_ms"], latency=True),
+                      row("errors", m["errors"], g["errors"], ratio=False),
+                      row("CPU ms/request", m["cpu_ms_per_request"], g["cpu_ms_per_request"], digits=3),
+                      row("overhead header p50 ms", None, g["overhead_p50_ms"], ratio=False),
+                      f"  gate cost: {gate_cost(t, g)}"]
     m, t = results["streams"]
     lines += [f"streams: {STREAM_CONCURRENCY} concurrent mock-slow x {opts.stream_rounds} rounds (20 chunks, 50 ms apart)",
               row("first data: p50 ms", m["ttfb_p50_ms"], t["ttfb_p50_ms"], latency=True),
@@ -60,6 +80,11 @@ def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
         lines.append(f"soak {opts.soak:g} s at c={SOAK_CONCURRENCY}: {soak['requests']} requests, {soak['errors']} errors, "
                      f"{soak['rps']} req/s; RSS {soak['rss_start_mb']} -> {soak['rss_end_mb']} MB "
                      f"({soak['rss_change_percent']:+.1f} %, peak {soak['rss_peak_mb']} MB)")
+    if money := results.get("money"):
+        agree = all(c == money["ledger_micros"] for c in money["counter_micros"])
+        lines.append(f"gated spend: ledger {money['ledger_micros']} micro-USD, budget totals {money['counter_micros']} "
+                     f"{'OK' if agree else 'MISMATCH'}; still reserved {money['reserved_micros']}, "
+                     f"open holds {money['open_holds']}")
     ledger = results["ledger"]
     verdict = "OK" if ledger["rows"] == ledger["requests"] else f"MISMATCH ({ledger['rows'] - ledger['requests']:+d})"
     lines.append(f"ledger rows: {ledger['rows']} for {ledger['requests']} requests  {verdict}")

@@ -10,21 +10,26 @@ Run from the repository root, with PostgreSQL and Redis up (nothing is fetched f
 It starts the mock upstream (bench/mock_upstream.py) and ONE uvicorn worker of Tollgate with production
 settings (DEBUG off, throwaway secrets made per run) and full bookkeeping on PostgreSQL
 (``--database-url``, else DATABASE_URL, else postgres://postgres@127.0.0.1:5432/tollgate_bench, created if
-missing and migrated) and Redis (``--redis-url``, else REDIS_URL, else redis://127.0.0.1:6379/8). A fresh
-tenant and key, and the routes ``mock`` and ``mock-slow`` pointing at the mock, are seeded per run.
+missing and migrated) and Redis (``--redis-url``, else REDIS_URL, else redis://127.0.0.1:6379/8). Seeded per
+run: the routes ``mock`` and ``mock-slow`` pointing at the mock, with prices, and two fresh tenants with a key
+each: a plain one (no budgets, no rate limits) and a gated one (a month budget on the tenant, a day budget on
+the key and rate limits on both, all far above what the run uses, so every request is checked and admitted).
 
 For each concurrency it measures the mock alone and the same request through Tollgate, after a 1 s
 warm-up each: requests/s, p50/p99 latency, errors (any non-200 or exception), CPU ms per request of the
-serving process (utime+stime from /proc), and the p50 of Tollgate's ``x-tollgate-overhead-ms`` header.
+serving process (utime+stime from /proc), and the p50 of Tollgate's ``x-tollgate-overhead-ms`` header; then
+the same through the gated key. The gate's cost is the gated figures minus the plain ones, same process.
 Then waves of 16 concurrent ``mock-slow`` streams (20 chunks 50 ms apart): time to the first ``data:``
 line and total stream time; with ``--reference`` the same waves also go through stock Django relaying
 the stream with no gateway work at all (bench/bare_django.py), as a yardstick. It reports Tollgate's resident memory, optionally over a concurrency-16 soak,
-and checks that the ledger holds one ``billing_usagerecord`` row per answered Tollgate request.
+and checks that the ledger holds one ``billing_usagerecord`` row per answered Tollgate request, and that
+each gated budget's running total in Redis equals the gated tenant's ledger cost with nothing left reserved.
 
 The load generator (bench/load.py: one kept-alive HTTP/1.1 connection per worker, about 0.1 ms of CPU per
 request, reported in the table) runs in this process on the same machine and competes with both servers
 for the 2 cores: read requests/s as a comparison between the columns, not as what either server does
-alone. The run exits 2 if any request failed or a ledger row is missing; nothing is asserted on timings.
+alone. The run exits 2 if any request failed, a ledger row is missing or the money does not add up; nothing
+is asserted on timings.
 The API key travels from the seeding subprocess to this one through a private temporary file; it is never printed.
 """
 
@@ -69,9 +74,13 @@ STREAM_BODY = json.dumps(
 # Run by the child Python with Tollgate's environment. The key reaches us through a file only we can read.
 SEED_SCRIPT = """
 import json, os, sys
+from datetime import date
+from decimal import Decimal
 import django
 django.setup()
+from accounts.models import ApiKey, Tenant
 from accounts.services import create_tenant, issue_key
+from billing.models import Budget, Price
 from proxy.models import Deployment, ModelRoute, Provider
 
 base_url, slug, out = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -83,8 +92,18 @@ for model in ("mock", "mock-slow"):
     route, _ = ModelRoute.objects.update_or_create(name=model, defaults={"is_active": True})
     route.deployments.all().delete()
     Deployment.objects.create(route=route, provider=provider, upstream_model=model)
+    Price.objects.get_or_create(model=model, provider=None, effective_from=date(2020, 1, 1),
+                                defaults={"input_per_million": Decimal("1.00"), "output_per_million": Decimal("2.00")})
+# The gated tenant: every limit and budget the gate knows, set far above what the run can use.
+gated = create_tenant(name="Benchmark gated " + slug, slug=slug + "-gated")
+Tenant.objects.filter(pk=gated.pk).update(requests_per_minute=10**9, tokens_per_minute=2 * 10**9, max_concurrent=10**4)
+gated_key, gated_secret = issue_key(tenant=gated, name="bench gated")
+ApiKey.objects.filter(pk=gated_key.pk).update(requests_per_minute=10**9, tokens_per_minute=2 * 10**9, max_concurrent=10**4)
+budgets = [Budget.objects.create(tenant=gated, amount=Decimal("1000000"), period="month", name="tenant month"),
+           Budget.objects.create(tenant=gated, key=gated_key, amount=Decimal("1000000"), period="day", name="key day")]
 with open(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handoff:
-    json.dump({"key": secret, "tenant_id": tenant.pk}, handoff)
+    json.dump({"key": secret, "tenant_id": tenant.pk, "gated_key": gated_secret, "gated_tenant_id": gated.pk,
+               "budget_ids": [b.pk for b in budgets]}, handoff)
 """
 
 
@@ -202,22 +221,31 @@ def run_django(args: list[str], env: dict[str, str], what: str) -> str:
     return done.stdout
 
 
-def seed(env: dict[str, str], mock_base_url: str) -> tuple[str, int]:
-    """Seed this run's tenant, key and routes. Returns the key's plaintext and the tenant id."""
+@dataclass(frozen=True)
+class Seeded:
+    key: str  # plaintext of the plain tenant's key: no budgets, no rate limits
+    tenant_id: int
+    gated_key: str  # the gated tenant's key: two budgets and rate limits on the key and the tenant
+    gated_tenant_id: int
+    budget_ids: list[int]
+
+
+def seed(env: dict[str, str], mock_base_url: str) -> Seeded:
+    """Seed this run's tenants, keys, budgets, prices and routes."""
     slug = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     with tempfile.TemporaryDirectory() as private:
         handoff = Path(private) / "seeded.json"
         run_django(["-c", SEED_SCRIPT, mock_base_url, slug, str(handoff)], env, "seeding")
         seeded = json.loads(handoff.read_text())
-    return str(seeded["key"]), int(seeded["tenant_id"])
+    return Seeded(**seeded)
 
 
-def count_ledger(database_url: str, tenant_id: int, expected: int) -> int:
-    """Rows of the tenant, once they stop changing: stream rows are written just after the last byte."""
+def count_ledger(database_url: str, tenant_ids: list[int], expected: int) -> int:
+    """Rows of the tenants, once they stop changing: stream rows are written just after the last byte."""
     last, settled_at = -1, time.monotonic()
     with psycopg.connect(database_url, autocommit=True) as conn:
         while True:
-            row = conn.execute("SELECT count(*) FROM billing_usagerecord WHERE tenant_id = %s", (tenant_id,)).fetchone()
+            row = conn.execute("SELECT count(*) FROM billing_usagerecord WHERE tenant_id = ANY(%s)", (tenant_ids,)).fetchone()
             count = int(row[0]) if row else 0
             if count != last:
                 last, settled_at = count, time.monotonic()
@@ -226,16 +254,34 @@ def count_ledger(database_url: str, tenant_id: int, expected: int) -> int:
             time.sleep(0.2)
 
 
+def check_money(opts: argparse.Namespace, seeded: Seeded) -> dict[str, Any]:
+    """The gated tenant's spend three ways: the ledger, each budget's running total in Redis, and open holds."""
+    import redis
+
+    with psycopg.connect(opts.database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT coalesce(sum(cost_micros), 0) FROM billing_usagerecord WHERE tenant_id = %s",
+                           (seeded.gated_tenant_id,)).fetchone()
+    client = redis.Redis.from_url(opts.redis_url)
+    counted, reserved = [], 0
+    for budget_id in seeded.budget_ids:
+        periods = [client.hmget(key, "s", "r") for key in client.scan_iter(f"tg:budget:{budget_id}:*")]
+        counted.append(sum(int(s or 0) for s, _ in periods))
+        reserved += sum(int(r or 0) for _, r in periods)
+    return {"ledger_micros": int(row[0]) if row else 0, "counter_micros": counted, "reserved_micros": reserved,
+            "open_holds": int(client.zcard("tg:holds"))}
+
+
 class Bench:
     """The measurements of one run against the two servers, collected into ``results``."""
 
-    def __init__(self, opts: argparse.Namespace, mock: Server, tollgate: Server, reference: Server | None = None) -> None:
-        self.opts, self.mock, self.tollgate, self.reference = opts, mock, tollgate, reference
+    def __init__(self, opts: argparse.Namespace, mock: Server, tollgate: Server, gated: Server,
+                 reference: Server | None = None) -> None:
+        self.opts, self.mock, self.tollgate, self.gated, self.reference = opts, mock, tollgate, gated, reference
         self.tollgate_answers = 0  # every answered request through Tollgate, warm-ups included: one ledger row each
         self.results: dict[str, Any] = {"phases": [], "streams": [], "rss_mb": {}}
 
     def count(self, result: Phase, server: Server) -> None:
-        if server is self.tollgate:
+        if server is self.tollgate or server is self.gated:
             self.tollgate_answers += result.answered
 
     async def phase(self, server: Server, concurrency: int) -> dict[str, object]:
@@ -283,7 +329,7 @@ class Bench:
 
     async def run(self) -> dict[str, Any]:
         for concurrency in self.opts.concurrency:
-            for server in (self.mock, self.tollgate):
+            for server in (self.mock, self.tollgate, self.gated):
                 self.results["phases"].append(await self.phase(server, concurrency))
         for server in (self.mock, self.tollgate):
             self.results["streams"].append(await self.streams(server))
@@ -321,15 +367,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return opts
 
 
-def start_servers(children: Children, opts: argparse.Namespace) -> tuple[Server, Server, int]:
-    """Prepare the database, start both servers and seed. Returns the mock, Tollgate and the tenant id."""
+def start_servers(children: Children, opts: argparse.Namespace) -> tuple[Server, Server, Server, Seeded]:
+    """Prepare the database, start both servers and seed. Returns the mock, Tollgate without and with the gate."""
     mock_port, tollgate_port = free_port(), free_port()
     children.start("mock", [PYTHON, "bench/mock_upstream.py", "--port", str(mock_port)], dict(os.environ))
     env = tollgate_env(opts.database_url, opts.redis_url)
     ensure_database(opts.database_url)
     progress("migrating and seeding")
     run_django(["manage.py", "migrate", "--noinput"], env, "manage.py migrate")
-    key, tenant_id = seed(env, f"http://127.0.0.1:{mock_port}/v1")
+    seeded = seed(env, f"http://127.0.0.1:{mock_port}/v1")
     children.start("tollgate", [PYTHON, "-m", "uvicorn", "gateway_site.asgi:application", "--port", str(tollgate_port),
                                 "--lifespan", "off", "--no-access-log", "--log-level", "warning"], env)
     children.wait_until_up("mock", f"http://127.0.0.1:{mock_port}/_events")
@@ -337,8 +383,9 @@ def start_servers(children: Children, opts: argparse.Namespace) -> tuple[Server,
     json_type = {"content-type": "application/json"}
     mock = Server("mock", f"http://127.0.0.1:{mock_port}/v1/chat/completions", json_type, children.procs["mock"].pid)
     tollgate = Server("tollgate", f"http://127.0.0.1:{tollgate_port}/v1/chat/completions",
-                      {**json_type, "authorization": f"Bearer {key}"}, children.procs["tollgate"].pid)
-    return mock, tollgate, tenant_id
+                      {**json_type, "authorization": f"Bearer {seeded.key}"}, children.procs["tollgate"].pid)
+    gated = Server("gated", tollgate.url, {**json_type, "authorization": f"Bearer {seeded.gated_key}"}, tollgate.pid)
+    return mock, tollgate, gated, seeded
 
 
 def start_reference(children: Children, mock: Server) -> Server:
@@ -358,15 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tollgate-bench-") as log_dir:
         children = Children(Path(log_dir))
         try:
-            mock, tollgate, tenant_id = start_servers(children, opts)
+            mock, tollgate, gated, seeded = start_servers(children, opts)
             reference = start_reference(children, mock) if opts.reference else None
-            bench = Bench(opts, mock, tollgate, reference)
+            bench = Bench(opts, mock, tollgate, gated, reference)
             results = asyncio.run(bench.run())
             for name in ("mock", "tollgate"):
                 if children.procs[name].poll() is not None:
                     raise BenchError(f"{name} died during the run:\n{children.tail(name)}")
-            rows = count_ledger(opts.database_url, tenant_id, bench.tollgate_answers)
+            rows = count_ledger(opts.database_url, [seeded.tenant_id, seeded.gated_tenant_id], bench.tollgate_answers)
             results["ledger"] = {"rows": rows, "requests": bench.tollgate_answers}
+            results["money"] = check_money(opts, seeded)
             results["tollgate_log_errors"] = children.errors_logged("tollgate")
         except BenchError as e:
             print(f"bench: {e}", file=sys.stderr)
@@ -383,7 +431,10 @@ def main(argv: list[str] | None = None) -> int:
         opts.json.write_text(json.dumps(results, indent=2) + "\n")
     # Correctness, not speed: any failed request or missing ledger row fails the run.
     failed = any(p["errors"] for p in [*results["phases"], *results["streams"], results.get("soak") or {"errors": 0}])
-    return 2 if failed or results["ledger"]["rows"] != results["ledger"]["requests"] else 0
+    money = results["money"]
+    money_wrong = money["open_holds"] or money["reserved_micros"] or any(
+        counted != money["ledger_micros"] for counted in money["counter_micros"])
+    return 2 if failed or money_wrong or results["ledger"]["rows"] != results["ledger"]["requests"] else 0
 
 
 if __name__ == "__main__":

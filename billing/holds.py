@@ -8,7 +8,6 @@ Every hold carries a lease: if its process dies, the reaper (a periodic task) re
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -17,8 +16,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from . import budgets
+from . import budgets, scripts
 from .budgets import BudgetSpec, Check
+from .scripts import Call
 
 PREFIX = "tg:budget:"
 LEASES = "tg:holds"
@@ -163,55 +163,63 @@ def counter_key(spec: BudgetSpec, starts_at: datetime) -> str:
     return f"{PREFIX}{spec.id}:{int(starts_at.timestamp())}"
 
 
-_clients: dict[tuple[asyncio.AbstractEventLoop, str], Any] = {}
+@dataclass(frozen=True)
+class PendingHold:
+    """A hold about to be asked of Redis: the script call and what is needed to read its answer."""
 
-
-def loop_client(url: str) -> Any:
-    """The asyncio Redis client of the running event loop for ``url`` (a client is bound to one loop)."""
-    import redis.asyncio
-
-    loop = asyncio.get_running_loop()
-    if (loop, url) not in _clients:
-        for stale in [key for key in _clients if key[0].is_closed()]:
-            del _clients[stale]
-        # A blocking pool: a burst larger than the pool waits for a free connection instead of failing.
-        pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=settings.TOLLGATE_REDIS_CONNECTIONS,
-                                                             timeout=5)
-        _clients[(loop, url)] = redis.asyncio.Redis(connection_pool=pool)
-    return _clients[(loop, url)]
+    request_id: str
+    specs: tuple[BudgetSpec, ...]
+    amount: int
+    periods: list[tuple[datetime, datetime | None]]
+    call: Call
 
 
 class RedisBackend:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def client(self) -> Any:
-        return loop_client(self.url)
-
     def sync_client(self) -> Any:
         import redis
 
         return redis.Redis.from_url(self.url)
 
-    async def reserve(self, request_id: str, specs: tuple[BudgetSpec, ...], amount: int, now: datetime) -> Hold:
+    def pending(self, request_id: str, specs: tuple[BudgetSpec, ...], amount: int, now: datetime) -> PendingHold:
         periods = [budgets.period_bounds(s.period, s.zone, now) for s in specs]
         keys = [counter_key(s, start) for s, (start, _) in zip(specs, periods)]
         expires = now + timedelta(seconds=settings.TOLLGATE_RESERVATION_LEASE_SECONDS)
         args: list[Any] = [amount, overdraft(), int(expires.timestamp()), request_id]
         for spec in specs:
             args += [spec.limit_micros, 1 if spec.hard else 0]
-        client = self.client()
-        for _ in range(3):
-            ok, state = await client.eval(RESERVE, len(keys) + 2, *keys, HOLD_PREFIX + request_id, LEASES, *args)
-            if ok != -1:
-                break
-            await self.create_counters([specs[i - 1] for i in state], [periods[i - 1] for i in state], now)
-        else:
-            raise RuntimeError("budget counters could not be created")
+        call = Call(RESERVE, [*keys, HOLD_PREFIX + request_id, LEASES], args)
+        return PendingHold(request_id, specs, amount, periods, call)
+
+    def hold_of(self, pending: PendingHold, result: Any) -> Hold | None:
+        """The hold Redis answered with, or None when a period's running total must first be created."""
+        ok, state = result
+        if ok == -1:
+            return None
         checks = [Check(spec, start, int(state[2 * i]), int(state[2 * i + 1]))
-                  for i, (spec, (start, _)) in enumerate(zip(specs, periods))]
+                  for i, (spec, (start, _)) in enumerate(zip(pending.specs, pending.periods))]
         admitted = ok == 1
-        return Hold(request_id, amount, checks, admitted, keys if admitted and amount else [])
+        keys = pending.call.keys[:-2] if admitted and pending.amount else []
+        return Hold(pending.request_id, pending.amount, checks, admitted, keys)
+
+    async def reserve(self, request_id: str, specs: tuple[BudgetSpec, ...], amount: int, now: datetime) -> Hold:
+        return await self.complete(self.pending(request_id, specs, amount, now), None, now)
+
+    async def complete(self, pending: PendingHold, result: Any, now: datetime) -> Hold:
+        """Finish a hold whose script already ran (result) or not yet (None), creating missing totals first."""
+        for _ in range(3):
+            if result is None:
+                [result] = await scripts.run(self.url, [pending.call])
+            hold = self.hold_of(pending, result)
+            if hold is not None:
+                return hold
+            missing = [i - 1 for i in result[1]]
+            await self.create_counters([pending.specs[i] for i in missing], [pending.periods[i] for i in missing],
+                                       now)
+            result = None
+        raise RuntimeError("budget counters could not be created")
 
     async def create_counters(self, specs: list[BudgetSpec], periods: list[tuple[datetime, datetime | None]],
                               now: datetime) -> None:
@@ -222,12 +230,16 @@ class RedisBackend:
             # Kept a day past the period's end so late settlements still find it, then gone: no reset job.
             args += [total, int((end - now).total_seconds()) + 86400 if end else 0]
         keys = [counter_key(s, start) for s, (start, _) in zip(specs, periods)]
-        await self.client().eval(CREATE, len(keys), *keys, *args)
+        await scripts.run(self.url, [Call(CREATE, keys, args)])
+
+    def settlement(self, hold: Hold, cost: int) -> Call | None:
+        if not hold.keys:
+            return None
+        return Call(SETTLE, [*hold.keys, HOLD_PREFIX + hold.request_id, LEASES], [cost, hold.request_id])
 
     async def settle(self, hold: Hold, cost: int) -> None:
-        if hold.keys:
-            await self.client().eval(SETTLE, len(hold.keys) + 2, *hold.keys, HOLD_PREFIX + hold.request_id, LEASES,
-                                     cost, hold.request_id)
+        if call := self.settlement(hold, cost):
+            await scripts.run(self.url, [call])
 
     def totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
         values = self.sync_client().hmget(counter_key(spec, starts_at), "s", "r")

@@ -13,7 +13,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.utils import timezone
 
-from billing import holds, pricing, tokens
+from billing import holds, pricing, scripts, tokens
 from billing.budgets import Table, load_table
 from billing.models import Price, micros_to_dollars
 
@@ -21,7 +21,8 @@ from .db import db_step
 from .errors import BudgetExceeded, RateLimited
 from .metering import Meter
 from .providers.base import CHAT, EMBEDDINGS, ApiRequest, Target
-from .ratelimits import Scope, limiter
+from . import ratelimits
+from .ratelimits import RedisLimiter, Scope, Verdict, limiter
 
 _budgets: Table | None = None
 
@@ -64,37 +65,62 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
     # The tokenizer runs only when a budget or a token limit needs the count.
     counted = bool(specs) or any(s.limits.tokens_per_minute is not None for s in scopes)
     prompt, completion = worst_case(body, targets[0]) if counted else (0, 0)
-    if scopes:
-        verdict = await limiter().acquire(meter.request_id, scopes, prompt + completion)
+    amount = 0
+    if specs:
+        price = (await pricing.table()).find(public_model=targets[0].public_model, provider=targets[0].provider_name,
+                                             upstream_model=targets[0].upstream_model, on=now.date())
+        amount = hold_amount(meter, specs, price, prompt, completion)
+    verdict, hold = await take(meter.request_id, scopes, prompt + completion, specs, amount, now)
+    if verdict is not None:
         meter.gate["rate"] = verdict.as_json()
         if not verdict.admitted:
+            if hold is not None and hold.admitted:
+                await holds.backend().settle(hold, 0)  # asked in the same round trip; nothing was spent
             assert verdict.scope is not None
             what = {"requests": "requests per minute", "tokens": "tokens per minute", "concurrent": "requests in flight"}
             raise RateLimited(f"Rate limit reached for this {verdict.scope.name}: {verdict.limit} {what[verdict.kind]}. "
                               f"Try again in {verdict.retry_after} s.", retry_after=verdict.retry_after)
         meter.scopes, meter.verdict = scopes, verdict
-    if specs:
-        price = (await pricing.table()).find(public_model=targets[0].public_model, provider=targets[0].provider_name,
-                                             upstream_model=targets[0].upstream_model, on=now.date())
-        await hold_budget(meter, specs, price, prompt, completion, now)
+    if hold is not None:
+        meter.gate["budgets"] = [c.as_json() for c in hold.checks]
+        meter.gate["held_micros"] = amount
+        if not hold.admitted:
+            check = hold.denied_by or hold.checks[0]
+            left = check.spec.limit_micros - check.spent_micros - check.reserved_micros
+            raise BudgetExceeded(
+                f"You exceeded the {check.spec.period} budget of this {check.spec.scope} "
+                f"({dollars(check.spec.limit_micros)}): {dollars(left)} remains and this request may cost up to "
+                f"{dollars(amount)}.")
+        meter.hold = hold
 
 
-async def hold_budget(meter: Meter, specs: tuple, price: Price | None, prompt: int, completion: int,
-                      now: datetime) -> None:
+def hold_amount(meter: Meter, specs: tuple, price: Price | None, prompt: int, completion: int) -> int:
+    """What to hold on the budgets: the worst case at the price, capped. Raises BudgetExceeded for unpriced models
+    when so configured."""
     if price is None:
         meter.gate["unpriced"] = True
         if settings.TOLLGATE_UNPRICED == "deny" and any(s.hard for s in specs):
             raise BudgetExceeded("This model has no price yet, and this key's budgets only admit priced models. "
                                  "Ask your Tollgate operator to add a price.")
-    worst = price.cost_micros(prompt_tokens=prompt, completion_tokens=completion) if price else 0
-    amount = min(worst, settings.TOLLGATE_RESERVATION_CAP_MICROS)
-    hold = await holds.backend().reserve(meter.request_id, specs, amount, now)
-    meter.gate["budgets"] = [c.as_json() for c in hold.checks]
-    meter.gate["held_micros"] = amount
-    if not hold.admitted:
-        check = hold.denied_by or hold.checks[0]
-        left = check.spec.limit_micros - check.spent_micros - check.reserved_micros
-        raise BudgetExceeded(
-            f"You exceeded the {check.spec.period} budget of this {check.spec.scope} ({dollars(check.spec.limit_micros)}): "
-            f"{dollars(left)} remains and this request may cost up to {dollars(amount)}.")
-    meter.hold = hold
+        return 0
+    return min(price.cost_micros(prompt_tokens=prompt, completion_tokens=completion),
+               settings.TOLLGATE_RESERVATION_CAP_MICROS)
+
+
+async def take(request_id: str, scopes: list[Scope], tokens: int, specs: tuple, amount: int,
+               now: datetime) -> tuple[Verdict | None, holds.Hold | None]:
+    """Ask the rate limits, then the budgets. With Redis both go in one round trip; a rate limit refusal
+    then comes back with a hold that the caller gives back."""
+    rates, budgets = limiter(), holds.backend()
+    if scopes and specs and isinstance(rates, RedisLimiter) and isinstance(budgets, holds.RedisBackend):
+        check, at = rates.check(request_id, scopes, tokens)
+        pending = budgets.pending(request_id, specs, amount, now)
+        rate, held = await scripts.run(budgets.url, [check, pending.call])
+        verdict = ratelimits.verdict(rate, scopes, at)
+        if not verdict.admitted:
+            return verdict, budgets.hold_of(pending, held)
+        return verdict, await budgets.complete(pending, held, now)
+    verdict = await rates.acquire(request_id, scopes, tokens) if scopes else None
+    if verdict is not None and not verdict.admitted:
+        return verdict, None
+    return verdict, (await budgets.reserve(request_id, specs, amount, now) if specs else None)

@@ -131,23 +131,35 @@ class Meter:
 
     async def settle(self, written: asyncio.Future[Any]) -> None:
         """After the row is written: turn the budget hold into the row's cost and free the rate limit slot."""
-        from billing import holds
+        from billing import holds, scripts
 
-        from .ratelimits import limiter
+        from .ratelimits import RedisLimiter, limiter
 
         try:
             record = await written
             cost = record.cost_micros
         except Exception:
             cost = 0  # no row, no spend: the ledger and the running totals stay in step
+        budgets, rates = holds.backend(), limiter()
+        if isinstance(budgets, holds.RedisBackend) and isinstance(rates, RedisLimiter):
+            # Both in one round trip.
+            both = [budgets.settlement(self.hold, cost) if self.hold is not None else None,
+                    rates.release_call(self.request_id, self.scopes) if self.scopes else None]
+            calls = [call for call in both if call is not None]
+            try:
+                if calls:
+                    await scripts.run(budgets.url, calls)
+            except Exception:
+                logger.exception("request %s: budget hold or rate limit slot not given back; leases will", self.request_id)
+            return
         try:
             if self.hold is not None:
-                await holds.backend().settle(self.hold, cost)
+                await budgets.settle(self.hold, cost)
         except Exception:
             logger.exception("budget hold of request %s could not be settled; its lease will release it", self.request_id)
         try:
             if self.scopes:
-                await limiter().release(self.request_id, self.scopes)
+                await rates.release(self.request_id, self.scopes)
         except Exception:
             logger.exception("rate limit slot of request %s could not be freed; its lease will free it", self.request_id)
 

@@ -17,7 +17,8 @@ from typing import Any
 from django.conf import settings
 
 from accounts.keys import Limits
-from billing.holds import loop_client
+from billing import scripts
+from billing.scripts import Call
 
 WINDOW = 60
 
@@ -94,14 +95,19 @@ def keys_for(scope: Scope, window: int) -> list[str]:
     return [f"{base}:r:{window}", f"{base}:t:{window}", f"{base}:c"]
 
 
+# KEYS: the in-flight sets of the scopes; ARGV: the request id.
+RELEASE = """
+for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return #KEYS
+"""
+
+
 class RedisLimiter:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def client(self) -> Any:
-        return loop_client(self.url)
-
-    async def acquire(self, request_id: str, scopes: list[Scope], tokens: int) -> Verdict:
+    def check(self, request_id: str, scopes: list[Scope], tokens: int) -> tuple[Call, float]:
+        """The script call that checks and counts every limit at once, and the time it was made for."""
         now = time.time()
         window = int(now // WINDOW)
         keys = [k for scope in scopes for k in keys_for(scope, window)]
@@ -110,16 +116,20 @@ class RedisLimiter:
         for scope in scopes:
             args += [_lim(scope.limits.requests_per_minute), _lim(scope.limits.tokens_per_minute),
                      _lim(scope.limits.max_concurrent)]
-        result = await self.client().eval(CHECK, len(keys), *keys, *args)
+        return Call(CHECK, keys, args), now
+
+    async def acquire(self, request_id: str, scopes: list[Scope], tokens: int) -> Verdict:
+        call, now = self.check(request_id, scopes, tokens)
+        [result] = await scripts.run(self.url, [call])
         return verdict(result, scopes, now)
 
-    async def release(self, request_id: str, scopes: list[Scope]) -> None:
+    def release_call(self, request_id: str, scopes: list[Scope]) -> Call | None:
         slots = [keys_for(s, 0)[2] for s in scopes if s.limits.max_concurrent is not None]
-        if slots:
-            pipe = self.client().pipeline(transaction=False)
-            for slot in slots:
-                pipe.zrem(slot, request_id)
-            await pipe.execute()
+        return Call(RELEASE, slots, [request_id]) if slots else None
+
+    async def release(self, request_id: str, scopes: list[Scope]) -> None:
+        if call := self.release_call(request_id, scopes):
+            await scripts.run(self.url, [call])
 
 
 def verdict(result: list[Any], scopes: list[Scope], now: float) -> Verdict:

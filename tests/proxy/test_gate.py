@@ -100,3 +100,16 @@ def test_an_unpriced_model_is_flagged_and_denied_only_when_configured(client: Cl
     with override_settings(TOLLGATE_UNPRICED="deny"):
         denied = chat(client, alice)
     assert denied.status_code == 429 and "no price" in denied.json()["error"]["message"]
+
+
+def test_a_rate_limited_request_holds_no_money_even_when_asked_together_with_the_budget(
+    client: Client, alice: Party, demo_price: Price
+) -> None:
+    # With Redis the limit check and the budget hold go in one round trip; a refused request gives the hold back.
+    ApiKey.objects.filter(pk=alice.key.pk).update(requests_per_minute=1, max_concurrent=5)
+    budget = Budget.objects.create(tenant=alice.tenant, amount=Decimal("1.00"), period="day")
+    first, second = chat(client, alice, max_tokens=50), chat(client, alice, max_tokens=50)
+    assert (first.status_code, second.status_code) == (200, 429)
+    assert second.json()["error"]["code"] == "rate_limit_exceeded" and "budgets" not in row_of(second).gate
+    state = budgets.status(budget)
+    assert (state.spent_micros, state.reserved_micros) == (row_of(first).cost_micros, 0)
