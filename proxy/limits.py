@@ -6,9 +6,12 @@ the meter gives both back when the request ends, whichever way it ends (see Mete
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -17,11 +20,11 @@ from billing import holds, pricing, scripts, tokens
 from billing.budgets import Table, load_table
 from billing.models import Price, micros_to_dollars
 
+from . import ratelimits
 from .db import db_step
 from .errors import BudgetExceeded, RateLimited
 from .metering import Meter
 from .providers.base import CHAT, EMBEDDINGS, ApiRequest, Target
-from . import ratelimits
 from .ratelimits import RedisLimiter, Scope, Verdict, limiter
 
 _budgets: Table | None = None
@@ -70,7 +73,13 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
         price = (await pricing.table()).find(public_model=targets[0].public_model, provider=targets[0].provider_name,
                                              upstream_model=targets[0].upstream_model, on=now.date())
         amount = hold_amount(meter, specs, price, prompt, completion)
-    verdict, hold = await take(meter.request_id, scopes, prompt + completion, specs, amount, now)
+    asking = asyncio.ensure_future(take(meter.request_id, scopes, prompt + completion, specs, amount, now))
+    try:
+        verdict, hold = await asyncio.shield(asking)
+    except asyncio.CancelledError:
+        # The client left while the answer was on its way: whatever it grants goes straight back.
+        asking.add_done_callback(functools.partial(give_back, meter.request_id, scopes))
+        raise
     if verdict is not None:
         meter.gate["rate"] = verdict.as_json()
         if not verdict.admitted:
@@ -92,6 +101,20 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
                 f"({dollars(check.spec.limit_micros)}): {dollars(left)} remains and this request may cost up to "
                 f"{dollars(amount)}.")
         meter.hold = hold
+
+
+def give_back(request_id: str, scopes: list[Scope], asking: asyncio.Future[Any]) -> None:
+    if asking.cancelled() or asking.exception() is not None:
+        return
+    verdict, hold = asking.result()
+
+    async def release() -> None:
+        if hold is not None and hold.admitted:
+            await holds.backend().settle(hold, 0)
+        if verdict is not None and verdict.admitted:
+            await limiter().release(request_id, scopes)
+
+    Meter.keep(asyncio.ensure_future(release()))
 
 
 def hold_amount(meter: Meter, specs: tuple, price: Price | None, prompt: int, completion: int) -> int:

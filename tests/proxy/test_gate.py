@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from decimal import Decimal
 
@@ -113,3 +114,40 @@ def test_a_rate_limited_request_holds_no_money_even_when_asked_together_with_the
     assert second.json()["error"]["code"] == "rate_limit_exceeded" and "budgets" not in row_of(second).gate
     state = budgets.status(budget)
     assert (state.spent_micros, state.reserved_micros) == (row_of(first).cost_micros, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_client_leaving_while_the_gate_answers_leaves_nothing_held(alice: Party, demo_price: Price) -> None:
+    from asgiref.sync import async_to_sync
+
+    from accounts.keys import lookup
+    from billing import pricing
+    from proxy import limits
+    from proxy.limits import check_limits
+    from proxy.metering import Meter
+    from proxy.providers.base import ApiRequest
+
+    ApiKey.objects.filter(pk=alice.key.pk).update(max_concurrent=1)
+    budget = Budget.objects.create(tenant=alice.tenant, amount=Decimal("1.00"), period="day")
+    caller = lookup(alice.secret)
+    targets = async_to_sync(routing.route)(caller, "demo")
+
+    async def leave_while_asking() -> None:
+        await limits.budget_table(), await pricing.table()  # loaded now, so the gate's first wait is its question
+        meter = Meter("chat")
+        meter.caller = caller
+        meter.body = ApiRequest(endpoint="chat", model="demo", max_tokens=9,
+                                data={"model": "demo", "messages": [{"role": "user", "content": "Hi"}]})
+        asking = asyncio.ensure_future(check_limits(meter, targets))
+        await asyncio.sleep(0)
+        assert not asking.done()
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        await asyncio.sleep(0.5)  # the answer arrives and is given back
+
+    async_to_sync(leave_while_asking)()
+    state = budgets.status(budget)
+    assert (state.spent_micros, state.reserved_micros) == (0, 0)
+    client = Client()
+    assert chat(client, alice, max_tokens=9).status_code == 200  # the single in-flight slot is free again
