@@ -301,8 +301,6 @@ TOLLGATE_RESERVATION_CAP_MICROS = env_micros("TOLLGATE_RESERVATION_CAP_USD", "5"
 TOLLGATE_BUDGET_OVERDRAFT_MICROS = env_micros("TOLLGATE_BUDGET_OVERDRAFT_USD", "0")
 # A hold whose process died is released after this long (longer than any request may take).
 TOLLGATE_RESERVATION_LEASE_SECONDS = env_int("TOLLGATE_RESERVATION_LEASE_SECONDS", 900, minimum=60)
-# Redis connections per server process for budget holds and rate limits; more concurrent requests queue for one.
-TOLLGATE_REDIS_CONNECTIONS = env_int("TOLLGATE_REDIS_CONNECTIONS", 50, minimum=1)
 # A model with no price: "allow" admits it at zero cost and flags its rows; "deny" refuses it when budgets apply.
 TOLLGATE_UNPRICED = os.environ.get("TOLLGATE_UNPRICED", "allow").strip().lower()
 if TOLLGATE_UNPRICED not in ("allow", "deny"):
