@@ -142,8 +142,15 @@ async def take(request_id: str, scopes: list[Scope], tokens: int, specs: tuple, 
         verdict = ratelimits.verdict(rate, scopes, at)
         if not verdict.admitted:
             return verdict, budgets.hold_of(pending, held)
-        return verdict, await budgets.complete(pending, held, now)
-    verdict = await rates.acquire(request_id, scopes, tokens) if scopes else None
-    if verdict is not None and not verdict.admitted:
-        return verdict, None
-    return verdict, (await budgets.reserve(request_id, specs, amount, now) if specs else None)
+        holding = budgets.complete(pending, held, now)
+    else:
+        verdict = await rates.acquire(request_id, scopes, tokens) if scopes else None
+        if (verdict is not None and not verdict.admitted) or not specs:
+            return verdict, None
+        holding = budgets.reserve(request_id, specs, amount, now)
+    try:
+        return verdict, await holding
+    except Exception:
+        if verdict is not None:  # the budgets could not be asked: the slot just taken goes back
+            await rates.release(request_id, scopes)
+        raise

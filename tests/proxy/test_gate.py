@@ -151,3 +151,21 @@ def test_a_client_leaving_while_the_gate_answers_leaves_nothing_held(alice: Part
     assert (state.spent_micros, state.reserved_micros) == (0, 0)
     client = Client()
     assert chat(client, alice, max_tokens=9).status_code == 200  # the single in-flight slot is free again
+
+
+def test_when_the_budgets_cannot_be_asked_the_rate_limit_slot_goes_back(
+    client: Client, alice: Party, demo_price: Price, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from billing import holds
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("budget store unavailable")
+
+    ApiKey.objects.filter(pk=alice.key.pk).update(max_concurrent=1)
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("1.00"), period="day")
+    with monkeypatch.context() as patched:
+        patched.setattr(holds.RedisBackend, "complete", broken)
+        patched.setattr(holds.DatabaseBackend, "reserve", broken)
+        failed = chat(client, alice, max_tokens=9)
+    assert failed.status_code == 500 and "budget store" not in failed.content.decode()
+    assert chat(client, alice, max_tokens=9).status_code == 200  # the one in-flight slot was given back
