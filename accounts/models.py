@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import secrets
 import zoneinfo
 from datetime import datetime
 
@@ -30,6 +31,10 @@ def validate_model_list(value: object) -> None:
         raise ValidationError('Allowed models must be a list of model names, e.g. ["gpt-4o", "demo"], or [] for all')
 
 
+def new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
 class Tenant(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=64, unique=True)
@@ -38,6 +43,11 @@ class Tenant(models.Model):
         blank=True, validators=[validate_email_list], help_text="Budget alerts go here. Comma or newline separated."
     )
     is_active = models.BooleanField(default=True, help_text="An inactive tenant's keys are refused.")
+    alert_webhook_url = models.URLField(
+        blank=True, help_text="Budget alerts are also POSTed here as JSON, signed with the secret below.")
+    alert_webhook_secret = models.CharField(
+        max_length=64, blank=True, default=new_webhook_secret,
+        help_text="HMAC-SHA256 key of the X-Tollgate-Signature header. Share it with whoever receives the webhook.")
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Empty means no limit.")
     tokens_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Prompt tokens plus the completion tokens asked for. Empty means no limit.")
@@ -104,6 +114,7 @@ class ApiKey(models.Model):
         null=True, blank=True, help_text="Prompt tokens plus the completion tokens asked for. Empty means no limit.")
     max_concurrent = models.PositiveIntegerField(null=True, blank=True, help_text="Requests in flight at once. Empty means no limit.")
     last_used_at = models.DateTimeField(null=True, blank=True)
+    expiry_notified_at = models.DateTimeField(null=True, blank=True, help_text="When the expiry notice went out.")
     rotated_from = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rotated_to"
     )

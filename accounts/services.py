@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import logging
+import zoneinfo
 from collections.abc import Iterable
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
 from django.db import transaction
+from django.template.loader import render_to_string
 from django.utils import timezone
 
 from . import keys
@@ -111,3 +115,34 @@ def forget_tenant_keys(*, tenant: Tenant) -> None:
     """Drop the cached lookups of every key of the tenant, e.g. after it was deactivated."""
     prefixes = ApiKey.objects.for_tenant(tenant).values_list("prefix", flat=True)
     keys.forget_many(list(prefixes))
+
+
+EXPIRY_NOTICE_DAYS = 7
+
+
+def keys_expiring_soon(*, now: datetime | None = None) -> list[int]:
+    """Ids of active keys that expire within a week and have had no notice yet."""
+    now = now or timezone.now()
+    return list(ApiKey.objects.active(now).filter(expires_at__lte=now + timedelta(days=EXPIRY_NOTICE_DAYS),
+                                                  expiry_notified_at__isnull=True).values_list("pk", flat=True))
+
+
+def send_expiry_notice(*, key_id: int, now: datetime | None = None) -> bool:
+    """Tell the tenant's contacts that the key expires soon, at most once. Returns whether this call sent it."""
+    now = now or timezone.now()
+    if not ApiKey.objects.filter(pk=key_id, expiry_notified_at__isnull=True).update(expiry_notified_at=now):
+        return False
+    key = ApiKey.objects.select_related("tenant").get(pk=key_id)
+    recipients = key.tenant.contact_email_list()
+    if not recipients:
+        return False
+    context = {"key": key, "tenant": key.tenant, "link": f"{settings.TOLLGATE_PUBLIC_URL}/keys/",
+               "expires_at": timezone.localtime(key.expires_at, zoneinfo.ZoneInfo(key.tenant.timezone))}
+    try:
+        send_mail(f"[Tollgate] {key.tenant.name}: API key {key.name} expires {context['expires_at']:%Y-%m-%d}",
+                  render_to_string("accounts/email/key_expiring.txt", context), None, recipients)
+    except Exception:
+        ApiKey.objects.filter(pk=key_id).update(expiry_notified_at=None)  # give the mark back for the retry
+        raise
+    logger.info("expiry notice for key %s of tenant %s sent", key.prefix, key.tenant.slug)
+    return True

@@ -20,7 +20,8 @@ from django.utils import timezone
 
 from accounts.models import ApiKey
 
-from .models import Budget, BudgetPeriod, Reservation, UsageRecord
+from . import rollups
+from .models import Budget, BudgetPeriod, Reservation, UsageRecord, UsageRollup
 
 LIFETIME_START = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -112,7 +113,16 @@ def ledger_spent(spec: BudgetSpec, starts_at: datetime, until: datetime | None =
         rows = rows.filter(key_id__in=key_lineage(spec.key_id))
     if until is not None:
         rows = rows.filter(created_at__lt=until)
-    return int(rows.aggregate(total=Sum("cost_micros"))["total"] or 0)
+    spent = int(rows.aggregate(total=Sum("cost_micros"))["total"] or 0)
+    pruned = rollups.pruned_before()
+    if pruned is not None and starts_at < pruned:
+        # Older rows were pruned (only ever more than 62 days back: lifetime budgets); their days are rolled up.
+        days = UsageRollup.objects.filter(granularity="day", tenant_id=spec.tenant_id, bucket__gte=starts_at,
+                                          bucket__lt=min(pruned, until) if until else pruned)
+        if spec.key_id:
+            days = days.filter(key_id__in=key_lineage(spec.key_id))
+        spent += int(days.aggregate(total=Sum("cost_micros"))["total"] or 0)
+    return spent
 
 
 def status(budget: Budget, *, now: datetime | None = None) -> BudgetStatus:

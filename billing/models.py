@@ -248,3 +248,78 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class UsageRollup(models.Model):
+    """Usage of one tenant, key and model in one UTC hour or day, derived from the ledger by billing.rollups.
+
+    Rebuilt whole whenever its window receives rows, so running a window again gives the same rows.
+    """
+
+    class Granularity(models.TextChoices):
+        HOUR = "hour"
+        DAY = "day"
+
+    granularity = models.CharField(max_length=4, choices=Granularity.choices)
+    bucket = models.DateTimeField(help_text="Start of the hour or day, UTC.")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    model = models.CharField(max_length=200, blank=True)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0, help_text="Upstream errors, cuts and timeouts.")
+    rejected = models.PositiveIntegerField(default=0, help_text="Refused by a budget, a rate limit or validation.")
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cost_micros = models.BigIntegerField(default=0, help_text="Micro-dollars (1 USD = 1,000,000).")
+    latency_p50_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Of requests that were not rejected.")
+    latency_p95_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["granularity", "bucket", "tenant", "key", "model"],
+                                    condition=Q(key__isnull=False), name="rollup_unique_with_key"),
+            models.UniqueConstraint(fields=["granularity", "bucket", "tenant", "model"],
+                                    condition=Q(key__isnull=True), name="rollup_unique_without_key"),
+        ]
+        indexes = [models.Index(fields=["tenant", "granularity", "bucket"], name="rollup_tenant_bucket")]
+
+    def __str__(self) -> str:
+        return f"{self.granularity} {self.bucket:%Y-%m-%d %H:%M} {self.model}"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class RollupState(models.Model):
+    """How far the rollups have read the ledger, and how far the ledger has been pruned."""
+
+    name = models.CharField(max_length=32, unique=True)
+    last_record_id = models.BigIntegerField(default=0, help_text="The newest ledger row rolled up.")
+    pruned_before = models.DateTimeField(null=True, blank=True, help_text="Ledger rows older than this are deleted; "
+                                         "their spend is in the day rollups.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class BudgetAlert(models.Model):
+    """A budget crossed one of its thresholds in one period. The row is the claim: one per threshold and period."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    period_start = models.DateTimeField()
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of the budget.")
+    spent_micros = models.BigIntegerField(help_text="Spent when the crossing was seen.")
+    limit_micros = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+    email_sent_at = models.DateTimeField(null=True, blank=True)
+    webhook_sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["budget", "period_start", "threshold"],
+                                               name="budget_alert_once_per_threshold_and_period")]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.budget}: {self.threshold}% of the period from {self.period_start:%Y-%m-%d}"

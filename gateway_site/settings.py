@@ -144,6 +144,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "django_celery_beat",
     "accounts",
     "proxy",
     "billing",
@@ -232,11 +233,16 @@ RATELIMIT_USE_CACHE = "limits"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
-    # Holds whose process died are released once their lease runs out.
-    "reap-expired-holds": {"task": "billing.tasks.reap_expired_holds", "schedule": 60.0},
-}
+# Schedules live in the database, editable in the admin (Periodic tasks); billing's migrations create the
+# defaults once, and an operator's changes are never overwritten.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_RESULT_EXPIRES = None  # no result backend, so no result cleanup job
+CELERY_TASK_DEFAULT_RETRY_DELAY = 30
+# Ledger rows older than this many days are deleted once the rollups hold them (0 keeps them forever).
+TOLLGATE_LEDGER_RETENTION_DAYS = env_int("TOLLGATE_LEDGER_RETENTION_DAYS", 0, minimum=0)
+if 0 < TOLLGATE_LEDGER_RETENTION_DAYS < 62:
+    # Budget totals are rebuilt from the ledger for the current period (at most a month), so keep two.
+    raise ImproperlyConfigured("TOLLGATE_LEDGER_RETENTION_DAYS must be 0 (keep forever) or at least 62")
 
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "").strip()
 if EMAIL_HOST:

@@ -1,0 +1,158 @@
+"""Usage rollups per tenant, key, model and UTC hour / day, read incrementally from the ledger.
+
+Each run reads the ledger rows written since the last one (by id, the watermark), finds the hours and days
+they fall in, and rebuilds those windows whole from the ledger. A late row (one written after its window was
+rolled up) therefore just makes its window be rebuilt, and rebuilding a window twice gives the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.db import connection, transaction
+from django.db.models import Aggregate, Count, IntegerField, Max, Q, Sum
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from .models import RollupState, UsageRecord, UsageRollup
+
+logger = logging.getLogger(__name__)
+
+HOUR, DAY = timedelta(hours=1), timedelta(days=1)
+ERRORS = ("upstream_error", "upstream_cut", "timeout")
+CHUNK = 50_000  # ledger rows read per run at most; a backlog is worked off over several runs
+# Ids are taken when a row is inserted and seen when it commits; a row committed out of id order is still
+# read if it is within this many ids of the watermark.
+ID_OVERLAP = 1_000
+STATE = "usage"
+
+
+class Percentile(Aggregate):
+    """PostgreSQL's exact percentile_disc; SQLite gets the same figure in Python (see latency_percentiles)."""
+
+    function = "percentile_disc"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = IntegerField()
+
+    def __init__(self, expression: str, fraction: float, **extra: object) -> None:
+        super().__init__(expression, fraction=fraction, **extra)
+
+
+@dataclass
+class RollupRun:
+    rows_read: int
+    hours: int
+    days: int
+    rollups: int
+
+
+def roll_up(*, now: datetime | None = None, chunk: int = CHUNK) -> RollupRun:
+    """Roll up the ledger rows written since the last run. Runs one at a time (the state row is locked)."""
+    with transaction.atomic():
+        state = lock_state()
+        start_id = max(state.last_record_id - ID_OVERLAP, 0)
+        after = UsageRecord.objects.filter(id__gt=state.last_record_id).order_by("id").values_list("id", flat=True)
+        newest = next(iter(after[chunk - 1:chunk]), None) or UsageRecord.objects.aggregate(newest=Max("id"))["newest"] or 0
+        if newest <= state.last_record_id:
+            return RollupRun(0, 0, 0, 0)
+        read = UsageRecord.objects.filter(id__gt=start_id, id__lte=newest)
+        hours = sorted({h.astimezone(UTC) for h in
+                        read.annotate(hour=TruncHour("created_at", tzinfo=UTC)).values_list("hour", flat=True).distinct()})
+        days = sorted({h.replace(hour=0) for h in hours})
+        written = sum(rebuild(UsageRollup.Granularity.HOUR, hour, hour + HOUR) for hour in hours)
+        written += sum(rebuild(UsageRollup.Granularity.DAY, day, day + DAY) for day in days)
+        rows = UsageRecord.objects.filter(id__gt=state.last_record_id, id__lte=newest).count()
+        state.last_record_id = newest
+        state.save(update_fields=["last_record_id", "updated_at"])
+    return RollupRun(rows_read=rows, hours=len(hours), days=len(days), rollups=written)
+
+
+def lock_state() -> RollupState:
+    RollupState.objects.get_or_create(name=STATE)
+    return RollupState.objects.select_for_update().get(name=STATE)
+
+
+def rebuild(granularity: str, start: datetime, end: datetime) -> int:
+    """Replace the rollups of one window with what the ledger holds for it. Returns how many were written."""
+    rows = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
+    answered = Q(end_reason__in=["complete", "client_gone", *ERRORS])
+    groups = rows.values("tenant_id", "key_id", "public_model").annotate(
+        requests=Count("id"),
+        errors=Count("id", filter=Q(end_reason__in=ERRORS)),
+        rejected=Count("id", filter=Q(end_reason="rejected")),
+        prompt=Sum("prompt_tokens"),
+        completion=Sum("completion_tokens"),
+        cost=Sum("cost_micros"),
+    ).order_by()
+    if connection.vendor == "postgresql":
+        groups = groups.annotate(p50=Percentile("latency_ms", 0.5, filter=answered),
+                                 p95=Percentile("latency_ms", 0.95, filter=answered))
+        percentiles = None
+    else:
+        percentiles = latency_percentiles(rows.filter(answered))
+    rollups = []
+    for g in groups:
+        group = (g["tenant_id"], g["key_id"], g["public_model"])
+        p50, p95 = (g["p50"], g["p95"]) if percentiles is None else percentiles.get(group, (None, None))
+        rollups.append(UsageRollup(
+            granularity=granularity, bucket=start, tenant_id=g["tenant_id"], key_id=g["key_id"], model=g["public_model"],
+            requests=g["requests"], errors=g["errors"], rejected=g["rejected"], prompt_tokens=g["prompt"] or 0,
+            completion_tokens=g["completion"] or 0, cost_micros=g["cost"] or 0, latency_p50_ms=p50, latency_p95_ms=p95))
+    UsageRollup.objects.filter(granularity=granularity, bucket=start).delete()
+    UsageRollup.objects.bulk_create(rollups)
+    return len(rollups)
+
+
+def latency_percentiles(rows: object) -> dict[tuple[int, int | None, str], tuple[int, int]]:
+    """percentile_disc in Python: the smallest latency with at least that fraction of the group at or below it."""
+    latencies: dict[tuple[int, int | None, str], list[int]] = defaultdict(list)
+    for tenant_id, key_id, model, latency in rows.values_list(  # type: ignore[attr-defined]
+            "tenant_id", "key_id", "public_model", "latency_ms").order_by("latency_ms"):
+        latencies[(tenant_id, key_id, model)].append(latency)
+    return {group: (discrete(values, 0.5), discrete(values, 0.95)) for group, values in latencies.items()}
+
+
+def discrete(ordered: list[int], fraction: float) -> int:
+    index = max(0, -(-int(fraction * 1000) * len(ordered) // 1000) - 1)  # ceil(fraction * n) - 1, in integers
+    return ordered[index]
+
+
+@dataclass
+class PruneRun:
+    deleted: int
+    before: datetime | None
+
+
+def prune(*, retention_days: int, now: datetime | None = None, batch: int = 5_000) -> PruneRun:
+    """Delete ledger rows older than the retention that the rollups already hold, a batch per transaction.
+
+    Only whole UTC days are pruned, and only rows at or below the rollup watermark, so every deleted row's
+    cost and tokens stay in a day rollup (and budgets read them from there; see billing.budgets.ledger_spent).
+    """
+    if retention_days <= 0:
+        return PruneRun(0, None)
+    now = now or timezone.now()
+    before = (now - timedelta(days=retention_days)).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    state = RollupState.objects.get_or_create(name=STATE)[0]
+    rolled = UsageRecord.objects.filter(created_at__lt=before, id__lte=state.last_record_id - ID_OVERLAP)
+    deleted = 0
+    while True:
+        with transaction.atomic():
+            ids = list(rolled.order_by("id").values_list("id", flat=True)[:batch])
+            if ids:
+                deleted += UsageRecord.objects.filter(id__in=ids).delete()[0]
+        if len(ids) < batch:
+            break
+    if deleted or state.pruned_before is None or state.pruned_before < before:
+        # Recorded only once everything older is gone, so readers can trust it.
+        if not UsageRecord.objects.filter(created_at__lt=before).exists():
+            RollupState.objects.filter(name=STATE).update(pruned_before=before)
+    return PruneRun(deleted, before)
+
+
+def pruned_before() -> datetime | None:
+    """Ledger rows before this moment (a UTC midnight) were deleted; their spend is in the day rollups."""
+    return RollupState.objects.filter(name=STATE).values_list("pruned_before", flat=True).first()
