@@ -1,4 +1,4 @@
-"""Money adds up to the last micro-dollar over many rows: ledger, budget totals and running counters agree."""
+"""Money adds up to the last micro-dollar over many rows: ledger, rollups, budget totals and running counters agree."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from fractions import Fraction
 import pytest
 from django.db.models import Sum
 
-from billing import budgets, holds, pricing
+from billing import budgets, holds, pricing, rollups
 from billing.budgets import period_bounds
-from billing.models import Budget, Price, UsageRecord, micros_to_dollars
+from billing.models import Budget, Price, UsageRecord, UsageRollup, micros_to_dollars
 from billing.services import UsageEntry, record_usages
 
 from ..conftest import Party
@@ -72,6 +72,12 @@ def test_costs_of_10000_rows_sum_exactly_across_a_mid_month_price_change(alice: 
     assert ledger.aggregate(total=Sum("cost_micros"))["total"] == expected
     assert sum(micros_to_dollars(r.cost_micros) for r in records) == micros_to_dollars(expected)  # Decimal, no drift
     assert starts_at == MONTH_START and budgets.ledger_spent(spec, starts_at, until=ends_at) == expected
+    # The rollups: every hour and every day of the month adds up to the same micro-dollar.
+    assert rollups.roll_up(chunk=ROWS).rows_read == ROWS
+    for granularity, windows in (("hour", 31 * 24), ("day", 31)):
+        rolled = UsageRollup.objects.filter(granularity=granularity, tenant=alice.tenant)
+        assert rolled.count() == windows and rolled.aggregate(total=Sum("cost_micros"))["total"] == expected
+        assert rolled.aggregate(requests=Sum("requests"))["requests"] == ROWS
     if backend:
         asyncio.run(settle_each(backend, taken, [r.cost_micros for r in records]))
         assert backend.totals(spec, starts_at) == (expected, 0)
