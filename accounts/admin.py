@@ -4,12 +4,13 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db import models
 from django.db.models import Q, QuerySet
 from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest
 from django.utils import timezone
 
-from billing.admin import BudgetInline, KeyBudgetInline
+from billing.admin import BudgetInline, KeyBudgetInline, spend_chart
 
 from . import keys, services
 from .models import ApiKey, Membership, Tenant
@@ -67,11 +68,19 @@ class TenantAdmin(admin.ModelAdmin):
     list_filter = ["is_active"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
-    readonly_fields = ["created_at"]
+    readonly_fields = ["created_at", "spend_last_30_days", "alert_webhook_secret"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     fieldsets = [
-        (None, {"fields": ["name", "slug", "timezone", "contact_emails", "is_active", "created_at"]}),
+        (None, {"fields": ["name", "slug", "timezone", "is_active", "created_at", "spend_last_30_days"]}),
+        ("Alerts", {"fields": ["contact_emails", "alert_webhook_url", "alert_webhook_secret"],
+                    "description": "Budget alerts and key expiry notices go to the contacts; budget alerts also to "
+                                   "the webhook, signed with its secret (see the README)."}),
         ("Rate limits", {"fields": LIMITS, "description": LIMITS_HELP}),
     ]
+
+    @admin.display(description="spend, last 30 days")
+    def spend_last_30_days(self, tenant: Tenant) -> str:
+        return spend_chart(tenant) if tenant.pk else "—"
     inlines = [MembershipInline, ApiKeyInline, BudgetInline]
     show_full_result_count = False
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db.models import Model, QuerySet
+from django.db.models import Model, QuerySet, Sum
 from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -20,7 +20,7 @@ from django.utils.html import format_html, format_html_join
 from accounts.models import ApiKey, Tenant
 
 from . import budgets
-from .models import Budget, Price, UsageRecord, micros_to_dollars
+from .models import Budget, BudgetAlert, Price, UsageRecord, UsageRollup, micros_to_dollars
 
 CENTS = Decimal("0.01")
 
@@ -234,3 +234,102 @@ class KeyBudgetInline(BudgetStatusColumn, admin.TabularInline):
     extra = 0
     fields = ["name", "amount", "period", "hard", "alert_thresholds", "is_active", "this_period"]
     readonly_fields = ["this_period"]
+
+
+class GranularityFilter(admin.SimpleListFilter):
+    """Days by default: hours and days of the same usage must never be summed together."""
+
+    title = "granularity"
+    parameter_name = "granularity"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("day", "Days"), ("hour", "Hours")]
+
+    def choices(self, changelist: Any) -> Any:
+        for value, label in self.lookup_choices:
+            yield {"selected": (self.value() or "day") == value, "display": label,
+                   "query_string": changelist.get_query_string({self.parameter_name: value})}
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[UsageRollup]) -> QuerySet[UsageRollup]:
+        return queryset.filter(granularity="hour" if self.value() == "hour" else "day")
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(admin.ModelAdmin):
+    list_display = ["bucket", "tenant", "key", "model", "requests", "errors", "rejected", "prompt_tokens",
+                    "completion_tokens", "cost", "latency_p50_ms", "latency_p95_ms"]
+    list_select_related = ["tenant", "key"]
+    list_filter = [GranularityFilter, ("tenant", admin.RelatedOnlyFieldListFilter), "model"]
+    date_hierarchy = "bucket"
+    ordering = ["-bucket", "tenant", "model"]
+    list_per_page = 100
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            sums = changelist.queryset.aggregate(requests=Sum("requests"), errors=Sum("errors"), rejected=Sum("rejected"),
+                                                 prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
+                                                 cost=Sum("cost_micros"))
+            response.context_data["totals"] = {**{k: v or 0 for k, v in sums.items()}, "cost": dollars(sums["cost"] or 0)}
+        return response
+
+    @admin.display(description="cost", ordering="cost_micros")
+    def cost(self, rollup: UsageRollup) -> str:
+        return dollars(rollup.cost_micros)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # derived from the ledger by the rollup job
+
+    def has_change_permission(self, request: HttpRequest, obj: UsageRollup | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: UsageRollup | None = None) -> bool:
+        return False
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "budget", "tenant", "threshold", "period_start", "spent", "limit", "email_sent_at",
+                    "webhook_sent_at"]
+    list_select_related = ["budget__tenant", "budget__key"]
+    list_filter = ["threshold", ("budget__tenant", admin.RelatedOnlyFieldListFilter)]
+    date_hierarchy = "created_at"
+
+    @admin.display(description="tenant")
+    def tenant(self, alert: BudgetAlert) -> str:
+        return str(alert.budget.tenant)
+
+    @admin.display(description="spent", ordering="spent_micros")
+    def spent(self, alert: BudgetAlert) -> str:
+        return dollars(alert.spent_micros)
+
+    @admin.display(description="limit")
+    def limit(self, alert: BudgetAlert) -> str:
+        return dollars(alert.limit_micros)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: BudgetAlert | None = None) -> bool:
+        return False
+
+
+def spend_chart(tenant: Tenant, *, days: int = 30, today: Any = None) -> str:
+    """The tenant's spend per UTC day over the last ``days`` days, as a small inline SVG bar chart."""
+    today = today or timezone.now().date()
+    first = today - timedelta(days=days - 1)
+    rows = (UsageRollup.objects.filter(tenant=tenant, granularity="day", bucket__date__gte=first)
+            .values("bucket__date").annotate(cost=Sum("cost_micros")))
+    by_day = {row["bucket__date"]: row["cost"] or 0 for row in rows}
+    costs = [(first + timedelta(days=i), by_day.get(first + timedelta(days=i), 0)) for i in range(days)]
+    top = max((cost for _, cost in costs), default=0)
+    width, height, bar = days * 10, 60, 8
+    bars = format_html_join("", '<rect x="{}" y="{}" width="{}" height="{}" fill="#417690"><title>{}: {}</title></rect>', (
+        (i * 10, height - h, bar, h, day.isoformat(), dollars(cost))
+        for i, (day, cost) in enumerate(costs) for h in [max(1, round(cost * height / top)) if cost else 0]))
+    total = dollars(sum(cost for _, cost in costs))
+    return format_html(
+        '<svg role="img" aria-label="Spend per day, last {} days: {} in total" width="{}" height="{}" '
+        'viewBox="0 0 {} {}" style="background:#f8f8f8">{}</svg><div>{} in the last {} days (UTC days, from the '
+        'rollups); highest day {}.</div>', days, total, width, height, width, height, bars, total, days, dollars(top))
