@@ -219,6 +219,8 @@ else:
     }
     # Celery's filesystem transport lets `worker -B` run beat jobs with no Redis or RabbitMQ.
     CELERY_BROKER_URL = "filesystem://"
+    for folder in ("queue", "processed", "control"):
+        (DATA_DIR / "celery" / folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(DATA_DIR / "celery" / "queue"),
         "data_folder_out": str(DATA_DIR / "celery" / "queue"),

@@ -11,7 +11,8 @@ os.environ.setdefault("TOLLGATE_KEY_PEPPER", "test-key-pepper")
 from .settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-CELERY_TASK_ALWAYS_EAGER = True
+# In process, tasks run eagerly; a live worker started by a test (TOLLGATE_LIVE_TEST_DATABASE) uses the real broker.
+CELERY_TASK_ALWAYS_EAGER = not os.environ.get("TOLLGATE_LIVE_TEST_DATABASE")
 CELERY_TASK_EAGER_PROPAGATES = True
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 TOLLGATE_DEMO_TOKEN_DELAY_MS = 0

@@ -77,3 +77,26 @@ def tollgate_server(database_name: str, log_path: Path, **env: str) -> Iterator[
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@contextmanager
+def celery_worker(database_name: str, log_path: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a Celery worker with embedded beat in its own process, on the test database."""
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "gateway_site.settings_test",
+        "TOLLGATE_LIVE_TEST_DATABASE": database_name,
+        **env,
+    }
+    command = [sys.executable, "-m", "celery", "-A", "gateway_site", "worker", "--beat", "--loglevel", "INFO",
+               "--concurrency", "1", "--without-gossip", "--without-mingle"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=BASE_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
