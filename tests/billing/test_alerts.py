@@ -12,6 +12,7 @@ from unittest import mock
 
 import httpx
 import pytest
+from celery.exceptions import Retry
 from django.core import mail
 from django.db import connection
 
@@ -176,3 +177,26 @@ def test_keys_expiring_within_a_week_get_one_notice(alice: Party) -> None:
     assert "ci expires" in email.subject and f"tg-{soon.prefix}-" in email.body and email.to == ["alice@example.com"]
     assert account_tasks.notify_expiring_keys.delay().get() == 0 and len(mail.outbox) == 1
     assert ApiKey.objects.get(pk=later.pk).expiry_notified_at is None
+
+
+def test_a_failing_send_task_retries_and_sends_once(alice: Party) -> None:
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("1.00"), period="day", alert_thresholds="10")
+    spend(alice, datetime.now(UTC), 200_000)
+    [alert_id] = alerts.claim_crossings()
+    real_send = mail.EmailMultiAlternatives.send
+    attempts = []
+
+    def flaky(message: mail.EmailMultiAlternatives, fail_silently: bool = False) -> int:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConnectionRefusedError("smtp down")
+        return real_send(message, fail_silently)
+
+    with mock.patch.object(mail.EmailMultiAlternatives, "send", flaky):
+        with pytest.raises(Retry):  # a worker would run it again later, with backoff
+            tasks.send_budget_alert.delay(alert_id)
+        assert BudgetAlert.objects.get(pk=alert_id).email_sent_at is None
+        assert tasks.send_budget_alert.delay(alert_id).get() is True  # the retry
+        assert tasks.send_budget_alert.delay(alert_id).get() is False  # a duplicate delivery of the task
+    assert len(attempts) == 2 and len(mail.outbox) == 1
+    assert tasks.send_budget_alert.retry_backoff and tasks.send_budget_alert.max_retries == 8
