@@ -72,11 +72,7 @@ def tollgate_server(database_name: str, log_path: Path, **env: str) -> Iterator[
             wait_for_port(port, process=process)
             yield f"http://127.0.0.1:{port}"
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process, 10)
 
 
 @contextmanager
@@ -95,8 +91,14 @@ def celery_worker(database_name: str, log_path: Path, **env: str) -> Iterator[su
         try:
             yield process
         finally:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process, 15)
+
+
+def stop(process: subprocess.Popen[bytes], grace: float) -> None:
+    """Ask the process to end, and insist after ``grace`` seconds."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
