@@ -96,6 +96,8 @@ def start_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"DJANGO_DEBUG": "perhaps"}, "DJANGO_DEBUG"),
         ({"DJANGO_DEBUG": "1", "DATABASE_URL": "oracle://x/y"}, "DATABASE_URL"),
         ({"DJANGO_DEBUG": "1", "TOLLGATE_LOG_LEVEL": "LOUD"}, "TOLLGATE_LOG_LEVEL"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_LEDGER_RETENTION_DAYS": "30"}, "TOLLGATE_LEDGER_RETENTION_DAYS"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_UNPRICED": "maybe"}, "TOLLGATE_UNPRICED"),
     ],
 )
 def test_bad_configuration_stops_startup_naming_the_variable(env: dict[str, str], variable: str) -> None:
