@@ -19,7 +19,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApiKey, Tenant
 
-from . import budgets
+from . import budgets, charts
 from .models import Budget, BudgetAlert, Price, UsageRecord, UsageRollup, micros_to_dollars
 
 CENTS = Decimal("0.01")
@@ -317,19 +317,8 @@ class BudgetAlertAdmin(admin.ModelAdmin):
 
 def spend_chart(tenant: Tenant, *, days: int = 30, today: Any = None) -> str:
     """The tenant's spend per UTC day over the last ``days`` days, as a small inline SVG bar chart."""
-    today = today or timezone.now().date()
-    first = today - timedelta(days=days - 1)
-    rows = (UsageRollup.objects.filter(tenant=tenant, granularity="day", bucket__date__gte=first)
-            .values("bucket__date").annotate(cost=Sum("cost_micros")))
-    by_day = {row["bucket__date"]: row["cost"] or 0 for row in rows}
-    costs = [(first + timedelta(days=i), by_day.get(first + timedelta(days=i), 0)) for i in range(days)]
-    top = max((cost for _, cost in costs), default=0)
-    width, height, bar = days * 10, 60, 8
-    bars = format_html_join("", '<rect x="{}" y="{}" width="{}" height="{}" fill="#417690"><title>{}: {}</title></rect>', (
-        (i * 10, height - h, bar, h, day.isoformat(), dollars(cost))
-        for i, (day, cost) in enumerate(costs) for h in [max(1, round(cost * height / top)) if cost else 0]))
-    total = dollars(sum(cost for _, cost in costs))
-    return format_html(
-        '<svg role="img" aria-label="Spend per day, last {} days: {} in total" width="{}" height="{}" '
-        'viewBox="0 0 {} {}" style="background:#f8f8f8">{}</svg><div>{} in the last {} days (UTC days, from the '
-        'rollups); highest day {}.</div>', days, total, width, height, width, height, bars, total, days, dollars(top))
+    points = charts.daily(tenant.pk, "cost_micros", days=days, today=today or timezone.now().date())
+    total = dollars(sum(cost for _, cost in points))
+    chart = charts.bars(points, label=f"Spend per day, last {days} days: {total} in total", fmt=dollars)
+    return format_html("{}<div>{} in the last {} days (UTC days, from the rollups); highest day {}.</div>", chart, total,
+                       days, dollars(max((cost for _, cost in points), default=0)))

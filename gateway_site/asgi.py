@@ -13,6 +13,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway_site.settings")
 # Build the Django app before importing anything that touches models.
 django_application = get_asgi_application()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from billing.consumers import LiveUsageConsumer  # noqa: E402
 from proxy.asgi import ApiHandler  # noqa: E402
 
 api_application = ApiHandler()
@@ -26,4 +32,7 @@ async def http(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await django_application(scope, receive, send)
 
 
-application = ProtocolTypeRouter({"http": http})
+# The live usage page's WebSocket: signed in by the session cookie, from this site's own pages only.
+websocket = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([path("ws/live/", LiveUsageConsumer.as_asgi())])))
+
+application = ProtocolTypeRouter({"http": http, "websocket": websocket})

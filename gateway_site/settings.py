@@ -231,6 +231,12 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 RATELIMIT_USE_CACHE = "limits"
+# Publish each written ledger row to its tenant's live usage page (a channel layer message per batch).
+TOLLGATE_LIVE_FEED = env_bool("TOLLGATE_LIVE_FEED", True)
+RATELIMIT_VIEW = "gateway_site.views.rate_limited"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
 
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True

@@ -203,8 +203,17 @@ class LedgerWriter:
                 else:
                     for (_, written), record in zip(batch, records):
                         written.set_result(record)
+                    publish(records)
         finally:
             self.draining = False
+
+
+def publish(records: list[Any]) -> None:
+    """Tell the live usage pages about the rows just written, in the background (never delays a request)."""
+    from billing import live
+
+    if live.enabled():
+        Meter.keep(asyncio.ensure_future(live.publish(records)))
 
 
 _writers: dict[asyncio.AbstractEventLoop, LedgerWriter] = {}

@@ -8,6 +8,8 @@ import logging
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from accounts.keys import Caller
+
 from . import routing, sse
 from .asgi import STARTED
 from .auth import authenticate
@@ -21,10 +23,11 @@ from .streaming import first_completion, guarded_relay, open_first
 logger = logging.getLogger(__name__)
 
 
-async def relay(request: HttpRequest, endpoint: str) -> HttpResponseBase:
+async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = None) -> HttpResponseBase:
+    """The whole /v1 path. ``caller`` is given by the playground, whose users sign in instead of sending a key."""
     meter = Meter(endpoint, request.scope.get(STARTED) if hasattr(request, "scope") else None)
     try:
-        meter.caller = await authenticate(request)
+        meter.caller = caller or await authenticate(request)
         if request.method != "POST":
             raise MethodNotAllowed(f"Use POST for /v1/{'chat/completions' if endpoint == CHAT else endpoint}.")
         meter.body = body = parse(request, endpoint)

@@ -1,0 +1,169 @@
+"""Self-service pages for a tenant's members: dashboard, budgets and alerts, request log."""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.db.models import Count, Q, Sum
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+
+from accounts.models import ApiKey, validate_email_list
+from accounts.tenancy import tenant_page
+
+from . import budgets, charts
+from .admin import dollars
+from .models import Budget, UsageRecord, UsageRollup, validate_thresholds
+
+PAGE = 50
+DAYS = 30
+
+
+def budget_rows(tenant: Any) -> list[dict[str, Any]]:
+    rows = []
+    for budget in Budget.objects.filter(tenant=tenant, is_active=True).select_related("tenant", "key"):
+        state = budgets.status(budget)
+        used = state.spent_micros + state.reserved_micros
+        rows.append({"budget": budget, "state": state, "spent": dollars(state.spent_micros),
+                     "reserved": dollars(state.reserved_micros), "limit": dollars(state.limit_micros),
+                     "remaining": dollars(max(state.remaining_micros, 0)),
+                     "percent": min(100, used * 100 // state.limit_micros) if state.limit_micros else 100,
+                     "over": used >= state.limit_micros})
+    return rows
+
+
+def tokens(value: int | None) -> str:
+    return f"{value or 0:,}"
+
+
+@tenant_page()
+def dashboard(request: HttpRequest) -> HttpResponse:
+    tenant = request.tenant  # type: ignore[attr-defined]
+    today = timezone.now().date()
+    first = today - timedelta(days=DAYS - 1)
+    window = UsageRollup.objects.filter(tenant=tenant, granularity="day", bucket__date__gte=first)
+    totals = window.aggregate(requests=Sum("requests"), errors=Sum("errors"), rejected=Sum("rejected"),
+                              prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cost=Sum("cost_micros"))
+    spend = charts.daily(tenant.pk, "cost_micros", days=DAYS, today=today)
+    token_points = [(day, p + c) for (day, p), (_, c) in zip(charts.daily(tenant.pk, "prompt_tokens", days=DAYS, today=today),
+                                                              charts.daily(tenant.pk, "completion_tokens", days=DAYS, today=today))]
+    sums = {"requests": Sum("requests"), "errors": Sum("errors"), "prompt": Sum("prompt_tokens"),
+            "completion": Sum("completion_tokens"), "cost": Sum("cost_micros")}
+
+    def breakdown(group: str, label: str, name: str) -> list[dict[str, Any]]:
+        return [{"name": row[label] or name, "requests": row["requests"], "errors": row["errors"],
+                 "tokens": tokens(row["prompt"] + row["completion"]), "cost": dollars(row["cost"] or 0),
+                 "chart": charts.bars(charts.daily(tenant.pk, "cost_micros", days=DAYS, today=today, **{group: row[group]}),
+                                      label=f"Spend per day of {row[label] or name}", fmt=dollars, height=24, step=4)}
+                for row in window.values(*{group, label}).annotate(**sums).order_by("-cost")[:10]]
+
+    latency = (UsageRollup.objects.filter(tenant=tenant, granularity="hour", bucket__gte=timezone.now() - timedelta(hours=24))
+               .aggregate(p50=Sum("latency_p50_ms"), p95=Sum("latency_p95_ms"), windows=Count("id")))
+    context = {
+        "title": "Dashboard", "budgets": budget_rows(tenant), "days": DAYS,
+        "requests": totals["requests"] or 0, "errors": totals["errors"] or 0, "rejected": totals["rejected"] or 0,
+        "tokens": tokens((totals["prompt"] or 0) + (totals["completion"] or 0)), "cost": dollars(totals["cost"] or 0),
+        "error_rate": f"{(totals['errors'] or 0) * 100 / totals['requests']:.1f}%" if totals["requests"] else "—",
+        "spend_chart": charts.bars(spend, label=f"Spend per day, last {DAYS} days", fmt=dollars),
+        "token_chart": charts.bars(token_points, label=f"Tokens per day, last {DAYS} days", fmt=tokens),
+        "by_model": breakdown("model", "model", "(none)"), "by_key": breakdown("key_id", "key__name", "(no key)"),
+        # A typical hour: the mean of the last day's hourly percentiles.
+        "latency_p50": latency["p50"] // latency["windows"] if latency["windows"] and latency["p50"] else None,
+        "latency_p95": latency["p95"] // latency["windows"] if latency["windows"] and latency["p95"] else None,
+    }
+    return render(request, "pages/dashboard.html", context)
+
+
+class AlertSettingsForm(forms.Form):
+    contact_emails = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}),
+                                     validators=[validate_email_list],
+                                     help_text="Budget alerts and key expiry notices go to these addresses (comma or "
+                                               "newline separated).")
+
+
+class ThresholdForm(forms.Form):
+    alert_thresholds = forms.CharField(max_length=64, validators=[validate_thresholds],
+                                       help_text="Percentages, e.g. 50,80,100.")
+
+
+@tenant_page()
+def budget_list(request: HttpRequest) -> HttpResponse:
+    tenant = request.tenant  # type: ignore[attr-defined]
+    contacts = AlertSettingsForm(initial={"contact_emails": tenant.contact_emails})
+    rows = budget_rows(tenant)
+    for row in rows:
+        row["form"] = ThresholdForm(initial={"alert_thresholds": row["budget"].alert_thresholds},
+                                    prefix=f"b{row['budget'].pk}")
+    return render(request, "pages/budgets.html", {"title": "Budgets and alerts", "budgets": rows, "contacts": contacts})
+
+
+@tenant_page(owner=True)
+def alert_contacts(request: HttpRequest) -> HttpResponse:
+    tenant = request.tenant  # type: ignore[attr-defined]
+    form = AlertSettingsForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        tenant.contact_emails = form.cleaned_data["contact_emails"].strip()
+        tenant.save(update_fields=["contact_emails"])
+        messages.success(request, "Alert contacts saved.")
+        return redirect("budgets")
+    return render(request, "pages/form.html", {"title": "Alert contacts", "form": form})
+
+
+@tenant_page(owner=True)
+def budget_thresholds(request: HttpRequest, budget_id: int) -> HttpResponse:
+    budget = get_object_or_404(Budget.objects.filter(tenant=request.tenant), pk=budget_id)  # type: ignore[attr-defined]
+    form = ThresholdForm(request.POST or None, prefix=f"b{budget.pk}")
+    if request.method == "POST" and form.is_valid():
+        budget.alert_thresholds = form.cleaned_data["alert_thresholds"]
+        budget.save(update_fields=["alert_thresholds"])
+        messages.success(request, f"Alert thresholds of {budget} saved: {budget.alert_thresholds} %.")
+        return redirect("budgets")
+    return render(request, "pages/form.html", {"title": f"Alert thresholds of {budget}", "form": form})
+
+
+class RequestFilters(forms.Form):
+    key = forms.ModelChoiceField(queryset=ApiKey.objects.none(), required=False, empty_label="All keys")
+    model = forms.CharField(required=False)
+    end_reason = forms.ChoiceField(required=False, choices=[("", "All outcomes"), *UsageRecord.EndReason.choices])
+    day_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    day_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    before = forms.IntegerField(required=False, widget=forms.HiddenInput)
+
+
+@tenant_page()
+def request_log(request: HttpRequest) -> HttpResponse:
+    tenant = request.tenant  # type: ignore[attr-defined]
+    zone = zoneinfo.ZoneInfo(tenant.timezone)
+    form = RequestFilters(request.GET or None)
+    form.fields["key"].queryset = ApiKey.objects.for_tenant(tenant).order_by("name")  # type: ignore[attr-defined]
+    rows = UsageRecord.objects.filter(tenant=tenant).select_related("key").order_by("-id")
+    if form.is_valid():
+        data = form.cleaned_data
+        if data["key"]:
+            rows = rows.filter(key=data["key"])
+        if data["model"]:
+            rows = rows.filter(public_model=data["model"].strip())
+        if data["end_reason"]:
+            rows = rows.filter(end_reason=data["end_reason"])
+        if data["day_from"]:
+            rows = rows.filter(created_at__gte=datetime.combine(data["day_from"], time.min, tzinfo=zone))
+        if data["day_to"]:
+            rows = rows.filter(created_at__lt=datetime.combine(data["day_to"] + timedelta(days=1), time.min, tzinfo=zone))
+        if data["before"]:
+            rows = rows.filter(id__lt=data["before"])  # keyset pagination: no OFFSET, no COUNT
+    page = list(rows[:PAGE + 1])
+    more = len(page) > PAGE
+    page = page[:PAGE]
+    older = request.GET.copy()
+    older["before"] = str(page[-1].pk) if page else ""
+    filtered = any(v for k, v in request.GET.items() if k != "before")
+    return render(request, "pages/requests.html", {
+        "title": "Requests", "form": form, "filtered": filtered,
+        "rows": [{"row": r, "at": r.created_at.astimezone(zone), "cost": dollars(r.cost_micros)} for r in page],
+        "older": older.urlencode() if more else None, "newest": "before" in request.GET,
+    })
