@@ -233,7 +233,6 @@ else:
 RATELIMIT_USE_CACHE = "limits"
 # Publish each written ledger row to its tenant's live usage page (a channel layer message per batch).
 TOLLGATE_LIVE_FEED = env_bool("TOLLGATE_LIVE_FEED", True)
-RATELIMIT_VIEW = "gateway_site.views.rate_limited"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"

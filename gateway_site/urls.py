@@ -5,25 +5,21 @@ from django.contrib import admin
 from django.contrib.auth import views as auth
 from django.urls import include, path, re_path
 from django.views.static import serve
-from django_ratelimit.decorators import ratelimit
 
 from accounts import views as accounts
 from billing import views as billing
 from proxy import pages as proxy
 
-# Sign-in and reset are rate limited per address and per account name (django-ratelimit, in the "limits" cache).
-sign_in = ratelimit(key="ip", rate="20/m", method="POST", block=True)(
-    ratelimit(key="post:username", rate="5/m", method="POST", block=True)(auth.LoginView.as_view()))
-reset = ratelimit(key="ip", rate="5/m", method="POST", block=True)(auth.PasswordResetView.as_view())
+from . import views as site
 
 urlpatterns = [
     path("v1/", include("proxy.urls")),
     path("admin/", admin.site.urls),
-    path("login/", sign_in, name="login"),
+    path("login/", site.sign_in, name="login"),
     path("logout/", auth.LogoutView.as_view(), name="logout"),
     path("password/", auth.PasswordChangeView.as_view(), name="password_change"),
     path("password/done/", auth.PasswordChangeDoneView.as_view(), name="password_change_done"),
-    path("password/reset/", reset, name="password_reset"),
+    path("password/reset/", site.password_reset, name="password_reset"),
     path("password/reset/sent/", auth.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path("password/reset/<uidb64>/<token>/", auth.PasswordResetConfirmView.as_view(), name="password_reset_confirm"),
     path("password/reset/done/", auth.PasswordResetCompleteView.as_view(), name="password_reset_complete"),

@@ -110,3 +110,12 @@ def test_debug_alone_starts_with_development_defaults() -> None:
     result = start_with({"DJANGO_DEBUG": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_every_middleware_of_the_pages_stack_is_async_capable() -> None:
+    # One sync-only middleware makes Django run every async view (the playground's stream) through a thread.
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    sync_only = [path for path in settings.MIDDLEWARE if not getattr(import_string(path), "async_capable", False)]
+    assert sync_only == []
