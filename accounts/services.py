@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -16,7 +18,7 @@ from django.utils import timezone
 
 from . import keys
 from .keys import Limits, limits_of
-from .models import ApiKey, Membership, Tenant
+from .models import ApiKey, ManagementToken, Membership, Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -146,3 +148,26 @@ def send_expiry_notice(*, key_id: int, now: datetime | None = None) -> bool:
         raise
     logger.info("expiry notice for key %s of tenant %s sent", key.prefix, key.tenant.slug)
     return True
+
+
+def issue_management_token(*, user: AbstractBaseUser, name: str) -> tuple[ManagementToken, str]:
+    """Create a management API token for the user. Returns the row and the plaintext, shown once."""
+    prefix = secrets.token_hex(6)
+    plaintext = f"tgm-{prefix}-{secrets.token_urlsafe(30)}"
+    token = ManagementToken.objects.create(user=user, name=name, prefix=prefix, digest=keys.digest(plaintext))
+    logger.info("management token issued: user=%s prefix=%s", user.pk, prefix)
+    return token, plaintext
+
+
+def management_token_user(presented: str, *, now: datetime | None = None) -> tuple[AbstractBaseUser, ManagementToken] | None:
+    """The active user of a presented management token, or None."""
+    parts = presented.split("-", 2)  # the secret part may itself contain dashes
+    if len(parts) != 3 or parts[0] != "tgm" or len(presented) > 200:
+        return None
+    token = ManagementToken.objects.select_related("user").filter(prefix=parts[1], revoked_at__isnull=True).first()
+    if token is None or not hmac.compare_digest(token.digest, keys.digest(presented)) or not token.user.is_active:
+        return None
+    now = now or timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        ManagementToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.user, token

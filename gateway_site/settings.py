@@ -144,6 +144,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from our static files: the docs page works offline
     "django_celery_beat",
     "accounts",
     "proxy",
@@ -231,6 +233,29 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 RATELIMIT_USE_CACHE = "limits"
+# The management API (/api/): session (with CSRF) or management token; django-ratelimit per user.
+TOLLGATE_API_RATE = os.environ.get("TOLLGATE_API_RATE", "120/m").strip()
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.api_auth.ManagementTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.api_auth.ApiRateLimit"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Tollgate management API",
+    "DESCRIPTION": "Tenants, API keys, budgets, prices, providers and routes. Operators (staff) manage everything; "
+                   "tenant owners manage their own tenants' keys and budgets. The /v1 API is OpenAI's.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
 # Publish each written ledger row to its tenant's live usage page (a channel layer message per batch).
 TOLLGATE_LIVE_FEED = env_bool("TOLLGATE_LIVE_FEED", True)
 LOGIN_URL = "login"

@@ -15,6 +15,7 @@ from . import views as site
 urlpatterns = [
     path("v1/", include("proxy.urls")),
     path("admin/", admin.site.urls),
+    path("api/", include("gateway_site.api")),
     path("login/", site.sign_in, name="login"),
     path("logout/", auth.LogoutView.as_view(), name="logout"),
     path("password/", auth.PasswordChangeView.as_view(), name="password_change"),

@@ -1,0 +1,132 @@
+"""Management API: tenants and their API keys. Operators (staff) see all; tenant owners only their own tenants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from rest_framework import exceptions, mixins, permissions, serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from . import keys, services
+from .models import ApiKey, Membership, Tenant
+
+
+def owned_tenants(user: Any) -> QuerySet[Tenant]:
+    """The tenants the user may manage through the API: all for staff, else those they own."""
+    if not user.is_authenticated:
+        return Tenant.objects.none()
+    if user.is_staff:
+        return Tenant.objects.all()
+    return Tenant.objects.filter(memberships__user=user, memberships__role=Membership.Role.OWNER)
+
+
+class StaffOnly(permissions.BasePermission):
+    message = "Only operators (staff users) can manage this."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return bool(request.user and request.user.is_staff)
+
+
+class StaffWrites(permissions.BasePermission):
+    """Owners read their tenants; only operators create, change or delete tenants."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return request.method in permissions.SAFE_METHODS or bool(request.user.is_staff)
+
+
+class TenantSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Tenant
+        fields = ["id", "name", "slug", "timezone", "contact_emails", "is_active", "alert_webhook_url",
+                  "requests_per_minute", "tokens_per_minute", "max_concurrent", "created_at"]
+        read_only_fields = ["created_at"]
+
+
+class TenantViewSet(viewsets.ModelViewSet):
+    serializer_class = TenantSerializer
+    permission_classes = [permissions.IsAuthenticated, StaffWrites]
+    lookup_field = "slug"
+
+    def get_queryset(self) -> QuerySet[Tenant]:
+        return owned_tenants(self.request.user).order_by("name").distinct()
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        tenant = serializer.save()
+        services.forget_tenant_keys(tenant=tenant)  # cached lookups carry the tenant's state and limits
+
+
+class TenantField(serializers.SlugRelatedField):
+    """A tenant by slug, among those the caller may manage: another tenant is as unknown as a missing one."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(slug_field="slug", **kwargs)
+
+    def get_queryset(self) -> QuerySet[Tenant]:
+        return owned_tenants(self.context["request"].user)
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    tenant = TenantField()
+    status = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ApiKey
+        fields = ["id", "tenant", "name", "prefix", "status", "created_at", "expires_at", "revoked_at", "last_used_at",
+                  "allowed_models", "requests_per_minute", "tokens_per_minute", "max_concurrent"]
+        read_only_fields = ["prefix", "created_at", "revoked_at", "last_used_at"]
+
+    def get_status(self, key: ApiKey) -> str:
+        return key.status()
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        if not self.context["request"].user.is_staff:
+            for name in ("requests_per_minute", "tokens_per_minute", "max_concurrent"):
+                fields[name].read_only = True  # rate limits are the operator's to set
+        return fields
+
+
+class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                    mixins.UpdateModelMixin, viewsets.GenericViewSet):
+    """Keys are created (the plaintext is in the response, once), changed, revoked and rotated; never deleted."""
+
+    serializer_class = ApiKeySerializer
+
+    def get_queryset(self) -> QuerySet[ApiKey]:
+        return ApiKey.objects.filter(tenant__in=owned_tenants(self.request.user)).select_related("tenant").order_by("-id")
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        key, secret = services.issue_key(tenant=data["tenant"], name=data["name"], created_by=request.user,
+                                         expires_at=data.get("expires_at"), allowed_models=data.get("allowed_models"),
+                                         limits=keys.Limits(**{f: data.get(f) for f in (
+                                             "requests_per_minute", "tokens_per_minute", "max_concurrent")}))
+        return Response({**self.get_serializer(key).data, "key": secret}, status=201)
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        if "tenant" in serializer.validated_data and serializer.validated_data["tenant"] != serializer.instance.tenant:
+            raise exceptions.ValidationError({"tenant": "A key cannot move to another tenant."})
+        key = serializer.save()
+        keys.forget(key.prefix)
+
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str | None = None) -> Response:
+        key = self.get_object()
+        try:
+            services.revoke_key(key=key)
+        except services.KeyNotActive as e:
+            raise exceptions.ValidationError({"detail": str(e)}) from None
+        return Response(self.get_serializer(key).data)
+
+    @action(detail=True, methods=["post"])
+    def rotate(self, request: Request, pk: str | None = None) -> Response:
+        try:
+            new, secret = services.rotate_key(key=self.get_object(), created_by=request.user)
+        except services.KeyNotActive as e:
+            raise exceptions.ValidationError({"detail": str(e)}) from None
+        return Response({**self.get_serializer(new).data, "key": secret}, status=201)

@@ -1,0 +1,26 @@
+"""The management API under /api/: a router over each app's viewsets, its OpenAPI schema and docs page."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from accounts.api import ApiKeyViewSet, TenantViewSet
+from billing.api import BudgetViewSet, PriceViewSet
+from proxy.api import DeploymentViewSet, ProviderViewSet, RouteViewSet
+
+router = DefaultRouter()
+router.register("tenants", TenantViewSet, basename="tenant")
+router.register("keys", ApiKeyViewSet, basename="apikey")
+router.register("budgets", BudgetViewSet, basename="budget")
+router.register("prices", PriceViewSet, basename="price")
+router.register("providers", ProviderViewSet, basename="provider")
+router.register("routes", RouteViewSet, basename="route")
+router.register("deployments", DeploymentViewSet, basename="deployment")
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("", include(router.urls)),
+]
