@@ -13,7 +13,7 @@ from django.utils import timezone
 from billing.admin import BudgetInline, KeyBudgetInline, spend_chart
 
 from . import keys, services
-from .models import ApiKey, Membership, Tenant
+from .models import ApiKey, ManagementToken, Membership, Tenant
 
 LIMITS = ["requests_per_minute", "tokens_per_minute", "max_concurrent"]
 LIMITS_HELP = "A request must fit both its key's limits and its tenant's."
@@ -196,3 +196,34 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 def _messages(error: Exception) -> list[str]:
     return error.messages if isinstance(error, ValidationError) else [str(error)]
+
+
+@admin.register(ManagementToken)
+class ManagementTokenAdmin(admin.ModelAdmin):
+    """Tokens for the management API. Adding one shows its plaintext once; a token is revoked, never edited."""
+
+    list_display = ["name", "user", "masked", "created_at", "last_used_at", "revoked_at"]
+    list_select_related = ["user"]
+    search_fields = ["name", "prefix", "user__username"]
+    autocomplete_fields = ["user"]
+    fields = ["user", "name"]
+    actions = ["revoke_selected"]
+
+    @admin.display(description="token")
+    def masked(self, token: ManagementToken) -> str:
+        return f"tgm-{token.prefix}-…"
+
+    def has_change_permission(self, request: HttpRequest, obj: ManagementToken | None = None) -> bool:
+        return obj is None and super().has_change_permission(request)
+
+    def save_model(self, request: HttpRequest, obj: ManagementToken, form: ModelForm, change: bool) -> None:
+        token, plaintext = services.issue_management_token(user=obj.user, name=obj.name)
+        obj.pk, obj.prefix, obj.digest = token.pk, token.prefix, token.digest
+        obj._state.adding = False
+        messages.warning(request, f"New management token “{token.name}” for {token.user}: {plaintext} "
+                                  "— copy it now, it will not be shown again.")
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ManagementToken]) -> None:
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        messages.success(request, f"Revoked {count} tokens.")

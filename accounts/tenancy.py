@@ -7,12 +7,14 @@ Every page reads its objects through ``request.tenant``, so another tenant's obj
 from __future__ import annotations
 
 import functools
+import zoneinfo
 from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils import timezone
 
 from .models import Membership
 
@@ -42,9 +44,14 @@ def tenant_page(*, owner: bool = False) -> Callable[[Callable[..., HttpResponse]
                 return render(request, "pages/no_tenant.html", status=403)
             request.membership, request.tenant = membership, membership.tenant  # type: ignore[attr-defined]
             request.is_owner = membership.role == Membership.Role.OWNER  # type: ignore[attr-defined]
-            if owner and not request.is_owner:  # type: ignore[attr-defined]
-                return render(request, "pages/owners_only.html", status=403)
-            return view(request, *args, **kwargs)
+            # Dates on the pages are in the tenant's time zone.
+            timezone.activate(zoneinfo.ZoneInfo(membership.tenant.timezone))
+            try:
+                if owner and not request.is_owner:  # type: ignore[attr-defined]
+                    return render(request, "pages/owners_only.html", status=403)
+                return view(request, *args, **kwargs)
+            finally:
+                timezone.deactivate()
 
         return wrapped
 

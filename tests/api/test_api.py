@@ -167,3 +167,16 @@ def test_a_token_whose_secret_has_dashes_works(alice: Party, monkeypatch: pytest
     _, plaintext = services.issue_management_token(user=alice.user, name="dashes")
     assert plaintext.count("-") > 2
     assert Client(headers={"Authorization": f"Bearer {plaintext}"}).get("/api/keys/").status_code == 200
+
+
+def test_operators_issue_a_token_in_the_admin_and_see_it_once(admin_client: Client, alice: Party) -> None:
+    response = admin_client.post("/admin/accounts/managementtoken/add/", {"user": alice.user.pk, "name": "deploys"},
+                                 follow=True)
+    text = response.content.decode()
+    plaintext = next(w for w in text.replace("<", " ").replace(">", " ").split() if w.startswith("tgm-") and len(w) > 30)
+    assert Client(headers={"Authorization": f"Bearer {plaintext}"}).get("/api/keys/").status_code == 200
+    listing = admin_client.get("/admin/accounts/managementtoken/").content.decode()
+    assert plaintext not in listing and "deploys" in listing
+    token = alice.user.management_tokens.get()
+    admin_client.post("/admin/accounts/managementtoken/", {"action": "revoke_selected", "_selected_action": [token.pk]})
+    assert Client(headers={"Authorization": f"Bearer {plaintext}"}).get("/api/keys/").status_code == 401

@@ -214,3 +214,13 @@ def test_a_member_of_two_tenants_switches_between_them(alice: Party, bob: Party)
     assert "bobs-model" in client.get("/requests/").content.decode()
     stranger = signed_in(bob)
     assert stranger.post("/switch/", {"tenant": alice.tenant.slug}).status_code == 404  # not bob's to switch to
+
+
+def test_dates_show_in_the_tenants_time_zone(alice: Party) -> None:
+    alice.tenant.timezone = "Asia/Tokyo"
+    alice.tenant.save()
+    ApiKey.objects.filter(pk=alice.key.pk).update(created_at=datetime(2026, 11, 20, 23, 30, tzinfo=UTC))
+    spend(alice, 100, at=datetime(2026, 11, 20, 23, 30, tzinfo=UTC))
+    client = signed_in(alice)
+    assert "2026-11-21 08:30" in client.get("/keys/").content.decode()
+    assert "2026-11-21 08:30:00" in client.get("/requests/").content.decode()
