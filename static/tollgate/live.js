@@ -4,6 +4,7 @@
   if (!rows) return;
   const status = document.getElementById("live-status");
   const keys = JSON.parse(document.getElementById("key-names").textContent);
+  const zone = JSON.parse(document.getElementById("tenant-zone").textContent);
   const money = (micros) => `$${(micros / 1e6).toFixed(micros % 10000 === 0 ? 2 : 6)}`;
 
   function cell(text, numeric) {
@@ -21,7 +22,7 @@
       for (const row of JSON.parse(message.data).rows) {
         const tr = document.createElement("tr");
         tr.dataset.requestId = row.request_id;
-        tr.append(cell(new Date(row.at).toLocaleTimeString()), cell(row.model), cell(keys[row.key_id] || "—"),
+        tr.append(cell(new Date(row.at).toLocaleTimeString(undefined, { timeZone: zone })), cell(row.model), cell(keys[row.key_id] || "—"),
           cell(row.end_reason), cell(row.status, true), cell(row.prompt_tokens + row.completion_tokens, true),
           cell(money(row.cost_micros), true), cell(`${row.latency_ms} ms`, true));
         rows.prepend(tr);
