@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -25,6 +27,7 @@ def tenant_of(user: Any, session: Any) -> int | None:
 
 class LiveUsageConsumer(AsyncJsonWebsocketConsumer):
     tenant_group: str | None = None
+    renewing: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         tenant_id = await tenant_of(self.scope.get("user"), self.scope.get("session"))
@@ -33,9 +36,20 @@ class LiveUsageConsumer(AsyncJsonWebsocketConsumer):
             return
         self.tenant_group = live.group(tenant_id)
         await self.channel_layer.group_add(self.tenant_group, self.channel_name)
+        await live.listen(tenant_id)
+        self.renewing = asyncio.ensure_future(self.renew(tenant_id))
         await self.accept()
 
+    async def renew(self, tenant_id: int) -> None:
+        """Keep the tenant registered as watched while this page is open."""
+        while True:
+            await asyncio.sleep(live.LEASE / 3)
+            with contextlib.suppress(Exception):
+                await live.listen(tenant_id)
+
     async def disconnect(self, code: int) -> None:
+        if self.renewing is not None:
+            self.renewing.cancel()
         if self.tenant_group:
             await self.channel_layer.group_discard(self.tenant_group, self.channel_name)
 

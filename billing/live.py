@@ -1,8 +1,14 @@
-"""The live usage feed: each written ledger row goes to its tenant's channel group, for the live page."""
+"""The live usage feed: each written ledger row goes to its tenant's channel group, for the live page.
+
+Rows are only published for tenants that have a live page open somewhere: each open page registers its tenant
+(in Redis when configured, shared by all processes; in this process otherwise) and refreshes that while it is open,
+and each writing process reads the registry at most every REFRESH seconds, not per row.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -10,6 +16,51 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
+
+LISTENERS = "tg:live:listeners"  # Redis hash: tenant id -> until when (unix time) a page listens
+LEASE = 90  # seconds a registration lasts; an open page renews it every LEASE / 3
+REFRESH = 2.0  # how stale a process's copy of the registry may be
+
+_local: dict[int, float] = {}  # the registry without Redis
+_copy: tuple[float, set[int]] = (0.0, set())  # (read at, tenants) of the shared registry
+
+READ = "return redis.call('HGETALL', KEYS[1])"
+
+
+async def listen(tenant_id: int) -> None:
+    """Register (or renew) an open live page of the tenant. Other processes see it within REFRESH seconds."""
+    until = time.time() + LEASE
+    _local[tenant_id] = until
+    _copy[1].add(tenant_id)  # this process publishes to it at once
+    if settings.REDIS_URL:
+        from . import scripts
+
+        await scripts.run(settings.REDIS_URL, [scripts.Call("return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])",
+                                                            [LISTENERS], [tenant_id, int(until)])])
+
+
+async def listening() -> set[int]:
+    """The tenants with a live page open, as this process last read them."""
+    global _copy
+    now = time.time()
+    if not settings.REDIS_URL:
+        return {tenant for tenant, until in _local.items() if until > now}
+    read_at, tenants = _copy
+    if now - read_at > REFRESH:
+        from . import scripts
+
+        _copy = (now, tenants)  # one reader at a time; the others use the copy meanwhile
+        [pairs] = await scripts.run(settings.REDIS_URL, [scripts.Call(READ, [LISTENERS], [])])
+        tenants = {int(pairs[i]) for i in range(0, len(pairs), 2) if int(pairs[i + 1]) > now}
+        _copy = (now, tenants)
+    return tenants
+
+
+def forget_listeners() -> None:
+    """Drop this process's registry and copy (tests)."""
+    global _copy
+    _local.clear()
+    _copy = (0.0, set())
 
 
 def group(tenant_id: int) -> str:
@@ -35,9 +86,15 @@ async def publish(records: list[Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+    try:
+        watched = await listening()
+    except Exception:
+        logger.warning("live usage feed: the listener registry could not be read", exc_info=True)
+        return
     by_tenant: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
-        by_tenant[record.tenant_id].append(event(record))
+        if record.tenant_id in watched:
+            by_tenant[record.tenant_id].append(event(record))
     for tenant_id, rows in by_tenant.items():
         try:
             await layer.group_send(group(tenant_id), {"type": "usage.rows", "rows": rows})

@@ -54,13 +54,14 @@ def clear_caches() -> Iterator[None]:
         caches[alias].clear()
     keys._local.clear()
     # Per-process copies of budgets and prices, and the chosen hold/limit backends (tests switch settings).
-    from billing import holds, pricing
+    from billing import holds, live, pricing
     from proxy import limits, ratelimits
 
     limits.forget_budgets()
     pricing.forget()
     holds.reset_backend()
     ratelimits.reset_limiter()
+    live.forget_listeners()
     yield
 
 

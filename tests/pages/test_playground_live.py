@@ -123,6 +123,22 @@ def test_a_socket_from_another_site_is_refused(alice: Party) -> None:
     assert async_to_sync(scenario)() is False
 
 
-def test_rows_are_grouped_per_tenant(alice: Party, bob: Party) -> None:
-    assert live.group(alice.tenant.pk) != live.group(bob.tenant.pk)
-    asyncio.run(live.publish([]))  # nothing to send is fine
+def test_rows_go_only_to_tenants_with_a_live_page_open(alice: Party, bob: Party) -> None:
+    from unittest import mock
+
+    rows = [mock.Mock(tenant_id=alice.tenant.pk), mock.Mock(tenant_id=bob.tenant.pk)]
+    sent: list[str] = []
+
+    class Layer:
+        async def group_send(self, group: str, message: dict) -> None:
+            sent.append(group)
+
+    async def scenario() -> None:
+        with mock.patch.object(live, "get_channel_layer", return_value=Layer()), \
+                mock.patch.object(live, "event", side_effect=lambda r: {}):
+            await live.publish(rows)  # nobody watches: nothing is sent
+            await live.listen(bob.tenant.pk)
+            await live.publish(rows)
+
+    asyncio.run(scenario())
+    assert sent == [live.group(bob.tenant.pk)]
