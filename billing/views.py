@@ -164,6 +164,7 @@ def request_log(request: HttpRequest) -> HttpResponse:
     filtered = any(v for k, v in request.GET.items() if k != "before")
     return render(request, "pages/requests.html", {
         "title": "Requests", "form": form, "filtered": filtered,
-        "rows": [{"row": r, "at": r.created_at.astimezone(zone), "cost": dollars(r.cost_micros)} for r in page],
+        "rows": [{"row": r, "at": r.created_at.astimezone(zone), "cost": dollars(r.cost_micros),
+                  "prompt": tokens(r.prompt_tokens), "completion": tokens(r.completion_tokens)} for r in page],
         "older": older.urlencode() if more else None, "newest": "before" in request.GET,
     })

@@ -224,3 +224,10 @@ def test_dates_show_in_the_tenants_time_zone(alice: Party) -> None:
     client = signed_in(alice)
     assert "2026-11-21 08:30" in client.get("/keys/").content.decode()
     assert "2026-11-21 08:30:00" in client.get("/requests/").content.decode()
+
+
+def test_an_owner_changes_only_their_own_tenants_contacts(alice: Party, bob: Party) -> None:
+    assert signed_in(bob).post("/budgets/contacts/", {"contact_emails": "bob@bob.example"}).status_code == 302
+    alice.tenant.refresh_from_db()
+    bob.tenant.refresh_from_db()
+    assert alice.tenant.contact_email_list() == ["alice@example.com"] and bob.tenant.contact_email_list() == ["bob@bob.example"]
