@@ -177,11 +177,15 @@ class PendingHold:
 class RedisBackend:
     def __init__(self, url: str) -> None:
         self.url = url
+        self._sync: Any = None
 
     def sync_client(self) -> Any:
-        import redis
+        """A thread-safe client for the admin, the jobs and the tests (not the event loop)."""
+        if self._sync is None:
+            import redis
 
-        return redis.Redis.from_url(self.url)
+            self._sync = redis.Redis.from_url(self.url)
+        return self._sync
 
     def pending(self, request_id: str, specs: tuple[BudgetSpec, ...], amount: int, now: datetime) -> PendingHold:
         periods = [budgets.period_bounds(s.period, s.zone, now) for s in specs]

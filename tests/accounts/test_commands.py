@@ -52,7 +52,7 @@ def test_issuekey_rejects_nonpositive_expiry(alice: Party) -> None:
 def test_ensuredemo_is_idempotent_and_prints_a_working_key(db: None) -> None:
     first, _ = run("ensuredemo", "--base-url", "http://127.0.0.1:9000")
     assert "http://127.0.0.1:9000/admin/" in first and "password" in first
-    assert 'base_url="http://127.0.0.1:9000/v1"' in first
+    assert 'base_url="http://127.0.0.1:9000/v1"' in first and "Pages:    http://127.0.0.1:9000/ " in first
     assert "loaded 16 bundled prices" in first and Price.objects.filter(model="demo").exists()
     Price.objects.filter(model="gpt-4o").delete()  # an operator's choice, not undone by the next start
     second, _ = run("ensuredemo")

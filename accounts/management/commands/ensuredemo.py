@@ -52,6 +52,7 @@ class Command(BaseCommand):
             key, secret = services.rotate_key(key=current)
         prices_line = self.ensure_prices()
         self.stdout.write(f"Admin:    {base_url}/admin/  ({admin_line})")
+        self.stdout.write(f"Pages:    {base_url}/  (the demo tenant's dashboard, keys, budgets and playground; same user)")
         self.stdout.write(f"Prices:   {prices_line}")
         self.stdout.write(f"Demo key: {secret}  (tenant {tenant.slug}; rotated at every start)")
         self.stdout.write("Try it with the OpenAI SDK:\n" + SNIPPET.format(base_url=base_url, secret=secret))
