@@ -51,14 +51,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import unquote, urlsplit
-
-import psycopg
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script, Python puts bench/ on sys.path but not the repository root
 from bench.load import Phase, Pool, Request, hammer, stream_rounds  # noqa: E402
+from bench.data import BenchError, Seeded, check_money, count_ledger, ensure_database, run_django, seed  # noqa: E402
 from bench.report import SOAK_CONCURRENCY, STREAM_CONCURRENCY, table  # noqa: E402
 
 PYTHON = sys.executable
@@ -70,46 +67,6 @@ CHAT_BODY = json.dumps({"model": "mock", "messages": MESSAGES}).encode()
 STREAM_BODY = json.dumps(
     {"model": "mock-slow", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
 ).encode()
-
-# Run by the child Python with Tollgate's environment. The key reaches us through a file only we can read.
-SEED_SCRIPT = """
-import json, os, sys
-from datetime import date
-from decimal import Decimal
-import django
-django.setup()
-from accounts.models import ApiKey, Tenant
-from accounts.services import create_tenant, issue_key
-from billing.models import Budget, Price
-from proxy.models import Deployment, ModelRoute, Provider
-
-base_url, slug, out = sys.argv[1], sys.argv[2], sys.argv[3]
-tenant = create_tenant(name="Benchmark " + slug, slug=slug)
-_, secret = issue_key(tenant=tenant, name="bench")
-provider, _ = Provider.objects.update_or_create(
-    name="bench-mock", defaults={"kind": "openai_compatible", "preset": "custom", "base_url": base_url, "is_active": True})
-for model in ("mock", "mock-slow"):
-    route, _ = ModelRoute.objects.update_or_create(name=model, defaults={"is_active": True})
-    route.deployments.all().delete()
-    Deployment.objects.create(route=route, provider=provider, upstream_model=model)
-    Price.objects.get_or_create(model=model, provider=None, effective_from=date(2020, 1, 1),
-                                defaults={"input_per_million": Decimal("1.00"), "output_per_million": Decimal("2.00")})
-# The gated tenant: every limit and budget the gate knows, set far above what the run can use.
-gated = create_tenant(name="Benchmark gated " + slug, slug=slug + "-gated")
-Tenant.objects.filter(pk=gated.pk).update(requests_per_minute=10**9, tokens_per_minute=2 * 10**9, max_concurrent=10**4)
-gated_key, gated_secret = issue_key(tenant=gated, name="bench gated")
-ApiKey.objects.filter(pk=gated_key.pk).update(requests_per_minute=10**9, tokens_per_minute=2 * 10**9, max_concurrent=10**4)
-budgets = [Budget.objects.create(tenant=gated, amount=Decimal("1000000"), period="month", name="tenant month"),
-           Budget.objects.create(tenant=gated, key=gated_key, amount=Decimal("1000000"), period="day", name="key day")]
-with open(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handoff:
-    json.dump({"key": secret, "tenant_id": tenant.pk, "gated_key": gated_secret, "gated_tenant_id": gated.pk,
-               "budget_ids": [b.pk for b in budgets]}, handoff)
-"""
-
-
-class BenchError(Exception):
-    """The benchmark could not be set up or run; the message says why."""
-
 
 @dataclass(frozen=True)
 class Server:
@@ -193,17 +150,6 @@ class Children:
                 time.sleep(0.1)
 
 
-def ensure_database(url: str) -> None:
-    """Create the database named in the URL unless it exists. Raises BenchError for a non-PostgreSQL URL."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise BenchError(f"the benchmark needs PostgreSQL; got a {parts.scheme}:// URL")
-    name = unquote(parts.path.lstrip("/"))
-    with psycopg.connect(parts._replace(path="/postgres").geturl(), autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
 def tollgate_env(database_url: str, redis_url: str) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if name != "DJANGO_DEBUG"}
     env.update(
@@ -211,64 +157,6 @@ def tollgate_env(database_url: str, redis_url: str) -> dict[str, str]:
         DJANGO_SECRET_KEY=secrets.token_urlsafe(50), TOLLGATE_KEY_PEPPER=secrets.token_urlsafe(32),
     )
     return env
-
-
-def run_django(args: list[str], env: dict[str, str], what: str) -> str:
-    """Run a Django child to completion and return its stdout. Raises BenchError with its stderr on failure."""
-    done = subprocess.run([PYTHON, *args], cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise BenchError(f"{what} failed (status {done.returncode}):\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
-@dataclass(frozen=True)
-class Seeded:
-    key: str  # plaintext of the plain tenant's key: no budgets, no rate limits
-    tenant_id: int
-    gated_key: str  # the gated tenant's key: two budgets and rate limits on the key and the tenant
-    gated_tenant_id: int
-    budget_ids: list[int]
-
-
-def seed(env: dict[str, str], mock_base_url: str) -> Seeded:
-    """Seed this run's tenants, keys, budgets, prices and routes."""
-    slug = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    with tempfile.TemporaryDirectory() as private:
-        handoff = Path(private) / "seeded.json"
-        run_django(["-c", SEED_SCRIPT, mock_base_url, slug, str(handoff)], env, "seeding")
-        seeded = json.loads(handoff.read_text())
-    return Seeded(**seeded)
-
-
-def count_ledger(database_url: str, tenant_ids: list[int], expected: int) -> int:
-    """Rows of the tenants, once they stop changing: stream rows are written just after the last byte."""
-    last, settled_at = -1, time.monotonic()
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        while True:
-            row = conn.execute("SELECT count(*) FROM billing_usagerecord WHERE tenant_id = ANY(%s)", (tenant_ids,)).fetchone()
-            count = int(row[0]) if row else 0
-            if count != last:
-                last, settled_at = count, time.monotonic()
-            if count >= expected or time.monotonic() - settled_at > 3.0:
-                return count
-            time.sleep(0.2)
-
-
-def check_money(opts: argparse.Namespace, seeded: Seeded) -> dict[str, Any]:
-    """The gated tenant's spend three ways: the ledger, each budget's running total in Redis, and open holds."""
-    import redis
-
-    with psycopg.connect(opts.database_url, autocommit=True) as conn:
-        row = conn.execute("SELECT coalesce(sum(cost_micros), 0) FROM billing_usagerecord WHERE tenant_id = %s",
-                           (seeded.gated_tenant_id,)).fetchone()
-    client = redis.Redis.from_url(opts.redis_url)
-    counted, reserved = [], 0
-    for budget_id in seeded.budget_ids:
-        periods = [client.hmget(key, "s", "r") for key in client.scan_iter(f"tg:budget:{budget_id}:*")]
-        counted.append(sum(int(s or 0) for s, _ in periods))
-        reserved += sum(int(r or 0) for _, r in periods)
-    return {"ledger_micros": int(row[0]) if row else 0, "counter_micros": counted, "reserved_micros": reserved,
-            "open_holds": int(client.zcard("tg:holds"))}
 
 
 class Bench:

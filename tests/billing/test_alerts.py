@@ -56,10 +56,9 @@ def test_the_alert_ladder_climbs_once_per_threshold_and_starts_again_next_period
     assert periods == [datetime(2026, 10, 31, 15, tzinfo=UTC), datetime(2026, 11, 30, 15, tzinfo=UTC)]
 
 
+@pytest.mark.needs_postgres  # SQLite serializes writers: the race needs PostgreSQL
 @pytest.mark.django_db(transaction=True)
 def test_two_alert_runs_at_once_claim_and_send_each_alert_once(alice: Party) -> None:
-    if connection.vendor == "sqlite":
-        pytest.skip("SQLite serializes writers; the race needs PostgreSQL")
     Budget.objects.create(tenant=alice.tenant, amount=Decimal("1.00"), period="day")
     spend(alice, datetime.now(UTC), 900_000)
     barrier, claimed = threading.Barrier(2), []
