@@ -10,6 +10,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from .batching import GroupCommit
+
 
 
 @dataclass(frozen=True)
@@ -21,48 +23,27 @@ class Call:
     args: list[Any]
 
 
-class Connection:
+class Connection(GroupCommit[list[Call]]):
     """One event loop's Redis client, with automatic pipelining.
 
     Calls made in the same moment, or while a round trip is under way, go together in the next one: under load many
-    requests' holds and settlements share a round trip; alone, a call goes at once. Like the ledger's
-    group commit (proxy/metering.py), each caller still waits for its own results.
+    requests' holds and settlements share a round trip; alone, a call goes at once.
     """
 
     def __init__(self, client: Any) -> None:
+        super().__init__()
         self.client = client
-        self.waiting: list[tuple[list[Call], asyncio.Future[list[Any]]]] = []
-        self.draining = False
 
-    def run(self, calls: list[Call]) -> asyncio.Future[list[Any]]:
-        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self.waiting.append((calls, done))
-        if not self.draining:
-            self.draining = True
-            task = asyncio.ensure_future(self.drain())
-            _draining.add(task)
-            task.add_done_callback(_draining.discard)
-        return done
+    def run(self, calls: list[Call]) -> asyncio.Future[Any]:
+        return self.submit(calls)
 
-    async def drain(self) -> None:
-        try:
-            while self.waiting:
-                batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
-                try:
-                    results = await self.send([call for calls, _ in batch for call in calls])
-                except Exception as e:  # the connection failed: every caller of this round trip learns it
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(e)
-                    continue
-                for calls, done in batch:
-                    mine, results = results[:len(calls)], results[len(calls):]
-                    if done.done():
-                        continue  # the caller was cancelled meanwhile
-                    failed = next((r for r in mine if isinstance(r, Exception)), None)
-                    done.set_exception(failed) if failed else done.set_result(mine)
-        finally:
-            self.draining = False
+    async def flush(self, callers: list[list[Call]]) -> list[Any]:
+        results = await self.send([call for calls in callers for call in calls])
+        answers: list[Any] = []
+        for calls in callers:
+            mine, results = results[:len(calls)], results[len(calls):]
+            answers.append(next((r for r in mine if isinstance(r, Exception)), mine))  # a failed script fails its caller
+        return answers
 
     async def send(self, calls: list[Call]) -> list[Any]:
         if len(calls) == 1:
@@ -79,9 +60,7 @@ class Connection:
         return list(await pipe.execute(raise_on_error=False))
 
 
-MAX_BATCH = 200  # callers per round trip at most
 _connections: dict[tuple[asyncio.AbstractEventLoop, str], Connection] = {}
-_draining: set[asyncio.Future[None]] = set()  # keeps each drain task referenced until it ends
 
 
 def is_script_error(error: Exception) -> bool:

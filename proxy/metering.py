@@ -10,10 +10,13 @@ import uuid
 from typing import Any
 
 from accounts.keys import Caller
+from billing import holds, live, scripts
+from billing.batching import GroupCommit
 from billing.services import UsageEntry, record_usages
 
 from .db import db_step
 from .providers.base import CHAT, ApiRequest, Chunk, Target, Usage
+from .ratelimits import RedisLimiter, limiter
 
 # A lost connection is retried once: the row is the request's bill and must not be dropped.
 arecord_usages = db_step(record_usages, retry=True)
@@ -131,10 +134,6 @@ class Meter:
 
     async def settle(self, written: asyncio.Future[Any]) -> None:
         """After the row is written: turn the budget hold into the row's cost and free the rate limit slot."""
-        from billing import holds, scripts
-
-        from .ratelimits import RedisLimiter, limiter
-
         try:
             record = await written
             cost = record.cost_micros
@@ -172,46 +171,26 @@ def report_lost_row(entry: UsageEntry, task: asyncio.Future[Any]) -> None:
     logger.error("usage row could not be written: %s", fields, exc_info=task.exception())
 
 
-class LedgerWriter:
+class LedgerWriter(GroupCommit[UsageEntry]):
     """Group commit for the ledger: rows that arrive while an INSERT runs go together in the next one.
 
     Each request still waits until its own row is written. Alone, a row is written at once; under load,
     one thread hop and one round trip serve many requests.
     """
 
-    def __init__(self) -> None:
-        self.waiting: list[tuple[UsageEntry, asyncio.Future[Any]]] = []
-        self.draining = False
+    limit = BATCH
 
     def write(self, entry: UsageEntry) -> asyncio.Future[Any]:
-        written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.waiting.append((entry, written))
-        if not self.draining:
-            self.draining = True
-            Meter.keep(asyncio.ensure_future(self.drain()))
-        return written
+        return self.submit(entry)
 
-    async def drain(self) -> None:
-        try:
-            while self.waiting:
-                batch, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
-                try:
-                    records = await arecord_usages(entries=[entry for entry, _ in batch])
-                except Exception as e:
-                    for _, written in batch:
-                        written.set_exception(e)
-                else:
-                    for (_, written), record in zip(batch, records):
-                        written.set_result(record)
-                    publish(records)
-        finally:
-            self.draining = False
+    async def flush(self, entries: list[UsageEntry]) -> list[Any]:
+        records = await arecord_usages(entries=entries)
+        publish(records)
+        return records
 
 
 def publish(records: list[Any]) -> None:
     """Tell the live usage pages about the rows just written, in the background (never delays a request)."""
-    from billing import live
-
     if live.enabled():
         Meter.keep(asyncio.ensure_future(live.publish(records)))
 

@@ -11,7 +11,7 @@ from django.test import Client
 from django.utils import timezone
 
 from billing import rollups
-from billing.models import UsageRecord, UsageRollup
+from billing.models import UsageRecord
 
 from ..conftest import Party
 

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,7 +115,7 @@ def test_a_tenant_owner_and_a_member_use_the_pages(chromium: Any, site: str, moc
     completion = OpenAI(base_url=f"{site}/v1", api_key=secret, max_retries=0).chat.completions.with_raw_response.create(
         model="mock", messages=[{"role": "user", "content": "Hello from the browser test"}])
     request_id = completion.headers["x-request-id"]
-    row = live.locator(f"tr[data-request-id]").first
+    row = live.locator("tr[data-request-id]").first
     row.wait_for(timeout=10_000)
     assert "mock" in row.inner_text() and "complete" in row.inner_text()
     shot(live, "05-live")
