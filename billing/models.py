@@ -203,6 +203,9 @@ class UsageRecord(models.Model):
         UPSTREAM_CUT = "upstream_cut"
         TIMEOUT = "timeout"
         REJECTED = "rejected"
+        GATEWAY_ERROR = "gateway_error"  # Tollgate itself failed (a bug), not the provider
+        GATEWAY_UNAVAILABLE = "gateway_unavailable"  # Redis or the database was down: refused, fail closed
+        GATEWAY_LOST = "gateway_lost"  # the serving process died; closed from its journal by the recovery
 
     class Endpoint(models.TextChoices):
         CHAT = "chat"
@@ -221,7 +224,7 @@ class UsageRecord(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     usage_source = models.CharField(max_length=16, choices=Source.choices, default=Source.PROVIDER)
-    end_reason = models.CharField(max_length=16, choices=EndReason.choices)
+    end_reason = models.CharField(max_length=24, choices=EndReason.choices)
     error_code = models.CharField(max_length=64, blank=True)
     status_code = models.PositiveSmallIntegerField()
     latency_ms = models.PositiveIntegerField(default=0)

@@ -337,8 +337,18 @@ TOLLGATE_DEMO_TOKEN_DELAY_MS = env_int("TOLLGATE_DEMO_TOKEN_DELAY_MS", 30)
 TOLLGATE_DEFAULT_COMPLETION_TOKENS = env_int("TOLLGATE_DEFAULT_COMPLETION_TOKENS", 4096, minimum=1)
 TOLLGATE_RESERVATION_CAP_MICROS = env_micros("TOLLGATE_RESERVATION_CAP_USD", "5")
 TOLLGATE_BUDGET_OVERDRAFT_MICROS = env_micros("TOLLGATE_BUDGET_OVERDRAFT_USD", "0")
-# A hold whose process died is released after this long (longer than any request may take).
-TOLLGATE_RESERVATION_LEASE_SECONDS = env_int("TOLLGATE_RESERVATION_LEASE_SECONDS", 900, minimum=60)
+# Holds and in-flight slots are leased: the serving process renews the lease of every request it still runs
+# (every quarter of it), so a process that dies lets go of its holds and slots at most this long after.
+TOLLGATE_RESERVATION_LEASE_SECONDS = env_int("TOLLGATE_RESERVATION_LEASE_SECONDS", 20, minimum=8)
+# The write-ahead journal: each serving process appends what it admits and how it ended to its own file here
+# before the provider is called, so a killed process or a database outage loses no ledger row (billing/journal.py).
+TOLLGATE_JOURNAL_DIR = Path(os.environ.get("TOLLGATE_JOURNAL_DIR") or DATA_DIR / "journal")
+# A client that declares a body and stops sending it is answered 408 after this many seconds.
+TOLLGATE_BODY_TIMEOUT_SECONDS = env_int("TOLLGATE_BODY_TIMEOUT_SECONDS", 30, minimum=1)
+# Prompts longer than this many bytes are not tokenized for the gate: their UTF-8 length bounds their tokens.
+TOLLGATE_TOKENIZE_MAX_BYTES = env_int("TOLLGATE_TOKENIZE_MAX_BYTES", 1024 * 1024, minimum=1024)
+# No model takes more completion tokens than this; a larger max_tokens (or n x max_tokens) is a 400.
+TOLLGATE_MAX_COMPLETION_TOKENS = env_int("TOLLGATE_MAX_COMPLETION_TOKENS", 1_000_000, minimum=1024)
 # A model with no price: "allow" admits it at zero cost and flags its rows; "deny" refuses it when budgets apply.
 TOLLGATE_UNPRICED = os.environ.get("TOLLGATE_UNPRICED", "allow").strip().lower()
 if TOLLGATE_UNPRICED not in ("allow", "deny"):

@@ -57,9 +57,23 @@ class PayloadTooLarge(GatewayError):
     status, code = 413, "request_too_large"
 
 
+class RequestTimeout(GatewayError):
+    status, code = 408, "request_timeout"
+
+
 class ServerError(GatewayError):
     status, type, code = 500, "server_error", "internal_error"
-    end_reason = "upstream_error"
+    end_reason = "gateway_error"
+
+
+class ServiceUnavailable(GatewayError):
+    """Redis or the database is down: requests that need them are refused (fail closed); a retry may work."""
+
+    status, type, code = 503, "server_error", "service_unavailable"
+    end_reason = "gateway_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "true", "Retry-After": "1"}
 
 
 class ProviderError(GatewayError):
@@ -82,6 +96,16 @@ class ProviderError(GatewayError):
 
 class BudgetExceeded(GatewayError):
     """A hard budget has no room for the request. Retrying will not help until the period or budget changes."""
+
+    status, type, code = 429, "insufficient_quota", "insufficient_quota"
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "false"}
+
+
+class NeverFits(GatewayError):
+    """The request's worst case is larger than a whole limit (a hard budget, a tokens-per-minute rate): retrying
+    cannot help, so the SDKs are told not to."""
 
     status, type, code = 429, "insufficient_quota", "insufficient_quota"
 
