@@ -32,7 +32,24 @@ async def http(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await django_application(scope, receive, send)
 
 
+async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Start the process's upkeep (journal recovery, leases, spooled rows) at startup; flush it at shutdown."""
+    from billing.journal import close_journal
+    from proxy import upkeep
+
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            upkeep.start()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await upkeep.stop()
+            close_journal()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 # The live usage page's WebSocket: signed in by the session cookie, from this site's own pages only.
 websocket = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter([path("ws/live/", LiveUsageConsumer.as_asgi())])))
 
-application = ProtocolTypeRouter({"http": http, "websocket": websocket})
+application = ProtocolTypeRouter({"http": http, "websocket": websocket, "lifespan": lifespan})

@@ -343,6 +343,8 @@ TOLLGATE_RESERVATION_LEASE_SECONDS = env_int("TOLLGATE_RESERVATION_LEASE_SECONDS
 # The write-ahead journal: each serving process appends what it admits and how it ended to its own file here
 # before the provider is called, so a killed process or a database outage loses no ledger row (billing/journal.py).
 TOLLGATE_JOURNAL_DIR = Path(os.environ.get("TOLLGATE_JOURNAL_DIR") or DATA_DIR / "journal")
+# The per-process upkeep task (leases, journal recovery, spooled rows). Only tests turn it off.
+TOLLGATE_UPKEEP = env_bool("TOLLGATE_UPKEEP", True)
 # A client that declares a body and stops sending it is answered 408 after this many seconds.
 TOLLGATE_BODY_TIMEOUT_SECONDS = env_int("TOLLGATE_BODY_TIMEOUT_SECONDS", 30, minimum=1)
 # Prompts longer than this many bytes are not tokenized for the gate: their UTF-8 length bounds their tokens.

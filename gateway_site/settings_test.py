@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Tests never depend on the developer's secrets; these exist only for the test run.
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key")
@@ -16,6 +17,11 @@ CELERY_TASK_ALWAYS_EAGER = not os.environ.get("TOLLGATE_LIVE_TEST_DATABASE")
 CELERY_TASK_EAGER_PROPAGATES = True
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 TOLLGATE_DEMO_TOKEN_DELAY_MS = 0
+# In process, nothing runs in the background and each test run journals into a directory of its own; live
+# servers started by a test get TOLLGATE_UPKEEP=on and the directory the test chooses.
+TOLLGATE_UPKEEP = env_bool("TOLLGATE_UPKEEP", False)  # noqa: F405
+if not os.environ.get("TOLLGATE_JOURNAL_DIR"):
+    TOLLGATE_JOURNAL_DIR = Path(tempfile.mkdtemp(prefix="tollgate-journal-"))  # noqa: F405
 
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file rather than memory, so the live server process of the SDK tests can open the test database.

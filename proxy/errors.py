@@ -113,6 +113,12 @@ class NeverFits(GatewayError):
         return {"x-should-retry": "false"}
 
 
+class TooManyTokens(NeverFits):
+    """The request may use more tokens than a whole tokens-per-minute limit (OpenAI says "Request too large")."""
+
+    type, code = "tokens", "rate_limit_exceeded"
+
+
 class RateLimited(GatewayError):
     status, type, code = 429, "requests", "rate_limit_exceeded"
 

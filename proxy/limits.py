@@ -16,24 +16,32 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from billing import holds, pricing, scripts, tokens
-from billing.budgets import Table, load_table
+from billing import holds, pricing, scripts
+from billing.budgets import BudgetSpec, Table, load_table
 from billing.models import Price, micros_to_dollars
 
-from . import ratelimits
+from . import outages, ratelimits, sizing
 from .db import db_step
-from .errors import BudgetExceeded, RateLimited
+from .errors import BudgetExceeded, NeverFits, RateLimited, TooManyTokens
 from .metering import Meter
-from .providers.base import CHAT, EMBEDDINGS, ApiRequest, Target
+from .providers.base import ApiRequest, Target
 from .ratelimits import RedisLimiter, Scope, Verdict, limiter
 
 _budgets: Table | None = None
+RETRY_SECONDS = 1.0  # an outage keeps the last budget table; a reload is tried again after this long
 
 
 async def budget_table() -> Table:
     global _budgets
     if _budgets is None or time.monotonic() - _budgets.loaded_at > settings.TOLLGATE_ROUTES_CACHE_SECONDS:
-        _budgets = await db_step(load_table)()
+        try:
+            _budgets = await db_step(load_table)()
+        except Exception as e:
+            if _budgets is None or outages.dependency_of(e) is None:
+                raise
+            outages.note("database", e)  # budgets rarely change: keep enforcing the last known ones
+            _budgets = Table(_budgets.by_tenant, time.monotonic() - settings.TOLLGATE_ROUTES_CACHE_SECONDS
+                             + RETRY_SECONDS)
     return _budgets
 
 
@@ -47,16 +55,15 @@ def dollars(micros: int) -> str:
 
 
 def worst_case(body: ApiRequest, target: Target) -> tuple[int, int]:
-    """Return (prompt tokens by the tokenizer, the completion tokens the request may use at most)."""
-    model = target.upstream_model
-    texts = body.prompt_texts()
-    prompt = tokens.count_messages(texts, model=model) if body.endpoint == CHAT else tokens.count(texts, model=model)
-    completion = 0 if body.endpoint == EMBEDDINGS else (body.max_tokens or settings.TOLLGATE_DEFAULT_COMPLETION_TOKENS)
-    return prompt, completion
+    """Return (prompt tokens of every billable input part, the completion tokens the request may use at most)."""
+    worst = sizing.worst_case(body, target.upstream_model)
+    return worst.prompt_tokens, worst.completion_tokens
 
 
 async def check_limits(meter: Meter, targets: list[Target]) -> None:
-    """Admit the request or raise BudgetExceeded / RateLimited. Admitted requests leave a slot and a hold on the meter."""
+    """Admit the request or raise BudgetExceeded / RateLimited / NeverFits / ServiceUnavailable.
+
+    Admitted requests leave a slot and a hold on the meter."""
     caller, body = meter.caller, meter.body
     assert caller is not None and body is not None
     specs = (await budget_table()).applicable(caller.tenant_id, caller.key_id)
@@ -65,20 +72,30 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
     if not specs and not scopes:
         return
     now = timezone.now()
-    # The tokenizer runs only when a budget or a token limit needs the count.
+    # The request is sized only when a budget or a token limit needs it, always in a worker thread: a large
+    # prompt takes milliseconds to tokenize and must never stall the event loop.
     counted = bool(specs) or any(s.limits.tokens_per_minute is not None for s in scopes)
-    prompt, completion = worst_case(body, targets[0]) if counted else (0, 0)
+    prompt, completion = await asyncio.to_thread(worst_case, body, targets[0]) if counted else (0, 0)
+    if counted:
+        meter.prompt_tokens = prompt
+        meter.gate["worst_case_tokens"] = [prompt, completion]
+        never_fits_rates(scopes, prompt + completion)
     amount = 0
     if specs:
         price = (await pricing.table()).find(public_model=targets[0].public_model, provider=targets[0].provider_name,
                                              upstream_model=targets[0].upstream_model, on=now.date())
         amount = hold_amount(meter, specs, price, prompt, completion)
+        never_fits_budgets(specs, amount)
     asking = asyncio.ensure_future(take(meter.request_id, scopes, prompt + completion, specs, amount, now))
     try:
         verdict, hold = await asyncio.shield(asking)
     except asyncio.CancelledError:
         # The client left while the answer was on its way: whatever it grants goes straight back.
         asking.add_done_callback(functools.partial(give_back, meter.request_id, scopes))
+        raise
+    except Exception as e:
+        if (error := outages.unavailable(e)) is not None:
+            raise error from None
         raise
     if verdict is not None:
         meter.gate["rate"] = verdict.as_json()
@@ -101,6 +118,25 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
                 f"({dollars(check.spec.limit_micros)}): {dollars(left)} remains and this request may cost up to "
                 f"{dollars(amount)}.")
         meter.hold = hold
+
+
+def never_fits_rates(scopes: list[Scope], tokens: int) -> None:
+    """Refuse for good a request larger than a whole tokens-per-minute limit: waiting a minute cannot help."""
+    for scope in scopes:
+        limit = scope.limits.tokens_per_minute
+        if limit is not None and tokens > limit:
+            raise TooManyTokens(f"Request too large for this {scope.name}: it may use up to {tokens} tokens "
+                                f"(prompt and completion), more than its whole limit of {limit} tokens per minute. "
+                                "Send a shorter prompt or a lower max_tokens.")
+
+
+def never_fits_budgets(specs: tuple[BudgetSpec, ...], amount: int) -> None:
+    """Refuse for good a request whose worst case is more than a hard budget's whole amount."""
+    for spec in specs:
+        if spec.hard and amount > spec.limit_micros + holds.overdraft():
+            raise NeverFits(f"This request may cost up to {dollars(amount)}, more than the whole {spec.period} budget "
+                            f"of this {spec.scope} ({dollars(spec.limit_micros)}). Send a shorter prompt or a lower "
+                            "max_tokens, or ask for a larger budget.")
 
 
 def give_back(request_id: str, scopes: list[Scope], asking: asyncio.Future[Any]) -> None:
@@ -126,31 +162,64 @@ def hold_amount(meter: Meter, specs: tuple, price: Price | None, prompt: int, co
             raise BudgetExceeded("This model has no price yet, and this key's budgets only admit priced models. "
                                  "Ask your Tollgate operator to add a price.")
         return 0
-    return min(price.cost_micros(prompt_tokens=prompt, completion_tokens=completion),
-               settings.TOLLGATE_RESERVATION_CAP_MICROS)
+    # The whole worst case, never capped: an undersized hold is how a budget gets overspent.
+    return price.cost_micros(prompt_tokens=prompt, completion_tokens=completion)
 
 
 async def take(request_id: str, scopes: list[Scope], tokens: int, specs: tuple, amount: int,
                now: datetime) -> tuple[Verdict | None, holds.Hold | None]:
     """Ask the rate limits, then the budgets. With Redis both go in one round trip; a rate limit refusal
-    then comes back with a hold that the caller gives back."""
+    then comes back with a hold that the caller gives back.
+
+    If Redis fails, a script may still have run (a timeout after Redis did the work): whatever it may have
+    taken is given back in the background, and the error is raised.
+    """
     rates, budgets = limiter(), holds.backend()
-    if scopes and specs and isinstance(rates, RedisLimiter) and isinstance(budgets, holds.RedisBackend):
-        check, at = rates.check(request_id, scopes, tokens)
-        pending = budgets.pending(request_id, specs, amount, now)
-        rate, held = await scripts.run(budgets.url, [check, pending.call])
-        verdict = ratelimits.verdict(rate, scopes, at)
-        if not verdict.admitted:
-            return verdict, budgets.hold_of(pending, held)
-        holding = budgets.complete(pending, held, now)
-    else:
+    hold_keys: list[str] = []
+    try:
+        if scopes and specs and isinstance(rates, RedisLimiter) and isinstance(budgets, holds.RedisBackend):
+            check, at = rates.check(request_id, scopes, tokens)
+            pending = budgets.pending(request_id, specs, amount, now)
+            hold_keys = pending.call.keys[:-2]
+            rate, held = await scripts.run(budgets.url, [check, pending.call])
+            verdict = ratelimits.verdict(rate, scopes, at)
+            if not verdict.admitted:
+                return verdict, budgets.hold_of(pending, held)
+            return verdict, await budgets.complete(pending, held, now)
         verdict = await rates.acquire(request_id, scopes, tokens) if scopes else None
         if (verdict is not None and not verdict.admitted) or not specs:
             return verdict, None
-        holding = budgets.reserve(request_id, specs, amount, now)
-    try:
-        return verdict, await holding
+        if isinstance(budgets, holds.RedisBackend):
+            hold_keys = budgets.pending(request_id, specs, amount, now).call.keys[:-2]
+        return verdict, await budgets.reserve(request_id, specs, amount, now)
     except Exception:
-        if verdict is not None:  # the budgets could not be asked: the slot just taken goes back
-            await rates.release(request_id, scopes)
+        compensate(request_id, scopes, hold_keys)
         raise
+
+
+# Gate calls that failed after Redis may have done their work: (give up at, request id, scopes, hold keys).
+_taken: list[tuple[float, str, list[Scope], list[str]]] = []
+
+
+def compensate(request_id: str, scopes: list[Scope], hold_keys: list[str]) -> None:
+    """Give back, from the upkeep loop, what a failed gate call may have taken; the lease is the backstop."""
+    if scopes or hold_keys:
+        _taken.append((time.monotonic() + settings.TOLLGATE_RESERVATION_LEASE_SECONDS, request_id, scopes, hold_keys))
+
+
+async def give_back_taken() -> int:
+    """Retry the give-backs of failed gate calls (called every second). Returns how many still wait."""
+    budgets, rates = holds.backend(), limiter()
+    waiting = list(_taken)
+    _taken.clear()
+    for give_up_at, request_id, scopes, hold_keys in waiting:
+        try:
+            if hold_keys and isinstance(budgets, holds.RedisBackend):
+                # Settling at zero is idempotent: a hold never made, or already released, adds nothing.
+                await budgets.settle(holds.Hold(request_id, 0, [], True, hold_keys), 0)
+            if scopes:
+                await rates.release(request_id, scopes)
+        except Exception:
+            if time.monotonic() < give_up_at:
+                _taken.append((give_up_at, request_id, scopes, hold_keys))
+    return len(_taken)

@@ -12,20 +12,27 @@ from typing import Any
 from accounts.keys import Caller
 from billing import holds, live, scripts
 from billing.batching import GroupCommit
-from billing.services import UsageEntry, record_usages
+from billing.journal import journal
+from billing.ledger import write_rows
+from billing.services import UsageEntry
 
 from .db import db_step
 from .providers.base import CHAT, ApiRequest, Chunk, Target, Usage
 from .ratelimits import RedisLimiter, limiter
 
-# A lost connection is retried once: the row is the request's bill and must not be dropped.
-arecord_usages = db_step(record_usages, retry=True)
+awrite_rows = db_step(write_rows)
 BATCH = 200  # rows per INSERT at most
+CHECKPOINT_SECONDS = 1.0  # how often a stream notes what it relayed in the journal
+INLINE_JOURNAL_BYTES = 64 * 1024  # larger prompts are written to the journal from a worker thread
 
 logger = logging.getLogger(__name__)
 
 # Writes still running after their request was cancelled; a reference keeps each task alive until done.
 _pending: set[asyncio.Future[Any]] = set()
+# Requests begun in the journal and not yet settled, by request id; their leases are renewed while they run.
+_open: dict[str, Meter] = {}
+# Settlements that failed for an outage: (request id, hold, cost in picos, scopes), retried every second.
+_unsettled: list[tuple[str, Any, int, list[Any]]] = []
 
 
 class Meter:
@@ -48,6 +55,10 @@ class Meter:
         self.hold: Any = None  # billing.holds.Hold while money is held for this request
         self.scopes: list[Any] = []  # rate limit scopes holding an in-flight slot
         self.verdict: Any = None  # the rate limiter's answer, for the x-ratelimit headers
+        self.prompt_tokens: int | None = None  # counted by the gate, when a budget or token limit needed it
+        self.begun = False  # the journal has this request's begin line
+        self.body_bytes = 0
+        self.checkpointed = (0.0, 0)  # when the journal last noted the stream, and how many texts it had
 
     def limit_headers(self) -> dict[str, str]:
         """OpenAI's x-ratelimit-* headers, and what the tightest budget has left."""
@@ -68,12 +79,52 @@ class Meter:
         return headers
 
     def observe(self, chunk: Chunk) -> None:
+        now = time.perf_counter()
         if self.first_byte is None:
-            self.first_byte = time.perf_counter()
+            self.first_byte = now
         if chunk.text:
             self.texts.append(chunk.text)
         if chunk.usage is not None:
             self.usage = chunk.usage
+        if self.begun and (now - self.checkpointed[0] >= CHECKPOINT_SECONDS or chunk.usage is not None):
+            self.checkpoint(now)
+
+    def checkpoint(self, now: float) -> None:
+        """Note in the journal what the stream relayed since the last note: a killed process bills it."""
+        done = len(self.texts)
+        usage = self.usage
+        journal().checkpoint(self.request_id, "".join(self.texts[self.checkpointed[1]:done]),
+                             {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                              "cached_tokens": usage.cached_tokens} if usage else None)
+        self.checkpointed = (now, done)
+
+    async def begin(self) -> None:
+        """Write the journal's begin line: from here on, a row for this request survives a killed process."""
+        caller, body, target = self.caller, self.body, self.target
+        assert caller is not None and body is not None and target is not None
+        fields: dict[str, Any] = {
+            "tenant_id": caller.tenant_id, "key_id": caller.key_id, "endpoint": self.endpoint,
+            "public_model": target.public_model, "provider": target.provider_name,
+            "upstream_model": target.upstream_model, "stream": body.stream, "chat": body.endpoint == CHAT,
+            "at": time.time(), "gate": self.gate,
+        }
+        if self.prompt_tokens is not None:
+            fields["prompt_tokens"] = self.prompt_tokens
+        else:
+            fields["prompt_texts"] = body.prompt_texts()
+        if self.hold is not None and self.hold.keys:
+            fields["hold"] = {"keys": self.hold.keys, "amount": self.hold.amount_micros}
+        slots = limiter().slot_keys(self.scopes)
+        if slots:
+            fields["slots"] = slots
+        settles = "hold" in fields or bool(slots)
+        book = journal()
+        if self.body_bytes > INLINE_JOURNAL_BYTES:
+            await asyncio.to_thread(book.begin, self.request_id, fields, settles=settles)  # big prompts: off the loop
+        else:
+            book.begin(self.request_id, fields, settles=settles)
+        self.begun = True
+        _open[self.request_id] = self
 
     def overhead_ms(self) -> str:
         return f"{(time.perf_counter() - self.started - self.upstream_seconds) * 1000:.2f}"
@@ -124,6 +175,8 @@ class Meter:
         task.add_done_callback(functools.partial(report_lost_row, entry))
         if self.hold is not None or self.scopes:
             task = self.keep(asyncio.ensure_future(self.settle(task)))
+        else:
+            _open.pop(self.request_id, None)
         try:
             # A second cancellation (e.g. daphne's application-close timeout) stops this await, not the write.
             await asyncio.shield(task)
@@ -133,34 +186,59 @@ class Meter:
             pass  # the client still gets its answer; report_lost_row logged what the row would have held
 
     async def settle(self, written: asyncio.Future[Any]) -> None:
-        """After the row is written: turn the budget hold into the row's cost and free the rate limit slot."""
+        """After the row is built: turn the budget hold into the row's cost and free the rate limit slot.
+
+        If Redis or the database cannot take the settlement now, it is retried every second (see proxy/upkeep.py);
+        the journal keeps it open until it is done, so a process that dies meanwhile leaves it to the recovery.
+        """
         try:
             record = await written
-            cost = record.cost_micros
+            cost = record.cost_picos
         except Exception:
-            cost = 0  # no row, no spend: the ledger and the running totals stay in step
-        budgets, rates = holds.backend(), limiter()
-        if isinstance(budgets, holds.RedisBackend) and isinstance(rates, RedisLimiter):
-            # Both in one round trip.
-            both = [budgets.settlement(self.hold, cost) if self.hold is not None else None,
-                    rates.release_call(self.request_id, self.scopes) if self.scopes else None]
-            calls = [call for call in both if call is not None]
-            try:
-                if calls:
-                    await scripts.run(budgets.url, calls)
-            except Exception:
-                logger.exception("request %s: budget hold or rate limit slot not given back; leases will", self.request_id)
+            cost = 0  # the row could not even be built (never expected): nothing to bill
+        try:
+            await settle(self.request_id, self.hold, cost, self.scopes)
+        except Exception as e:
+            logger.warning("request %s: settlement deferred (%s); retried every second", self.request_id,
+                           type(e).__name__)
+            _unsettled.append((self.request_id, self.hold, cost, self.scopes))
             return
+        _open.pop(self.request_id, None)
+
+
+async def settle(request_id: str, hold: Any, cost: int, scopes: list[Any]) -> None:
+    """Settle the hold at ``cost`` picos and free the slots, in one Redis round trip when both live there."""
+    budgets, rates = holds.backend(), limiter()
+    if isinstance(budgets, holds.RedisBackend) and isinstance(rates, RedisLimiter):
+        both = [budgets.settlement(hold, cost) if hold is not None else None,
+                rates.release_call(request_id, scopes) if scopes else None]
+        calls = [call for call in both if call is not None]
+        if calls:
+            await scripts.run(budgets.url, calls)
+    else:
+        if hold is not None:
+            await budgets.settle(hold, cost)
+        if scopes:
+            await rates.release(request_id, scopes)
+    journal().settled(request_id)
+
+
+async def settle_deferred() -> int:
+    """Retry the settlements that failed (Redis or the database was down). Returns how many still wait."""
+    waiting = list(_unsettled)
+    _unsettled.clear()
+    for request_id, hold, cost, scopes in waiting:
         try:
-            if self.hold is not None:
-                await budgets.settle(self.hold, cost)
+            await settle(request_id, hold, cost, scopes)
+            _open.pop(request_id, None)
         except Exception:
-            logger.exception("budget hold of request %s could not be settled; its lease will release it", self.request_id)
-        try:
-            if self.scopes:
-                await rates.release(self.request_id, self.scopes)
-        except Exception:
-            logger.exception("rate limit slot of request %s could not be freed; its lease will free it", self.request_id)
+            _unsettled.append((request_id, hold, cost, scopes))
+    return len(_unsettled)
+
+
+def in_flight() -> list[Meter]:
+    """The requests of this process that hold a lease (a budget hold or an in-flight slot) right now."""
+    return [meter for meter in _open.values() if meter.hold is not None or meter.scopes]
 
 
 def report_lost_row(entry: UsageEntry, task: asyncio.Future[Any]) -> None:
@@ -184,7 +262,7 @@ class LedgerWriter(GroupCommit[UsageEntry]):
         return self.submit(entry)
 
     async def flush(self, entries: list[UsageEntry]) -> list[Any]:
-        records = await arecord_usages(entries=entries)
+        records = await awrite_rows(entries)
         publish(records)
         return records
 

@@ -101,6 +101,12 @@ for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return #KEYS
 """
 
+# KEYS: in-flight sets; ARGV: the new lease expiry, then per key the request id holding a slot there.
+RENEW = """
+for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', ARGV[1], ARGV[i + 1]) end
+return #KEYS
+"""
+
 
 class RedisLimiter:
     def __init__(self, url: str) -> None:
@@ -123,9 +129,19 @@ class RedisLimiter:
         [result] = await scripts.run(self.url, [call])
         return verdict(result, scopes, now)
 
+    def slot_keys(self, scopes: list[Scope]) -> list[str]:
+        """The in-flight sets a request of these scopes holds a slot in (kept in the journal for recovery)."""
+        return [keys_for(s, 0)[2] for s in scopes if s.limits.max_concurrent is not None]
+
     def release_call(self, request_id: str, scopes: list[Scope]) -> Call | None:
-        slots = [keys_for(s, 0)[2] for s in scopes if s.limits.max_concurrent is not None]
+        slots = self.slot_keys(scopes)
         return Call(RELEASE, slots, [request_id]) if slots else None
+
+    def renewal(self, slots: list[tuple[str, str]], expires_at: float) -> Call | None:
+        """The call that moves the lease of these (in-flight set, request id) slots to ``expires_at``."""
+        if not slots:
+            return None
+        return Call(RENEW, [key for key, _ in slots], [expires_at, *[request_id for _, request_id in slots]])
 
     async def release(self, request_id: str, scopes: list[Scope]) -> None:
         if call := self.release_call(request_id, scopes):
@@ -186,6 +202,9 @@ class LocalLimiter:
     async def release(self, request_id: str, scopes: list[Scope]) -> None:
         for scope in scopes:
             self.in_flight.get(keys_for(scope, 0)[2], set()).discard(request_id)
+
+    def slot_keys(self, scopes: list[Scope]) -> list[str]:
+        return []  # slots counted in this process end with it: nothing to recover
 
 
 _limiter: RedisLimiter | LocalLimiter | None = None

@@ -16,6 +16,7 @@ from django.conf import settings
 
 from accounts.keys import Caller
 
+from . import outages
 from .db import db_step
 from .errors import ModelNotFound, PermissionDenied
 from .providers.base import Target
@@ -87,7 +88,15 @@ async def table() -> Table:
     global _table
     current = _table
     if current is None or time.monotonic() - current.loaded_at >= settings.TOLLGATE_ROUTES_CACHE_SECONDS:
-        current = _table = await aload_table()
+        try:
+            current = _table = await aload_table()
+        except Exception as e:
+            if current is None or outages.dependency_of(e) is None:
+                raise
+            # The database is down: keep routing with the last table, and try again in a second.
+            outages.note("database", e)
+            current = _table = Table(current.routes, current.models,
+                                     time.monotonic() - settings.TOLLGATE_ROUTES_CACHE_SECONDS + 1.0)
     return current
 
 

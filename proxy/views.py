@@ -10,7 +10,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounts.keys import Caller
 
-from . import routing, sse
+from . import outages, routing, sse, upkeep
 from .asgi import STARTED
 from .auth import authenticate
 from .errors import GatewayError, MethodNotAllowed, NotFound, ServerError
@@ -26,13 +26,17 @@ logger = logging.getLogger(__name__)
 async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = None) -> HttpResponseBase:
     """The whole /v1 path. ``caller`` is given by the playground, whose users sign in instead of sending a key."""
     meter = Meter(endpoint, request.scope.get(STARTED) if hasattr(request, "scope") else None)
+    upkeep.start()
     try:
         meter.caller = caller or await authenticate(request)
         if request.method != "POST":
             raise MethodNotAllowed(f"Use POST for /v1/{'chat/completions' if endpoint == CHAT else endpoint}.")
         meter.body = body = parse(request, endpoint)
+        meter.body_bytes = len(request.body)
         targets = await routing.route(meter.caller, body.model)
         await check_limits(meter, targets)
+        meter.target = targets[0]
+        await meter.begin()  # written ahead: from here a killed process still leaves this request's row
         if body.stream:
             upstream = await open_first(targets, body, meter)
             headers = {**sse.HEADERS, **meter.limit_headers(), "x-request-id": meter.request_id,
@@ -45,10 +49,12 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
     except asyncio.CancelledError:
         await meter.record(end_reason="client_gone", status=499)  # left before the provider answered
         raise
-    except Exception:
-        logger.exception("unexpected error on /v1/%s (request %s)", endpoint, meter.request_id)
-        error = ServerError("Tollgate failed to handle the request. It has been logged.")
-        await meter.record(end_reason=error.end_reason, status=500, error_code=error.code)
+    except Exception as e:
+        error = outages.unavailable(e)
+        if error is None:
+            logger.exception("unexpected error on /v1/%s (request %s)", endpoint, meter.request_id)
+            error = ServerError("Tollgate failed to handle the request. It has been logged.")
+        await meter.record(end_reason=error.end_reason, status=error.status, error_code=error.code or "")
         return with_ids(error.response(), meter)
     await meter.record(end_reason="complete", status=200)
     if completion.raw is not None:

@@ -62,10 +62,11 @@ def tollgate_server(database_name: str, log_path: Path, **env: str) -> Iterator[
         "DJANGO_SETTINGS_MODULE": "gateway_site.settings_test",
         "TOLLGATE_LIVE_TEST_DATABASE": database_name,
         "TOLLGATE_ROUTES_CACHE_SECONDS": "0",  # tests add routes from outside the server process
+        "TOLLGATE_UPKEEP": "on",
         **env,
     }
     command = [sys.executable, "-m", "uvicorn", "gateway_site.asgi:application", "--host", "127.0.0.1",
-               "--port", str(port), "--lifespan", "off", "--no-access-log"]
+               "--port", str(port), "--lifespan", "on", "--no-access-log"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=BASE_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT)
         try:
