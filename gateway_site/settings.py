@@ -101,7 +101,9 @@ def database_from_url(url: str, *, pool_min: int, pool_max: int) -> dict[str, An
             raise ImproperlyConfigured("DATABASE_URL must name a database, e.g. postgres://user@host:5432/tollgate")
         options: dict[str, Any] = dict(parse_qsl(parts.query))
         # Django's pool needs CONN_MAX_AGE = 0; connections go back to the pool after each request.
-        options["pool"] = {"min_size": pool_min, "max_size": pool_max, "timeout": 10}
+        # Fail within seconds when PostgreSQL is unreachable: ledger rows are then spooled, not waited for.
+        options.setdefault("connect_timeout", 3)
+        options["pool"] = {"min_size": pool_min, "max_size": pool_max, "timeout": 3}
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": name,
@@ -331,11 +333,10 @@ TOLLGATE_ROUTES_CACHE_SECONDS = env_int("TOLLGATE_ROUTES_CACHE_SECONDS", 10)
 TOLLGATE_UPSTREAM_CONNECT_TIMEOUT = env_int("TOLLGATE_UPSTREAM_CONNECT_TIMEOUT", 5, minimum=1)
 TOLLGATE_UPSTREAM_READ_TIMEOUT = env_int("TOLLGATE_UPSTREAM_READ_TIMEOUT", 120, minimum=1)
 TOLLGATE_DEMO_TOKEN_DELAY_MS = env_int("TOLLGATE_DEMO_TOKEN_DELAY_MS", 30)
-# Budgets: before forwarding, the worst case is held (prompt tokens + max_tokens, or this many completion
-# tokens when the request sets none, at the model's prices), capped per request so a huge context cannot
-# be blocked forever; a hard budget admits a request while spent + held + this request <= amount + overdraft.
+# Budgets: before forwarding, the whole request's worst case is held (every input part, plus max_tokens, or
+# this many completion tokens when the request sets none, times n, at the model's prices); a hard budget admits
+# a request while spent + held + this request <= amount + overdraft.
 TOLLGATE_DEFAULT_COMPLETION_TOKENS = env_int("TOLLGATE_DEFAULT_COMPLETION_TOKENS", 4096, minimum=1)
-TOLLGATE_RESERVATION_CAP_MICROS = env_micros("TOLLGATE_RESERVATION_CAP_USD", "5")
 TOLLGATE_BUDGET_OVERDRAFT_MICROS = env_micros("TOLLGATE_BUDGET_OVERDRAFT_USD", "0")
 # Holds and in-flight slots are leased: the serving process renews the lease of every request it still runs
 # (every quarter of it), so a process that dies lets go of its holds and slots at most this long after.

@@ -56,6 +56,13 @@ def mock_upstream_server() -> Iterator[str]:
 @contextmanager
 def tollgate_server(database_name: str, log_path: Path, **env: str) -> Iterator[str]:
     """Run Tollgate under uvicorn in its own process, on the test database; yields its root URL."""
+    with tollgate_process(database_name, log_path, **env) as (url, _):
+        yield url
+
+
+@contextmanager
+def tollgate_process(database_name: str, log_path: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """As tollgate_server, yielding the process too (fault tests kill it)."""
     port = free_port()
     environment = {
         **os.environ,
@@ -71,7 +78,7 @@ def tollgate_server(database_name: str, log_path: Path, **env: str) -> Iterator[
         process = subprocess.Popen(command, cwd=BASE_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for_port(port, process=process)
-            yield f"http://127.0.0.1:{port}"
+            yield f"http://127.0.0.1:{port}", process
         finally:
             stop(process, 10)
 
