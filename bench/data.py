@@ -113,18 +113,37 @@ def count_ledger(database_url: str, tenant_ids: list[int], expected: int) -> int
             time.sleep(0.2)
 
 
+PICOS_PER_MICRO = 10**6
+
+
 def check_money(opts: argparse.Namespace, seeded: Seeded) -> dict[str, Any]:
-    """The gated tenant's spend three ways: the ledger, each budget's running total in Redis, and open holds."""
+    """The gated tenant's spend three ways: the ledger, each budget's running total in Redis, and open holds.
+
+    Compared exactly, in pico-dollars; the micro-dollar figures are for display.
+    """
     import redis
 
     with psycopg.connect(opts.database_url, autocommit=True) as conn:
-        row = conn.execute("SELECT coalesce(sum(cost_micros), 0) FROM billing_usagerecord WHERE tenant_id = %s",
+        row = conn.execute("SELECT coalesce(sum(cost_picos), 0) FROM billing_usagerecord WHERE tenant_id = %s",
                            (seeded.gated_tenant_id,)).fetchone()
+    ledger = int(row[0]) if row else 0
     client = redis.Redis.from_url(opts.redis_url)
     counted, reserved = [], 0
     for budget_id in seeded.budget_ids:
-        periods = [client.hmget(key, "s", "r") for key in client.scan_iter(f"tg:budget:{budget_id}:*")]
-        counted.append(sum(int(s or 0) for s, _ in periods))
-        reserved += sum(int(r or 0) for _, r in periods)
-    return {"ledger_micros": int(row[0]) if row else 0, "counter_micros": counted, "reserved_micros": reserved,
-            "open_holds": int(client.zcard("tg:holds"))}
+        # A counter's spend is s micro-dollars plus p pico-dollars (see billing/holds.py).
+        periods = [client.hmget(key, "s", "p", "r") for key in client.scan_iter(f"tg:budget:{budget_id}:*")]
+        counted.append(sum(int(s or 0) * PICOS_PER_MICRO + int(p or 0) for s, p, _ in periods))
+        reserved += sum(int(r or 0) for _, _, r in periods)
+    return {"ledger_micros": ledger // PICOS_PER_MICRO,
+            "counter_micros": [shown_micros(picos, ledger) for picos in counted],
+            "reserved_micros": reserved, "open_holds": int(client.zcard("tg:holds")),
+            "ledger_picos": ledger, "counter_picos": counted, "agrees": all(picos == ledger for picos in counted)}
+
+
+def shown_micros(counter: int, ledger: int) -> int:
+    """The counter in whole micro-dollars, kept apart from the ledger's figure whenever the two differ at all:
+    a difference below one micro-dollar still reads as a mismatch to whoever compares the micro-dollar figures."""
+    micros = counter // PICOS_PER_MICRO
+    if counter != ledger and micros == ledger // PICOS_PER_MICRO:
+        return micros + (1 if counter > ledger else -1)
+    return micros

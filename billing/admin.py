@@ -4,7 +4,7 @@ import json
 import re
 import uuid
 from datetime import timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.contrib import admin, messages
@@ -20,9 +20,10 @@ from django.utils.html import format_html, format_html_join
 from accounts.models import ApiKey, Tenant
 
 from . import budgets, charts
-from .models import Budget, BudgetAlert, Price, UsageRecord, UsageRollup, micros_to_dollars
+from .models import Budget, BudgetAlert, Price, UsageRecord, UsageRollup, micros_to_dollars, picos_to_dollars
 
 CENTS = Decimal("0.01")
+MICRO = Decimal("0.000001")
 
 
 def dollars(micros: int) -> str:
@@ -30,6 +31,21 @@ def dollars(micros: int) -> str:
     amount = micros_to_dollars(abs(micros))
     cents = amount.quantize(CENTS)
     return f"{'-' if micros < 0 else ''}${cents if cents == amount else amount.normalize()}"
+
+
+def cost(picos: int, *, exact: bool = False) -> str:
+    """A ledger cost: $1.50 for whole cents; else to the micro-dollar (half up), or every pico-dollar when exact.
+
+    Rounded to the micro-dollar, a cost that is not zero but rounds to it shows as "<$0.000001".
+    """
+    amount = picos_to_dollars(abs(picos))
+    if not exact:
+        rounded = amount.quantize(MICRO, rounding=ROUND_HALF_UP)
+        if picos and not rounded:
+            return f"{'-' if picos < 0 else ''}<$0.000001"
+        amount = rounded
+    cents = amount.quantize(CENTS)
+    return f"{'-' if picos < 0 else ''}${cents if cents == amount else f'{amount.normalize():f}'}"
 
 
 class LedgerPaginator(Paginator):
@@ -60,15 +76,19 @@ class UsageRecordAdmin(admin.ModelAdmin):
     paginator = LedgerPaginator
     show_full_result_count = False
     list_per_page = 100
-    readonly_fields = ["gate_decision"]
+    readonly_fields = ["gate_decision", "cost_in_dollars"]
 
     def get_fieldsets(self, request: HttpRequest, obj: UsageRecord | None = None) -> list[tuple[str | None, dict[str, Any]]]:
         fields = [name for name in self.get_fields(request, obj) if name not in ("gate", "gate_decision")]
         return [(None, {"fields": fields}), ("Why admitted or denied", {"fields": ["gate_decision"]})]
 
-    @admin.display(description="cost", ordering="cost_micros")
+    @admin.display(description="cost", ordering="cost_picos")
     def cost(self, record: UsageRecord) -> str:
-        return dollars(record.cost_micros)
+        return cost(record.cost_picos)
+
+    @admin.display(description="cost in dollars")
+    def cost_in_dollars(self, record: UsageRecord) -> str:
+        return cost(record.cost_picos, exact=True)
 
     @admin.display(description="gate")
     def gate_decision(self, record: UsageRecord) -> str:
@@ -270,13 +290,13 @@ class UsageRollupAdmin(admin.ModelAdmin):
         if changelist is not None:
             sums = changelist.queryset.aggregate(requests=Sum("requests"), errors=Sum("errors"), rejected=Sum("rejected"),
                                                  prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
-                                                 cost=Sum("cost_micros"))
-            response.context_data["totals"] = {**{k: v or 0 for k, v in sums.items()}, "cost": dollars(sums["cost"] or 0)}
+                                                 cost=Sum("cost_picos"))
+            response.context_data["totals"] = {**{k: v or 0 for k, v in sums.items()}, "cost": cost(sums["cost"] or 0)}
         return response
 
-    @admin.display(description="cost", ordering="cost_micros")
+    @admin.display(description="cost", ordering="cost_picos")
     def cost(self, rollup: UsageRollup) -> str:
-        return dollars(rollup.cost_micros)
+        return cost(rollup.cost_picos)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # derived from the ledger by the rollup job
@@ -317,8 +337,8 @@ class BudgetAlertAdmin(admin.ModelAdmin):
 
 def spend_chart(tenant: Tenant, *, days: int = 30, today: Any = None) -> str:
     """The tenant's spend per UTC day over the last ``days`` days, as a small inline SVG bar chart."""
-    points = charts.daily(tenant.pk, "cost_micros", days=days, today=today or timezone.now().date())
-    total = dollars(sum(cost for _, cost in points))
-    chart = charts.bars(points, label=f"Spend per day, last {days} days: {total} in total", fmt=dollars)
+    points = charts.daily(tenant.pk, "cost_picos", days=days, today=today or timezone.now().date())
+    total = cost(sum(picos for _, picos in points))
+    chart = charts.bars(points, label=f"Spend per day, last {days} days: {total} in total", fmt=cost)
     return format_html("{}<div>{} in the last {} days (UTC days, from the rollups); highest day {}.</div>", chart, total,
-                       days, dollars(max((cost for _, cost in points), default=0)))
+                       days, cost(max((picos for _, picos in points), default=0)))

@@ -15,7 +15,7 @@ import time
 import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import httpx
 from django.conf import settings
@@ -26,7 +26,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from . import budgets
-from .models import Budget, BudgetAlert, UsageRecord, micros_to_dollars, parse_thresholds
+from .models import Budget, BudgetAlert, UsageRecord, micros_to_dollars, parse_thresholds, picos_to_dollars
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +73,10 @@ def message(alert: BudgetAlert) -> AlertMessage:
         rows = rows.filter(created_at__lt=end)
     if budget.key_id:
         rows = rows.filter(key_id__in=budgets.key_lineage(budget.key_id))
-    top_models = [(r["public_model"] or "(none)", micros_to_dollars(r["cost"]))
-                  for r in rows.values("public_model").annotate(cost=Sum("cost_micros")).order_by("-cost")[:5]]
-    top_keys = [(r["key__name"] or "(deleted key)", r["key__prefix"] or "", micros_to_dollars(r["cost"]))
-                for r in rows.values("key__name", "key__prefix").annotate(cost=Sum("cost_micros")).order_by("-cost")[:5]]
+    top_models = [(r["public_model"] or "(none)", shown(r["cost"]))
+                  for r in rows.values("public_model").annotate(cost=Sum("cost_picos")).order_by("-cost")[:5]]
+    top_keys = [(r["key__name"] or "(deleted key)", r["key__prefix"] or "", shown(r["cost"]))
+                for r in rows.values("key__name", "key__prefix").annotate(cost=Sum("cost_picos")).order_by("-cost")[:5]]
     context = {
         "tenant": tenant, "budget": budget, "threshold": alert.threshold,
         "spent": micros_to_dollars(alert.spent_micros).quantize(Decimal("0.01")),
@@ -90,6 +90,11 @@ def message(alert: BudgetAlert) -> AlertMessage:
     return AlertMessage(subject=subject, text=render_to_string("billing/email/budget_alert.txt", context),
                         html=render_to_string("billing/email/budget_alert.html", context),
                         recipients=tenant.contact_email_list())
+
+
+def shown(picos: int | None) -> Decimal:
+    """Dollars to the micro-dollar for an email, half up; the exact figure is in the ledger."""
+    return picos_to_dollars(picos or 0).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
 
 
 def email_alert(alert_id: int, *, now: datetime | None = None) -> bool:

@@ -15,13 +15,13 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import Case, F, Q, Sum, Value, When
 from django.utils import timezone
 
 from accounts.models import ApiKey
 
 from . import rollups
-from .models import Budget, BudgetPeriod, Reservation, UsageRecord, UsageRollup
+from .models import PICOS_PER_MICRO, Budget, BudgetPeriod, Reservation, UsageRecord, UsageRollup, picos_to_micros_up
 
 LIFETIME_START = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -47,9 +47,10 @@ class BudgetSpec:
 @dataclass(frozen=True)
 class BudgetStatus:
     starts_at: datetime
-    spent_micros: int
+    spent_micros: int  # a started micro-dollar counted whole, as the gate counts it
     reserved_micros: int
     limit_micros: int
+    spent_picos: int | None = None  # exact, when known
 
     @property
     def remaining_micros(self) -> int:
@@ -107,13 +108,13 @@ def key_lineage(key_id: int) -> list[int]:
 
 
 def ledger_spent(spec: BudgetSpec, starts_at: datetime, until: datetime | None = None) -> int:
-    """The cost the ledger holds for the budget's scope since the period started."""
+    """The exact cost, in pico-dollars, the ledger holds for the budget's scope since the period started."""
     rows = UsageRecord.objects.filter(tenant_id=spec.tenant_id, created_at__gte=starts_at)
     if spec.key_id:
         rows = rows.filter(key_id__in=key_lineage(spec.key_id))
     if until is not None:
         rows = rows.filter(created_at__lt=until)
-    spent = int(rows.aggregate(total=Sum("cost_micros"))["total"] or 0)
+    spent = int(rows.aggregate(total=Sum("cost_picos"))["total"] or 0)
     pruned = rollups.pruned_before()
     if pruned is not None and starts_at < pruned:
         # Older rows were pruned (only ever more than 62 days back: lifetime budgets); their days are rolled up.
@@ -121,7 +122,7 @@ def ledger_spent(spec: BudgetSpec, starts_at: datetime, until: datetime | None =
                                           bucket__lt=min(pruned, until) if until else pruned)
         if spec.key_id:
             days = days.filter(key_id__in=key_lineage(spec.key_id))
-        spent += int(days.aggregate(total=Sum("cost_micros"))["total"] or 0)
+        spent += int(days.aggregate(total=Sum("cost_picos"))["total"] or 0)
     return spent
 
 
@@ -131,8 +132,9 @@ def status(budget: Budget, *, now: datetime | None = None) -> BudgetStatus:
 
     spec = spec_of(budget)
     starts_at, _ = period_bounds(spec.period, spec.zone, now or timezone.now())
-    spent, reserved = holds.backend().totals(spec, starts_at)
-    return BudgetStatus(starts_at=starts_at, spent_micros=spent, reserved_micros=reserved, limit_micros=spec.limit_micros)
+    spent, reserved = holds.backend().exact_totals(spec, starts_at)
+    return BudgetStatus(starts_at=starts_at, spent_micros=picos_to_micros_up(spent), reserved_micros=reserved,
+                        limit_micros=spec.limit_micros, spent_picos=spent)
 
 
 # --- The database way: used when Redis is not configured (SQLite serializes, PostgreSQL locks rows).
@@ -157,8 +159,9 @@ def db_period(spec: BudgetSpec, starts_at: datetime) -> BudgetPeriod:
     """Return the locked running total of the period, created from the ledger on first use."""
     period = BudgetPeriod.objects.select_for_update().filter(budget_id=spec.id, starts_at=starts_at).first()
     if period is None:
+        micros, remainder = divmod(ledger_spent(spec, starts_at), PICOS_PER_MICRO)
         BudgetPeriod.objects.bulk_create(
-            [BudgetPeriod(budget_id=spec.id, starts_at=starts_at, spent_micros=ledger_spent(spec, starts_at))],
+            [BudgetPeriod(budget_id=spec.id, starts_at=starts_at, spent_micros=micros, spent_remainder_picos=remainder)],
             ignore_conflicts=True,  # another process created it meanwhile: use theirs
         )
         period = BudgetPeriod.objects.select_for_update().get(budget_id=spec.id, starts_at=starts_at)
@@ -170,7 +173,7 @@ def db_reserve(request_id: str, specs: tuple[BudgetSpec, ...], amount: int, over
     """Hold ``amount`` on every budget, or on none. Returns (admitted, checks, held period ids)."""
     with transaction.atomic():
         periods = [(spec, db_period(spec, period_bounds(spec.period, spec.zone, now)[0])) for spec in specs]
-        checks = [Check(spec, p.starts_at, p.spent_micros, p.reserved_micros) for spec, p in periods]
+        checks = [Check(spec, p.starts_at, picos_to_micros_up(p.spent_picos), p.reserved_micros) for spec, p in periods]
         admitted = all(not c.spec.hard or c.spent_micros + c.reserved_micros + amount <= c.spec.limit_micros + overdraft
                        for c in checks)
         if not admitted or not amount:
@@ -183,15 +186,26 @@ def db_reserve(request_id: str, specs: tuple[BudgetSpec, ...], amount: int, over
 
 
 def db_settle(request_id: str, period_ids: list[int], cost: int) -> None:
-    """Turn a hold into the actual cost. A hold the reaper already released adds the cost alone."""
+    """Turn a hold into the actual cost (pico-dollars). A hold the reaper already released adds the cost alone."""
     if not period_ids:
         return
     held = Reservation.objects.select_for_update().filter(request_id=request_id).first()
     amount = held.amount_micros if held else 0
     if held:
         held.delete()
+    add_spend(period_ids, cost, release=amount)
+
+
+def add_spend(period_ids: list[int], cost: int, *, release: int = 0) -> None:
+    """Add ``cost`` pico-dollars to the periods' spend, carrying whole micro-dollars out of the remainder."""
+    micros, rest = divmod(cost, PICOS_PER_MICRO)
+    # Both columns are computed from the old remainder, in one UPDATE: no read, no race.
+    carries = Q(spent_remainder_picos__gte=PICOS_PER_MICRO - rest)
+    carry = Case(When(carries, then=Value(1)), default=Value(0))
     BudgetPeriod.objects.filter(pk__in=period_ids).update(
-        spent_micros=F("spent_micros") + cost, reserved_micros=F("reserved_micros") - amount)
+        spent_micros=F("spent_micros") + micros + carry,
+        spent_remainder_picos=F("spent_remainder_picos") + rest - carry * PICOS_PER_MICRO,
+        reserved_micros=F("reserved_micros") - release)
 
 
 def db_reap(now: datetime) -> int:
@@ -207,7 +221,8 @@ def db_reap(now: datetime) -> int:
 
 
 def db_totals(spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
+    """(spent in pico-dollars, reserved in micro-dollars) of the period."""
     period = BudgetPeriod.objects.filter(budget_id=spec.id, starts_at=starts_at).first()
     if period is None:
         return ledger_spent(spec, starts_at), 0
-    return period.spent_micros, period.reserved_micros
+    return period.spent_picos, period.reserved_micros

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from . import budgets, scripts
 from .budgets import BudgetSpec, Check
+from .models import PICOS_PER_MICRO, picos_to_micros_up
 from .scripts import Call
 
 PREFIX = "tg:budget:"
@@ -55,8 +56,11 @@ def overdraft() -> int:
 
 class Backend(Protocol):
     async def reserve(self, request_id: str, specs: tuple[BudgetSpec, ...], amount: int, now: datetime) -> Hold: ...
-    async def settle(self, hold: Hold, cost: int) -> None: ...
-    def totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]: ...
+    async def settle(self, hold: Hold, cost_picos: int) -> None: ...
+    def totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
+        """(spent, reserved) in micro-dollars, a started micro-dollar of spend counted whole."""
+    def exact_totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
+        """(spent in pico-dollars, exact; reserved in micro-dollars)."""
     def reap(self, now: datetime) -> int: ...
 
 
@@ -67,26 +71,30 @@ class DatabaseBackend:
         admitted, checks, ids = await db_step(budgets.db_reserve)(request_id, specs, amount, overdraft(), now)
         return Hold(request_id, amount, checks, admitted, ids)
 
-    async def settle(self, hold: Hold, cost: int) -> None:
+    async def settle(self, hold: Hold, cost_picos: int) -> None:
         from proxy.db import db_step
 
-        await db_step(settle_in_transaction, retry=True)(hold.request_id, hold.keys, cost)
+        await db_step(settle_in_transaction, retry=True)(hold.request_id, hold.keys, cost_picos)
 
     def totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
+        spent, reserved = self.exact_totals(spec, starts_at)
+        return picos_to_micros_up(spent), reserved
+
+    def exact_totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
         return budgets.db_totals(spec, starts_at)
 
     def reap(self, now: datetime) -> int:
         return budgets.db_reap(now)
 
 
-def settle_in_transaction(request_id: str, period_ids: list[int], cost: int) -> None:
+def settle_in_transaction(request_id: str, period_ids: list[int], cost_picos: int) -> None:
     from django.db import transaction
 
     with transaction.atomic():
-        budgets.db_settle(request_id, period_ids, cost)
+        budgets.db_settle(request_id, period_ids, cost_picos)
 
 
-# KEYS: one counter per budget (a hash: s = settled spend, r = reserved), the hold, the lease set.
+# KEYS: one counter per budget (a hash: s + p = settled spend, r = reserved), the hold, the lease set.
 # ARGV: amount, overdraft, lease expiry, request id, then per budget: limit, hard (1/0).
 RESERVE = """
 local n = #KEYS - 2
@@ -98,7 +106,9 @@ end
 if #missing > 0 then return {-1, missing} end
 local state, ok = {}, 1
 for i = 1, n do
+  -- A started micro-dollar counts whole: a hard budget is never passed by a fraction.
   local spent = tonumber(redis.call('HGET', KEYS[i], 's') or '0')
+  if tonumber(redis.call('HGET', KEYS[i], 'p') or '0') > 0 then spent = spent + 1 end
   local reserved = tonumber(redis.call('HGET', KEYS[i], 'r') or '0')
   state[#state + 1] = spent
   state[#state + 1] = reserved
@@ -112,26 +122,33 @@ end
 return {ok, state}
 """
 
-# KEYS: counters to create; ARGV: per counter its spend from the ledger and its expiry in seconds (0: none).
+# KEYS: counters to create; ARGV: per counter its spend from the ledger (whole micro-dollars, then the pico-dollar
+# remainder) and its expiry in seconds (0: none).
 CREATE = """
 for i = 1, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('HSET', KEYS[i], 's', ARGV[2 * i - 1], 'r', 0)
-    if tonumber(ARGV[2 * i]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[2 * i]) end
+    redis.call('HSET', KEYS[i], 's', ARGV[3 * i - 2], 'p', ARGV[3 * i - 1], 'r', 0)
+    if tonumber(ARGV[3 * i]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[3 * i]) end
   end
 end
 return #KEYS
 """
 
-# KEYS: the counters, the hold, the lease set; ARGV: cost, request id. A hold already reaped adds the cost alone.
+# KEYS: the counters, the hold, the lease set; ARGV: the cost's whole micro-dollars, its pico-dollar remainder
+# (0..999,999), request id. A hold already reaped adds the cost alone. Spend is s micro-dollars plus p pico-dollars:
+# a pico-dollar total would not fit the doubles Lua counts in, these two always do.
 SETTLE = """
 local n = #KEYS - 2
 local amount = tonumber(redis.call('HGET', KEYS[n + 1], 'amount') or '0')
 redis.call('DEL', KEYS[n + 1])
-redis.call('ZREM', KEYS[n + 2], ARGV[2])
+redis.call('ZREM', KEYS[n + 2], ARGV[3])
 for i = 1, n do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('HINCRBY', KEYS[i], 's', ARGV[1])
+    if redis.call('HINCRBY', KEYS[i], 'p', ARGV[2]) >= 1000000 then
+      redis.call('HINCRBY', KEYS[i], 'p', -1000000)
+      redis.call('HINCRBY', KEYS[i], 's', 1)
+    end
     if amount > 0 then redis.call('HINCRBY', KEYS[i], 'r', -amount) end
   end
 end
@@ -232,24 +249,30 @@ class RedisBackend:
         args: list[Any] = []
         for total, (_, end) in zip(spent, periods):
             # Kept a day past the period's end so late settlements still find it, then gone: no reset job.
-            args += [total, int((end - now).total_seconds()) + 86400 if end else 0]
+            args += [*divmod(total, PICOS_PER_MICRO), int((end - now).total_seconds()) + 86400 if end else 0]
         keys = [counter_key(s, start) for s, (start, _) in zip(specs, periods)]
         await scripts.run(self.url, [Call(CREATE, keys, args)])
 
-    def settlement(self, hold: Hold, cost: int) -> Call | None:
+    def settlement(self, hold: Hold, cost_picos: int) -> Call | None:
+        """The script that settles the hold at the cost (pico-dollars), or None when it holds nothing anywhere."""
         if not hold.keys:
             return None
-        return Call(SETTLE, [*hold.keys, HOLD_PREFIX + hold.request_id, LEASES], [cost, hold.request_id])
+        micros, rest = divmod(cost_picos, PICOS_PER_MICRO)
+        return Call(SETTLE, [*hold.keys, HOLD_PREFIX + hold.request_id, LEASES], [micros, rest, hold.request_id])
 
-    async def settle(self, hold: Hold, cost: int) -> None:
-        if call := self.settlement(hold, cost):
+    async def settle(self, hold: Hold, cost_picos: int) -> None:
+        if call := self.settlement(hold, cost_picos):
             await scripts.run(self.url, [call])
 
     def totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
-        values = self.sync_client().hmget(counter_key(spec, starts_at), "s", "r")
+        spent, reserved = self.exact_totals(spec, starts_at)
+        return picos_to_micros_up(spent), reserved
+
+    def exact_totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
+        values = self.sync_client().hmget(counter_key(spec, starts_at), "s", "p", "r")
         if values[0] is None:
             return budgets.ledger_spent(spec, starts_at), 0
-        return int(values[0]), int(values[1] or 0)
+        return int(values[0]) * PICOS_PER_MICRO + int(values[1] or 0), int(values[2] or 0)
 
     def reap(self, now: datetime) -> int:
         client, total = self.sync_client(), 0

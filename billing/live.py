@@ -15,6 +15,8 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from .models import PICOS_PER_MICRO, picos_to_dollars
+
 logger = logging.getLogger(__name__)
 
 LISTENERS = "tg:live:listeners"  # Redis hash: tenant id -> until when (unix time) a page listens
@@ -77,7 +79,10 @@ def event(record: Any) -> dict[str, Any]:
         "request_id": str(record.request_id), "at": record.created_at.isoformat(), "model": record.public_model,
         "key_id": record.key_id, "end_reason": record.end_reason, "status": record.status_code,
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
-        "cost_micros": record.cost_micros, "latency_ms": record.latency_ms,
+        # Exact dollars as a string: a JSON number would be a float. cost_micros (rounded half up) is kept for
+        # pages loaded before cost_usd existed.
+        "cost_usd": f"{picos_to_dollars(record.cost_picos).normalize():f}",
+        "cost_micros": (record.cost_picos + PICOS_PER_MICRO // 2) // PICOS_PER_MICRO, "latency_ms": record.latency_ms,
     }
 
 

@@ -11,7 +11,10 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, Tenant
 
-MICROS = Decimal(1_000_000)  # money is kept in integer micro-dollars (1 USD = 1,000,000)
+MICROS = Decimal(1_000_000)  # budgets and holds are kept in integer micro-dollars (1 USD = 1,000,000)
+PICOS = Decimal(10**12)  # the ledger is kept in integer pico-dollars (1 USD = 10**12)
+PICOS_PER_MICRO = 10**6
+PICO = Decimal("0.000000000001")
 
 
 def to_micros(dollars: Decimal) -> int:
@@ -22,11 +25,22 @@ def micros_to_dollars(micros: int) -> Decimal:
     return (Decimal(micros) / MICROS).quantize(Decimal("0.000001"))
 
 
+def picos_to_dollars(picos: int) -> Decimal:
+    """Exact: every pico-dollar is kept (twelve decimal places)."""
+    return (Decimal(picos) / PICOS).quantize(PICO)
+
+
+def picos_to_micros_up(picos: int) -> int:
+    """Whole micro-dollars, a started one counted whole: what a budget compares against its limit."""
+    return -(-picos // PICOS_PER_MICRO)
+
+
 class Price(models.Model):
     """What a model costs from a date on. A price change is a new row, so past costs never change.
 
     Matched by deployment (provider + upstream model name) first, then by public model name. Amounts are
-    US dollars per million tokens; ``tokens x price`` is then the cost in micro-dollars.
+    US dollars per million tokens with six decimals, so one token costs a whole number of pico-dollars
+    (10**-12 USD) and ``Price.cost_picos`` is exact: no row is ever rounded.
     """
 
     model = models.CharField(max_length=200, help_text="The public model name, or the upstream model name when a provider is set.")
@@ -54,13 +68,19 @@ class Price(models.Model):
     def __str__(self) -> str:
         return f"{self.model} from {self.effective_from}"
 
-    def cost_micros(self, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, requests: int = 1) -> int:
-        """Cost in micro-dollars, rounded half up once at the end. Cached tokens are part of prompt_tokens."""
+    def cost_picos(self, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, requests: int = 1) -> int:
+        """Exact cost in pico-dollars. Cached tokens are part of prompt_tokens."""
         cached = min(cached_tokens, prompt_tokens)
         cached_price = self.input_per_million if self.cached_input_per_million is None else self.cached_input_per_million
         micros = ((prompt_tokens - cached) * self.input_per_million + cached * cached_price
                   + completion_tokens * self.output_per_million + requests * self.per_request * MICROS)
-        return int(micros.to_integral_value(rounding=ROUND_HALF_UP))
+        # Integral for prices of six decimals (the column's scale); half up only for a price set with more by hand.
+        return int((micros * PICOS_PER_MICRO).to_integral_value(rounding=ROUND_HALF_UP))
+
+    def cost_micros(self, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, requests: int = 1) -> int:
+        """Cost in micro-dollars rounded up: a worst case to hold on a budget, never less than the exact cost."""
+        return picos_to_micros_up(self.cost_picos(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                                  cached_tokens=cached_tokens, requests=requests))
 
 
 def validate_thresholds(value: str) -> None:
@@ -127,8 +147,14 @@ class BudgetPeriod(models.Model):
 
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="+")
     starts_at = models.DateTimeField()
-    spent_micros = models.BigIntegerField(default=0)
+    spent_micros = models.BigIntegerField(default=0, help_text="Whole micro-dollars settled.")
+    spent_remainder_picos = models.BigIntegerField(
+        default=0, help_text="Pico-dollars settled beyond spent_micros, 0 to 999,999: carried into it at 10**6.")
     reserved_micros = models.BigIntegerField(default=0)
+
+    @property
+    def spent_picos(self) -> int:
+        return self.spent_micros * PICOS_PER_MICRO + self.spent_remainder_picos
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["budget", "starts_at"], name="budget_period_unique")]
@@ -229,7 +255,7 @@ class UsageRecord(models.Model):
     status_code = models.PositiveSmallIntegerField()
     latency_ms = models.PositiveIntegerField(default=0)
     ttfb_ms = models.PositiveIntegerField(null=True, blank=True)
-    cost_micros = models.BigIntegerField(default=0, help_text="Micro-dollars (1 USD = 1,000,000).")
+    cost_picos = models.BigIntegerField(default=0, help_text="Pico-dollars (1 USD = 10**12), exact.")
     price = models.ForeignKey(Price, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     unpriced = models.BooleanField(default=False, help_text="The model had no price when the request ran.")
     gate = models.JSONField(default=dict, blank=True, help_text="Why the request was admitted or denied.")
@@ -273,7 +299,7 @@ class UsageRollup(models.Model):
     rejected = models.PositiveIntegerField(default=0, help_text="Refused by a budget, a rate limit or validation.")
     prompt_tokens = models.BigIntegerField(default=0)
     completion_tokens = models.BigIntegerField(default=0)
-    cost_micros = models.BigIntegerField(default=0, help_text="Micro-dollars (1 USD = 1,000,000).")
+    cost_picos = models.BigIntegerField(default=0, help_text="Pico-dollars (1 USD = 10**12), the exact sum of the rows.")
     latency_p50_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Of requests that were not rejected.")
     latency_p95_ms = models.PositiveIntegerField(null=True, blank=True)
 

@@ -85,7 +85,7 @@ def rebuild(granularity: str, start: datetime, end: datetime) -> int:
         rejected=Count("id", filter=Q(end_reason="rejected")),
         prompt=Sum("prompt_tokens"),
         completion=Sum("completion_tokens"),
-        cost=Sum("cost_micros"),
+        cost=Sum("cost_picos"),
     ).order_by()
     if connection.vendor == "postgresql":
         groups = groups.annotate(p50=Percentile("latency_ms", 0.5, filter=answered),
@@ -100,7 +100,7 @@ def rebuild(granularity: str, start: datetime, end: datetime) -> int:
         rollups.append(UsageRollup(
             granularity=granularity, bucket=start, tenant_id=g["tenant_id"], key_id=g["key_id"], model=g["public_model"],
             requests=g["requests"], errors=g["errors"], rejected=g["rejected"], prompt_tokens=g["prompt"] or 0,
-            completion_tokens=g["completion"] or 0, cost_micros=g["cost"] or 0, latency_p50_ms=p50, latency_p95_ms=p95))
+            completion_tokens=g["completion"] or 0, cost_picos=g["cost"] or 0, latency_p50_ms=p50, latency_p95_ms=p95))
     UsageRollup.objects.filter(granularity=granularity, bucket=start).delete()
     UsageRollup.objects.bulk_create(rollups)
     return len(rollups)

@@ -17,7 +17,7 @@ from accounts.models import ApiKey, validate_email_list
 from accounts.tenancy import tenant_page
 
 from . import budgets, charts
-from .admin import dollars
+from .admin import cost, dollars
 from .models import Budget, UsageRecord, UsageRollup, validate_thresholds
 
 PAGE = 50
@@ -29,7 +29,8 @@ def budget_rows(tenant: Any) -> list[dict[str, Any]]:
     for budget in Budget.objects.filter(tenant=tenant, is_active=True).select_related("tenant", "key"):
         state = budgets.status(budget)
         used = state.spent_micros + state.reserved_micros
-        rows.append({"budget": budget, "state": state, "spent": dollars(state.spent_micros),
+        spent = cost(state.spent_picos) if state.spent_picos is not None else dollars(state.spent_micros)
+        rows.append({"budget": budget, "state": state, "spent": spent,
                      "reserved": dollars(state.reserved_micros), "limit": dollars(state.limit_micros),
                      "remaining": dollars(max(state.remaining_micros, 0)),
                      "percent": min(100, used * 100 // state.limit_micros) if state.limit_micros else 100,
@@ -48,18 +49,18 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     first = today - timedelta(days=DAYS - 1)
     window = UsageRollup.objects.filter(tenant=tenant, granularity="day", bucket__date__gte=first)
     totals = window.aggregate(requests=Sum("requests"), errors=Sum("errors"), rejected=Sum("rejected"),
-                              prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cost=Sum("cost_micros"))
-    spend = charts.daily(tenant.pk, "cost_micros", days=DAYS, today=today)
+                              prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"), cost=Sum("cost_picos"))
+    spend = charts.daily(tenant.pk, "cost_picos", days=DAYS, today=today)
     token_points = [(day, p + c) for (day, p), (_, c) in zip(charts.daily(tenant.pk, "prompt_tokens", days=DAYS, today=today),
                                                               charts.daily(tenant.pk, "completion_tokens", days=DAYS, today=today))]
     sums = {"requests": Sum("requests"), "errors": Sum("errors"), "prompt": Sum("prompt_tokens"),
-            "completion": Sum("completion_tokens"), "cost": Sum("cost_micros")}
+            "completion": Sum("completion_tokens"), "cost": Sum("cost_picos")}
 
     def breakdown(group: str, label: str, name: str) -> list[dict[str, Any]]:
         return [{"name": row[label] or name, "requests": row["requests"], "errors": row["errors"],
-                 "tokens": tokens(row["prompt"] + row["completion"]), "cost": dollars(row["cost"] or 0),
-                 "chart": charts.bars(charts.daily(tenant.pk, "cost_micros", days=DAYS, today=today, **{group: row[group]}),
-                                      label=f"Spend per day of {row[label] or name}", fmt=dollars, height=24, step=4)}
+                 "tokens": tokens(row["prompt"] + row["completion"]), "cost": cost(row["cost"] or 0),
+                 "chart": charts.bars(charts.daily(tenant.pk, "cost_picos", days=DAYS, today=today, **{group: row[group]}),
+                                      label=f"Spend per day of {row[label] or name}", fmt=cost, height=24, step=4)}
                 for row in window.values(*{group, label}).annotate(**sums).order_by("-cost")[:10]]
 
     latency = (UsageRollup.objects.filter(tenant=tenant, granularity="hour", bucket__gte=timezone.now() - timedelta(hours=24))
@@ -67,9 +68,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     context = {
         "title": "Dashboard", "budgets": budget_rows(tenant), "days": DAYS,
         "requests": totals["requests"] or 0, "errors": totals["errors"] or 0, "rejected": totals["rejected"] or 0,
-        "tokens": tokens((totals["prompt"] or 0) + (totals["completion"] or 0)), "cost": dollars(totals["cost"] or 0),
+        "tokens": tokens((totals["prompt"] or 0) + (totals["completion"] or 0)), "cost": cost(totals["cost"] or 0),
         "error_rate": f"{(totals['errors'] or 0) * 100 / totals['requests']:.1f}%" if totals["requests"] else "—",
-        "spend_chart": charts.bars(spend, label=f"Spend per day, last {DAYS} days", fmt=dollars),
+        "spend_chart": charts.bars(spend, label=f"Spend per day, last {DAYS} days", fmt=cost),
         "token_chart": charts.bars(token_points, label=f"Tokens per day, last {DAYS} days", fmt=tokens),
         "by_model": breakdown("model", "model", "(none)"), "by_key": breakdown("key_id", "key__name", "(no key)"),
         # A typical hour: the mean of the last day's hourly percentiles.
@@ -164,7 +165,7 @@ def request_log(request: HttpRequest) -> HttpResponse:
     filtered = any(v for k, v in request.GET.items() if k != "before")
     return render(request, "pages/requests.html", {
         "title": "Requests", "form": form, "filtered": filtered,
-        "rows": [{"row": r, "at": r.created_at.astimezone(zone), "cost": dollars(r.cost_micros),
+        "rows": [{"row": r, "at": r.created_at.astimezone(zone), "cost": cost(r.cost_picos),
                   "prompt": tokens(r.prompt_tokens), "completion": tokens(r.completion_tokens)} for r in page],
         "older": older.urlencode() if more else None, "newest": "before" in request.GET,
     })

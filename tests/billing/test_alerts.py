@@ -28,7 +28,7 @@ pytestmark = pytest.mark.django_db
 
 def spend(party: Party, at: datetime, micros: int, model: str = "gpt-4o") -> None:
     UsageRecord.objects.create(tenant=party.tenant, key=party.key, endpoint="chat", public_model=model,
-                               end_reason="complete", status_code=200, cost_micros=micros, created_at=at)
+                               end_reason="complete", status_code=200, cost_picos=micros * 10**6, created_at=at)
 
 
 def tokyo(alice: Party) -> None:

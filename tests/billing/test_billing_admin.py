@@ -76,7 +76,7 @@ def test_price_list_warns_about_models_used_without_a_price_this_week(admin_clie
 
 def test_a_price_usage_was_charged_at_cannot_be_deleted(admin_client: Client, alice: Party) -> None:
     used, unused = gpt4o(date(2025, 1, 1)), gpt4o(date(2025, 6, 1))
-    usage(alice, price=used, cost_micros=100)
+    usage(alice, price=used, cost_picos=100 * 10**6)
     confirm = admin_client.get(f"/admin/billing/price/{used.pk}/delete/").content.decode()
     assert "Cannot delete" in confirm and "usage records were charged at it" in confirm
     admin_client.post(f"/admin/billing/price/{used.pk}/delete/", {"post": "yes"})
@@ -89,7 +89,7 @@ def test_a_price_usage_was_charged_at_cannot_be_deleted(admin_client: Client, al
 
 def test_ledger_shows_cost_in_dollars_and_why_a_request_was_admitted(admin_client: Client, alice: Party) -> None:
     gate = {"budgets": [{"name": "monthly", "limit_micros": 5_000_000, "spent_micros": 1_000_000}], "rate": {"admitted": True}}
-    priced = usage(alice, cost_micros=1_234_567, price=gpt4o(), gate=gate)
+    priced = usage(alice, cost_picos=1_234_567 * 10**6, price=gpt4o(), gate=gate)
     unpriced = usage(alice, public_model="mystery-model", unpriced=True)
 
     listing = admin_client.get("/admin/billing/usagerecord/")
@@ -114,7 +114,7 @@ def test_budget_pages_show_this_periods_spend(admin_client: Client, alice: Party
 
 def test_budget_status_column_reads_the_periods_real_totals(admin_client: Client, alice: Party) -> None:
     Budget.objects.create(tenant=alice.tenant, amount=Decimal("10.00"), period=Budget.Period.MONTH)
-    usage(alice, cost_micros=2_500_000)
+    usage(alice, cost_picos=2_500_000 * 10**6)
     listing = admin_client.get("/admin/billing/budget/").content.decode()
     assert "$2.50 spent / $0.00 reserved / $7.50 left" in listing
 

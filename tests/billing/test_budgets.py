@@ -68,7 +68,7 @@ def test_all_budgets_hold_or_none_and_settling_turns_the_hold_into_the_cost(back
     start = period_bounds("month", "UTC", datetime.now(UTC))[0]
     assert backend.totals(tenant_budget, start) == (0, 60_000)  # the refused request held nothing anywhere
 
-    async_to_sync(backend.settle)(first, 25_000)
+    async_to_sync(backend.settle)(first, 25_000 * 10**6)
     assert backend.totals(tenant_budget, start) == (25_000, 0)
     assert reserve(backend, "r3", both, 60_000).admitted  # 25,000 spent + 60,000 <= 100,000
 
@@ -95,7 +95,7 @@ def test_a_hold_whose_lease_ran_out_is_reaped_and_a_late_settlement_adds_only_th
     assert backend.reap(datetime.now(UTC)) == 1
     assert backend.totals(budget, start) == (0, 0)
     assert backend.reap(datetime.now(UTC)) == 0
-    async_to_sync(backend.settle)(hold, 7_000)  # the process was only slow, not dead
+    async_to_sync(backend.settle)(hold, 7_000 * 10**6)  # the process was only slow, not dead
     assert backend.totals(budget, start) == (7_000, 0)
     assert not Reservation.objects.exists()
 
@@ -108,7 +108,7 @@ def test_a_new_period_starts_from_the_ledger_with_no_reset(backend: holds.Backen
     # Spend from last month and this month, already in the ledger before the period's total exists.
     for when, cost in ((utc(2026, 10, 31, 23), 400_000), (utc(2026, 11, 2), 250_000)):
         UsageRecord.objects.create(tenant=alice.tenant, key=alice.key, endpoint="chat", end_reason="complete",
-                                   status_code=200, cost_micros=cost, created_at=when)
+                                   status_code=200, cost_picos=cost * 10**6, created_at=when)
     november = utc(2026, 11, 20)
     hold = reserve(backend, "n1", (budget,), 800_000, now=november)
     assert not hold.admitted and hold.checks[0].spent_micros == 250_000  # October's spend is not November's
@@ -129,7 +129,7 @@ def test_a_rotated_key_keeps_its_rate_limits_and_budgets_with_what_the_old_key_s
     other = Budget.objects.create(tenant=bob.tenant, key=bob.key, amount=Decimal("1.00"), period="month")
     for key, cost in ((old, 300_000), (bob.key, 50_000)):
         UsageRecord.objects.create(tenant=key.tenant, key=key, endpoint="chat", end_reason="complete", status_code=200,
-                                   cost_micros=cost)
+                                   cost_picos=cost * 10**6)
 
     new, _ = services.rotate_key(key=old)
     newer, _ = services.rotate_key(key=new)

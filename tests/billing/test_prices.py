@@ -54,17 +54,22 @@ def test_cost_adds_the_per_request_price() -> None:
     assert search.cost_micros(prompt_tokens=10, completion_tokens=10, requests=3) == 75_000
 
 
-def test_cost_rounds_half_up_once_at_the_end_in_decimal() -> None:
-    # 100 x 0.145 is exactly 14.5 micro-dollars: half up gives 15; float arithmetic (14.4999...) and
-    # banker's rounding would both give 14.
-    assert price(input_per_million=D("0.145")).cost_micros(prompt_tokens=100, completion_tokens=0) == 15
-    # Two parts of 0.4 micro-dollars: rounding each would charge 0, rounding the sum once charges 1.
+def test_cost_in_picos_is_exact_and_the_hold_in_micros_rounds_up() -> None:
+    # 100 x 0.145 is exactly 14.5 micro-dollars: 14,500,000 pico-dollars, kept whole; a hold rounds it up.
+    half = price(input_per_million=D("0.145"))
+    assert half.cost_picos(prompt_tokens=100, completion_tokens=0) == 14_500_000
+    assert half.cost_micros(prompt_tokens=100, completion_tokens=0) == 15
+    # Two parts of 0.4 micro-dollars: 0.8 micro-dollars exactly, never rounded to 0 or 1 in the ledger.
     tiny = price(input_per_million=D("0.002"), output_per_million=D("0.004"))
+    assert tiny.cost_picos(prompt_tokens=200, completion_tokens=100) == 800_000
     assert tiny.cost_micros(prompt_tokens=200, completion_tokens=100) == 1
+    # The smallest price on the smallest count: one token at $0.000001 per million is one pico-dollar.
+    assert price(input_per_million=D("0.000001")).cost_picos(prompt_tokens=1, completion_tokens=0) == 1
+    assert price(input_per_million=D("0.000001")).cost_micros(prompt_tokens=1, completion_tokens=0) == 1
     # Large counts stay exact: a billion tokens at 0.075 is exactly 75 dollars.
     cached = price(cached_input_per_million=D("0.075"))
-    cost = cached.cost_micros(prompt_tokens=10**9, cached_tokens=10**9, completion_tokens=0)
-    assert cost == 75_000_000 and isinstance(cost, int)
+    cost = cached.cost_picos(prompt_tokens=10**9, cached_tokens=10**9, completion_tokens=0)
+    assert cost == 75 * 10**12 and isinstance(cost, int)
 
 
 @pytest.fixture

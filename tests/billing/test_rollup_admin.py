@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db
 
 def spend(party: Party, at: datetime, micros: int, model: str = "gpt-4o") -> None:
     UsageRecord.objects.create(tenant=party.tenant, key=party.key, endpoint="chat", public_model=model,
-                               end_reason="complete", status_code=200, cost_micros=micros, prompt_tokens=100,
+                               end_reason="complete", status_code=200, cost_picos=micros * 10**6, prompt_tokens=100,
                                completion_tokens=20, created_at=at)
 
 

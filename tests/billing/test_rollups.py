@@ -24,13 +24,13 @@ def row(party: Party, at: datetime, *, model: str = "gpt-4o", latency: int = 100
     return UsageRecord.objects.create(
         tenant=party.tenant, key=party.key if key else None, endpoint="chat", public_model=model, end_reason=end_reason,
         status_code=200 if end_reason == "complete" else 502, prompt_tokens=prompt, completion_tokens=completion,
-        latency_ms=latency, cost_micros=cost, created_at=at)
+        latency_ms=latency, cost_picos=cost, created_at=at)
 
 
 def snapshot(granularity: str = "hour") -> list[tuple[object, ...]]:
     return list(UsageRollup.objects.filter(granularity=granularity).order_by("bucket", "tenant_id", "key_id", "model")
                 .values_list("bucket", "tenant_id", "key_id", "model", "requests", "errors", "rejected", "prompt_tokens",
-                             "completion_tokens", "cost_micros", "latency_p50_ms", "latency_p95_ms"))
+                             "completion_tokens", "cost_picos", "latency_p50_ms", "latency_p95_ms"))
 
 
 def test_rollups_count_tokens_cost_errors_and_latency_percentiles_per_hour_and_day(alice: Party, bob: Party) -> None:
@@ -48,12 +48,12 @@ def test_rollups_count_tokens_cost_errors_and_latency_percentiles_per_hour_and_d
     answered = sorted([*latencies, 5])  # the upstream error was answered; the rejection was not
     assert (first.requests, first.errors, first.rejected) == (12, 1, 1)
     assert (first.prompt_tokens, first.completion_tokens) == (11 * 10, 11 * 5)
-    assert first.cost_micros == sum(1_001 + i for i in range(10))
+    assert first.cost_picos == sum(1_001 + i for i in range(10))
     assert (first.latency_p50_ms, first.latency_p95_ms) == (discrete(answered, 0.5), discrete(answered, 0.95)) == (50, 1000)
     assert UsageRollup.objects.get(granularity="hour", bucket=T0 + timedelta(hours=1)).model == "claude"
     day = UsageRollup.objects.filter(granularity="day", bucket=T0.replace(hour=0), tenant=alice.tenant)
-    assert day.aggregate(cost=Sum("cost_micros"))["cost"] == first.cost_micros + 7
-    assert UsageRollup.objects.get(granularity="day", tenant=bob.tenant).cost_micros == 500  # bob's are bob's
+    assert day.aggregate(cost=Sum("cost_picos"))["cost"] == first.cost_picos + 7
+    assert UsageRollup.objects.get(granularity="day", tenant=bob.tenant).cost_picos == 500  # bob's are bob's
 
 
 def test_running_again_changes_nothing_and_a_window_rebuilt_twice_is_the_same(alice: Party) -> None:
@@ -76,10 +76,10 @@ def test_a_late_row_rebuilds_its_old_hour_and_day(alice: Party) -> None:
     run = rollups.roll_up()
     assert run.rows_read == 1  # (windows near the watermark are rebuilt too, to the same rows)
     hour = UsageRollup.objects.filter(granularity="hour", bucket=T0)
-    assert set(hour.values_list("key_id", "cost_micros")) == {(alice.key.pk, 100), (None, 50)}
-    day_total = UsageRollup.objects.filter(granularity="day", bucket=T0.replace(hour=0)).aggregate(c=Sum("cost_micros"))
+    assert set(hour.values_list("key_id", "cost_picos")) == {(alice.key.pk, 100), (None, 50)}
+    day_total = UsageRollup.objects.filter(granularity="day", bucket=T0.replace(hour=0)).aggregate(c=Sum("cost_picos"))
     assert day_total["c"] == 150
-    assert UsageRollup.objects.get(granularity="day", bucket=(T0 + timedelta(days=1)).replace(hour=0)).cost_micros == 200
+    assert UsageRollup.objects.get(granularity="day", bucket=(T0 + timedelta(days=1)).replace(hour=0)).cost_picos == 200
 
 
 def test_a_backlog_is_read_a_chunk_at_a_time(alice: Party) -> None:

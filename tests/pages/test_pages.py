@@ -37,7 +37,7 @@ def member(party: Party, username: str) -> Client:
 
 def spend(party: Party, micros: int, *, model: str = "gpt-4o", at: datetime | None = None, **fields: object) -> UsageRecord:
     return UsageRecord.objects.create(tenant=party.tenant, key=party.key, endpoint="chat", public_model=model,
-                                      end_reason=fields.pop("end_reason", "complete"), status_code=200, cost_micros=micros,
+                                      end_reason=fields.pop("end_reason", "complete"), status_code=200, cost_picos=micros * 10**6,
                                       prompt_tokens=100, completion_tokens=50, latency_ms=120,
                                       created_at=at or datetime.now(UTC), **fields)
 

@@ -31,7 +31,7 @@ def test_beat_schedules_the_rollup_and_the_worker_runs_it(broker: str, alice: Pa
     every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
     PeriodicTask.objects.filter(name="Roll up usage").update(interval=every_second)  # as an operator would, in the admin
     UsageRecord.objects.create(tenant=alice.tenant, key=alice.key, endpoint="chat", public_model="gpt-4o",
-                               end_reason="complete", status_code=200, cost_micros=1234, created_at=datetime.now(UTC))
+                               end_reason="complete", status_code=200, cost_picos=1234 * 10**6, created_at=datetime.now(UTC))
     env = {"TOLLGATE_DATA_DIR": str(tmp_path)}
     if broker == "filesystem":
         env["REDIS_URL"] = ""
@@ -41,6 +41,6 @@ def test_beat_schedules_the_rollup_and_the_worker_runs_it(broker: str, alice: Pa
         while not UsageRollup.objects.exists() and time.monotonic() < deadline and worker.poll() is None:
             time.sleep(0.25)
     output = log.read_text(errors="replace")
-    assert UsageRollup.objects.filter(granularity="day", tenant=alice.tenant).get().cost_micros == 1234, output[-3000:]
+    assert UsageRollup.objects.filter(granularity="day", tenant=alice.tenant).get().cost_picos == 1234 * 10**6, output[-3000:]
     assert "rolled up 1 ledger rows" in output
     assert ("filesystem://" in output) == (broker == "filesystem")
