@@ -8,6 +8,7 @@ from typing import Any
 
 STREAM_CONCURRENCY = 16
 SOAK_CONCURRENCY = 16
+LARGE_PROMPT_CONCURRENCY = 16
 
 
 def fmt(value: object, digits: int = 2) -> str:
@@ -74,6 +75,16 @@ def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
                   row("first data: p50 ms", m["ttfb_p50_ms"], reference["ttfb_p50_ms"], latency=True),
                   row("total stream p50 ms", m["total_p50_ms"], reference["total_p50_ms"], latency=True),
                   row("errors", m["errors"], reference["errors"], ratio=False)]
+    if large := results.get("large_prompt"):
+        alone, loaded, big = large["alone"], large["loaded"], large["large"]
+        lines += [f"large prompt: plain requests at c={LARGE_PROMPT_CONCURRENCY} alone (first column), then while one client "
+                  f"keeps sending {large['prompt_bytes'] / 2**20:g} MB one-word prompts to the gated key (second column)",
+                  row("requests/s", alone["rps"], loaded["rps"], digits=1),
+                  row("p50 latency ms", alone["p50_ms"], loaded["p50_ms"], latency=True),
+                  row("p99 latency ms", alone["p99_ms"], loaded["p99_ms"], latency=True),
+                  row("errors", alone["errors"], loaded["errors"], ratio=False),
+                  f"  large prompts: {big['requests']} answered 200, p50 {fmt(big['p50_ms'])} ms, "
+                  f"p99 {fmt(big['p99_ms'])} ms, {big['errors']} errors"]
     rss = results["rss_mb"]
     lines.append(f"Tollgate RSS: {rss['after_warmup']:.1f} MB after warm-up, {rss['end']:.1f} MB at the end")
     if soak := results.get("soak"):
@@ -88,7 +99,9 @@ def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
     ledger = results["ledger"]
     verdict = "OK" if ledger["rows"] == ledger["requests"] else f"MISMATCH ({ledger['rows'] - ledger['requests']:+d})"
     lines.append(f"ledger rows: {ledger['rows']} for {ledger['requests']} requests  {verdict}")
-    errors = [f"  {p['target']} c={p.get('concurrency')}: {p['first_error']}" for p in results["phases"] + results["streams"] if p["errors"]]
+    large_phases = [large[name] for name in ("alone", "loaded", "large")] if large else []
+    errors = [f"  {p['target']} c={p.get('concurrency')}: {p['first_error']}"
+              for p in results["phases"] + results["streams"] + large_phases if p["errors"]]
     errors += [f"  tollgate c={p['concurrency']}: {p['missing_overhead']} answers without x-tollgate-overhead-ms"
                for p in results["phases"] if p.get("missing_overhead")]
     if results["tollgate_log_errors"]:

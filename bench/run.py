@@ -6,6 +6,7 @@ Run from the repository root, with PostgreSQL and Redis up (nothing is fetched f
     .venv/bin/python bench/run.py --quick          # 3 s per phase, one stream round
     .venv/bin/python bench/run.py --soak 300 --json var/bench.json
     .venv/bin/python bench/run.py --reference      # also streams through a bare Django forwarder
+    .venv/bin/python bench/run.py --large-prompt   # also plain latency while 8 MB prompts go through the gate
 
 It starts the mock upstream (bench/mock_upstream.py) and ONE uvicorn worker of Tollgate with production
 settings (DEBUG off, throwaway secrets made per run) and full bookkeeping on PostgreSQL
@@ -21,7 +22,11 @@ serving process (utime+stime from /proc), and the p50 of Tollgate's ``x-tollgate
 the same through the gated key. The gate's cost is the gated figures minus the plain ones, same process.
 Then waves of 16 concurrent ``mock-slow`` streams (20 chunks 50 ms apart): time to the first ``data:``
 line and total stream time; with ``--reference`` the same waves also go through stock Django relaying
-the stream with no gateway work at all (bench/bare_django.py), as a yardstick. It reports Tollgate's resident memory, optionally over a concurrency-16 soak,
+the stream with no gateway work at all (bench/bare_django.py), as a yardstick. With ``--large-prompt``, plain
+requests at concurrency 16 are measured alone, then while one more client keeps POSTing a chat request whose
+prompt is one word repeated to 8 MB with no spaces (the tokenizer's pathological case) to the gated key, so the
+gate has to size it: the rise in p50/p99 is what sizing a huge prompt costs everyone else in that process.
+It reports Tollgate's resident memory, optionally over a concurrency-16 soak,
 and checks that the ledger holds one ``billing_usagerecord`` row per answered Tollgate request, and that
 each gated budget's running total in Redis equals the gated tenant's ledger cost with nothing left reserved.
 
@@ -54,9 +59,9 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script, Python puts bench/ on sys.path but not the repository root
-from bench.load import Phase, Pool, Request, hammer, stream_rounds  # noqa: E402
+from bench.load import Phase, Pool, Request, hammer, repeat_until, stream_rounds  # noqa: E402
 from bench.data import BenchError, Seeded, check_money, count_ledger, ensure_database, run_django, seed  # noqa: E402
-from bench.report import SOAK_CONCURRENCY, STREAM_CONCURRENCY, table  # noqa: E402
+from bench.report import LARGE_PROMPT_CONCURRENCY, SOAK_CONCURRENCY, STREAM_CONCURRENCY, table  # noqa: E402
 
 PYTHON = sys.executable
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/tollgate_bench"
@@ -66,6 +71,11 @@ MESSAGES = [{"role": "user", "content": "Say hello."}]
 CHAT_BODY = json.dumps({"model": "mock", "messages": MESSAGES}).encode()
 STREAM_BODY = json.dumps(
     {"model": "mock-slow", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
+).encode()
+LARGE_PROMPT_BYTES = 8 * 1024 * 1024  # under TOLLGATE_MAX_BODY_BYTES (10 MiB by default)
+# One "word" with no spaces is a single pre-token to BPE, its slowest input.
+LARGE_BODY = json.dumps(
+    {"model": "mock", "messages": [{"role": "user", "content": "tollgate" * (LARGE_PROMPT_BYTES // 8)}]}
 ).encode()
 
 @dataclass(frozen=True)
@@ -197,6 +207,25 @@ class Bench:
         progress(f"streams  {server.name:<8} {result.ok} streams  {result.errors} errors")
         return result.summary()
 
+    async def large_prompt(self) -> dict[str, object]:
+        """Plain requests at concurrency 16 alone, then while the gated key keeps sending 8 MB prompts."""
+        async with Pool(self.tollgate.request(CHAT_BODY), LARGE_PROMPT_CONCURRENCY) as pool:
+            self.count(await hammer(pool, seconds=WARMUP_SECONDS, target=self.tollgate.name), self.tollgate)
+            alone = await hammer(pool, seconds=self.opts.seconds, target=self.tollgate.name)
+            stop = asyncio.Event()
+            async with Pool(self.gated.request(LARGE_BODY), 1) as large_pool:
+                sender = asyncio.ensure_future(repeat_until(large_pool, stop, target="gated 8 MB"))
+                loaded = await hammer(pool, seconds=self.opts.seconds, target=self.tollgate.name)
+                stop.set()
+                large = await sender
+        self.count(alone, self.tollgate)
+        self.count(loaded, self.tollgate)
+        self.count(large, self.gated)
+        progress(f"large    {self.tollgate.name:<8} p99 {alone.summary()['p99_ms']} -> {loaded.summary()['p99_ms']} ms, "
+                 f"{large.ok} large prompts, {alone.errors + loaded.errors + large.errors} errors")
+        return {"prompt_bytes": LARGE_PROMPT_BYTES, "alone": alone.summary(), "loaded": loaded.summary(),
+                "large": large.summary()}
+
     async def soak(self) -> dict[str, object]:
         pid, peak = self.tollgate.pid, [rss_mb(self.tollgate.pid)]
 
@@ -223,6 +252,8 @@ class Bench:
             self.results["streams"].append(await self.streams(server))
         if self.reference is not None:
             self.results["reference_streams"] = await self.streams(self.reference)
+        if self.opts.large_prompt:
+            self.results["large_prompt"] = await self.large_prompt()
         if self.opts.soak:
             progress(f"soak: {self.opts.soak:.0f} s at concurrency {SOAK_CONCURRENCY} through Tollgate")
             self.results["soak"] = await self.soak()
@@ -243,6 +274,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="also soak at concurrency 16 and watch RSS")
     parser.add_argument("--reference", action="store_true",
                         help="also stream through a bare Django forwarder (bench/bare_django.py) for comparison")
+    parser.add_argument("--large-prompt", action="store_true",
+                        help="also measure plain latency at concurrency 16 while 8 MB prompts go to the gated key")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
@@ -313,12 +346,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             children.stop()
     results["config"] = {"concurrency": opts.concurrency, "seconds": opts.seconds, "stream_rounds": opts.stream_rounds,
-                         "soak": opts.soak, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+                         "soak": opts.soak, "large_prompt": opts.large_prompt, "cpus": os.cpu_count(),
+                         "python": sys.version.split()[0]}
     print(table(results, opts))
     if opts.json:
         opts.json.write_text(json.dumps(results, indent=2) + "\n")
     # Correctness, not speed: any failed request or missing ledger row fails the run.
-    failed = any(p["errors"] for p in [*results["phases"], *results["streams"], results.get("soak") or {"errors": 0}])
+    large = results.get("large_prompt") or {}
+    failed = any(p["errors"] for p in [*results["phases"], *results["streams"], results.get("soak") or {"errors": 0},
+                                       *(large.get(name, {"errors": 0}) for name in ("alone", "loaded", "large"))])
     money = results["money"]
     money_wrong = money["open_holds"] or money["reserved_micros"] or any(
         counted != money["ledger_micros"] for counted in money["counter_micros"])
