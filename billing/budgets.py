@@ -170,30 +170,54 @@ def db_period(spec: BudgetSpec, starts_at: datetime) -> BudgetPeriod:
 
 def db_reserve(request_id: str, specs: tuple[BudgetSpec, ...], amount: int, overdraft: int,
                now: datetime) -> tuple[bool, list[Check], list[int]]:
-    """Hold ``amount`` on every budget, or on none. Returns (admitted, checks, held period ids)."""
+    """Hold ``amount`` on every budget, or on none. Returns (admitted, checks, held period ids).
+
+    An admitted request gets a hold even when ``amount`` is 0 (an unpriced model, a free prompt): it must still
+    settle its cost on the budgets, or a hard budget could be spent past its limit by requests it never saw.
+    """
     with transaction.atomic():
         periods = [(spec, db_period(spec, period_bounds(spec.period, spec.zone, now)[0])) for spec in specs]
         checks = [Check(spec, p.starts_at, picos_to_micros_up(p.spent_picos), p.reserved_micros) for spec, p in periods]
         admitted = all(not c.spec.hard or c.spent_micros + c.reserved_micros + amount <= c.spec.limit_micros + overdraft
                        for c in checks)
-        if not admitted or not amount:
+        if not admitted or not specs:
             return admitted, checks, []
         ids = [p.pk for _, p in periods]
-        BudgetPeriod.objects.filter(pk__in=ids).update(reserved_micros=F("reserved_micros") + amount)
+        if amount:
+            BudgetPeriod.objects.filter(pk__in=ids).update(reserved_micros=F("reserved_micros") + amount)
         expires = now + timedelta(seconds=settings.TOLLGATE_RESERVATION_LEASE_SECONDS)
         Reservation.objects.create(request_id=request_id, amount_micros=amount, periods=ids, expires_at=expires)
         return True, checks, ids
 
 
-def db_settle(request_id: str, period_ids: list[int], cost: int) -> None:
-    """Turn a hold into the actual cost (pico-dollars). A hold the reaper already released adds the cost alone."""
+def db_settle(request_id: str, period_ids: list[int], cost: int, now: datetime | None = None) -> bool:
+    """Turn a hold into the actual cost (pico-dollars), once. Returns whether the cost was added.
+
+    A hold the reaper already released adds the cost alone; a hold settled already adds nothing. Its row stays,
+    marked settled, until db_reap prunes it.
+    """
     if not period_ids:
-        return
+        return False
+    now = now or timezone.now()
     held = Reservation.objects.select_for_update().filter(request_id=request_id).first()
-    amount = held.amount_micros if held else 0
-    if held:
-        held.delete()
-    add_spend(period_ids, cost, release=amount)
+    if held is None:
+        # No row (pruned, or never written): a released marker, so that settling this one again adds nothing.
+        Reservation.objects.bulk_create([Reservation(
+            request_id=request_id, amount_micros=0, periods=period_ids, expires_at=now,
+            state=Reservation.State.RELEASED, closed_at=now)], ignore_conflicts=True)
+        held = Reservation.objects.select_for_update().get(request_id=request_id)
+    if held.state == Reservation.State.SETTLED:
+        return False
+    release = held.amount_micros if held.state == Reservation.State.OPEN else 0
+    Reservation.objects.filter(pk=held.pk).update(state=Reservation.State.SETTLED, closed_at=now)
+    add_spend(period_ids, cost, release=release)
+    return True
+
+
+def db_renew(request_ids: list[str], expires_at: datetime) -> int:
+    """Move the lease of the holds still open to ``expires_at``. Returns how many were renewed."""
+    return Reservation.objects.filter(request_id__in=request_ids, state=Reservation.State.OPEN).update(
+        expires_at=expires_at)
 
 
 def add_spend(period_ids: list[int], cost: int, *, release: int = 0) -> None:
@@ -208,15 +232,25 @@ def add_spend(period_ids: list[int], cost: int, *, release: int = 0) -> None:
         reserved_micros=F("reserved_micros") - release)
 
 
+MARKER_DAYS = 2  # how long a closed hold is remembered: a settlement replayed later than this would add again
+
+
 def db_reap(now: datetime) -> int:
-    """Release the holds whose lease ran out (their process died). Returns how many."""
+    """Release the holds whose lease ran out (their process died), keeping each as a released marker, and prune
+    markers older than MARKER_DAYS. Returns how many holds were released."""
     released = 0
-    for held in Reservation.objects.filter(expires_at__lt=now).order_by("pk")[:1000]:
+    expired = Reservation.objects.filter(state=Reservation.State.OPEN, expires_at__lt=now)
+    for held in expired.order_by("pk")[:1000]:
         with transaction.atomic():
-            if Reservation.objects.select_for_update().filter(pk=held.pk).delete()[0]:
-                BudgetPeriod.objects.filter(pk__in=held.periods).update(
-                    reserved_micros=F("reserved_micros") - held.amount_micros)
+            if Reservation.objects.filter(pk=held.pk, state=Reservation.State.OPEN).update(
+                    state=Reservation.State.RELEASED, closed_at=now):
+                if held.amount_micros:
+                    BudgetPeriod.objects.filter(pk__in=held.periods).update(
+                        reserved_micros=F("reserved_micros") - held.amount_micros)
                 released += 1
+    stale = Reservation.objects.filter(closed_at__lt=now - timedelta(days=MARKER_DAYS))
+    while ids := list(stale.values_list("pk", flat=True)[:5000]):
+        Reservation.objects.filter(pk__in=ids).delete()
     return released
 
 

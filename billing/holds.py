@@ -3,7 +3,9 @@
 With Redis configured the running totals live there and each step is one Lua script, atomic across every
 server process, run from the event loop with no thread hop. Without Redis they are BudgetPeriod rows,
 changed in one transaction on the database thread (SQLite serializes writers; PostgreSQL locks the rows).
-Every hold carries a lease: if its process dies, the reaper (a periodic task) releases it.
+Every hold carries a lease (renewed while its request runs): if its process dies, the reaper (a periodic task)
+releases it. A closed hold stays a while as a marker, so that settling is idempotent: settled twice, a cost is
+added once; settled after the reaper released it, the cost is added alone.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Backend(Protocol):
         """(spent, reserved) in micro-dollars, a started micro-dollar of spend counted whole."""
     def exact_totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
         """(spent in pico-dollars, exact; reserved in micro-dollars)."""
+    async def renew(self, request_ids: list[str], expires_at: datetime) -> int: ...
     def reap(self, now: datetime) -> int: ...
 
 
@@ -82,6 +85,12 @@ class DatabaseBackend:
 
     def exact_totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
         return budgets.db_totals(spec, starts_at)
+
+    async def renew(self, request_ids: list[str], expires_at: datetime) -> int:
+        """Move the lease of the holds still open to ``expires_at``. Returns how many were moved."""
+        from proxy.db import db_step
+
+        return await db_step(budgets.db_renew)(request_ids, expires_at)
 
     def reap(self, now: datetime) -> int:
         return budgets.db_reap(now)
@@ -114,9 +123,13 @@ for i = 1, n do
   state[#state + 1] = reserved
   if ARGV[4 + 2 * i] == '1' and spent + reserved + amount > tonumber(ARGV[3 + 2 * i]) + overdraft then ok = 0 end
 end
-if ok == 1 and amount > 0 then
-  for i = 1, n do redis.call('HINCRBY', KEYS[i], 'r', amount) end
-  redis.call('HSET', KEYS[n + 1], 'amount', amount, 'keys', table.concat(KEYS, ' ', 1, n))
+-- Every admitted request gets a hold and a lease, even of 0 (an unpriced model, a free prompt): it must settle its
+-- cost here like any other, or a hard budget would never see what such requests spend.
+if ok == 1 then
+  if amount > 0 then
+    for i = 1, n do redis.call('HINCRBY', KEYS[i], 'r', amount) end
+  end
+  redis.call('HSET', KEYS[n + 1], 'state', 'open', 'amount', amount, 'keys', table.concat(KEYS, ' ', 1, n))
   redis.call('ZADD', KEYS[n + 2], ARGV[3], ARGV[4])
 end
 return {ok, state}
@@ -135,12 +148,22 @@ return #KEYS
 """
 
 # KEYS: the counters, the hold, the lease set; ARGV: the cost's whole micro-dollars, its pico-dollar remainder
-# (0..999,999), request id. A hold already reaped adds the cost alone. Spend is s micro-dollars plus p pico-dollars:
-# a pico-dollar total would not fit the doubles Lua counts in, these two always do.
+# (0..999,999), request id, how long the settled marker lasts. Spend is s micro-dollars plus p pico-dollars: a
+# pico-dollar total would not fit the doubles Lua counts in, these two always do.
+# The hold stays as a marker: settled again (a retry, a replayed journal), it adds nothing; released by the reaper,
+# or gone, it adds the cost alone. Returns the amount released, or -1 when it was settled already.
 SETTLE = """
 local n = #KEYS - 2
-local amount = tonumber(redis.call('HGET', KEYS[n + 1], 'amount') or '0')
-redis.call('DEL', KEYS[n + 1])
+local hold = KEYS[n + 1]
+local state = redis.call('HGET', hold, 'state')
+if state == 'settled' then return -1 end
+local amount = 0
+if state == 'open' or (not state and redis.call('EXISTS', hold) == 1) then
+  amount = tonumber(redis.call('HGET', hold, 'amount') or '0')
+end
+redis.call('DEL', hold)
+redis.call('HSET', hold, 'state', 'settled')
+redis.call('EXPIRE', hold, ARGV[4])
 redis.call('ZREM', KEYS[n + 2], ARGV[3])
 for i = 1, n do
   if redis.call('EXISTS', KEYS[i]) == 1 then
@@ -155,23 +178,38 @@ end
 return amount
 """
 
-# KEYS: the lease set; ARGV: now, how many at most, the hold key prefix.
+# KEYS: the lease set; ARGV: now, how many at most, the hold key prefix, how long the released marker lasts.
 REAP = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(ids) do
   local hold = ARGV[3] .. id
-  local amount = tonumber(redis.call('HGET', hold, 'amount') or '0')
-  local keys = redis.call('HGET', hold, 'keys')
-  if keys then
-    for key in string.gmatch(keys, '%S+') do
-      if amount > 0 and redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, 'r', -amount) end
+  local state = redis.call('HGET', hold, 'state')
+  if state == 'open' or (not state and redis.call('EXISTS', hold) == 1) then
+    local amount = tonumber(redis.call('HGET', hold, 'amount') or '0')
+    local keys = redis.call('HGET', hold, 'keys')
+    if keys and amount > 0 then
+      for key in string.gmatch(keys, '%S+') do
+        if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, 'r', -amount) end
+      end
     end
+    redis.call('DEL', hold)
+    redis.call('HSET', hold, 'state', 'released')
+    redis.call('EXPIRE', hold, ARGV[4])
   end
-  redis.call('DEL', hold)
   redis.call('ZREM', KEYS[1], id)
 end
 return #ids
 """
+
+# KEYS: the lease set; ARGV: the new expiry, then request ids. Only holds still open are in the set, and XX
+# moves only members already there: a hold settled or released meanwhile is not brought back.
+RENEW = """
+local moved = 0
+for i = 2, #ARGV do moved = moved + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[i]) end
+return moved
+"""
+
+MARKER_SECONDS = 2 * 86400  # how long a closed hold is remembered (see SETTLE); then Redis drops it by itself
 
 HOLD_PREFIX = "tg:hold:"
 
@@ -222,7 +260,7 @@ class RedisBackend:
         checks = [Check(spec, start, int(state[2 * i]), int(state[2 * i + 1]))
                   for i, (spec, (start, _)) in enumerate(zip(pending.specs, pending.periods))]
         admitted = ok == 1
-        keys = pending.call.keys[:-2] if admitted and pending.amount else []
+        keys = pending.call.keys[:-2] if admitted and pending.specs else []
         return Hold(pending.request_id, pending.amount, checks, admitted, keys)
 
     async def reserve(self, request_id: str, specs: tuple[BudgetSpec, ...], amount: int, now: datetime) -> Hold:
@@ -258,7 +296,8 @@ class RedisBackend:
         if not hold.keys:
             return None
         micros, rest = divmod(cost_picos, PICOS_PER_MICRO)
-        return Call(SETTLE, [*hold.keys, HOLD_PREFIX + hold.request_id, LEASES], [micros, rest, hold.request_id])
+        return Call(SETTLE, [*hold.keys, HOLD_PREFIX + hold.request_id, LEASES],
+                    [micros, rest, hold.request_id, MARKER_SECONDS])
 
     async def settle(self, hold: Hold, cost_picos: int) -> None:
         if call := self.settlement(hold, cost_picos):
@@ -274,10 +313,19 @@ class RedisBackend:
             return budgets.ledger_spent(spec, starts_at), 0
         return int(values[0]) * PICOS_PER_MICRO + int(values[1] or 0), int(values[2] or 0)
 
+    def renewal(self, request_ids: list[str], expires_at: datetime) -> Call:
+        """The script that moves the lease of those of the holds still open to ``expires_at``."""
+        return Call(RENEW, [LEASES], [int(expires_at.timestamp()), *request_ids])
+
+    async def renew(self, request_ids: list[str], expires_at: datetime) -> int:
+        """Move the lease of the holds still open to ``expires_at``. Returns how many were moved."""
+        [moved] = await scripts.run(self.url, [self.renewal(request_ids, expires_at)])
+        return int(moved)
+
     def reap(self, now: datetime) -> int:
         client, total = self.sync_client(), 0
         while True:
-            released = int(client.eval(REAP, 1, LEASES, int(now.timestamp()), 500, HOLD_PREFIX))
+            released = int(client.eval(REAP, 1, LEASES, int(now.timestamp()), 500, HOLD_PREFIX, MARKER_SECONDS))
             total += released
             if released < 500:
                 return total

@@ -163,13 +163,25 @@ class BudgetPeriod(models.Model):
 class Reservation(models.Model):
     """Money held for a request in flight, kept by the database when Redis is not configured.
 
-    Deleted when the request settles; a lease that runs out (a crashed process) is released by the reaper.
+    Settling it, or the reaper releasing it once its lease ran out (a crashed process), closes it; the closed row
+    stays two days as a marker, so settling again adds nothing and settling a released hold adds only the cost.
     """
+
+    class State(models.TextChoices):
+        OPEN = "open"
+        SETTLED = "settled"
+        RELEASED = "released"
 
     request_id = models.CharField(max_length=32, unique=True)
     amount_micros = models.BigIntegerField()
     periods = models.JSONField(help_text="The BudgetPeriod ids the amount is held on.")
     expires_at = models.DateTimeField(db_index=True)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.OPEN)
+    closed_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        # The reaper looks for open holds whose lease ran out, among many closed markers.
+        indexes = [models.Index(fields=["state", "expires_at"], name="reservation_open_expiry")]
 
 
 def _period_start(moment: datetime, kind: str) -> datetime:
