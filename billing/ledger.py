@@ -9,6 +9,7 @@ database is back. The caller gets the rows either way: their costs settle the bu
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -22,10 +23,9 @@ from .services import UsageEntry, build_records, insert_records
 
 logger = logging.getLogger(__name__)
 
-RETRY_SECONDS = 1.0  # while the database is down, a batch goes straight to the spool; a retry every second
-_spool: list[UsageRecord] = []  # touched only on the database thread
-_down_since: float | None = None
-_last_try = 0.0
+_spool: list[UsageRecord] = []  # rows waiting for the database; guarded by _lock
+_lock = threading.Lock()
+_down_since: float | None = None  # set while the database is known to be down
 
 
 def row_fields(record: UsageRecord) -> dict[str, Any]:
@@ -65,41 +65,60 @@ def write_rows(entries: list[UsageEntry]) -> list[UsageRecord]:
 
 
 def insert_or_spool(records: list[UsageRecord], ids: list[str]) -> bool:
-    global _down_since, _last_try
-    if _down_since is not None and time.monotonic() - _last_try < RETRY_SECONDS:
-        _spool.extend(records)
+    """Insert the rows, or spool them if the database is down. While it is known to be down nothing is tried
+    here, so requests never wait on a dead database: ``write_spooled`` probes it every second instead."""
+    global _down_since
+    if _down_since is not None:
+        with _lock:
+            _spool.extend(records)
         return False
     try:
         insert_records(records)
     except (OperationalError, InterfaceError) as e:
         if not connection.in_atomic_block:
             connection.close()  # the next attempt reconnects
-        _last_try = time.monotonic()
+        with _lock:
+            _spool.extend(records)
         if _down_since is None:
-            _down_since = _last_try
+            _down_since = time.monotonic()
             logger.error("database unavailable (%s); ledger rows are kept in the journal and written when it is back",
                          type(e).__name__)
-        _spool.extend(records)
         return False
-    if _down_since is not None:
-        logger.warning("database back after %.1f s", time.monotonic() - _down_since)
-        _down_since = None
     journal().written(ids)
     return True
 
 
 def write_spooled() -> int:
-    """Insert the rows spooled during an outage. Returns how many are still waiting."""
-    global _down_since, _last_try
-    if not _spool:
-        return 0
-    batch = _spool[:1000]
-    del _spool[:1000]
-    _down_since = _down_since or time.monotonic()
-    _last_try = 0.0  # always try now
-    insert_or_spool(batch, [request_id_of(r) for r in batch])
-    return len(_spool)
+    """Insert the rows spooled during an outage, oldest first. Returns how many still wait.
+
+    Meant for a thread of its own (not the database thread the requests use), since a dead database can
+    block a connection attempt for seconds.
+    """
+    global _down_since
+    while True:
+        with _lock:
+            batch = _spool[:1000]
+            del _spool[:1000]
+        if not batch:
+            break
+        try:
+            insert_records(batch)
+        except (OperationalError, InterfaceError):
+            if not connection.in_atomic_block:
+                connection.close()
+            with _lock:
+                _spool[:0] = batch
+            return len(_spool)
+        journal().written([request_id_of(r) for r in batch])
+    if _down_since is not None:
+        logger.warning("database back after %.1f s; spooled ledger rows written", time.monotonic() - _down_since)
+        _down_since = None
+    return 0
 
 
 def spooled() -> int:
     return len(_spool)
+
+
+def is_down() -> bool:
+    return _down_since is not None

@@ -14,6 +14,7 @@ import logging
 import time
 from datetime import timedelta
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
@@ -71,8 +72,9 @@ async def run() -> None:
 
 
 async def every_second() -> None:
-    if ledger.spooled():
-        await db_step(ledger.write_spooled)()
+    if ledger.spooled() or ledger.is_down():
+        # Its own thread: probing a dead database can block for seconds, and requests use the database thread.
+        await sync_to_async(ledger.write_spooled, thread_sensitive=False)()
     await metering.settle_deferred()
     await limits.give_back_taken()
 
