@@ -48,7 +48,7 @@ def test_an_exhausted_budget_is_429_insufficient_quota_that_the_sdk_does_not_ret
     assert (error["type"], error["code"]) == ("insufficient_quota", "insufficient_quota")
     assert "month budget of this tenant ($0.01)" in error["message"] and "bob" not in error["message"]
     row = row_of(response)
-    assert (row.end_reason, row.error_code, row.status_code, row.cost_micros) == ("rejected", "insufficient_quota", 429, 0)
+    assert (row.end_reason, row.error_code, row.status_code, row.cost_picos) == ("rejected", "insufficient_quota", 429, 0)
     [check] = row.gate["budgets"]
     assert (check["limit_micros"], check["spent_micros"], check["reserved_micros"]) == (10_000, 0, 0)
     assert chat(client, bob, max_tokens=10_000).status_code == 200  # alice's budget is alice's alone
@@ -62,7 +62,7 @@ def test_an_admitted_request_is_charged_its_actual_cost_and_releases_the_rest(
     assert response.status_code == 200
     row = row_of(response)
     expected = row.prompt_tokens * 1000 + row.completion_tokens * 2000
-    assert row.cost_micros == expected > 0 and row.price_id == demo_price.pk and not row.unpriced
+    assert row.cost_picos == expected * 10**6 > 0 and row.price_id == demo_price.pk and not row.unpriced
     state = budgets.status(budget)
     assert (state.spent_micros, state.reserved_micros) == (expected, 0)
     # The header was computed while the worst case was still held.
@@ -96,7 +96,7 @@ def test_tokens_per_minute_counts_the_prompt_and_the_completion_asked_for(client
 def test_an_unpriced_model_is_flagged_and_denied_only_when_configured(client: Client, alice: Party) -> None:
     response = chat(client, alice)
     row = row_of(response)
-    assert response.status_code == 200 and row.unpriced and row.cost_micros == 0 and row.price_id is None
+    assert response.status_code == 200 and row.unpriced and row.cost_picos == 0 and row.price_id is None
     Budget.objects.create(tenant=alice.tenant, amount=Decimal("5"))
     with override_settings(TOLLGATE_UNPRICED="deny"):
         denied = chat(client, alice)
@@ -113,7 +113,7 @@ def test_a_rate_limited_request_holds_no_money_even_when_asked_together_with_the
     assert (first.status_code, second.status_code) == (200, 429)
     assert second.json()["error"]["code"] == "rate_limit_exceeded" and "budgets" not in row_of(second).gate
     state = budgets.status(budget)
-    assert (state.spent_micros, state.reserved_micros) == (row_of(first).cost_micros, 0)
+    assert (state.spent_micros, state.reserved_micros) == (row_of(first).cost_picos // 10**6, 0)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -169,3 +169,41 @@ def test_when_the_budgets_cannot_be_asked_the_rate_limit_slot_goes_back(
         failed = chat(client, alice, max_tokens=9)
     assert failed.status_code == 500 and "budget store" not in failed.content.decode()
     assert chat(client, alice, max_tokens=9).status_code == 200  # the one in-flight slot was given back
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_that_holds_nothing_still_settles_on_a_hard_budget(alice: Party) -> None:
+    from asgiref.sync import async_to_sync
+
+    from accounts.keys import lookup
+    from billing import holds
+    from proxy.errors import BudgetExceeded
+    from proxy.limits import check_limits
+    from proxy.metering import Meter
+    from proxy.providers.base import ApiRequest
+
+    # The demo model has no price: the gate holds 0. Such requests used to leave no hold, so whatever they cost
+    # (a price added later, a per-request fee) never reached the budget and a hard budget kept admitting.
+    budget = Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.01"), period="day")
+    caller = lookup(alice.secret)
+    targets = async_to_sync(routing.route)(caller, "demo")
+
+    async def ask() -> Meter:
+        meter = Meter("chat")
+        meter.caller = caller
+        meter.body = ApiRequest(endpoint="chat", model="demo", max_tokens=9,
+                                data={"model": "demo", "messages": [{"role": "user", "content": "Hi"}]})
+        await check_limits(meter, targets)
+        return meter
+
+    admitted = 0
+    for _ in range(5):
+        try:
+            meter = async_to_sync(ask)()
+        except BudgetExceeded:
+            break
+        assert meter.hold is not None and meter.hold.keys and meter.gate["held_micros"] == 0
+        async_to_sync(holds.backend().settle)(meter.hold, 6_000 * 10**6)  # $0.006 each
+        admitted += 1
+    assert admitted == 2  # $0.006 fits, $0.012 is past $0.01: refused from then on
+    assert budgets.status(budget).spent_micros == 12_000
