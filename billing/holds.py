@@ -63,7 +63,6 @@ class Backend(Protocol):
         """(spent, reserved) in micro-dollars, a started micro-dollar of spend counted whole."""
     def exact_totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
         """(spent in pico-dollars, exact; reserved in micro-dollars)."""
-    async def renew(self, request_ids: list[str], expires_at: datetime) -> int: ...
     def reap(self, now: datetime) -> int: ...
 
 
@@ -86,11 +85,10 @@ class DatabaseBackend:
     def exact_totals(self, spec: BudgetSpec, starts_at: datetime) -> tuple[int, int]:
         return budgets.db_totals(spec, starts_at)
 
-    async def renew(self, request_ids: list[str], expires_at: datetime) -> int:
-        """Move the lease of the holds still open to ``expires_at``. Returns how many were moved."""
-        from proxy.db import db_step
-
-        return await db_step(budgets.db_renew)(request_ids, expires_at)
+    def renew(self, request_ids: list[str], expires_at: datetime) -> int:
+        """Move the lease of the holds still open to ``expires_at`` (one UPDATE; run it on the database thread).
+        Returns how many were moved."""
+        return budgets.db_renew(request_ids, expires_at)
 
     def reap(self, now: datetime) -> int:
         return budgets.db_reap(now)
@@ -316,11 +314,6 @@ class RedisBackend:
     def renewal(self, request_ids: list[str], expires_at: datetime) -> Call:
         """The script that moves the lease of those of the holds still open to ``expires_at``."""
         return Call(RENEW, [LEASES], [int(expires_at.timestamp()), *request_ids])
-
-    async def renew(self, request_ids: list[str], expires_at: datetime) -> int:
-        """Move the lease of the holds still open to ``expires_at``. Returns how many were moved."""
-        [moved] = await scripts.run(self.url, [self.renewal(request_ids, expires_at)])
-        return int(moved)
 
     def reap(self, now: datetime) -> int:
         client, total = self.sync_client(), 0
