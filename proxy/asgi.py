@@ -13,16 +13,25 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import logging
+import tempfile
 import time
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
-from django.core.exceptions import RequestAborted
 from django.http import HttpRequest, HttpResponseBase
-from django.urls import ResolverMatch, get_resolver
+from django.urls import Resolver404, ResolverMatch, get_resolver
+
+from .errors import GatewayError, NotFound, PayloadTooLarge, ServerError
 
 STARTED = "tollgate.started"  # scope key: when the request reached Tollgate, for x-tollgate-overhead-ms
+# Scope key: the client stopped sending its body; proxy/parsing.py answers 408 once the caller is known.
+BODY_TIMED_OUT = "tollgate.body_timed_out"
+
+logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=512)
@@ -51,8 +60,16 @@ class ApiHandler(ASGIHandler):
         return response
 
     async def _get_response_async(self, request: HttpRequest) -> HttpResponseBase:
-        match = resolve(request.path_info)
-        response: HttpResponseBase = await match.func(request, *match.args, **match.kwargs)
+        # Django would answer both failures below with an HTML page, which the SDKs cannot read.
+        try:
+            match = resolve(request.path_info)
+        except Resolver404:
+            return NotFound(f"Unknown endpoint: {request.method} {request.path}", code="unknown_url").response()
+        try:
+            response: HttpResponseBase = await match.func(request, *match.args, **match.kwargs)
+        except Exception:
+            logger.exception("unexpected error on %s", request.path)
+            return ServerError("Tollgate failed to handle the request. It has been logged.").response()
         return response
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -61,13 +78,15 @@ class ApiHandler(ASGIHandler):
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
-            body_file = await self.read_body(receive)
+            body_file = await self.read_api_body(scope, receive)
         except RequestAborted:
             return
         try:
             request, error_response = self.create_request(scope, body_file)
-            if request is None:
-                await self.send_response(error_response, send)
+            if request is None:  # a query string that is not UTF-8, or a body Django refuses
+                error = (PayloadTooLarge("The request body is too large.") if error_response.status_code == 413
+                         else GatewayError("The request's URL or headers could not be decoded.", code="invalid_request"))
+                await self.send_response(error.response(), send)
                 return
             # As Django does: a disconnect while the view runs cancels the view (it records its row).
             respond = asyncio.ensure_future(self.respond(request, send))
@@ -83,6 +102,46 @@ class ApiHandler(ASGIHandler):
         finally:
             body_file.close()
 
+    async def read_api_body(self, scope: dict[str, Any], receive: Any) -> Any:
+        """Return the body as a file, read until complete, larger than TOLLGATE_MAX_BODY_BYTES, or stalled.
+
+        A body that would be refused anyway is not waited for: one declared too large is not read at all, and
+        reading stops once one sent without a length passes the limit; the view answers 413 from what it has.
+        A client that sends nothing for TOLLGATE_BODY_TIMEOUT_SECONDS gets 408 (Django's own read waits forever).
+        """
+        body_file = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
+        limit, idle = settings.TOLLGATE_MAX_BODY_BYTES, settings.TOLLGATE_BODY_TIMEOUT_SECONDS
+        if declared_length(scope) > limit:
+            return body_file
+        loop, size = asyncio.get_running_loop(), 0
+        try:
+            async with asyncio.timeout(idle) as deadline:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise RequestAborted()
+                    chunk = message.get("body", b"")
+                    body_file.write(chunk)
+                    size += len(chunk)
+                    if not message.get("more_body", False) or size > limit:
+                        break
+                    deadline.reschedule(loop.time() + idle)  # a client still sending is not stalled
+        except TimeoutError:
+            scope[BODY_TIMED_OUT] = True
+        except BaseException:
+            body_file.close()
+            raise
+        body_file.seek(0)
+        return body_file
+
+    async def listen_for_disconnect(self, receive: Any) -> None:
+        # Body the client still sends after we stopped reading (refused, or too slow) is dropped; Django's
+        # version fails on it, which would cancel the answer.
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestAborted()
+
     async def respond(self, request: HttpRequest, send: Any) -> None:
         response: HttpResponseBase = await self.run_get_response(request)
         try:
@@ -91,6 +150,13 @@ class ApiHandler(ASGIHandler):
             pass  # the client left while the body was being sent
         finally:
             close_quietly(response)
+
+
+def declared_length(scope: dict[str, Any]) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def close_quietly(response: HttpResponseBase) -> None:

@@ -4,11 +4,13 @@ from django.urls import path, re_path
 
 from . import views
 
+# [\s\S], not ".": a path may hold a decoded newline (/v1/models/m%0d%0a...), which "." does not match, and a path
+# no pattern matches would get Django's HTML 404 instead of the JSON envelope.
 urlpatterns = [
     path("chat/completions", views.chat_completions),
     path("completions", views.completions),
     path("embeddings", views.embeddings),
     path("models", views.models_list),
-    re_path(r"^models/(?P<model>.+)$", views.model_detail),
-    re_path(r"^(?P<path>.*)$", views.unknown_endpoint),
+    re_path(r"^models/(?P<model>[\s\S]+)$", views.model_detail),
+    re_path(r"^(?P<path>[\s\S]*)$", views.unknown_endpoint),
 ]

@@ -35,11 +35,13 @@ class ApiRequest:
         if self.endpoint == CHAT:
             texts = []
             for message in self.data.get("messages", []):
-                content = message.get("content")
+                content = message.get("content") if isinstance(message, dict) else None
                 if isinstance(content, str):
                     texts.append(content)
                 elif isinstance(content, list):
-                    texts.extend(part.get("text", "") for part in content if isinstance(part, dict))
+                    # Only text parts carry text; proxy/parsing.py has checked it is a string, this guards other callers.
+                    texts.extend(text for part in content if isinstance(part, dict)
+                                 and isinstance(text := part.get("text"), str))
             return texts
         value = self.data.get("prompt" if self.endpoint == COMPLETIONS else "input", "")
         if isinstance(value, str):
