@@ -102,7 +102,7 @@ class ApiHandler(ASGIHandler):
         finally:
             body_file.close()
 
-    async def read_api_body(self, scope: dict[str, Any], receive: Any) -> Any:
+    async def read_api_body(self, scope: dict[str, Any], receive: Any) -> tempfile.SpooledTemporaryFile[bytes]:
         """Return the body as a file, read until complete, larger than TOLLGATE_MAX_BODY_BYTES, or stalled.
 
         A body that would be refused anyway is not waited for: one declared too large is not read at all, and
@@ -153,9 +153,12 @@ class ApiHandler(ASGIHandler):
 
 
 def declared_length(scope: dict[str, Any]) -> int:
+    """The Content-Length the client declared; 0 when none or not a number (the view answers that one)."""
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isdigit() else 0
+            if not value.isdigit():  # bytes: ASCII digits only
+                return 0
+            return int(value) if len(value) <= 18 else 10**18  # int() refuses 4,300 digits and more
     return 0
 
 

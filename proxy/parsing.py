@@ -62,7 +62,11 @@ def read_json(request: HttpRequest) -> JSONDict:
         raise RequestTimeout(f"The request body did not arrive within {settings.TOLLGATE_BODY_TIMEOUT_SECONDS} seconds.")
     limit = settings.TOLLGATE_MAX_BODY_BYTES
     declared = request.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
+    # ASCII digits only: "²".isdigit() is true but int() refuses it, and so would Django reading the body.
+    if declared and not (declared.isascii() and declared.isdigit()):
+        raise GatewayError("The Content-Length header must be a number of bytes.", code="invalid_request")
+    # More digits than any size we accept is too large, without int() (which refuses 4,300 digits and more).
+    if declared and (len(declared) > 18 or int(declared) > limit):
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
     try:
         raw = request.body

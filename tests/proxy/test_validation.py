@@ -515,6 +515,23 @@ def test_undeclared_body_above_the_limit_is_413_without_reading_the_rest(alice: 
     assert_asgi_envelope(reply, 413, None, "request_too_large")
 
 
+@pytest.mark.parametrize("declared", ["9" * 5000, "99999999999999999999"], ids=["5000-digits", "20-digits"])
+def test_content_length_with_too_many_digits_is_413(alice: Party, demo: ModelRoute, declared: str) -> None:
+    headers = {**alice.auth, "Content-Type": "application/json", "Content-Length": declared}
+    reply = asgi(CHAT, chunks=[b"{}"], finished=False, headers=headers)
+    assert_asgi_envelope(reply, 413, None, "request_too_large")
+
+
+@pytest.mark.parametrize("declared", ["\u00b2", "-1", "1e3", " 12"], ids=["superscript-two", "negative", "exponent", "space"])
+def test_content_length_that_is_not_a_number_is_400(alice: Party, demo: ModelRoute, declared: str) -> None:
+    # "\u00b2".isdigit() is true, yet int() and Django's body reader refuse it.
+    headers = {**alice.auth, "Content-Type": "application/json", "Content-Length": declared}
+    before = UsageRecord.objects.count()
+    reply = asgi(CHAT, chunks=[json.dumps(chat()).encode()], headers=headers)
+    assert_asgi_envelope(reply, 400, None, "invalid_request")
+    assert UsageRecord.objects.count() == before + 1
+
+
 # 6. Completion token limits
 
 
