@@ -93,8 +93,8 @@ async def publish(records: list[Any]) -> None:
         return
     try:
         watched = await listening()
-    except Exception:
-        logger.warning("live usage feed: the listener registry could not be read", exc_info=True)
+    except Exception as e:
+        warn_quietly(f"live usage feed: the listener registry could not be read ({type(e).__name__}: {e})")
         return
     by_tenant: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
@@ -103,5 +103,18 @@ async def publish(records: list[Any]) -> None:
     for tenant_id, rows in by_tenant.items():
         try:
             await layer.group_send(group(tenant_id), {"type": "usage.rows", "rows": rows})
-        except Exception:
-            logger.warning("live usage feed: could not publish %d rows of tenant %s", len(rows), tenant_id, exc_info=True)
+        except Exception as e:
+            warn_quietly(f"live usage feed: could not publish rows ({type(e).__name__}: {e})")
+
+
+QUIET_SECONDS = 30.0
+_last_warning = -QUIET_SECONDS
+
+
+def warn_quietly(message: str) -> None:
+    """One line per QUIET_SECONDS: while Redis is down every batch of rows would otherwise log a traceback."""
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning >= QUIET_SECONDS:
+        _last_warning = now
+        logger.warning("%s", message[:300])

@@ -193,7 +193,10 @@ async def take(request_id: str, scopes: list[Scope], tokens: int, specs: tuple, 
             hold_keys = budgets.pending(request_id, specs, amount, now).call.keys[:-2]
         return verdict, await budgets.reserve(request_id, specs, amount, now)
     except Exception:
-        compensate(request_id, scopes, hold_keys)
+        try:  # give back at once what the failed call may have taken; if Redis cannot be asked, the upkeep will
+            await give_back(request_id, scopes, hold_keys)
+        except Exception:
+            compensate(request_id, scopes, hold_keys)
         raise
 
 
@@ -207,18 +210,22 @@ def compensate(request_id: str, scopes: list[Scope], hold_keys: list[str]) -> No
         _taken.append((time.monotonic() + settings.TOLLGATE_RESERVATION_LEASE_SECONDS, request_id, scopes, hold_keys))
 
 
+async def give_back(request_id: str, scopes: list[Scope], hold_keys: list[str]) -> None:
+    budgets = holds.backend()
+    if hold_keys and isinstance(budgets, holds.RedisBackend):
+        # Settling at zero is idempotent: a hold never made, or already released, adds nothing.
+        await budgets.settle(holds.Hold(request_id, 0, [], True, hold_keys), 0)
+    if scopes:
+        await limiter().release(request_id, scopes)
+
+
 async def give_back_taken() -> int:
     """Retry the give-backs of failed gate calls (called every second). Returns how many still wait."""
-    budgets, rates = holds.backend(), limiter()
     waiting = list(_taken)
     _taken.clear()
     for give_up_at, request_id, scopes, hold_keys in waiting:
         try:
-            if hold_keys and isinstance(budgets, holds.RedisBackend):
-                # Settling at zero is idempotent: a hold never made, or already released, adds nothing.
-                await budgets.settle(holds.Hold(request_id, 0, [], True, hold_keys), 0)
-            if scopes:
-                await rates.release(request_id, scopes)
+            await give_back(request_id, scopes, hold_keys)
         except Exception:
             if time.monotonic() < give_up_at:
                 _taken.append((give_up_at, request_id, scopes, hold_keys))

@@ -41,16 +41,18 @@ def row_of(response: object) -> UsageRecord:
 def test_an_exhausted_budget_is_429_insufficient_quota_that_the_sdk_does_not_retry(
     client: Client, alice: Party, bob: Party, demo_price: Price
 ) -> None:
-    Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.01"), period="month")
-    response = chat(client, alice, max_tokens=10_000)  # may cost up to $0.02
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.03"), period="month")
+    UsageRecord.objects.create(tenant=alice.tenant, key=alice.key, endpoint="chat", end_reason="complete",
+                               status_code=200, cost_picos=15_000 * 10**6)  # $0.015 spent already this month
+    response = chat(client, alice, max_tokens=10)  # may cost up to $0.028: fits the budget, not what is left
     assert response.status_code == 429 and response["x-should-retry"] == "false"
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("insufficient_quota", "insufficient_quota")
-    assert "month budget of this tenant ($0.01)" in error["message"] and "bob" not in error["message"]
+    assert "month budget of this tenant ($0.03)" in error["message"] and "bob" not in error["message"]
     row = row_of(response)
     assert (row.end_reason, row.error_code, row.status_code, row.cost_picos) == ("rejected", "insufficient_quota", 429, 0)
     [check] = row.gate["budgets"]
-    assert (check["limit_micros"], check["spent_micros"], check["reserved_micros"]) == (10_000, 0, 0)
+    assert (check["limit_micros"], check["spent_micros"], check["reserved_micros"]) == (30_000, 15_000, 0)
     assert chat(client, bob, max_tokens=10_000).status_code == 200  # alice's budget is alice's alone
 
 

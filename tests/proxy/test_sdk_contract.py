@@ -217,6 +217,9 @@ def test_failure_before_the_first_byte_falls_over_to_another_deployment(
     for stream in (False, True):
         result = sdk(live_server_url, alice).chat.completions.create(model="balanced", messages=MESSAGES, stream=stream)
         assert list(result) if stream else result.choices[0].message.content == "Hello from the mock."
+    deadline = time.monotonic() + 3  # a stream's row is written just after its last event reached the client
+    while time.monotonic() < deadline and UsageRecord.objects.filter(public_model="balanced").count() < 2:
+        time.sleep(0.02)
     rows = list(UsageRecord.objects.filter(public_model="balanced"))
     assert [(r.end_reason, r.upstream_model) for r in rows] == [("complete", "mock")] * 2
 
