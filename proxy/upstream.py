@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from . import providers
 from .errors import ProviderError
 from .providers import http
-from .providers.base import ApiRequest, Chunk, Completion, StreamTranslator, Target, Upstream
+from .providers.base import ApiRequest, Chunk, Completion, StreamTranslator, Target, Upstream, UpstreamRequest
 
 
 class HttpUpstream:
@@ -42,13 +44,24 @@ class HttpUpstream:
             await finish()  # finalise the reader now rather than whenever the collector gets to it
 
 
+LARGE_BODY_BYTES = 256 * 1024
+
+
+async def build(provider: Any, target: Target, body: ApiRequest) -> UpstreamRequest:
+    """The provider's request; encoding a large body to JSON happens in a worker thread, off the event loop."""
+    if body.size > LARGE_BODY_BYTES:
+        return await asyncio.to_thread(provider.build_request, target, body)
+    request: UpstreamRequest = provider.build_request(target, body)
+    return request
+
+
 async def open_stream(target: Target, body: ApiRequest) -> Upstream:
     """Return the opened upstream stream. Raises ProviderError before any byte reaches the client."""
     provider = providers.get(target.kind)
     if hasattr(provider, "open_stream"):
         return await provider.open_stream(target, body)
     # Opened inside the view, before the response starts, so an upstream 4xx/5xx keeps its status code.
-    response = await http.send(provider.build_request(target, body))
+    response = await http.send(await build(provider, target, body))
     if response.status >= 400:
         raise provider.error_for(await http.reply(response))
     # close() drops a half-read connection (stopping the upstream's work); a finished one goes back to the pool.
@@ -60,7 +73,7 @@ async def complete(target: Target, body: ApiRequest) -> Completion:
     provider = providers.get(target.kind)
     if hasattr(provider, "complete"):
         return await provider.complete(target, body)
-    answer = await http.reply(await http.send(provider.build_request(target, body)))
+    answer = await http.reply(await http.send(await build(provider, target, body)))
     if answer.status_code >= 400:
         raise provider.error_for(answer)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -22,6 +23,8 @@ from .streaming import first_completion, guarded_relay, open_first
 
 logger = logging.getLogger(__name__)
 
+LARGE_BODY_BYTES = 256 * 1024
+
 
 async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = None) -> HttpResponseBase:
     """The whole /v1 path. ``caller`` is given by the playground, whose users sign in instead of sending a key."""
@@ -31,8 +34,11 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
         meter.caller = caller or await authenticate(request)
         if request.method != "POST":
             raise MethodNotAllowed(f"Use POST for /v1/{'chat/completions' if endpoint == CHAT else endpoint}.")
-        meter.body = body = parse(request, endpoint)
-        meter.body_bytes = len(request.body)
+        meter.body_bytes = body_size(request)
+        # A large body is parsed in a worker thread: decoding megabytes of JSON would stall every other request.
+        big = meter.body_bytes > LARGE_BODY_BYTES
+        meter.body = body = await asyncio.to_thread(parse, request, endpoint) if big else parse(request, endpoint)
+        body.size = meter.body_bytes
         targets = await routing.route(meter.caller, body.model)
         await check_limits(meter, targets)
         meter.target = targets[0]
@@ -60,6 +66,13 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
     if completion.raw is not None:
         return with_ids(HttpResponse(completion.raw, content_type="application/json"), meter)
     return with_ids(JsonResponse(completion.payload), meter)
+
+
+def body_size(request: HttpRequest) -> int:
+    try:
+        return len(request.body)
+    except (RequestDataTooBig, ValueError):
+        return 0  # parse() answers a body too big, or a Content-Length it cannot read, with a 4xx
 
 
 def with_ids(response: HttpResponseBase, meter: Meter) -> HttpResponseBase:

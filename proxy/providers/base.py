@@ -29,6 +29,7 @@ class ApiRequest:
     stream: bool = False
     include_usage: bool = False  # the client asked for stream_options.include_usage
     max_tokens: int | None = None
+    size: int = 0  # bytes of the client's body: large ones are re-encoded for the provider off the event loop
 
     def prompt_texts(self) -> list[str]:
         """The text the prompt is made of, for token estimates when a provider reports no usage."""
