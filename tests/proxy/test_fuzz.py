@@ -23,7 +23,7 @@ from proxy import routing
 from proxy.services import ensure_demo_route
 
 from ..conftest import Party
-from .test_validation import CHAT, COMPLETIONS, EMBEDDINGS, AsgiReply, asgi_call
+from .v1_client import CHAT, COMPLETIONS, EMBEDDINGS, AsgiReply, asgi_call
 
 # Derandomized, so a run is repeatable; no example database is written into the repository.
 FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=False,

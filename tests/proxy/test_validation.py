@@ -1,55 +1,19 @@
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.http import HttpResponse
 from django.test import Client, override_settings
 
 from billing.models import UsageRecord
-from proxy.asgi import ApiHandler
 from proxy.models import ModelRoute
-from proxy.services import ensure_demo_route
 
 from ..conftest import Party
 from ..factories import make_key
-
-CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
-HELLO = [{"role": "user", "content": "Say hello"}]
-
-
-@pytest.fixture
-def demo(db: None) -> ModelRoute:
-    return ensure_demo_route()
-
-
-def post(client: Client, url: str, body: Any, headers: dict[str, str]) -> HttpResponse:
-    content = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    return client.post(url, data=content, content_type="application/json", headers=headers)
-
-
-def chat(**fields: Any) -> dict[str, Any]:
-    return {"model": "demo", "messages": HELLO, **fields}
-
-
-def assert_envelope(response: HttpResponse, status: int, param: str | None, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == "application/json"
-    assert not response.content.lstrip().startswith(b"<")
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["param"] == param
-    if code is not None:
-        assert error["code"] == code
-    assert error["message"] and "Traceback" not in error["message"]
-    return error
-
+from .v1_client import CHAT, COMPLETIONS, EMBEDDINGS, HELLO, assert_envelope, chat, post
 
 def assert_one_rejected_row(response: HttpResponse, before: int, status: int) -> UsageRecord:
     assert UsageRecord.objects.count() == before + 1
@@ -279,79 +243,6 @@ def test_valid_demo_chat_is_200_with_request_id_and_overhead(client: Client, ali
     assert row.prompt_tokens > 0 and row.completion_tokens > 0
 
 
-# --- In process through the lean ASGI handler that serves /v1 in production (proxy/asgi.py) ---
-
-_handler: ApiHandler | None = None
-
-
-def api_handler() -> ApiHandler:
-    global _handler
-    if _handler is None:
-        _handler = ApiHandler()
-    return _handler
-
-
-@dataclass
-class AsgiReply:
-    status: int
-    headers: dict[str, str]
-    content: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-    def __getitem__(self, name: str) -> str:
-        return self.headers[name.lower()]
-
-
-async def asgi_call(path: str, *, method: str = "POST", chunks: list[bytes] | None = None, finished: bool = True,
-                    headers: dict[str, str] | None = None, query: bytes = b"") -> AsgiReply:
-    """One request through ApiHandler. ``finished=False``: the client sends ``chunks`` and then nothing more."""
-    pending = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks or [b""]]
-    if finished:
-        pending[-1]["more_body"] = False
-    stalled = asyncio.Event()  # never set: after its last message the client neither sends nor leaves
-
-    async def receive() -> dict[str, Any]:
-        if pending:
-            return pending.pop(0)
-        await stalled.wait()
-        return {"type": "http.disconnect"}
-
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    raw_headers = [(k.lower().encode("latin1"), v.encode("latin1")) for k, v in (headers or {}).items()]
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode("utf-8", "surrogateescape"), "query_string": query, "root_path": "",
-             "headers": raw_headers, "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
-    await asyncio.wait_for(api_handler()(scope, receive, send), timeout=10)
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    names = {k.decode("latin1").lower(): v.decode("latin1") for k, v in start["headers"]}
-    return AsgiReply(status=start["status"], headers=names, content=body)
-
-
-def asgi(path: str, **kwargs: Any) -> AsgiReply:
-    return async_to_sync(asgi_call)(path, **kwargs)
-
-
-def json_headers(party: Party, body: bytes, **extra: str) -> dict[str, str]:
-    return {**party.auth, "Content-Type": "application/json", "Content-Length": str(len(body)), **extra}
-
-
-def assert_asgi_envelope(reply: AsgiReply, status: int, param: str | None, code: str | None = None) -> dict[str, Any]:
-    assert reply.status == status, reply.content
-    assert reply["content-type"] == "application/json"
-    error = reply.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
-    if code is not None:
-        assert error["code"] == code
-    return error
-
-
 # 1. Content parts whose text is not a string
 
 
@@ -436,100 +327,6 @@ def test_nul_in_the_model_name_leaves_a_row_on_postgres(client: Client, alice: P
     response = post(client, EMBEDDINGS, {"model": "\x00", "input": "hi"}, alice.auth)
     assert_envelope(response, 400, "model", "invalid_value")
     assert_one_rejected_row(response, before, 400)
-
-
-# 4. Every /v1 path answers the JSON envelope, never Django's HTML
-
-
-def test_model_path_with_crlf_answers_the_envelope(client: Client, alice: Party, demo: ModelRoute) -> None:
-    response = client.get("/v1/models/m%0d%0aX-Injected:%201", headers=alice.auth)
-    assert_envelope(response, 404, "model", "model_not_found")
-    assert "X-Injected" not in response.headers
-    reply = asgi("/v1/models/m\r\nX-Injected: 1", method="GET", headers=alice.auth)
-    assert_asgi_envelope(reply, 404, "model", "model_not_found")
-    assert "x-injected" not in reply.headers
-
-
-def test_unknown_path_with_newlines_answers_the_envelope(client: Client, alice: Party, demo: ModelRoute) -> None:
-    assert_envelope(client.post("/v1/chat/completions%0a", headers=alice.auth), 404, None, "unknown_url")
-    assert_envelope(client.get("/v1/%0a%0d", headers=alice.auth), 404, None, "unknown_url")
-    assert_asgi_envelope(asgi("/v1/\n", method="GET", headers=alice.auth), 404, None, "unknown_url")
-    # Anonymous callers learn nothing about which paths exist.
-    assert_asgi_envelope(asgi("/v1/\n", method="GET"), 401, None, "invalid_api_key")
-
-
-def test_path_the_urlconf_does_not_know_answers_the_envelope(db: None) -> None:
-    # The handler only serves /v1/, but whatever reaches it gets the envelope.
-    assert_asgi_envelope(asgi("/elsewhere", method="GET"), 404, None, "unknown_url")
-
-
-def test_query_string_that_is_not_utf8_answers_the_envelope(alice: Party, demo: ModelRoute) -> None:
-    reply = asgi("/v1/models", method="GET", headers=alice.auth, query=b"a=\xff")
-    assert_asgi_envelope(reply, 400, None)
-
-
-# 5. Bodies that never finish, or are declared too large
-
-
-def test_valid_chat_through_the_asgi_handler_is_200(alice: Party, demo: ModelRoute) -> None:
-    body = json.dumps(chat()).encode()
-    reply = asgi(CHAT, chunks=[body[:10], body[10:]], headers=json_headers(alice, body))
-    assert reply.status == 200, reply.content
-    assert UsageRecord.objects.get(request_id=uuid.UUID(reply["x-request-id"])).end_reason == "complete"
-
-
-@override_settings(TOLLGATE_BODY_TIMEOUT_SECONDS=0.2)
-def test_body_that_stops_arriving_is_408_with_one_row(alice: Party, demo: ModelRoute) -> None:
-    body = json.dumps(chat()).encode()
-    before = UsageRecord.objects.count()
-    started = time.monotonic()
-    reply = asgi(CHAT, chunks=[body[:10]], finished=False, headers=json_headers(alice, body))
-    assert_asgi_envelope(reply, 408, None, "request_timeout")
-    assert 0.2 <= time.monotonic() - started < 5
-    assert UsageRecord.objects.count() == before + 1
-    row = UsageRecord.objects.get(request_id=uuid.UUID(reply["x-request-id"]))
-    assert (row.status_code, row.error_code) == (408, "request_timeout")
-
-
-@override_settings(TOLLGATE_BODY_TIMEOUT_SECONDS=0.2)
-def test_body_that_never_starts_is_408(alice: Party, demo: ModelRoute) -> None:
-    reply = asgi(CHAT, chunks=[b""], finished=False, headers=json_headers(alice, b"x" * 100))
-    assert_asgi_envelope(reply, 408, None, "request_timeout")
-
-
-@override_settings(TOLLGATE_BODY_TIMEOUT_SECONDS=30)
-def test_declared_body_above_the_limit_is_413_without_waiting_for_it(alice: Party, demo: ModelRoute) -> None:
-    headers = {**alice.auth, "Content-Type": "application/json", "Content-Length": "11000000"}
-    before = UsageRecord.objects.count()
-    started = time.monotonic()
-    reply = asgi(CHAT, chunks=[b'{"model": "'], finished=False, headers=headers)
-    assert_asgi_envelope(reply, 413, None, "request_too_large")
-    assert time.monotonic() - started < 5
-    assert UsageRecord.objects.count() == before + 1
-
-
-@override_settings(TOLLGATE_MAX_BODY_BYTES=2048, DATA_UPLOAD_MAX_MEMORY_SIZE=2048, TOLLGATE_BODY_TIMEOUT_SECONDS=30)
-def test_undeclared_body_above_the_limit_is_413_without_reading_the_rest(alice: Party, demo: ModelRoute) -> None:
-    # No Content-Length (chunked upload): reading stops once the body passes the limit.
-    reply = asgi(CHAT, chunks=[b" " * 1024] * 3, finished=False, headers={**alice.auth, "Content-Type": "application/json"})
-    assert_asgi_envelope(reply, 413, None, "request_too_large")
-
-
-@pytest.mark.parametrize("declared", ["9" * 5000, "99999999999999999999"], ids=["5000-digits", "20-digits"])
-def test_content_length_with_too_many_digits_is_413(alice: Party, demo: ModelRoute, declared: str) -> None:
-    headers = {**alice.auth, "Content-Type": "application/json", "Content-Length": declared}
-    reply = asgi(CHAT, chunks=[b"{}"], finished=False, headers=headers)
-    assert_asgi_envelope(reply, 413, None, "request_too_large")
-
-
-@pytest.mark.parametrize("declared", ["\u00b2", "-1", "1e3", " 12"], ids=["superscript-two", "negative", "exponent", "space"])
-def test_content_length_that_is_not_a_number_is_400(alice: Party, demo: ModelRoute, declared: str) -> None:
-    # "\u00b2".isdigit() is true, yet int() and Django's body reader refuse it.
-    headers = {**alice.auth, "Content-Type": "application/json", "Content-Length": declared}
-    before = UsageRecord.objects.count()
-    reply = asgi(CHAT, chunks=[json.dumps(chat()).encode()], headers=headers)
-    assert_asgi_envelope(reply, 400, None, "invalid_request")
-    assert UsageRecord.objects.count() == before + 1
 
 
 # 6. Completion token limits
