@@ -109,8 +109,10 @@ class ApiHandler(ASGIHandler):
         reading stops once one sent without a length passes the limit; the view answers 413 from what it has.
         A client that sends nothing for TOLLGATE_BODY_TIMEOUT_SECONDS gets 408 (Django's own read waits forever).
         """
-        body_file = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
         limit, idle = settings.TOLLGATE_MAX_BODY_BYTES, settings.TOLLGATE_BODY_TIMEOUT_SECONDS
+        # In memory up to the largest accepted body (plus the chunk that crosses it): the view reads it all into
+        # memory anyway, and a spill to a temporary file would write and read back every large prompt.
+        body_file = tempfile.SpooledTemporaryFile(max_size=limit + 1024 * 1024, mode="w+b")
         if declared_length(scope) > limit:
             return body_file
         loop, size = asyncio.get_running_loop(), 0

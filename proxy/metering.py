@@ -23,7 +23,6 @@ from .ratelimits import RedisLimiter, limiter
 awrite_rows = db_step(write_rows)
 BATCH = 200  # rows per INSERT at most
 CHECKPOINT_SECONDS = 1.0  # how often a stream notes what it relayed in the journal
-INLINE_JOURNAL_BYTES = 64 * 1024  # larger prompts are written to the journal from a worker thread
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,6 @@ class Meter:
         self.verdict: Any = None  # the rate limiter's answer, for the x-ratelimit headers
         self.prompt_tokens: int | None = None  # counted by the gate, when a budget or token limit needed it
         self.begun = False  # the journal has this request's begin line
-        self.body_bytes = 0
         self.checkpointed = (0.0, 0)  # when the journal last noted the stream, and how many texts it had
 
     def limit_headers(self) -> dict[str, str]:
@@ -119,7 +117,7 @@ class Meter:
             fields["slots"] = slots
         settles = "hold" in fields or bool(slots)
         book = journal()
-        if self.body_bytes > INLINE_JOURNAL_BYTES:
+        if body.is_large:
             await asyncio.to_thread(book.begin, self.request_id, fields, settles=settles)  # big prompts: off the loop
         else:
             book.begin(self.request_id, fields, settles=settles)

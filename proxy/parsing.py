@@ -85,7 +85,8 @@ def read_json(request: HttpRequest) -> JSONDict:
         raise GatewayError("The request body must be a JSON object.", code="invalid_json")
     # A \ud800-style escape can leave a lone surrogate, which no UTF-8 text (the database, the provider) can hold.
     # Only bodies with such an escape pay for the walk; a valid pair (an emoji) passes it.
-    if b"\\ud" in raw or b"\\uD" in raw:
+    # (A one-byte search first: it is memchr, about 20 times faster than looking for the three bytes in 8 MB.)
+    if b"\\" in raw and (b"\\ud" in raw or b"\\uD" in raw):
         where = unencodable(data)
         if where is not None:
             raise invalid("The request body contains a lone UTF-16 surrogate, which is not valid Unicode text.", where or None)

@@ -44,12 +44,9 @@ class HttpUpstream:
             await finish()  # finalise the reader now rather than whenever the collector gets to it
 
 
-LARGE_BODY_BYTES = 256 * 1024
-
-
 async def build(provider: Any, target: Target, body: ApiRequest) -> UpstreamRequest:
     """The provider's request; encoding a large body to JSON happens in a worker thread, off the event loop."""
-    if body.size > LARGE_BODY_BYTES:
+    if body.is_large:
         return await asyncio.to_thread(provider.build_request, target, body)
     request: UpstreamRequest = provider.build_request(target, body)
     return request

@@ -18,12 +18,10 @@ from .errors import GatewayError, MethodNotAllowed, NotFound, ServerError
 from .limits import check_limits
 from .metering import Meter
 from .parsing import parse
-from .providers.base import CHAT, COMPLETIONS, EMBEDDINGS
+from .providers.base import CHAT, COMPLETIONS, EMBEDDINGS, LARGE_BODY_BYTES
 from .streaming import first_completion, guarded_relay, open_first
 
 logger = logging.getLogger(__name__)
-
-LARGE_BODY_BYTES = 256 * 1024
 
 
 async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = None) -> HttpResponseBase:
@@ -34,11 +32,11 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
         meter.caller = caller or await authenticate(request)
         if request.method != "POST":
             raise MethodNotAllowed(f"Use POST for /v1/{'chat/completions' if endpoint == CHAT else endpoint}.")
-        meter.body_bytes = body_size(request)
+        size = body_size(request)
         # A large body is parsed in a worker thread: decoding megabytes of JSON would stall every other request.
-        big = meter.body_bytes > LARGE_BODY_BYTES
+        big = size > LARGE_BODY_BYTES
         meter.body = body = await asyncio.to_thread(parse, request, endpoint) if big else parse(request, endpoint)
-        body.size = meter.body_bytes
+        body.size = size
         targets = await routing.route(meter.caller, body.model)
         await check_limits(meter, targets)
         meter.target = targets[0]
@@ -69,6 +67,10 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
 
 
 def body_size(request: HttpRequest) -> int:
+    """The body's size, from its Content-Length when it has one: reading a large body happens in parse()'s thread."""
+    declared = request.headers.get("Content-Length", "")
+    if declared.isascii() and declared.isdigit() and len(declared) <= 18:
+        return int(declared)
     try:
         return len(request.body)
     except (RequestDataTooBig, ValueError):
