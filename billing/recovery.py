@@ -23,21 +23,14 @@ from typing import Any
 
 from django.conf import settings
 
-from . import holds, journal
+from . import holds, journal, scripts
 from .journal import Lost
-from .ledger import record_from
+from .ledger import record_from, request_id_of
 from .models import UsageRecord
 from .scripts import Call
 from .services import UsageEntry, build_records, insert_records
 
 logger = logging.getLogger(__name__)
-
-# KEYS: in-flight sets; ARGV: the request id. (The same as the rate limiter's release.)
-FREE_SLOTS = """
-for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
-return #KEYS
-"""
-
 
 def lost_entry(lost: Lost) -> UsageEntry:
     """The row of a request its process did not finish, by the policy above."""
@@ -76,7 +69,7 @@ def rows_to_write(requests: dict[str, Lost]) -> list[UsageRecord]:
 
 def costs(requests: dict[str, Lost], records: list[UsageRecord]) -> dict[str, int]:
     """The cost in picos each unsettled request settles at."""
-    built = {str(r.request_id).replace("-", ""): r.cost_picos for r in records}
+    built = {request_id_of(r): r.cost_picos for r in records}
     result: dict[str, int] = {}
     for request_id, lost in requests.items():
         if lost.settled or lost.begin is None or not (lost.begin.get("hold") or lost.begin.get("slots")):
@@ -98,9 +91,7 @@ async def settle_lost(requests: dict[str, Lost], owed: dict[str, int]) -> None:
             await backend.settle(holds.Hold(request_id, int(hold.get("amount", 0)), [], True, list(hold["keys"])), cost)
         slots = begin.get("slots")
         if slots and settings.REDIS_URL:
-            from . import scripts
-
-            await scripts.run(settings.REDIS_URL, [Call(FREE_SLOTS, list(slots), [request_id])])
+            await scripts.run(settings.REDIS_URL, [Call(scripts.ZREM_ALL, list(slots), [request_id])])
 
 
 def replay_rows(path: Path) -> tuple[dict[str, Lost], dict[str, int], int]:

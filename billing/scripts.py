@@ -12,6 +12,11 @@ from typing import Any
 
 from .batching import GroupCommit
 
+# KEYS: sorted sets; ARGV: one member, removed from each (a request's in-flight slots).
+ZREM_ALL = """
+for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return #KEYS
+"""
 
 
 @dataclass(frozen=True)

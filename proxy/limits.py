@@ -189,10 +189,10 @@ async def take(request_id: str, scopes: list[Scope], tokens: int, specs: tuple, 
         verdict = await rates.acquire(request_id, scopes, tokens) if scopes else None
         if (verdict is not None and not verdict.admitted) or not specs:
             return verdict, None
-        if isinstance(budgets, holds.RedisBackend):
-            hold_keys = budgets.pending(request_id, specs, amount, now).call.keys[:-2]
         return verdict, await budgets.reserve(request_id, specs, amount, now)
     except Exception:
+        if specs and not hold_keys and isinstance(budgets, holds.RedisBackend):
+            hold_keys = budgets.pending(request_id, specs, amount, now).call.keys[:-2]  # what it may have held
         try:  # give back at once what the failed call may have taken; if Redis cannot be asked, the upkeep will
             await give_back(request_id, scopes, hold_keys)
         except Exception:

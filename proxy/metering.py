@@ -16,6 +16,7 @@ from billing.journal import journal
 from billing.ledger import write_rows
 from billing.services import UsageEntry
 
+from . import outages
 from .db import db_step
 from .providers.base import CHAT, ApiRequest, Chunk, Target, Usage
 from .ratelimits import RedisLimiter, limiter
@@ -197,8 +198,10 @@ class Meter:
         try:
             await settle(self.request_id, self.hold, cost, self.scopes)
         except Exception as e:
-            logger.warning("request %s: settlement deferred (%s); retried every second", self.request_id,
-                           type(e).__name__)
+            if (dependency := outages.dependency_of(e)) is not None:
+                outages.note(dependency, e)  # once per outage, not once per request
+            else:
+                logger.exception("request %s: settlement failed; retried every second", self.request_id)
             _unsettled.append((self.request_id, self.hold, cost, self.scopes))
             return
         _open.pop(self.request_id, None)

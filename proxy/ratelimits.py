@@ -95,11 +95,7 @@ def keys_for(scope: Scope, window: int) -> list[str]:
     return [f"{base}:r:{window}", f"{base}:t:{window}", f"{base}:c"]
 
 
-# KEYS: the in-flight sets of the scopes; ARGV: the request id.
-RELEASE = """
-for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
-return #KEYS
-"""
+RELEASE = scripts.ZREM_ALL  # KEYS: the in-flight sets of the scopes; ARGV: the request id
 
 # KEYS: in-flight sets; ARGV: the new lease expiry, then per key the request id holding a slot there.
 RENEW = """
