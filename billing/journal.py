@@ -10,7 +10,7 @@ Each serving process appends JSON lines to a file of its own in TOLLGATE_JOURNAL
 - ``w`` (written): the rows the database has committed. ``s`` (settled): the hold and slots were given back.
 
 A request is done once it is written and settled. A file whose requests are all done is deleted when the process
-moves to a new file (every TOLLGATE_JOURNAL_SEGMENT_BYTES) or stops. A file nobody holds a lock on belongs to a
+moves to a new file (every SEGMENT_BYTES, 32 MB) or stops. A file nobody holds a lock on belongs to a
 dead process: billing/recovery.py replays it, idempotently (rows are unique by request id, settlements are marked).
 
 Appends are one ``write`` each, with no fsync: they survive the process being killed (the kernel has them), not the
@@ -30,13 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 SUFFIX = ".journal"
 SEGMENT_BYTES = 32 * 1024 * 1024
 
 
 def dumps(record: dict[str, Any]) -> bytes:
-    # Lone surrogates cannot be UTF-8: escape them (ensure_ascii) so one odd string never loses a line.
-    return json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
+    # Two lines per request on the /v1 path: orjson takes a tenth of the standard library's time. What it refuses
+    # (a lone surrogate, an integer past 64 bits) the standard library escapes, so one odd value never loses a line.
+    try:
+        return orjson.dumps(record, default=str) + b"\n"
+    except TypeError:
+        return json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
 
 
 class Journal:
