@@ -18,13 +18,14 @@ def test_streams_and_completions_reuse_one_upstream_connection(mock_upstream_url
     once = ApiRequest(endpoint="chat", model="m", data={"model": "m", "messages": messages})
 
     async def three_streams_and_a_completion() -> tuple[int, int]:
-        opened_before = len(mock_upstream.connections)
+        before = len(mock_upstream.peers)
         for _ in range(3):
             opened = await upstream.open_stream(target, stream)
             assert [chunk async for chunk in opened][-1].usage is not None
             await opened.aclose()
         await upstream.complete(target, once)
         await http.session().close()
-        return len(mock_upstream.connections) - opened_before, sum(mock_upstream.connections[opened_before:])
+        mine = mock_upstream.peers[before:]
+        return len(set(mine)), len(mine)
 
     assert asyncio.run(three_streams_and_a_completion()) == (1, 4)  # one connection, four requests on it
