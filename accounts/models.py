@@ -52,6 +52,9 @@ class Tenant(models.Model):
     tokens_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Prompt tokens plus the completion tokens asked for. Empty means no limit.")
     max_concurrent = models.PositiveIntegerField(null=True, blank=True, help_text="Requests in flight at once. Empty means no limit.")
+    allowed_models = models.JSONField(
+        default=list, blank=True, validators=[validate_model_list],
+        help_text="Public model names this tenant may call; empty means every routed model. Keys can only narrow it.")
     created_at = models.DateTimeField(default=tz.now)
 
     class Meta:
@@ -154,3 +157,16 @@ class ManagementToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} (tgm-{self.prefix}-…)"
+
+
+class KeyPepper(models.Model):
+    """The fingerprint of the pepper every API key digest is made under: one row, written with the first key.
+
+    A process whose pepper has another fingerprint would issue keys no server accepts, so it refuses to.
+    """
+
+    fingerprint = models.CharField(max_length=64, unique=True, help_text="HMAC-SHA256 of a fixed label under the pepper.")
+    created_at = models.DateTimeField(default=tz.now)
+
+    def __str__(self) -> str:
+        return f"pepper {self.fingerprint[:12]}…"

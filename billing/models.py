@@ -113,12 +113,18 @@ class Budget(models.Model):
     key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets",
                             help_text="Empty: the budget covers every key of the tenant.")
     name = models.CharField(max_length=100, blank=True)
-    amount = models.DecimalField(max_digits=12, decimal_places=2, help_text="USD per period.")
+    class SetBy(models.TextChoices):
+        OPERATOR = "operator"
+        TENANT = "tenant"
+
+    amount = models.DecimalField(max_digits=18, decimal_places=6, help_text="USD per period, to the micro-dollar.")
     period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
     hard = models.BooleanField(default=True, help_text="Deny requests once the amount is reached; otherwise only alert.")
     alert_thresholds = models.CharField(max_length=64, default="50,80,100", validators=[validate_thresholds],
                                         help_text="Percentages of the amount that send an alert email.")
     is_active = models.BooleanField(default=True)
+    set_by = models.CharField(max_length=8, choices=SetBy.choices, default=SetBy.OPERATOR,
+                              help_text="An operator's budget is read-only to the tenant except its alerts.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -348,8 +354,14 @@ class RollupState(models.Model):
 class BudgetAlert(models.Model):
     """A budget crossed one of its thresholds in one period. The row is the claim: one per threshold and period."""
 
+    class Kind(models.TextChoices):
+        THRESHOLD = "threshold"
+        REFUSING = "refusing", "Now refusing"
+
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
     period_start = models.DateTimeField()
+    kind = models.CharField(max_length=9, choices=Kind.choices, default=Kind.THRESHOLD,
+                            help_text="A threshold crossed, or a hard budget's first refusal in the period.")
     threshold = models.PositiveSmallIntegerField(help_text="Percent of the budget.")
     spent_micros = models.BigIntegerField(help_text="Spent when the crossing was seen.")
     limit_micros = models.BigIntegerField()
@@ -358,7 +370,7 @@ class BudgetAlert(models.Model):
     webhook_sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["budget", "period_start", "threshold"],
+        constraints = [models.UniqueConstraint(fields=["budget", "period_start", "kind", "threshold"],
                                                name="budget_alert_once_per_threshold_and_period")]
         ordering = ["-created_at"]
 
