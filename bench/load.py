@@ -132,6 +132,7 @@ class Phase:
     exceptions: int = 0  # errors without any answer: connection failures and timeouts
     first_error: str = ""
     latencies_ms: list[float] = field(default_factory=list, repr=False)
+    spans: list[tuple[float, float]] = field(default_factory=list, repr=False)  # (sent, answered) of each 200
     overheads_ms: list[float] = field(default_factory=list, repr=False)
     missing_overhead: int = 0  # 200 answers without a readable overhead header
 
@@ -177,10 +178,23 @@ async def send_one(phase: Phase, connection: Connection, request: Request) -> No
         return
     phase.ok += 1
     phase.latencies_ms.append(elapsed)
+    phase.spans.append((started, started + elapsed / 1000))
     if (overhead := overhead_ms(answer)) is None:
         phase.missing_overhead += 1
     else:
         phase.overheads_ms.append(overhead)
+
+
+def overlapping(phase: Phase, others: Phase) -> Phase:
+    """The part of ``phase`` whose requests were in flight at the same time as one of ``others``' requests."""
+    during = Phase(target=phase.target, concurrency=phase.concurrency, seconds=phase.seconds)
+    windows = sorted(others.spans)
+    for (sent, answered), latency in zip(phase.spans, phase.latencies_ms):
+        if any(start < answered and sent < end for start, end in windows):
+            during.ok += 1
+            during.latencies_ms.append(latency)
+            during.spans.append((sent, answered))
+    return during
 
 
 async def hammer(pool: Pool, *, seconds: float, target: str) -> Phase:
@@ -198,13 +212,19 @@ async def hammer(pool: Pool, *, seconds: float, target: str) -> Phase:
     return phase
 
 
-async def repeat_until(pool: Pool, stop: asyncio.Event, *, target: str) -> Phase:
-    """Like ``hammer``, until ``stop`` is set; the requests in flight then are finished and counted."""
+async def repeat_until(pool: Pool, stop: asyncio.Event, *, target: str, pause: float = 0.0) -> Phase:
+    """Like ``hammer``, until ``stop`` is set, waiting ``pause`` seconds after each answer; the requests in flight
+    then are finished and counted."""
     phase = Phase(target=target, concurrency=len(pool.connections))
 
     async def worker(connection: Connection) -> None:
         while not stop.is_set():
             await send_one(phase, connection, pool.request)
+            if pause:
+                try:
+                    await asyncio.wait_for(stop.wait(), pause)
+                except asyncio.TimeoutError:
+                    pass
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(connection) for connection in pool.connections))

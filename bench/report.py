@@ -76,14 +76,23 @@ def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
                   row("total stream p50 ms", m["total_p50_ms"], reference["total_p50_ms"], latency=True),
                   row("errors", m["errors"], reference["errors"], ratio=False)]
     if large := results.get("large_prompt"):
-        alone, loaded, big = large["alone"], large["loaded"], large["large"]
-        lines += [f"large prompt: plain requests at c={LARGE_PROMPT_CONCURRENCY} alone (first column), then while one client "
-                  f"keeps sending {large['prompt_bytes'] / 2**20:g} MB one-word prompts to the gated key (second column)",
+        alone, during, loaded = large["alone"], large["during"], large["loaded"]
+        paced, big = large["paced_large"], large["large"]
+        mb = f"{large['prompt_bytes'] / 2**20:g} MB"
+        lines += [f"large prompt: plain requests at c={LARGE_PROMPT_CONCURRENCY} alone (first column), then those in flight "
+                  f"while one {mb} one-word prompt was admitted and answered (the gated key sends one at a time, "
+                  f"{large['pause_seconds']:g} s apart; second column)",
+                  row("requests", alone["requests"], during["requests"], ratio=False),
+                  row("p50 latency ms", alone["p50_ms"], during["p50_ms"], latency=True),
+                  row("p99 latency ms", alone["p99_ms"], during["p99_ms"], latency=True),
+                  f"  {mb} prompts one at a time: {paced['requests']} answered 200, p50 {fmt(paced['p50_ms'])} ms, "
+                  f"{paced['errors']} errors",
+                  f"  stress, {mb} prompts back to back (second column: every plain request of the phase):",
                   row("requests/s", alone["rps"], loaded["rps"], digits=1),
                   row("p50 latency ms", alone["p50_ms"], loaded["p50_ms"], latency=True),
                   row("p99 latency ms", alone["p99_ms"], loaded["p99_ms"], latency=True),
                   row("errors", alone["errors"], loaded["errors"], ratio=False),
-                  f"  large prompts: {big['requests']} answered 200, p50 {fmt(big['p50_ms'])} ms, "
+                  f"  {mb} prompts back to back: {big['requests']} answered 200, p50 {fmt(big['p50_ms'])} ms, "
                   f"p99 {fmt(big['p99_ms'])} ms, {big['errors']} errors"]
     rss = results["rss_mb"]
     lines.append(f"Tollgate RSS: {rss['after_warmup']:.1f} MB after warm-up, {rss['end']:.1f} MB at the end")

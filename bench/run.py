@@ -59,7 +59,7 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script, Python puts bench/ on sys.path but not the repository root
-from bench.load import Phase, Pool, Request, hammer, repeat_until, stream_rounds  # noqa: E402
+from bench.load import Phase, Pool, Request, hammer, overlapping, repeat_until, stream_rounds  # noqa: E402
 from bench.data import BenchError, Seeded, check_money, count_ledger, ensure_database, run_django, seed  # noqa: E402
 from bench.report import LARGE_PROMPT_CONCURRENCY, SOAK_CONCURRENCY, STREAM_CONCURRENCY, table  # noqa: E402
 
@@ -73,6 +73,7 @@ STREAM_BODY = json.dumps(
     {"model": "mock-slow", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
 ).encode()
 LARGE_PROMPT_BYTES = 8 * 1024 * 1024  # under TOLLGATE_MAX_BODY_BYTES (10 MiB by default)
+LARGE_PROMPT_PAUSE_SECONDS = 0.25  # between one 8 MB prompt's answer and the next, in the "one at a time" part
 # One "word" with no spaces is a single pre-token to BPE, its slowest input.
 LARGE_BODY = json.dumps(
     {"model": "mock", "messages": [{"role": "user", "content": "tollgate" * (LARGE_PROMPT_BYTES // 8)}]}
@@ -208,23 +209,33 @@ class Bench:
         return result.summary()
 
     async def large_prompt(self) -> dict[str, object]:
-        """Plain requests at concurrency 16 alone, then while the gated key keeps sending 8 MB prompts."""
+        """Plain requests at concurrency 16 alone; then while the gated key sends 8 MB prompts one at a time with a
+        pause between them (the plain requests in flight during one are reported apart); then back to back."""
         async with Pool(self.tollgate.request(CHAT_BODY), LARGE_PROMPT_CONCURRENCY) as pool:
             self.count(await hammer(pool, seconds=WARMUP_SECONDS, target=self.tollgate.name), self.tollgate)
             alone = await hammer(pool, seconds=self.opts.seconds, target=self.tollgate.name)
-            stop = asyncio.Event()
-            async with Pool(self.gated.request(LARGE_BODY), 1) as large_pool:
-                sender = asyncio.ensure_future(repeat_until(large_pool, stop, target="gated 8 MB"))
-                loaded = await hammer(pool, seconds=self.opts.seconds, target=self.tollgate.name)
-                stop.set()
-                large = await sender
-        self.count(alone, self.tollgate)
-        self.count(loaded, self.tollgate)
-        self.count(large, self.gated)
-        progress(f"large    {self.tollgate.name:<8} p99 {alone.summary()['p99_ms']} -> {loaded.summary()['p99_ms']} ms, "
-                 f"{large.ok} large prompts, {alone.errors + loaded.errors + large.errors} errors")
-        return {"prompt_bytes": LARGE_PROMPT_BYTES, "alone": alone.summary(), "loaded": loaded.summary(),
-                "large": large.summary()}
+            paced, paced_large = await self.beside_large(pool, pause=LARGE_PROMPT_PAUSE_SECONDS)
+            flood, flood_large = await self.beside_large(pool, pause=0.0)
+        during = overlapping(paced, paced_large)
+        for phase, server in ((alone, self.tollgate), (paced, self.tollgate), (flood, self.tollgate),
+                              (paced_large, self.gated), (flood_large, self.gated)):
+            self.count(phase, server)
+        errors = sum(p.errors for p in (alone, paced, flood, paced_large, flood_large))
+        progress(f"large    {self.tollgate.name:<8} p99 {alone.summary()['p99_ms']} ms alone, "
+                 f"{during.summary()['p99_ms']} ms during one, {flood.summary()['p99_ms']} ms back to back; "
+                 f"{paced_large.ok + flood_large.ok} large prompts, {errors} errors")
+        return {"prompt_bytes": LARGE_PROMPT_BYTES, "pause_seconds": LARGE_PROMPT_PAUSE_SECONDS,
+                "alone": alone.summary(), "during": during.summary(), "paced": paced.summary(),
+                "paced_large": paced_large.summary(), "loaded": flood.summary(), "large": flood_large.summary()}
+
+    async def beside_large(self, pool: Pool, *, pause: float) -> tuple[Phase, Phase]:
+        """Plain requests for a phase while one more client sends 8 MB prompts; returns both sides."""
+        stop = asyncio.Event()
+        async with Pool(self.gated.request(LARGE_BODY), 1) as large_pool:
+            sender = asyncio.ensure_future(repeat_until(large_pool, stop, target="gated 8 MB", pause=pause))
+            plain = await hammer(pool, seconds=self.opts.seconds, target=self.tollgate.name)
+            stop.set()
+            return plain, await sender
 
     async def soak(self) -> dict[str, object]:
         pid, peak = self.tollgate.pid, [rss_mb(self.tollgate.pid)]
@@ -354,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     # Correctness, not speed: any failed request or missing ledger row fails the run.
     large = results.get("large_prompt") or {}
     failed = any(p["errors"] for p in [*results["phases"], *results["streams"], results.get("soak") or {"errors": 0},
-                                       *(large.get(name, {"errors": 0}) for name in ("alone", "loaded", "large"))])
+                                       *(large.get(name, {"errors": 0}) for name in ("alone", "paced", "paced_large", "loaded", "large"))])
     money = results["money"]
     money_wrong = money["open_holds"] or money["reserved_micros"] or any(
         counted != money["ledger_micros"] for counted in money["counter_micros"])
