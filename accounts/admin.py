@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -9,14 +10,75 @@ from django.db.models import Q, QuerySet
 from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.functional import lazy
+from django.utils.html import escape
 
 from billing.admin import BudgetInline, KeyBudgetInline, spend_chart
+from proxy.admin import NameListField, routed_names
 
 from . import keys, services
 from .models import ApiKey, ManagementToken, Membership, Tenant
 
 LIMITS = ["requests_per_minute", "tokens_per_minute", "max_concurrent"]
 LIMITS_HELP = "A request must fit both its key's limits and its tenant's."
+
+
+def routed_list(routed: dict[str, str]) -> str:
+    return ", ".join(sorted(set(routed.values()))) or "none yet"
+
+
+def routed_help(lead: str) -> str:
+    return escape(f"{lead} Routed models: {routed_list(routed_names())}.")
+
+
+class AllowedModelsForm(forms.ModelForm):
+    """The allowed models of a tenant or a key, typed as a list; every name added must be a routed model."""
+
+    allowed_models = NameListField(required=False)
+    allowed_models_help = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Lazy: an inline shows the help once, and its rows need no query for it.
+        self.fields["allowed_models"].help_text = lazy(routed_help, str)(self.allowed_models_help)
+
+    def added_models(self) -> list[str]:
+        # Names saved before may have lost their route since: only names added now are checked.
+        saved = self.instance.allowed_models or []
+        return [name for name in self.cleaned_data.get("allowed_models") or [] if name not in saved]
+
+    def clean_allowed_models(self) -> list[str]:
+        if added := self.added_models():
+            routed = routed_names()
+            if unknown := [name for name in added if name not in routed]:
+                raise ValidationError(f"Not a routed model: {', '.join(unknown)}. Routed models: {routed_list(routed)}.")
+        return self.cleaned_data["allowed_models"]
+
+
+class TenantForm(AllowedModelsForm):
+    allowed_models_help = ("Models this tenant may call, separated by commas or on separate lines; empty means "
+                           "every routed model. Its keys and playground can only narrow it.")
+
+
+class ApiKeyForm(AllowedModelsForm):
+    allowed_models_help = ("Models this key may call, separated by commas or on separate lines; empty means every "
+                           "model its tenant may call.")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        # On the tenant page "tenant" is the tenant as this same form submission changes it.
+        tenant = cleaned.get("tenant") or getattr(self.instance, "tenant", None)
+        if isinstance(tenant, Tenant) and tenant.allowed_models and (added := self.added_models()):
+            # Compared by route, so an alias of a model the tenant may call is within it.
+            routed = routed_names()
+            tenant_routes = {routed.get(name, name) for name in tenant.allowed_models}
+            if outside := [name for name in added if routed.get(name, name) not in tenant_routes]:
+                self.add_error("allowed_models", f"{tenant} may not call {', '.join(outside)}; its allowed models "
+                                                 f"are {', '.join(tenant.allowed_models)}.")
+        expires_at = cleaned.get("expires_at")
+        if self.instance.pk is None and expires_at is not None and expires_at <= timezone.now():
+            self.add_error("expires_at", "The expiry time must be in the future.")
+        return cleaned
 
 
 def show_new_key(request: HttpRequest, key: ApiKey, secret: str) -> None:
@@ -50,6 +112,7 @@ class MembershipInline(admin.TabularInline):
 
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
+    form = ApiKeyForm
     extra = 0
     can_delete = False
     fields = ["name", "masked", "key_status", "expires_at", "allowed_models", "created_at", "last_used_at"]
@@ -64,6 +127,7 @@ class ApiKeyInline(admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
+    form = TenantForm
     list_display = ["name", "slug", "timezone", "is_active", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "slug"]
@@ -75,6 +139,7 @@ class TenantAdmin(admin.ModelAdmin):
         ("Alerts", {"fields": ["contact_emails", "alert_webhook_url", "alert_webhook_secret"],
                     "description": "Budget alerts and key expiry notices go to the contacts; budget alerts also to "
                                    "the webhook, signed with its secret (see the README)."}),
+        ("Models", {"fields": ["allowed_models"]}),
         ("Rate limits", {"fields": LIMITS, "description": LIMITS_HELP}),
     ]
 
@@ -87,7 +152,7 @@ class TenantAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Tenant, form: ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
         # Cached key lookups carry the tenant's state and limits.
-        if change and {"is_active", *LIMITS} & set(form.changed_data):
+        if change and {"is_active", "allowed_models", *LIMITS} & set(form.changed_data):
             services.forget_tenant_keys(tenant=obj)
 
     def save_formset(self, request: HttpRequest, form: ModelForm, formset: BaseInlineFormSet, change: bool) -> None:
@@ -122,6 +187,7 @@ class KeyStatusFilter(admin.SimpleListFilter):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
+    form = ApiKeyForm
     list_display = ["masked", "name", "tenant", "key_status", "created_at", "expires_at", "last_used_at"]
     list_select_related = ["tenant"]
     list_filter = [KeyStatusFilter]

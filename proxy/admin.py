@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -7,9 +8,54 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from .models import Deployment, ModelRoute, Provider
+from .providers.compatible import PRESETS
+
+# How the admin names each preset; a preset missing here shows its id.
+PRESET_LABELS = {
+    "openai": "OpenAI", "openrouter": "OpenRouter", "deepseek": "DeepSeek", "groq": "Groq", "together": "Together AI",
+    "mistral": "Mistral", "ollama": "Ollama", "vllm": "vLLM", "lmstudio": "LM Studio", "custom": "Custom (give a base URL)",
+}
+
+
+def preset_label(preset: str) -> str:
+    return PRESET_LABELS.get(preset, preset)
+
+
+def routed_names() -> dict[str, str]:
+    """Every public model name of every route (its name, aliases and prefixed names), mapped to the route's name."""
+    return {public: route.name for route in ModelRoute.objects.all() for public in route.public_names()}
+
+
+class NameListField(forms.Field):
+    """Model names typed one per line or separated by commas, as on the tenant Keys page; a JSON list works too."""
+
+    widget = forms.Textarea(attrs={"rows": 2, "cols": 32})
+
+    def prepare_value(self, value: object) -> object:
+        return ", ".join(str(name) for name in value) if isinstance(value, list) else value
+
+    def to_python(self, value: object) -> list[str]:
+        if isinstance(value, list):
+            return value
+        text = str(value or "").strip()
+        if text.startswith("["):
+            try:
+                names = json.loads(text)
+            except ValueError:
+                raise forms.ValidationError("Write model names separated by commas or on separate lines.") from None
+            if not isinstance(names, list) or not all(isinstance(name, str) and name.strip() for name in names):
+                raise forms.ValidationError("Every model name must be a non-empty string.")
+        else:
+            names = text.replace("\n", ",").split(",")
+        # Order kept, blanks and repeats dropped.
+        return list(dict.fromkeys(name.strip() for name in names if name.strip()))
 
 
 class ProviderForm(forms.ModelForm):
+    preset = forms.ChoiceField(
+        required=False, choices=[("", "---------"), *((p, preset_label(p)) for p in PRESETS)],
+        help_text="For OpenAI-compatible providers: the vendor, for its default URL and quirks.",
+    )
     base_url = forms.URLField(required=False, assume_scheme="https", help_text="Leave blank to use the preset's URL.")
     # Write-only: the stored key is never rendered back into the page.
     api_key = forms.CharField(
@@ -36,9 +82,13 @@ class ProviderForm(forms.ModelForm):
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     form = ProviderForm
-    list_display = ["name", "kind", "preset", "resolved_base_url", "credential_status", "is_active"]
+    list_display = ["name", "kind", "preset_name", "resolved_base_url", "credential_status", "is_active"]
     list_filter = ["kind", "is_active"]
     search_fields = ["name"]
+
+    @admin.display(description="preset", ordering="preset")
+    def preset_name(self, provider: Provider) -> str:
+        return preset_label(provider.preset) if provider.preset else "—"
 
     @admin.display(description="API key")
     def credential_status(self, provider: Provider) -> str:
@@ -53,8 +103,18 @@ class DeploymentInline(admin.TabularInline):
     fields = ["provider", "upstream_model", "weight", "is_active"]
 
 
+class ModelRouteForm(forms.ModelForm):
+    aliases = NameListField(required=False, help_text="Other names clients may send for this model, separated by "
+                                                       "commas or on separate lines, e.g. gpt4o, default.")
+
+    class Meta:
+        model = ModelRoute
+        fields = ["name", "aliases", "strip_prefix", "is_active"]
+
+
 @admin.register(ModelRoute)
 class ModelRouteAdmin(admin.ModelAdmin):
+    form = ModelRouteForm
     list_display = ["name", "aliases", "strip_prefix", "deployment_count", "is_active"]
     list_filter = ["is_active"]
     search_fields = ["name"]

@@ -9,8 +9,11 @@ from django.db import connection
 
 from accounts.keys import KeyRejected, lookup
 from accounts.models import ApiKey, Tenant
+from proxy.models import ModelRoute
+from proxy.services import ensure_demo_route
 
 from ..conftest import Party
+from ..factories import make_key, make_route
 
 KEY_RE = re.compile(r"tg-[0-9a-f]{12}-[A-Za-z0-9]{40}")
 
@@ -20,6 +23,7 @@ def shown_keys(response) -> list[str]:
 
 
 def test_adding_a_key_shows_the_plaintext_once(admin_client: Client, alice: Party) -> None:
+    ensure_demo_route()
     response = admin_client.post(
         "/admin/accounts/apikey/add/",
         {"tenant": alice.tenant.pk, "name": "ci pipeline", "allowed_models": '["demo"]', "expires_at_0": "", "expires_at_1": ""},
@@ -116,3 +120,113 @@ def test_admin_is_branded_and_static_files_are_found(admin_client: Client) -> No
     page = admin_client.get("/admin/").content.decode()
     assert "LLM gateway operations" in page and "tollgate/admin.css" in page
     assert finders.find("tollgate/admin.css")
+
+
+def key_form(tenant: Tenant, models: str, **fields: str) -> dict[str, object]:
+    return {"tenant": tenant.pk, "name": "ci", "allowed_models": models, "expires_at_0": "", "expires_at_1": "", **fields}
+
+
+def tenant_form(tenant: Tenant, **fields: object) -> dict[str, object]:
+    return {
+        "name": tenant.name, "slug": tenant.slug, "timezone": tenant.timezone, "contact_emails": tenant.contact_emails,
+        "is_active": "on", "allowed_models": "", "memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0",
+        "budgets-TOTAL_FORMS": "0", "budgets-INITIAL_FORMS": "0", "api_keys-TOTAL_FORMS": "0",
+        "api_keys-INITIAL_FORMS": "0", **fields,
+    }
+
+
+@pytest.fixture
+def routes(db: None) -> None:
+    make_route("gpt-4o", upstream_model="gpt-4o", aliases=["default"])
+    ensure_demo_route()
+
+
+def test_a_keys_allowed_models_are_a_comma_or_newline_list(admin_client: Client, alice: Party, routes: None) -> None:
+    form = admin_client.get("/admin/accounts/apikey/add/").content.decode()
+    assert "separated by commas or on separate lines" in form and "Routed models: demo, gpt-4o." in form
+    for typed in ("gpt-4o, demo", "gpt-4o\r\ndemo\r\n", " gpt-4o ,, demo, gpt-4o", '["gpt-4o", "demo"]'):
+        response = admin_client.post("/admin/accounts/apikey/add/", key_form(alice.tenant, typed), follow=True)
+        [secret] = shown_keys(response)
+        assert lookup(secret).allowed_models == ("gpt-4o", "demo"), typed
+    key = ApiKey.objects.get(pk=lookup(secret).key_id)
+    page = admin_client.get(f"/admin/accounts/apikey/{key.pk}/change/").content.decode()
+    assert "gpt-4o, demo</textarea>" in page and "[&quot;" not in page
+    assert admin_client.post("/admin/accounts/apikey/add/", key_form(alice.tenant, "")).status_code == 302
+    assert ApiKey.objects.filter(tenant=alice.tenant).latest("created_at").allowed_models == []
+
+
+@pytest.mark.parametrize(("typed", "error"), [
+    ("gpt-5", "Not a routed model: gpt-5."),
+    ("demo, gpt-5, o3", "Not a routed model: gpt-5, o3."),
+    ('[""]', "Every model name must be a non-empty string."),
+    ('["demo", 4]', "Every model name must be a non-empty string."),
+    ('{"model": "demo"}', 'Not a routed model: {&quot;model&quot;: &quot;demo&quot;}.'),
+    ("[demo", "Write model names separated by commas or on separate lines."),
+])
+def test_unknown_or_empty_model_names_are_form_errors(
+    admin_client: Client, alice: Party, routes: None, typed: str, error: str
+) -> None:
+    before = ApiKey.objects.count()
+    response = admin_client.post("/admin/accounts/apikey/add/", key_form(alice.tenant, typed))
+    assert response.status_code == 200 and error in response.content.decode()
+    assert ApiKey.objects.count() == before and shown_keys(response) == []
+    tenant = admin_client.post(f"/admin/accounts/tenant/{alice.tenant.pk}/change/",
+                               tenant_form(alice.tenant, allowed_models=typed))
+    assert tenant.status_code == 200 and error in tenant.content.decode()
+    assert Tenant.objects.get(pk=alice.tenant.pk).allowed_models == []
+
+
+def test_a_key_expiring_in_the_past_is_a_form_error(admin_client: Client, alice: Party) -> None:
+    before = ApiKey.objects.count()
+    response = admin_client.post("/admin/accounts/apikey/add/",
+                                 key_form(alice.tenant, "", expires_at_0="2020-01-01", expires_at_1="00:00:00"))
+    assert response.status_code == 200 and "The expiry time must be in the future." in response.content.decode()
+    assert ApiKey.objects.count() == before
+
+
+def test_operators_set_a_tenants_allowed_models(admin_client: Client, alice: Party, bob: Party, routes: None) -> None:
+    page = admin_client.get(f"/admin/accounts/tenant/{alice.tenant.pk}/change/").content.decode()
+    assert "Models this tenant may call" in page and 'name="allowed_models"' in page
+    from accounts import keys
+
+    lookup(alice.secret)
+    assert alice.key.prefix in keys._local  # cached with the tenant's state
+    response = admin_client.post(f"/admin/accounts/tenant/{alice.tenant.pk}/change/",
+                                 tenant_form(alice.tenant, allowed_models="demo\ngpt-4o"))
+    assert response.status_code == 302, response.content
+    assert Tenant.objects.get(pk=alice.tenant.pk).allowed_models == ["demo", "gpt-4o"]
+    assert Tenant.objects.get(pk=bob.tenant.pk).allowed_models == []
+    assert alice.key.prefix not in keys._local  # the cached lookup is dropped, so the new list applies at once
+    page = admin_client.get(f"/admin/accounts/tenant/{alice.tenant.pk}/change/").content.decode()
+    assert "demo, gpt-4o</textarea>" in page
+    admin_client.post(f"/admin/accounts/tenant/{alice.tenant.pk}/change/", tenant_form(alice.tenant))
+    assert Tenant.objects.get(pk=alice.tenant.pk).allowed_models == []
+
+
+def test_a_key_can_only_narrow_its_tenants_models(admin_client: Client, alice: Party, bob: Party, routes: None) -> None:
+    Tenant.objects.filter(pk=alice.tenant.pk).update(allowed_models=["gpt-4o"])
+    refused = admin_client.post("/admin/accounts/apikey/add/", key_form(alice.tenant, "demo"))
+    assert refused.status_code == 200 and "Alice may not call demo; its allowed models are gpt-4o." in refused.content.decode()
+    # An alias of a model the tenant may call is within it; bob's tenant has no list.
+    assert admin_client.post("/admin/accounts/apikey/add/", key_form(alice.tenant, "default")).status_code == 302
+    assert admin_client.post("/admin/accounts/apikey/add/", key_form(bob.tenant, "demo")).status_code == 302
+    # On the tenant page, a new key is checked against the list saved in the same form.
+    inline = tenant_form(alice.tenant, allowed_models="demo", **{
+        "api_keys-TOTAL_FORMS": "1", "api_keys-0-tenant": alice.tenant.pk, "api_keys-0-name": "inline",
+        "api_keys-0-allowed_models": "gpt-4o", "api_keys-0-expires_at_0": "", "api_keys-0-expires_at_1": ""})
+    response = admin_client.post(f"/admin/accounts/tenant/{alice.tenant.pk}/change/", inline)
+    assert response.status_code == 200 and "may not call gpt-4o" in response.content.decode()
+    assert not ApiKey.objects.filter(name="inline").exists()
+
+
+def test_names_saved_before_their_route_went_away_do_not_block_other_changes(
+    admin_client: Client, alice: Party, routes: None
+) -> None:
+    key, _ = make_key(alice.tenant, name="old", allowed_models=["demo", "retired-model"])
+    ModelRoute.objects.filter(name="demo").delete()
+    response = admin_client.post(f"/admin/accounts/apikey/{key.pk}/change/", {
+        "name": "renamed", "allowed_models": "demo, retired-model", "expires_at_0": "", "expires_at_1": "",
+        "budgets-TOTAL_FORMS": "0", "budgets-INITIAL_FORMS": "0"})
+    assert response.status_code == 302, response.content
+    key.refresh_from_db()
+    assert (key.name, key.allowed_models) == ("renamed", ["demo", "retired-model"])

@@ -9,7 +9,9 @@ from django.test.utils import CaptureQueriesContext
 
 from billing.models import UsageRecord
 from proxy import routing
-from proxy.models import Provider
+from proxy.admin import PRESET_LABELS
+from proxy.models import ModelRoute, Provider
+from proxy.providers.compatible import PRESETS
 
 from ..conftest import Party
 
@@ -68,6 +70,31 @@ def test_route_with_deployment_is_served_at_once(admin_client: Client) -> None:
         assert (choice.target.public_model, choice.target.upstream_model) == ("gpt-4o", "gpt-4o-2024-08-06")
         assert choice.target.base_url == "https://api.openai.com/v1" and choice.target.api_key == UPSTREAM_KEY
     assert table.models == ("gpt-4o",)
+
+
+def test_presets_show_readable_names(admin_client: Client) -> None:
+    assert set(PRESETS) <= set(PRESET_LABELS)  # a new preset gets its name here
+    form = admin_client.get("/admin/proxy/provider/add/").content.decode()
+    for preset in ("lmstudio", "vllm", "openrouter", "custom"):
+        assert f'<option value="{preset}">{PRESET_LABELS[preset]}</option>' in form
+    assert '<option value="lmstudio">lmstudio</option>' not in form
+    admin_client.post("/admin/proxy/provider/add/", provider_form(name="studio", preset="lmstudio"))
+    assert Provider.objects.get(name="studio").preset == "lmstudio"
+    listing = admin_client.get("/admin/proxy/provider/").content.decode()
+    assert '<td class="field-preset_name">LM Studio</td>' in listing
+    rejected = admin_client.post("/admin/proxy/provider/add/", provider_form(name="odd", preset="nonesuch"))
+    assert rejected.status_code == 200 and not Provider.objects.filter(name="odd").exists()
+
+
+def test_route_aliases_are_a_comma_or_newline_list(admin_client: Client) -> None:
+    data = {"name": "gpt-4o", "aliases": "default,\r\ngpt4o, default", "strip_prefix": "", "is_active": "on",
+            "deployments-TOTAL_FORMS": "0", "deployments-INITIAL_FORMS": "0"}
+    assert admin_client.post("/admin/proxy/modelroute/add/", data).status_code == 302
+    route = ModelRoute.objects.get(name="gpt-4o")
+    assert route.aliases == ["default", "gpt4o"]
+    assert "default, gpt4o</textarea>" in admin_client.get(f"/admin/proxy/modelroute/{route.pk}/change/").content.decode()
+    broken = admin_client.post("/admin/proxy/modelroute/add/", {**data, "name": "o3", "aliases": '[""]'})
+    assert broken.status_code == 200 and "Every model name must be a non-empty string." in broken.content.decode()
 
 
 def test_ledger_changelist_never_counts_the_whole_table(admin_client: Client, alice: Party) -> None:
