@@ -4,7 +4,6 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth
 from django.urls import include, path, re_path
-from django.views.static import serve
 
 from accounts import views as accounts
 from billing import views as billing
@@ -14,6 +13,7 @@ from . import views as site
 
 urlpatterns = [
     path("v1/", include("proxy.urls")),
+    path("admin/login/", site.admin_sign_in),
     path("admin/", admin.site.urls),
     path("api/", include("gateway_site.api")),
     path("login/", site.sign_in, name="login"),
@@ -36,9 +36,10 @@ urlpatterns = [
     path("playground/", proxy.playground, name="playground"),
     path("playground/chat", proxy.playground_chat, name="playground_chat"),
     path("live/", proxy.live, name="live"),
+    path("favicon.ico", site.favicon),
 ]
 
 if settings.TOLLGATE_SERVE_STATIC:
     urlpatterns.append(
-        re_path(r"^static/(?P<path>.*)$", serve, {"document_root": settings.STATIC_ROOT}),
+        re_path(r"^static/(?P<path>.*)$", site.static_file),
     )
