@@ -11,6 +11,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone as tz
 
+from .webhooks import validate_webhook_url
+
 
 def validate_timezone(value: str) -> None:
     if value not in zoneinfo.available_timezones():
@@ -44,7 +46,8 @@ class Tenant(models.Model):
     )
     is_active = models.BooleanField(default=True, help_text="An inactive tenant's keys are refused.")
     alert_webhook_url = models.URLField(
-        blank=True, help_text="Budget alerts are also POSTed here as JSON, signed with the secret below.")
+        blank=True, validators=[validate_webhook_url],
+        help_text="Budget alerts are also POSTed here as JSON, signed with the secret below. Public addresses only.")
     alert_webhook_secret = models.CharField(
         max_length=64, blank=True, default=new_webhook_secret,
         help_text="HMAC-SHA256 key of the X-Tollgate-Signature header. Share it with whoever receives the webhook.")

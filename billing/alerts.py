@@ -25,6 +25,8 @@ from django.db.models import Sum
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from accounts import webhooks
+
 from . import budgets
 from .models import Budget, BudgetAlert, UsageRecord, micros_to_dollars, parse_thresholds, picos_to_dollars
 
@@ -150,13 +152,15 @@ def post_webhook(alert_id: int, *, now: datetime | None = None, client: httpx.Cl
                "x-tollgate-event-id": f"budget_alert_{alert.pk}",
                "x-tollgate-signature": signature(tenant.alert_webhook_secret, int(time.time()), body)}
     try:
-        with client or httpx.Client(timeout=WEBHOOK_TIMEOUT) as http:
-            response = http.post(tenant.alert_webhook_url, content=body, headers=headers)
+        # Private, loopback and link-local targets are refused, also when a name resolves to one (accounts/webhooks.py).
+        response = webhooks.post(tenant.alert_webhook_url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT,
+                                 http=client)
         response.raise_for_status()
     except Exception as e:
         BudgetAlert.objects.filter(pk=alert_id).update(webhook_sent_at=None)
-        # The receiver's address may embed credentials: name the tenant, not the URL.
-        raise WebhookFailed(f"webhook of tenant {tenant.slug} failed: {type(e).__name__}") from None
+        # The receiver's address may embed credentials: name the tenant, not the URL (a refusal names only an address).
+        reason = str(e) if isinstance(e, webhooks.WebhookRefused) else type(e).__name__
+        raise WebhookFailed(f"webhook of tenant {tenant.slug} failed: {reason}") from None
     logger.info("budget alert %s posted to the webhook of tenant %s", alert_id, tenant.slug)
     return True
 

@@ -359,6 +359,8 @@ if TOLLGATE_UNPRICED not in ("allow", "deny"):
 # Provider API keys are encrypted at rest with this secret (SECRET_KEY when unset).
 TOLLGATE_CREDENTIALS_KEY = env_secret("TOLLGATE_CREDENTIALS_KEY", dev_default=SECRET_KEY, debug=True)
 TOLLGATE_PUBLIC_URL = os.environ.get("TOLLGATE_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# Alert webhooks go only to public addresses; on, also to private, loopback and link-local ones (accounts/webhooks.py).
+TOLLGATE_WEBHOOK_ALLOW_PRIVATE = env_bool("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", False)
 
 LOG_LEVEL = os.environ.get("TOLLGATE_LOG_LEVEL", "INFO").strip().upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
