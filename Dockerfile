@@ -1,4 +1,5 @@
-FROM python:3.12-slim
+# Pinned to an exact version: bump it deliberately.
+FROM python:3.12.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TOLLGATE_DATA_DIR=/app/var
 WORKDIR /app
@@ -9,7 +10,7 @@ RUN pip install --no-cache-dir -r requirements/base.txt
 COPY . .
 # collectstatic needs settings but no secrets or database: DEBUG supplies throwaway ones for this step only.
 RUN DJANGO_DEBUG=1 python manage.py collectstatic --noinput -v0 \
-    && useradd --system --home /app tollgate && mkdir -p var && chown -R tollgate var
+    && useradd --system --home /app tollgate && mkdir -p var/journal && chown -R tollgate var
 USER tollgate
 
 EXPOSE 8000

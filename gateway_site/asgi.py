@@ -19,6 +19,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.urls import path  # noqa: E402
 
 from billing.consumers import LiveUsageConsumer  # noqa: E402
+from gateway_site import health  # noqa: E402
 from proxy.asgi import ApiHandler  # noqa: E402
 
 api_application = ApiHandler()
@@ -26,7 +27,9 @@ api_application = ApiHandler()
 
 async def http(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The /v1 API goes to the lean handler; the admin and pages get Django with its middleware."""
-    if scope["path"].startswith("/v1/"):
+    if scope["path"] == health.PATH:
+        await health.app(scope, receive, send)  # before Django's host check: probes call 127.0.0.1
+    elif scope["path"].startswith("/v1/"):
         await api_application(scope, receive, send)
     else:
         await django_application(scope, receive, send)

@@ -1,16 +1,27 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from django.db import connection
 
 from gateway_site.settings import BASE_DIR
 
+from ..live import tollgate_server
 from .test_settings import start_with
 
 APP_SERVICES = ("web", "worker", "beat")
+# Exact versions: PostgreSQL's are major.minor, the others' major.minor.patch.
+PINNED_IMAGES = {
+    "postgres": r"postgres:\d+\.\d+",
+    "redis": r"redis:\d+\.\d+\.\d+",
+    "mailpit": r"axllent/mailpit:v\d+\.\d+\.\d+",
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +60,48 @@ def test_compose_environment_satisfies_the_settings(compose: dict[str, Any], ser
     assert env["EMAIL_HOST"] == "mailpit"
     result = start_with(env)
     assert result.returncode == 0, result.stderr
+
+
+def env_files(service: dict[str, Any]) -> list[str]:
+    """The service's env_file entries (a string, a list of strings, or of {path: ...}), as paths."""
+    entries = service.get("env_file", [])
+    entries = [entries] if isinstance(entries, str) else entries
+    return [entry if isinstance(entry, str) else entry["path"] for entry in entries]
+
+
+def test_images_are_pinned_to_exact_versions(compose: dict[str, Any]) -> None:
+    for service, pattern in PINNED_IMAGES.items():
+        image = compose["services"][service]["image"]
+        assert re.fullmatch(pattern, image), f"{service}: {image} is not an exact version"
+    bases = re.findall(r"^FROM\s+(\S+)", (BASE_DIR / "Dockerfile").read_text(), re.MULTILINE)
+    assert bases and all(re.fullmatch(r"python:\d+\.\d+\.\d+-slim-[a-z]+", base) for base in bases), bases
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_every_setting_in_env_reaches_the_app_containers(compose: dict[str, Any], service: str) -> None:
+    # Without env_file only the variables substituted into `environment` arrive; DJANGO_SECURE_* and the rest
+    # of the README's table set in .env would be silently ignored.
+    assert env_files(compose["services"][service]) == [".env"]
+    example = (BASE_DIR / ".env.example").read_text()
+    for secret in ("DJANGO_SECRET_KEY", "TOLLGATE_KEY_PEPPER", "POSTGRES_PASSWORD"):
+        assert re.search(rf"^{secret}=", example, re.MULTILINE)
+
+
+def test_the_web_healthcheck_asks_the_liveness_endpoint(compose: dict[str, Any]) -> None:
+    check = " ".join(compose["services"]["web"]["healthcheck"]["test"])
+    assert "http://127.0.0.1:8000/healthz" in check and "/admin/" not in check
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_web_healthcheck_passes_when_allowed_hosts_omit_127_0_0_1(compose: dict[str, Any], tmp_path: Path) -> None:
+    check = compose["services"]["web"]["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "python", "-c"]
+    with tollgate_server(connection.settings_dict["NAME"], tmp_path / "tollgate.log",
+                         DJANGO_ALLOWED_HOSTS="gw.example.com") as url:
+        code = check[3].replace("http://127.0.0.1:8000", url)
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        # What the issue saw with the former check: Django refuses the host, so the container never gets healthy.
+        former = subprocess.run([sys.executable, "-c", code.replace("/healthz", "/admin/login/")],
+                                capture_output=True, text=True, timeout=30)
+        assert former.returncode != 0 and "400" in former.stderr
