@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 from rest_framework import exceptions, mixins, permissions, serializers, viewsets
 from rest_framework.decorators import action
@@ -80,6 +81,16 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
     def get_status(self, key: ApiKey) -> str:
         return key.status()
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        # A key can only narrow its tenant's models; a key never moves to another tenant.
+        tenant = self.instance.tenant if self.instance is not None else data.get("tenant")
+        if tenant is not None and "allowed_models" in data:
+            try:
+                services.check_allowed_models(tenant=tenant, allowed_models=data["allowed_models"])
+            except DjangoValidationError as e:
+                raise serializers.ValidationError(e.message_dict) from None
+        return data
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()

@@ -76,9 +76,19 @@ class Caller:
     allowed_models: tuple[str, ...]
     key_limits: Limits = Limits()
     tenant_limits: Limits = Limits()
+    tenant_models: tuple[str, ...] = ()  # the operator's allow-list of the tenant; the key's can only narrow it
 
-    def may_use(self, model: str) -> bool:
-        return not self.allowed_models or model in self.allowed_models
+    def may_use(self, *names: str) -> bool:
+        """Whether both allow-lists admit the model, known by any of ``names`` (its public name, an alias)."""
+        return self.refused_by(*names) is None
+
+    def refused_by(self, *names: str) -> str | None:
+        """"tenant" or "key": the allow-list that leaves out every one of ``names``; None when both admit one."""
+        if self.tenant_models and not any(name in self.tenant_models for name in names):
+            return "tenant"
+        if self.allowed_models and not any(name in self.allowed_models for name in names):
+            return "key"
+        return None
 
 
 @dataclass(frozen=True)
@@ -111,7 +121,7 @@ def parse_prefix(presented: str) -> str | None:
 
 
 def cache_key(prefix: str) -> str:
-    return f"apikey:v2:{prefix}"  # v2: records carry rate limits
+    return f"apikey:v3:{prefix}"  # v3: records carry the tenant's allowed models
 
 
 # This process's copy of recent lookups, in front of the shared cache: a warm key costs no I/O and no
@@ -194,6 +204,7 @@ def load_record(prefix: str) -> KeyRecord | None:
         allowed_models=tuple(key.allowed_models or ()),
         key_limits=limits_of(key),
         tenant_limits=limits_of(key.tenant),
+        tenant_models=tuple(key.tenant.allowed_models or ()),
     )
     return KeyRecord(
         caller=caller,

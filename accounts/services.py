@@ -57,6 +57,8 @@ def issue_key(
     """Create a key. Returns the row and the plaintext, which is shown once and never stored."""
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "The expiry time must be in the future."})
+    if rotated_from is None:  # a rotation keeps the old key's list: /v1 still admits only what both lists allow
+        check_allowed_models(tenant=tenant, allowed_models=allowed_models or [])
     minted = keys.mint()
     key = ApiKey(
         tenant=tenant,
@@ -75,6 +77,24 @@ def issue_key(
     keys.forget(key.prefix)
     logger.info("api key issued: tenant=%s prefix=%s", tenant.pk, key.prefix)
     return key, minted.secret
+
+
+def check_allowed_models(*, tenant: Tenant, allowed_models: Iterable[str]) -> None:
+    """Raise ValidationError if a key's list names a model outside its tenant's: a key can only narrow that list.
+
+    Names are compared by route, so an alias of a model the tenant may use is fine (as /v1 compares them)."""
+    from proxy.models import ModelRoute
+
+    names = list(allowed_models)
+    if not tenant.allowed_models or not names:
+        return
+    routed = {public: route.name for route in ModelRoute.objects.all() for public in route.public_names()}
+    tenant_routes = {routed.get(name, name) for name in tenant.allowed_models}
+    outside = [name for name in names if routed.get(name, name) not in tenant_routes]
+    if outside:
+        raise ValidationError({"allowed_models": f"{', '.join(outside)}: not allowed for tenant {tenant.slug}, which "
+                                                 f"may use only {', '.join(tenant.allowed_models)}. A key can only "
+                                                 "narrow its tenant's models."})
 
 
 def revoke_key(*, key: ApiKey, now: datetime | None = None) -> ApiKey:

@@ -28,6 +28,14 @@ class KeyForm(forms.Form):
     def models(self) -> list[str]:
         return [m.strip() for m in self.cleaned_data["allowed_models"].split(",") if m.strip()]
 
+    def narrow_to(self, tenant: Tenant) -> None:
+        """Say in the form which models the operator allows the tenant: a key can only narrow that list."""
+        if tenant.allowed_models:
+            allowed = ", ".join(tenant.allowed_models)
+            self.fields["allowed_models"].help_text = (
+                f"Optional. Comma-separated model names among those your tenant may use ({allowed}); empty allows all "
+                "of these.")
+
 
 def end_of_day(day: object, tenant: Tenant) -> datetime:
     import zoneinfo
@@ -52,6 +60,7 @@ def shown_once(request: HttpRequest, key: ApiKey, secret: str, what: str) -> Htt
 def keys(request: HttpRequest) -> HttpResponse:
     tenant = request.tenant  # type: ignore[attr-defined]
     form = KeyForm(request.POST or None)
+    form.narrow_to(tenant)
     if request.method == "POST" and form.is_valid():
         expires = form.cleaned_data["expires_on"]
         try:

@@ -38,7 +38,9 @@ def playground_caller(request: HttpRequest) -> Caller | None:
 @tenant_page()
 def playground(request: HttpRequest) -> HttpResponse:
     caller = playground_caller(request)
-    models = [name for name in routing.load_table().models if caller is not None and caller.may_use(name)]
+    routed = routing.load_table()
+    # Only what /v1 would admit for this member's playground key: the tenant's allow-list, narrowed by the key's.
+    models = [name for name in routed.models if caller is not None and caller.may_use(*routed.names_of(name))]
     return render(request, "pages/playground.html", {"title": "Playground", "models": sorted(models)})
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
@@ -38,6 +38,13 @@ class Table:
     routes: dict[str, tuple[Choice, ...]]  # every accepted public name -> its deployments
     models: tuple[str, ...]  # canonical public names, for /v1/models
     loaded_at: float
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # canonical name -> every public name of its route
+
+    def names_of(self, model: str) -> tuple[str, ...]:
+        """Every name of the model's route, which an allow-list may name it by (its name, aliases, prefixed names)."""
+        choices = self.routes.get(model)
+        canonical = choices[0].target.public_model if choices else model
+        return self.names.get(canonical, (canonical, model))
 
 
 _table: Table | None = None
@@ -50,6 +57,7 @@ def load_table() -> Table:
 
     routes: dict[str, list[Choice]] = {}
     models: list[str] = []
+    names: dict[str, tuple[str, ...]] = {}
     deployments = Deployment.objects.filter(is_active=True, route__is_active=True, provider__is_active=True)
     by_route: dict[int, list[Deployment]] = {}
     for deployment in deployments.select_related("provider"):
@@ -71,12 +79,14 @@ def load_table() -> Table:
             choices.append(Choice(target=target, weight=deployment.weight))
         if choices:
             models.append(route.name)
+            names[route.name] = tuple(route.public_names())
             for name in route.public_names():
                 routes[name] = [*routes.get(name, []), *choices] if name != route.name else choices
     return Table(
         routes={name: tuple(choices) for name, choices in routes.items()},
         models=tuple(sorted(models)),
         loaded_at=time.monotonic(),
+        names=names,
     )
 
 
@@ -96,7 +106,7 @@ async def table() -> Table:
             # The database is down: keep routing with the last table, and try again in a second.
             outages.note("database", e)
             current = _table = Table(current.routes, current.models,
-                                     time.monotonic() - settings.TOLLGATE_ROUTES_CACHE_SECONDS + 1.0)
+                                     time.monotonic() - settings.TOLLGATE_ROUTES_CACHE_SECONDS + 1.0, current.names)
     return current
 
 
@@ -107,10 +117,16 @@ def invalidate() -> None:
 
 async def route(caller: Caller, model: str) -> list[Target]:
     """Return the targets to try for the caller's model, best first. Raises ModelNotFound or PermissionDenied."""
-    choices = (await table()).routes.get(model)
+    current = await table()
+    choices = current.routes.get(model)
     if not choices:
         raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
-    if not caller.may_use(choices[0].target.public_model) and not caller.may_use(model):
+    # An allow-list names a route by any of its names: the tenant's list first, then the key's, which narrows it.
+    refused_by = caller.refused_by(model, *current.names_of(model))
+    if refused_by == "tenant":
+        raise PermissionDenied(f"Your tenant is not allowed to use the model '{model}'. Ask your Tollgate operator.",
+                               param="model", code="model_not_allowed")
+    if refused_by == "key":
         raise PermissionDenied(f"This API key is not allowed to use the model '{model}'.", param="model", code="model_not_allowed")
     return order(choices)
 

@@ -107,7 +107,9 @@ def model_object(name: str) -> dict[str, object]:
 async def models_list(request: HttpRequest) -> HttpResponseBase:
     try:
         caller = await authenticate(request)
-        names = [name for name in (await routing.table()).models if caller.may_use(name)]
+        current = await routing.table()
+        # Routed, allowed to the tenant and to the key: a model either list leaves out is not listed.
+        names = [name for name in current.models if caller.may_use(*current.names_of(name))]
     except GatewayError as e:
         return e.response()
     return JsonResponse({"object": "list", "data": [model_object(name) for name in names]})

@@ -58,6 +58,21 @@ class HotPathTests(TestCase):
         with self.assertNumQueries(2):
             self.post_sync(CHAT)
 
+    def test_the_tenants_model_allow_list_costs_no_query(self) -> None:
+        from accounts.models import Tenant
+
+        Tenant.objects.filter(pk=self.alice.tenant.pk).update(allowed_models=["demo"])
+        self.post_sync(CHAT)
+        # warm key cache: the tenant's list came with the cached key; the usage insert only
+        with self.assertNumQueries(1):
+            self.assertEqual(self.post_sync(CHAT).status_code, 200)
+        Tenant.objects.filter(pk=self.alice.tenant.pk).update(allowed_models=["something-else"])
+        caches["default"].clear()
+        keys._local.clear()
+        # cold key cache: key lookup (joined with its tenant, which carries the list) + the refused request's row
+        with self.assertNumQueries(2):
+            self.assertEqual(self.post_sync(CHAT).status_code, 403)
+
     def test_streaming_query_budget(self) -> None:
         self.post_sync(CHAT)
         # warm key cache: the usage insert only, written when the stream ends
