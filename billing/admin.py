@@ -20,17 +20,13 @@ from django.utils.html import format_html, format_html_join
 from accounts.models import ApiKey, Tenant
 
 from . import budgets, charts
-from .models import Budget, BudgetAlert, Price, UsageRecord, UsageRollup, micros_to_dollars, picos_to_dollars
+from .models import Budget, BudgetAlert, Price, UsageRecord, UsageRollup, picos_to_dollars
 
 CENTS = Decimal("0.01")
 MICRO = Decimal("0.000001")
 
 
-def dollars(micros: int) -> str:
-    """$1.50 for whole cents; every digit down to the micro-dollar otherwise."""
-    amount = micros_to_dollars(abs(micros))
-    cents = amount.quantize(CENTS)
-    return f"{'-' if micros < 0 else ''}${cents if cents == amount else amount.normalize()}"
+dollars = budgets.usd  # $1.50 for whole cents; every digit down to the micro-dollar otherwise
 
 
 def cost(picos: int, *, exact: bool = False) -> str:
@@ -209,14 +205,14 @@ class BudgetStatusColumn:
 
 @admin.register(Budget)
 class BudgetAdmin(BudgetStatusColumn, admin.ModelAdmin):
-    list_display = ["label", "tenant", "key", "amount", "period", "hard", "is_active", "this_period"]
+    list_display = ["label", "tenant", "key", "amount", "period", "hard", "is_active", "set_by", "this_period"]
     list_select_related = ["tenant", "key"]
-    list_filter = ["period", "hard", "is_active"]
+    list_filter = ["period", "hard", "is_active", "set_by"]
     search_fields = ["name", "tenant__slug", "tenant__name", "=key__prefix"]
     autocomplete_fields = ["tenant", "key"]
-    fields = ["tenant", "key", "name", "amount", "period", "hard", "alert_thresholds", "is_active", "this_period",
-              "created_at"]
-    readonly_fields = ["this_period", "created_at"]
+    fields = ["tenant", "key", "name", "amount", "period", "hard", "alert_thresholds", "is_active", "set_by",
+              "this_period", "created_at"]
+    readonly_fields = ["set_by", "this_period", "created_at"]  # a budget added here is the operator's
     list_per_page = 50  # each row asks for its period's status
 
     @admin.display(description="name", ordering="name")
@@ -228,8 +224,8 @@ class BudgetInline(BudgetStatusColumn, admin.TabularInline):
     model = Budget
     fk_name = "tenant"
     extra = 0
-    fields = ["name", "key", "amount", "period", "hard", "alert_thresholds", "is_active", "this_period"]
-    readonly_fields = ["this_period"]
+    fields = ["name", "key", "amount", "period", "hard", "alert_thresholds", "is_active", "set_by", "this_period"]
+    readonly_fields = ["set_by", "this_period"]
 
     def get_formset(self, request: HttpRequest, obj: Model | None = None, **kwargs: Any) -> type[BaseInlineFormSet]:
         formset: type[BaseInlineFormSet] = super().get_formset(request, obj, **kwargs)
@@ -252,8 +248,8 @@ class KeyBudgetInline(BudgetStatusColumn, admin.TabularInline):
     fk_name = "key"
     formset = KeyBudgetFormSet
     extra = 0
-    fields = ["name", "amount", "period", "hard", "alert_thresholds", "is_active", "this_period"]
-    readonly_fields = ["this_period"]
+    fields = ["name", "amount", "period", "hard", "alert_thresholds", "is_active", "set_by", "this_period"]
+    readonly_fields = ["set_by", "this_period"]
 
 
 class GranularityFilter(admin.SimpleListFilter):

@@ -5,13 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from rest_framework import permissions, serializers, viewsets
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
+from rest_framework import exceptions, permissions, serializers, viewsets
 
 from accounts.api import StaffOnly, TenantField, owned_tenants
 from accounts.models import ApiKey
 
 from . import budgets
 from .models import Budget, Price
+
+# What an owner may change on a budget the operator set: when and where it alerts, never what it allows.
+OWNER_MAY_CHANGE = {"alert_thresholds"}
+OPERATORS_BUDGET = ("This budget was set by your Tollgate operator: you may change only its alert_thresholds, not "
+                    "{what}. Add a budget of your own to restrict spending further.")
 
 
 class BudgetSerializer(serializers.ModelSerializer):
@@ -21,9 +27,10 @@ class BudgetSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Budget
-        fields = ["id", "tenant", "key", "name", "amount", "period", "hard", "alert_thresholds", "is_active", "created_at",
-                  "this_period"]
-        read_only_fields = ["created_at"]
+        fields = ["id", "tenant", "key", "name", "amount", "period", "hard", "alert_thresholds", "is_active", "set_by",
+                  "created_at", "this_period"]
+        read_only_fields = ["set_by", "created_at"]
+        extra_kwargs = {"amount": {"help_text": "USD per period, up to six decimals (micro-dollars); more than zero."}}
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
@@ -36,6 +43,11 @@ class BudgetSerializer(serializers.ModelSerializer):
         return {"starts_at": state.starts_at, "spent_micros": state.spent_micros,
                 "reserved_micros": state.reserved_micros, "limit_micros": state.limit_micros}
 
+    def validate_amount(self, value: Any) -> Any:
+        if value <= 0:
+            raise serializers.ValidationError("A budget must be more than zero.")
+        return value
+
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         tenant = data.get("tenant") or getattr(self.instance, "tenant", None)
         key = data.get("key", getattr(self.instance, "key", None))
@@ -44,12 +56,55 @@ class BudgetSerializer(serializers.ModelSerializer):
         return data
 
 
+def locked_changes(budget: Budget, data: dict[str, Any]) -> list[str]:
+    """The fields ``data`` would change that an owner may not change on an operator's budget."""
+    return sorted(name for name, value in data.items() if name not in OWNER_MAY_CHANGE and getattr(budget, name) != value)
+
+
+ERRORS = {
+    400: OpenApiResponse(description="Invalid fields, in DRF's envelope: each field with its messages."),
+    403: OpenApiResponse(
+        response=inline_serializer("BudgetPermissionDenied", {"detail": serializers.CharField()}),
+        description="Not signed in, or a tenant owner changing or deleting a budget their operator set (only its "
+                    "alert thresholds are theirs to change)."),
+    404: OpenApiResponse(description="No such budget among the tenants you manage."),
+}
+
+
+@extend_schema_view(
+    create=extend_schema(responses={201: BudgetSerializer, 400: ERRORS[400], 403: ERRORS[403]}),
+    update=extend_schema(responses={200: BudgetSerializer, **ERRORS}),
+    partial_update=extend_schema(responses={200: BudgetSerializer, **ERRORS}),
+    destroy=extend_schema(responses={204: None, 403: ERRORS[403], 404: ERRORS[404]}),
+)
 class BudgetViewSet(viewsets.ModelViewSet):
+    """Operators set budgets on any tenant (``set_by: operator``). Owners add budgets of their own (``set_by:
+    tenant``), which only ever restrict, and may change only the alert thresholds of their operator's budgets."""
+
     serializer_class = BudgetSerializer
 
     def get_queryset(self) -> QuerySet[Budget]:
         return (Budget.objects.filter(tenant__in=owned_tenants(self.request.user))
                 .select_related("tenant", "key").order_by("id"))
+
+    def is_operator(self) -> bool:
+        return bool(self.request.user.is_staff)
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        serializer.save(set_by=Budget.SetBy.OPERATOR if self.is_operator() else Budget.SetBy.TENANT)
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        budget = serializer.instance
+        if budget.set_by == Budget.SetBy.OPERATOR and not self.is_operator():
+            locked = locked_changes(budget, serializer.validated_data)
+            if locked:
+                raise exceptions.PermissionDenied(OPERATORS_BUDGET.format(what="its " + ", ".join(locked)))
+        serializer.save()
+
+    def perform_destroy(self, instance: Budget) -> None:
+        if instance.set_by == Budget.SetBy.OPERATOR and not self.is_operator():
+            raise exceptions.PermissionDenied(OPERATORS_BUDGET.format(what="delete it"))
+        instance.delete()
 
 
 class PriceSerializer(serializers.ModelSerializer):

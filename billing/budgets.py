@@ -12,6 +12,7 @@ import time
 import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -21,9 +22,18 @@ from django.utils import timezone
 from accounts.models import ApiKey
 
 from . import rollups
-from .models import PICOS_PER_MICRO, Budget, BudgetPeriod, Reservation, UsageRecord, UsageRollup, picos_to_micros_up
+from .models import (PICOS_PER_MICRO, Budget, BudgetPeriod, Reservation, UsageRecord, UsageRollup, micros_to_dollars,
+                     picos_to_micros_up)
 
 LIFETIME_START = datetime(2000, 1, 1, tzinfo=UTC)
+CENTS = Decimal("0.01")
+
+
+def usd(micros: int) -> str:
+    """$1.50 for whole cents; every digit down to the micro-dollar otherwise ($0.0099, $0.000004), never rounded."""
+    amount = micros_to_dollars(abs(micros))
+    cents = amount.quantize(CENTS)
+    return f"{'-' if micros < 0 else ''}${cents if cents == amount else f'{amount.normalize():f}'}"
 
 
 @dataclass(frozen=True)

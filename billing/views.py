@@ -92,15 +92,62 @@ class ThresholdForm(forms.Form):
                                        help_text="Percentages, e.g. 50,80,100.")
 
 
+class OwnBudgetForm(forms.ModelForm):
+    """A budget an owner adds to their tenant: every applicable budget must admit a request, so it only restricts."""
+
+    class Meta:
+        model = Budget
+        fields = ["name", "key", "amount", "period", "hard", "alert_thresholds"]
+
+    def __init__(self, *args: Any, tenant: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance.tenant, self.instance.set_by = tenant, Budget.SetBy.TENANT
+        self.fields["key"].queryset = ApiKey.objects.for_tenant(tenant).active().order_by("name")  # type: ignore[attr-defined]
+        self.fields["key"].empty_label = "Every key of the tenant"  # type: ignore[attr-defined]
+
+
+OPERATORS_BUDGET = "{budget} was set by your Tollgate operator: you may change its alert thresholds, not remove it."
+
+
 @tenant_page()
 def budget_list(request: HttpRequest) -> HttpResponse:
+    tenant = request.tenant  # type: ignore[attr-defined]
+    if request.method != "POST":
+        return budgets_page(request, OwnBudgetForm(tenant=tenant))
+    if not request.is_owner:  # type: ignore[attr-defined]
+        return render(request, "pages/owners_only.html", status=403)
+    if "remove" in request.POST:
+        return remove_budget(request, request.POST["remove"])
+    form = OwnBudgetForm(request.POST, tenant=tenant)
+    if not form.is_valid():
+        return budgets_page(request, form)
+    budget = form.save()
+    messages.success(request, f"{budget} added: it applies within seconds.")
+    return redirect("budgets")
+
+
+def remove_budget(request: HttpRequest, budget_id: str) -> HttpResponse:
+    mine = Budget.objects.filter(tenant=request.tenant).select_related("tenant", "key")  # type: ignore[attr-defined]
+    valid = budget_id.isascii() and budget_id.isdigit() and len(budget_id) < 19  # a bigint, not a 500
+    budget = get_object_or_404(mine, pk=int(budget_id) if valid else 0)
+    if budget.set_by == Budget.SetBy.OPERATOR:
+        messages.error(request, OPERATORS_BUDGET.format(budget=budget))
+        return budgets_page(request, OwnBudgetForm(tenant=request.tenant), status=403)  # type: ignore[attr-defined]
+    label = str(budget)
+    budget.delete()
+    messages.success(request, f"{label} removed.")
+    return redirect("budgets")
+
+
+def budgets_page(request: HttpRequest, form: OwnBudgetForm, *, status: int = 200) -> HttpResponse:
     tenant = request.tenant  # type: ignore[attr-defined]
     contacts = AlertSettingsForm(initial={"contact_emails": tenant.contact_emails})
     rows = budget_rows(tenant)
     for row in rows:
         row["form"] = ThresholdForm(initial={"alert_thresholds": row["budget"].alert_thresholds},
                                     prefix=f"b{row['budget'].pk}")
-    return render(request, "pages/budgets.html", {"title": "Budgets and alerts", "budgets": rows, "contacts": contacts})
+    return render(request, "pages/budgets.html", {"title": "Budgets and alerts", "budgets": rows, "contacts": contacts,
+                                                  "add_form": form}, status=status)
 
 
 @tenant_page(owner=True)

@@ -10,15 +10,14 @@ import asyncio
 import functools
 import time
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 
 from billing import holds, pricing, scripts
-from billing.budgets import BudgetSpec, Table, load_table
-from billing.models import Price, micros_to_dollars
+from billing.budgets import BudgetSpec, Check, Table, load_table, usd
+from billing.models import Price
 
 from . import outages, ratelimits, sizing
 from .db import db_step
@@ -51,7 +50,7 @@ def forget_budgets() -> None:
 
 
 def dollars(micros: int) -> str:
-    return f"${micros_to_dollars(max(micros, 0)).quantize(Decimal('0.01'))}"
+    return usd(max(micros, 0))  # to the micro-dollar under a cent: "$0.00 remains" hid what was left
 
 
 def worst_case(body: ApiRequest, target: Target) -> tuple[int, int]:
@@ -112,12 +111,21 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
         meter.gate["held_micros"] = amount
         if not hold.admitted:
             check = hold.denied_by or hold.checks[0]
-            left = check.spec.limit_micros - check.spent_micros - check.reserved_micros
-            raise BudgetExceeded(
-                f"You exceeded the {check.spec.period} budget of this {check.spec.scope} "
-                f"({dollars(check.spec.limit_micros)}): {dollars(left)} remains and this request may cost up to "
-                f"{dollars(amount)}.")
+            raise BudgetExceeded(refusal(check, amount))
         meter.hold = hold
+
+
+def refusal(check: Check, amount: int) -> str:
+    """Why a hard budget refused: it is used up, or what is left is less than this request's worst case."""
+    spec, spent, held = check.spec, check.spent_micros, check.reserved_micros
+    budget = f"the {spec.period} budget of this {spec.scope} ({dollars(spec.limit_micros)})"
+    in_flight = f" ({dollars(held)} more is held by requests in flight)" if held else ""
+    if spent + held >= spec.limit_micros:
+        return (f"You reached {budget}: {dollars(spent)} is spent{in_flight}. Requests are refused until the period "
+                "ends or the budget is raised.")
+    return (f"This request would exceed {budget}: {dollars(spec.limit_micros - spent - held)} remains{in_flight} and "
+            f"this request may cost up to {dollars(amount)} (its prompt and max_tokens at the model's price). Send a "
+            "shorter prompt or a lower max_tokens.")
 
 
 def never_fits_rates(scopes: list[Scope], tokens: int) -> None:

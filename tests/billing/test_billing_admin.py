@@ -194,3 +194,15 @@ def test_issuing_a_key_keeps_its_rate_limits(admin_client: Client, alice: Party)
     assert response.status_code == 302, response.content
     key = ApiKey.objects.get(name="batch")
     assert (key.tokens_per_minute, key.requests_per_minute) == (10_000, None)
+
+
+def test_budgets_added_in_the_admin_take_micro_dollars_and_are_the_operators(admin_client: Client, alice: Party) -> None:
+    form = {"tenant": alice.tenant.pk, "name": "tiny", "amount": "0.000150", "period": "day", "hard": "on",
+            "alert_thresholds": "50", "is_active": "on", "set_by": "tenant"}
+    assert admin_client.post("/admin/billing/budget/add/", form).status_code == 302
+    budget = Budget.objects.get(name="tiny")
+    assert (budget.amount_micros, budget.set_by) == (150, "operator")  # set_by is read-only here
+    too_fine = admin_client.post("/admin/billing/budget/add/", {**form, "name": "finer", "amount": "0.0000001"})
+    assert too_fine.status_code == 200 and not Budget.objects.filter(name="finer").exists()
+    listing = admin_client.get("/admin/billing/budget/?set_by__exact=operator").content.decode()
+    assert "tiny" in listing and "$0.00015" in listing

@@ -209,3 +209,57 @@ def test_a_request_that_holds_nothing_still_settles_on_a_hard_budget(alice: Part
         admitted += 1
     assert admitted == 2  # $0.006 fits, $0.012 is past $0.01: refused from then on
     assert budgets.status(budget).spent_micros == 12_000
+
+
+def check(limit: int, spent: int, held: int = 0, scope_key: int | None = None) -> object:
+    from datetime import UTC, datetime
+
+    from billing.budgets import BudgetSpec, Check
+
+    spec = BudgetSpec(id=1, name="b", tenant_id=1, key_id=scope_key, limit_micros=limit, period="month", hard=True,
+                      zone="UTC")
+    return Check(spec, datetime(2026, 11, 1, tzinfo=UTC), spent, held)
+
+
+def test_a_refusal_before_anything_was_spent_says_the_request_would_exceed_the_budget() -> None:
+    from proxy.limits import refusal
+
+    assert refusal(check(30_000, 0, held=20_000), 40_000) == (
+        "This request would exceed the month budget of this tenant ($0.03): $0.01 remains ($0.02 more is held by "
+        "requests in flight) and this request may cost up to $0.04 (its prompt and max_tokens at the model's price). "
+        "Send a shorter prompt or a lower max_tokens.")
+    assert "You exceeded" not in refusal(check(10_000, 0), 40_000)
+
+
+def test_a_refusal_near_zero_shows_micro_dollars_not_zero_cents() -> None:
+    from proxy.limits import refusal
+
+    message = refusal(check(10_000, 9_996, scope_key=7), 11)
+    assert "month budget of this key ($0.01): $0.000004 remains" in message
+    assert "may cost up to $0.000011" in message and "$0.00 " not in message
+
+
+def test_a_used_up_budget_says_it_was_reached_with_what_is_spent_and_held() -> None:
+    from proxy.limits import refusal
+
+    assert refusal(check(10_000, 10_250), 5).startswith(
+        "You reached the month budget of this tenant ($0.01): $0.01025 is spent. Requests are refused")
+    assert "$0.0075 is spent ($0.0025 more is held by requests in flight)" in refusal(check(10_000, 7_500, held=2_500), 5)
+
+
+def test_the_refusal_over_v1_names_what_remains_to_the_micro_dollar(client: Client, alice: Party) -> None:
+    Price.objects.create(model="demo", input_per_million=Decimal("1"), output_per_million=Decimal("1"))
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.01"), period="month")
+    UsageRecord.objects.create(tenant=alice.tenant, key=alice.key, endpoint="chat", end_reason="complete",
+                               status_code=200, cost_picos=9_996 * 10**6)
+    response = chat(client, alice, max_tokens=5)
+    message = response.json()["error"]["message"]
+    assert response.status_code == 429 and "would exceed the month budget of this tenant ($0.01)" in message
+    assert "$0.000004 remains" in message and "may cost up to $0.0000" in message
+
+
+def test_budget_amounts_take_micro_dollars(client: Client, alice: Party, demo_price: Price) -> None:
+    budget = Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.000150"), period="day")
+    assert budget.amount_micros == 150 and budgets.spec_of(Budget.objects.get(pk=budget.pk)).limit_micros == 150
+    refused = chat(client, alice, max_tokens=1)  # costs more than $0.00015 at the demo price: never fits
+    assert refused.status_code == 429 and "($0.00015)" in refused.json()["error"]["message"]
