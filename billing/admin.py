@@ -19,7 +19,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApiKey, Tenant
 
-from . import budgets, charts
+from . import alerts, budgets, charts
 from .models import Budget, BudgetAlert, Price, UsageRecord, UsageRollup, picos_to_dollars
 
 CENTS = Decimal("0.01")
@@ -306,10 +306,10 @@ class UsageRollupAdmin(admin.ModelAdmin):
 
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "budget", "tenant", "threshold", "period_start", "spent", "limit", "email_sent_at",
-                    "webhook_sent_at"]
+    list_display = ["created_at", "budget", "tenant", "kind", "threshold", "period_start", "spent", "limit",
+                    "email_sent_at", "webhook_sent_at"]
     list_select_related = ["budget__tenant", "budget__key"]
-    list_filter = ["threshold", ("budget__tenant", admin.RelatedOnlyFieldListFilter)]
+    list_filter = ["kind", "threshold", ("budget__tenant", admin.RelatedOnlyFieldListFilter)]
     date_hierarchy = "created_at"
 
     @admin.display(description="tenant")
@@ -329,6 +329,21 @@ class BudgetAlertAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: BudgetAlert | None = None) -> bool:
         return False
+
+
+TEST_ALERTS_AT_ONCE = 20
+
+
+@admin.action(description="Send a test alert to the selected tenants' contacts (and webhook)")
+def send_test_alert(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+    """A tenant admin action: one clearly marked test alert per tenant, and a message saying where it went."""
+    if queryset.count() > TEST_ALERTS_AT_ONCE:  # each waits on SMTP and a webhook within this one request
+        modeladmin.message_user(request, f"Select at most {TEST_ALERTS_AT_ONCE} tenants to test at once.", messages.ERROR)
+        return
+    for tenant in queryset.order_by("name"):
+        delivery = alerts.send_test_alert(tenant=tenant)
+        level = messages.SUCCESS if delivery.ok and delivery.emailed else messages.WARNING
+        modeladmin.message_user(request, f"Test alert for {tenant}: {delivery.summary()}.", level)
 
 
 def spend_chart(tenant: Tenant, *, days: int = 30, today: Any = None) -> str:

@@ -39,13 +39,14 @@ def roll_up_usage() -> int:
 
 @shared_task(**RETRY)
 def check_budget_alerts() -> int:
-    """Claim every threshold crossed by a budget this period and queue its email (and webhook)."""
-    ids = alerts.claim_crossings()
-    for alert_id in ids:
+    """Claim every threshold crossed by a budget this period, and every hard budget's first refusal in it, and queue
+    each one's email (and webhook)."""
+    crossings, refusals = alerts.claim_crossings(), alerts.claim_refusals()
+    for alert_id in crossings + refusals:
         send_budget_alert.delay(alert_id)
         deliver_budget_webhook.delay(alert_id)
-    logger.info("budget alerts: %d new threshold crossings", len(ids))
-    return len(ids)
+    logger.info("budget alerts: %d new threshold crossings, %d budgets now refusing", len(crossings), len(refusals))
+    return len(crossings) + len(refusals)
 
 
 @shared_task(**RETRY)

@@ -111,6 +111,8 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
         meter.gate["held_micros"] = amount
         if not hold.admitted:
             check = hold.denied_by or hold.checks[0]
+            # The beat's alert job finds the first refusal of each hard budget in a period by this id: no query here.
+            meter.gate["denied_by"] = check.spec.id
             raise BudgetExceeded(refusal(check, amount))
         meter.hold = hold
 

@@ -103,7 +103,7 @@ def test_the_email_names_the_budget_the_spend_and_where_it_went(alice: Party, bo
     assert email.to == ["alice@example.com"] and "Team budget reached 50%" in email.subject
     for text in (email.body, email.alternatives[0][0]):
         assert "$5.25" in text and "$10.00" in text and "52%" in text
-        assert "gpt-4o" in text and "claude-sonnet" in text and "$4.000000" in text
+        assert "gpt-4o" in text and "claude-sonnet" in text and "$4.00" in text and "$1.25" in text
         assert "alice&#x27;s key" in text or "alice's key" in text
         assert "https://gw.example.com/budgets/" in text
         assert "bob" not in text  # another tenant's spend never shows
@@ -126,7 +126,7 @@ def test_the_scheduled_task_emails_each_crossing_once(alice: Party) -> None:
     Budget.objects.create(tenant=alice.tenant, amount=Decimal("1.00"), period="week", alert_thresholds="25,75")
     spend(alice, datetime.now(UTC), 800_000)
     assert tasks.check_budget_alerts.delay().get() == 2  # eager in tests, as a worker would run it
-    assert sorted(m.subject[-3:] for m in mail.outbox) == ["25%", "75%"]
+    assert sorted(m.subject.rsplit(" reached ", 1)[1] for m in mail.outbox) == ["25% (now 80%)", "75% (now 80%)"]
     assert tasks.check_budget_alerts.delay().get() == 0 and len(mail.outbox) == 2
 
 
@@ -199,3 +199,147 @@ def test_a_failing_send_task_retries_and_sends_once(alice: Party) -> None:
         assert tasks.send_budget_alert.delay(alert_id).get() is False  # a duplicate delivery of the task
     assert len(attempts) == 2 and len(mail.outbox) == 1
     assert tasks.send_budget_alert.retry_backoff and tasks.send_budget_alert.max_retries == 8
+
+
+def refused(party: Party, at: datetime, budget: Budget) -> UsageRecord:
+    """The row the gate leaves when a hard budget refuses a request (see proxy.limits.check_limits)."""
+    return UsageRecord.objects.create(tenant=party.tenant, key=party.key, endpoint="chat", public_model="gpt-4o",
+                                      end_reason="rejected", error_code="insufficient_quota", status_code=429,
+                                      gate={"denied_by": budget.pk, "held_micros": 40_000}, created_at=at)
+
+
+def test_a_hard_budget_stuck_below_its_last_threshold_says_once_per_period_that_it_now_refuses(alice: Party) -> None:
+    tokyo(alice)
+    budget = Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.01"), period="month",
+                                   alert_thresholds="50,80,100")
+    other = Budget.objects.create(tenant=alice.tenant, amount=Decimal("5"), period="month", hard=False)
+    november = datetime(2026, 11, 20, tzinfo=UTC)
+    spend(alice, november, 9_900)  # 99 %: the next hold does not fit, so spend never reaches 100 %
+    assert [BudgetAlert.objects.get(pk=i).threshold for i in alerts.claim_crossings(now=november)] == [50, 80]
+    assert alerts.claim_refusals(now=november) == []  # nothing refused yet
+    refused(alice, november + timedelta(minutes=1), budget)
+    refused(alice, november + timedelta(minutes=1), other)  # a soft budget never refuses: a forged row is ignored
+    [alert_id] = alerts.claim_refusals(now=november + timedelta(minutes=5))
+    alert = BudgetAlert.objects.get(pk=alert_id)
+    assert (alert.budget, alert.kind, alert.spent_micros, alert.limit_micros) == (budget, "refusing", 9_900, 10_000)
+    refused(alice, november + timedelta(minutes=6), budget)
+    assert alerts.claim_refusals(now=november + timedelta(minutes=10)) == []  # once per period
+    assert alerts.claim_crossings(now=november + timedelta(minutes=10)) == []  # and 100 % is still not crossed
+
+    assert alerts.email_alert(alert_id) is True
+    [email] = mail.outbox
+    assert "is refusing requests (99% spent)" in email.subject
+    assert "is now refusing requests" in email.body and "$0.0099 of $0.01 (99%)" in email.body
+
+    # A refusal seen only after its period ended does not alert for the new one; a refusal in the new one does.
+    december = datetime(2026, 12, 10, tzinfo=UTC)
+    refused(alice, datetime(2026, 11, 29, tzinfo=UTC), budget)
+    assert alerts.claim_refusals(now=december) == []
+    refused(alice, december, budget)
+    [again] = alerts.claim_refusals(now=december)
+    assert BudgetAlert.objects.get(pk=again).period_start == datetime(2026, 11, 30, 15, tzinfo=UTC)
+
+
+def test_the_gate_marks_the_budget_that_refused_and_the_scheduled_task_alerts(alice: Party) -> None:
+    from django.test import Client
+
+    from billing.models import Price
+    from proxy import routing
+    from proxy.services import ensure_demo_route
+
+    ensure_demo_route()
+    routing.invalidate()
+    Price.objects.create(model="demo", input_per_million=Decimal("1000"), output_per_million=Decimal("2000"))
+    budget = Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.03"), period="month", alert_thresholds="100")
+    spend(alice, datetime.now(UTC), 15_000)  # half spent: the next request may cost up to $0.028, more than is left
+    body = {"model": "demo", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 10}
+    response = Client().post("/v1/chat/completions", json.dumps(body), content_type="application/json",
+                             headers=alice.auth)
+    assert response.status_code == 429
+    row = UsageRecord.objects.get(request_id=response["x-request-id"])
+    assert row.gate["denied_by"] == budget.pk
+    assert tasks.check_budget_alerts.delay().get() == 1  # nothing crossed; one budget now refusing
+    [email] = mail.outbox
+    assert "is refusing requests" in email.subject
+    assert tasks.check_budget_alerts.delay().get() == 0 and len(mail.outbox) == 1
+
+
+def test_the_email_shows_the_period_in_the_tenants_zone(alice: Party) -> None:
+    Tenant.objects.filter(pk=alice.tenant.pk).update(timezone="Europe/Berlin")
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("1.00"), period="month", alert_thresholds="50")
+    november = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+    spend(alice, november, 600_000)
+    [alert_id] = alerts.claim_crossings(now=november)
+    alerts.email_alert(alert_id)
+    [email] = mail.outbox
+    # November in Berlin is 2026-10-31 23:00 to 2026-11-30 23:00 UTC.
+    for text in (email.body, email.alternatives[0][0]):
+        assert "2026-11-01 00:00 to 2026-12-01 00:00 (Europe/Berlin)" in text
+        assert "as of 2026-11-20 10:30 (Europe/Berlin)" in text
+        assert "2026-10-31 23:00" not in text
+
+
+def test_a_lifetime_budget_has_no_period_dates(alice: Party) -> None:
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("1.00"), period="lifetime", alert_thresholds="50")
+    spend(alice, datetime.now(UTC), 600_000)
+    [alert_id] = alerts.claim_crossings()
+    alerts.email_alert(alert_id)
+    [email] = mail.outbox
+    assert "Period: lifetime" in email.body and "2000-01-01" not in email.body + email.alternatives[0][0]
+
+
+def test_a_late_alert_names_its_threshold_and_the_spend_to_the_micro_dollar_and_skips_free_models(alice: Party) -> None:
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.01"), period="month", alert_thresholds="50",
+                          hard=False)
+    now = datetime.now(UTC)
+    spend(alice, now, 9_900, model="gpt-4o")  # the first look sees 99 %: the 50 % alert is late
+    spend(alice, now, 0, model="free-model")
+    [alert_id] = alerts.claim_crossings(now=now)
+    alerts.email_alert(alert_id)
+    [email] = mail.outbox
+    assert email.subject.endswith("reached 50% (now 99%)")
+    for text in (email.body, email.alternatives[0][0]):
+        assert "crossed its 50% alert threshold" in text and "$0.005 of $0.01" in text
+        assert "$0.0099" in text and "(99%)" in text
+        assert "free-model" not in text and "gpt-4o" in text
+
+
+def test_a_test_alert_is_marked_as_such_and_goes_to_the_contacts_and_the_signed_webhook(alice: Party) -> None:
+    Tenant.objects.filter(pk=alice.tenant.pk).update(alert_webhook_url="https://hooks.example.com/t?token=s3cret",
+                                                     contact_emails="ops@alice.example, fin@alice.example")
+    tenant = Tenant.objects.get(pk=alice.tenant.pk)
+    received: list[httpx.Request] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        received.append(request)
+        return httpx.Response(204)
+
+    delivery = alerts.send_test_alert(tenant=tenant, client=httpx.Client(transport=httpx.MockTransport(receiver)))
+    assert delivery.ok and delivery.emailed == ["ops@alice.example", "fin@alice.example"]
+    [email] = mail.outbox
+    assert "TEST" in email.subject and "No budget crossed a threshold" in email.body
+    assert not BudgetAlert.objects.exists()  # a test claims nothing
+    [request] = received
+    payload = json.loads(request.content)
+    assert (payload["type"], payload["test"], payload["tenant"]) == ("budget.test", True, "alice")
+    stamp, digest = (part.split("=", 1)[1] for part in request.headers["x-tollgate-signature"].split(","))
+    expected = hmac.new(tenant.alert_webhook_secret.encode(), f"{stamp}.".encode() + request.content,
+                        hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(digest, expected)
+    summary = delivery.summary()
+    assert "ops@alice.example" in summary and "hooks.example.com" in summary and "204" in summary
+    assert "s3cret" not in summary  # the webhook's URL may carry credentials: only its host is named
+
+
+def test_a_failed_test_alert_says_what_failed_instead_of_raising(alice: Party) -> None:
+    Tenant.objects.filter(pk=alice.tenant.pk).update(alert_webhook_url="https://hooks.example.com/t", contact_emails="")
+    tenant = Tenant.objects.get(pk=alice.tenant.pk)
+    failing = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(500)))
+    delivery = alerts.send_test_alert(tenant=tenant, client=failing)
+    assert not delivery.ok and mail.outbox == []
+    assert "no contact emails" in delivery.summary() and "the webhook failed" in delivery.summary()
+    Tenant.objects.filter(pk=alice.tenant.pk).update(alert_webhook_url="", contact_emails="ops@alice.example")
+    with mock.patch("django.core.mail.EmailMultiAlternatives.send", side_effect=ConnectionRefusedError("smtp down")):
+        delivery = alerts.send_test_alert(tenant=Tenant.objects.get(pk=alice.tenant.pk))
+    assert "the email failed (ConnectionRefusedError: smtp down)" in delivery.summary()
+    assert "no webhook is set" in delivery.summary()

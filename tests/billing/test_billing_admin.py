@@ -206,3 +206,44 @@ def test_budgets_added_in_the_admin_take_micro_dollars_and_are_the_operators(adm
     assert too_fine.status_code == 200 and not Budget.objects.filter(name="finer").exists()
     listing = admin_client.get("/admin/billing/budget/?set_by__exact=operator").content.decode()
     assert "tiny" in listing and "$0.00015" in listing
+
+
+def message_request(user: Any) -> Any:
+    from django.contrib.messages.storage.cookie import CookieStorage
+    from django.test import RequestFactory
+
+    request = RequestFactory().post("/admin/accounts/tenant/")
+    request.user = user
+    request._messages = CookieStorage(request)
+    return request
+
+
+def test_the_send_a_test_alert_action_reports_where_it_went(alice: Party, bob: Party, admin_user: Any) -> None:
+    from django.contrib import admin
+    from django.core import mail
+
+    from billing.admin import send_test_alert
+
+    Tenant.objects.filter(pk=bob.tenant.pk).update(contact_emails="")
+    request = message_request(admin_user)
+    send_test_alert(admin.site._registry[Tenant], request, Tenant.objects.filter(pk__in=[alice.tenant.pk, bob.tenant.pk]))
+    [email] = mail.outbox
+    assert email.to == ["alice@example.com"] and "TEST" in email.subject
+    alice_said, bob_said = (str(m) for m in request._messages)
+    assert "Test alert for Alice: emailed to alice@example.com via the in-memory outbox" in alice_said
+    assert "no webhook is set" in alice_said
+    assert "Test alert for Bob: no email: the tenant has no contact emails" in bob_said
+
+
+def test_the_test_alert_action_takes_a_handful_of_tenants_at_a_time(admin_user: Any, db: None) -> None:
+    from django.contrib import admin
+    from django.core import mail
+
+    from accounts import services
+    from billing.admin import TEST_ALERTS_AT_ONCE, send_test_alert
+
+    for i in range(TEST_ALERTS_AT_ONCE + 1):
+        services.create_tenant(name=f"T{i}", slug=f"t{i}", contact_emails=[f"t{i}@example.com"])
+    request = message_request(admin_user)
+    send_test_alert(admin.site._registry[Tenant], request, Tenant.objects.all())
+    assert mail.outbox == [] and "at most 20" in str(next(iter(request._messages)))

@@ -249,13 +249,14 @@ def test_a_used_up_budget_says_it_was_reached_with_what_is_spent_and_held() -> N
 
 def test_the_refusal_over_v1_names_what_remains_to_the_micro_dollar(client: Client, alice: Party) -> None:
     Price.objects.create(model="demo", input_per_million=Decimal("1"), output_per_million=Decimal("1"))
-    Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.01"), period="month")
+    budget = Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.01"), period="month")
     UsageRecord.objects.create(tenant=alice.tenant, key=alice.key, endpoint="chat", end_reason="complete",
                                status_code=200, cost_picos=9_996 * 10**6)
     response = chat(client, alice, max_tokens=5)
     message = response.json()["error"]["message"]
     assert response.status_code == 429 and "would exceed the month budget of this tenant ($0.01)" in message
     assert "$0.000004 remains" in message and "may cost up to $0.0000" in message
+    assert row_of(response).gate["denied_by"] == budget.pk
 
 
 def test_budget_amounts_take_micro_dollars(client: Client, alice: Party, demo_price: Price) -> None:
