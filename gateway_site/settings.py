@@ -288,7 +288,9 @@ if EMAIL_HOST:
     EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", EMAIL_PORT == 465)
     EMAIL_TIMEOUT = 10
 else:
-    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+    # No SMTP server: emails (alerts, password-reset links: secrets) go to files only this user can read, never the log.
+    EMAIL_BACKEND = "gateway_site.mail.OutboxBackend"
+EMAIL_FILE_PATH = DATA_DIR / "outbox"
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "Tollgate <tollgate@localhost>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
