@@ -16,7 +16,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from . import keys
+from . import keys, pepper
 from .keys import Limits, limits_of
 from .models import ApiKey, ManagementToken, Membership, Tenant
 
@@ -59,6 +59,7 @@ def issue_key(
         raise ValidationError({"expires_at": "The expiry time must be in the future."})
     if rotated_from is None:  # a rotation keeps the old key's list: /v1 still admits only what both lists allow
         check_allowed_models(tenant=tenant, allowed_models=allowed_models or [])
+    pepper.require_current()  # raises PepperMismatch: a key minted under another pepper fails every request
     minted = keys.mint()
     key = ApiKey(
         tenant=tenant,

@@ -16,11 +16,17 @@ django_application = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from accounts import pepper  # noqa: E402
 from billing.consumers import LiveUsageConsumer  # noqa: E402
 from gateway_site import health  # noqa: E402
 from proxy.asgi import ApiHandler  # noqa: E402
+
+# Under another pepper than the keys' every key would be rejected: say so in one line and exit (status 3).
+if settings.TOLLGATE_PEPPER_CHECK:
+    pepper.check_before_serving()
 
 api_application = ApiHandler()
 

@@ -57,8 +57,9 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     return value
 
 
-def env_secret(name: str, *, dev_default: str | None = None, debug: bool = False) -> str:
-    """Read NAME, or the file named by NAME_FILE (Docker secrets). Only DEBUG may fall back to a default."""
+def env_secret(name: str, *, dev_default: str | None = None, debug: bool = False, generated: Path | None = None) -> str:
+    """Read NAME, or the file named by NAME_FILE (Docker secrets), or else the ``generated`` file when it exists
+    (the one `./tollgate run` writes on the embedded default). Only DEBUG may fall back to a default."""
     value = os.environ.get(name)
     path = os.environ.get(f"{name}_FILE")
     if value and path:
@@ -68,11 +69,17 @@ def env_secret(name: str, *, dev_default: str | None = None, debug: bool = False
             value = Path(path).read_text().strip()
         except OSError as e:
             raise ImproperlyConfigured(f"{name}_FILE points at {path!r}, which cannot be read: {e.strerror}") from None
+    elif not value and generated is not None and generated.exists():
+        try:
+            value = generated.read_text().strip()
+        except OSError as e:
+            raise ImproperlyConfigured(f"{name} is unset and {generated} cannot be read: {e.strerror}") from None
     if value:
         return value
     if debug and dev_default is not None:
         return dev_default
-    raise ImproperlyConfigured(f"{name} (or {name}_FILE) must be set when DJANGO_DEBUG is off")
+    hint = f" (on the embedded default, `./tollgate run` or `./tollgate manage` writes {generated})" if generated else ""
+    raise ImproperlyConfigured(f"{name} (or {name}_FILE) must be set when DJANGO_DEBUG is off{hint}")
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -128,13 +135,20 @@ def redis_url(name: str) -> str | None:
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
-SECRET_KEY = env_secret("DJANGO_SECRET_KEY", dev_default="dev-only-secret-key-not-for-production", debug=DEBUG)
-# The pepper for API key digests. Changing it invalidates every issued key.
-TOLLGATE_KEY_PEPPER = env_secret("TOLLGATE_KEY_PEPPER", dev_default="dev-only-key-pepper", debug=DEBUG)
+DATA_DIR = Path(os.environ.get("TOLLGATE_DATA_DIR") or BASE_DIR / "var")
+# The embedded default (no DATABASE_URL: SQLite in DATA_DIR) also reads the secrets `./tollgate run` generated in
+# DATA_DIR, so manage.py and celery work from a plain shell. A deployment that names its database names its secrets.
+_embedded = not os.environ.get("DATABASE_URL", "").strip()
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY", dev_default="dev-only-secret-key-not-for-production", debug=DEBUG,
+                        generated=DATA_DIR / "secret_key" if _embedded else None)
+# The pepper for API key digests. Changing it invalidates every issued key (see accounts/pepper.py).
+TOLLGATE_KEY_PEPPER = env_secret("TOLLGATE_KEY_PEPPER", dev_default="dev-only-key-pepper", debug=DEBUG,
+                                 generated=DATA_DIR / "key_pepper" if _embedded else None)
+# Serving processes refuse to start under a pepper other than the recorded one. Only tests turn the check off.
+TOLLGATE_PEPPER_CHECK = env_bool("TOLLGATE_PEPPER_CHECK", True)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
-DATA_DIR = Path(os.environ.get("TOLLGATE_DATA_DIR") or BASE_DIR / "var")
 
 INSTALLED_APPS = [
     "daphne",  # first, so `runserver` serves ASGI: /v1 streaming breaks under WSGI

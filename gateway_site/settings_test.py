@@ -20,6 +20,8 @@ TOLLGATE_DEMO_TOKEN_DELAY_MS = 0
 # In process, nothing runs in the background and each test run journals into a directory of its own; live
 # servers started by a test get TOLLGATE_UPKEEP=on and the directory the test chooses.
 TOLLGATE_UPKEEP = env_bool("TOLLGATE_UPKEEP", False)  # noqa: F405
+# Importing gateway_site.asgi in process must not query the database; tests that start a server turn it on.
+TOLLGATE_PEPPER_CHECK = env_bool("TOLLGATE_PEPPER_CHECK", False)  # noqa: F405
 if not os.environ.get("TOLLGATE_JOURNAL_DIR"):
     TOLLGATE_JOURNAL_DIR = Path(tempfile.mkdtemp(prefix="tollgate-journal-"))  # noqa: F405
 

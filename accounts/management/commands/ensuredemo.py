@@ -3,11 +3,12 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from accounts import services
+from accounts import pepper, services
 from accounts.models import ApiKey, Membership, Tenant
 from billing import pricing
 from billing.management.commands.loadprices import BUNDLED, read_prices, save_prices
@@ -42,6 +43,11 @@ class Command(BaseCommand):
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
         base_url = options["base_url"].rstrip("/")
+        try:
+            # First, before any row is written: under another pepper than the keys', the demo key would not work.
+            pepper.require_current()
+        except pepper.PepperMismatch as e:
+            raise CommandError(e.message) from None
         tenant = Tenant.objects.filter(slug=DEMO_SLUG).first() or services.create_tenant(name="Demo", slug=DEMO_SLUG)
         admin_line = self.ensure_admin(tenant)
         ensure_demo_route()
@@ -54,6 +60,8 @@ class Command(BaseCommand):
         self.stdout.write(f"Admin:    {base_url}/admin/  ({admin_line})")
         self.stdout.write(f"Pages:    {base_url}/  (the demo tenant's dashboard, keys, budgets and playground; same user)")
         self.stdout.write(f"Prices:   {prices_line}")
+        self.stdout.write(f"Emails:   {email_line()}")
+        self.stdout.write("Commands: ./tollgate manage <command>, e.g. ./tollgate manage issuekey demo  (see the README)")
         self.stdout.write(f"Demo key: {secret}  (tenant {tenant.slug}; rotated at every start)")
         self.stdout.write("Try it with the OpenAI SDK:\n" + SNIPPET.format(base_url=base_url, secret=secret))
 
@@ -74,3 +82,13 @@ class Command(BaseCommand):
         admin = User.objects.create_superuser("admin", "admin@localhost", password)
         services.add_member(tenant=tenant, user=admin, role=Membership.Role.OWNER)
         return f"user admin, password {password} — shown this once"
+
+
+def email_line() -> str:
+    """Where alert and password-reset emails go, for the operator."""
+    if settings.EMAIL_BACKEND == "gateway_site.mail.OutboxBackend":
+        return (f"written to {settings.EMAIL_FILE_PATH}/, one .eml file each, readable only by you "
+                "(set EMAIL_HOST to send them)")
+    if settings.EMAIL_BACKEND == "django.core.mail.backends.smtp.EmailBackend":
+        return f"sent through {settings.EMAIL_HOST}:{settings.EMAIL_PORT}"
+    return f"handled by {settings.EMAIL_BACKEND}"
