@@ -10,6 +10,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -155,6 +156,10 @@ def test_run_announces_only_its_own_server_and_a_second_run_leaves_the_first_alo
         key = demo_key(first.output())
         assert models_status(port, key) == 200
         assert f"Emails:   written to {data / 'outbox'}/" in first.output()
+        # The README's commands from a plain shell issue keys that this server accepts.
+        issued = subprocess.run([sys.executable, "manage.py", "issuekey", "demo", "--name", "laptop"],
+                                cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60)
+        assert issued.returncode == 0 and models_status(port, issued.stdout.strip()) == 200, issued.stderr
 
         same_port = tollgate(env, "run", timeout=60)
         assert same_port.returncode == 1 and RUNNING not in same_port.stdout
