@@ -7,8 +7,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.db import connection
 
+from accounts import pepper
 from accounts.keys import KeyRejected, lookup
-from accounts.models import ApiKey, Tenant
+from accounts.models import ApiKey, KeyPepper, Tenant
 from proxy.models import ModelRoute
 from proxy.services import ensure_demo_route
 
@@ -206,7 +207,8 @@ def test_operators_set_a_tenants_allowed_models(admin_client: Client, alice: Par
 def test_a_key_can_only_narrow_its_tenants_models(admin_client: Client, alice: Party, bob: Party, routes: None) -> None:
     Tenant.objects.filter(pk=alice.tenant.pk).update(allowed_models=["gpt-4o"])
     refused = admin_client.post("/admin/accounts/apikey/add/", key_form(alice.tenant, "demo"))
-    assert refused.status_code == 200 and "Alice may not call demo; its allowed models are gpt-4o." in refused.content.decode()
+    assert refused.status_code == 200
+    assert "demo: not allowed for tenant alice, which may use only gpt-4o." in refused.content.decode()
     # An alias of a model the tenant may call is within it; bob's tenant has no list.
     assert admin_client.post("/admin/accounts/apikey/add/", key_form(alice.tenant, "default")).status_code == 302
     assert admin_client.post("/admin/accounts/apikey/add/", key_form(bob.tenant, "demo")).status_code == 302
@@ -215,7 +217,7 @@ def test_a_key_can_only_narrow_its_tenants_models(admin_client: Client, alice: P
         "api_keys-TOTAL_FORMS": "1", "api_keys-0-tenant": alice.tenant.pk, "api_keys-0-name": "inline",
         "api_keys-0-allowed_models": "gpt-4o", "api_keys-0-expires_at_0": "", "api_keys-0-expires_at_1": ""})
     response = admin_client.post(f"/admin/accounts/tenant/{alice.tenant.pk}/change/", inline)
-    assert response.status_code == 200 and "may not call gpt-4o" in response.content.decode()
+    assert response.status_code == 200 and "gpt-4o: not allowed for tenant alice" in response.content.decode()
     assert not ApiKey.objects.filter(name="inline").exists()
 
 
@@ -230,3 +232,22 @@ def test_names_saved_before_their_route_went_away_do_not_block_other_changes(
     assert response.status_code == 302, response.content
     key.refresh_from_db()
     assert (key.name, key.allowed_models) == ("renamed", ["demo", "retired-model"])
+
+
+def test_a_key_under_another_pepper_is_a_form_error(admin_client: Client, alice: Party) -> None:
+    KeyPepper.objects.all().delete()
+    KeyPepper.objects.create(fingerprint=pepper.fingerprint("the server's other pepper"))
+    before = ApiKey.objects.count()
+    response = admin_client.post("/admin/accounts/apikey/add/", key_form(alice.tenant, ""))
+    assert response.status_code == 200 and "is not the pepper" in response.content.decode()
+    inline = tenant_form(alice.tenant, **{
+        "api_keys-TOTAL_FORMS": "1", "api_keys-0-tenant": alice.tenant.pk, "api_keys-0-name": "inline",
+        "api_keys-0-allowed_models": "", "api_keys-0-expires_at_0": "", "api_keys-0-expires_at_1": ""})
+    response = admin_client.post(f"/admin/accounts/tenant/{alice.tenant.pk}/change/", inline)
+    assert response.status_code == 200 and "is not the pepper" in response.content.decode()
+    assert ApiKey.objects.count() == before
+    # Changing a key issued before needs no pepper.
+    response = admin_client.post(f"/admin/accounts/apikey/{alice.key.pk}/change/", {
+        "name": "renamed", "allowed_models": "", "expires_at_0": "", "expires_at_1": "",
+        "budgets-TOTAL_FORMS": "0", "budgets-INITIAL_FORMS": "0"})
+    assert response.status_code == 302
