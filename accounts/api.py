@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db.models import QuerySet
+from django.db.models import ProtectedError, QuerySet
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, mixins, permissions, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+
+from gateway_site.api_errors import still_referenced
 
 from . import keys, services
 from .models import ApiKey, Membership, Tenant
@@ -50,6 +55,7 @@ class TenantViewSet(viewsets.ModelViewSet):
     serializer_class = TenantSerializer
     permission_classes = [permissions.IsAuthenticated, StaffWrites]
     lookup_field = "slug"
+    lookup_value_regex = "[-a-zA-Z0-9_]+"  # a slug's characters; anything else is a plain 404, never a query
 
     def get_queryset(self) -> QuerySet[Tenant]:
         return owned_tenants(self.request.user).order_by("name").distinct()
@@ -57,6 +63,14 @@ class TenantViewSet(viewsets.ModelViewSet):
     def perform_update(self, serializer: serializers.BaseSerializer) -> None:
         tenant = serializer.save()
         services.forget_tenant_keys(tenant=tenant)  # cached lookups carry the tenant's state and limits
+
+    def perform_destroy(self, instance: Tenant) -> None:
+        prefixes = list(instance.api_keys.values_list("prefix", flat=True))
+        try:
+            instance.delete()
+        except ProtectedError as e:  # its ledger rows are kept for billing
+            raise still_referenced(e, "deactivate the tenant instead (is_active: false).") from None
+        keys.forget_many(prefixes)  # or cached lookups would accept the deleted keys until they expire
 
 
 class TenantField(serializers.SlugRelatedField):
@@ -99,6 +113,21 @@ class ApiKeySerializer(serializers.ModelSerializer):
                 fields[name].read_only = True  # rate limits are the operator's to set
         return fields
 
+    def validate_expires_at(self, value: datetime | None) -> datetime | None:
+        unchanged = self.instance is not None and value == self.instance.expires_at
+        if value is not None and not unchanged and value <= timezone.now():
+            raise serializers.ValidationError("The expiry time must be in the future.")
+        return value
+
+
+class IssuedKeySerializer(ApiKeySerializer):
+    """A key as created or rotated: the one response that carries the key itself."""
+
+    key = serializers.CharField(read_only=True, help_text="The key itself (tg-…), shown this once and never stored.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
+
 
 class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
                     mixins.UpdateModelMixin, viewsets.GenericViewSet):
@@ -109,6 +138,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
     def get_queryset(self) -> QuerySet[ApiKey]:
         return ApiKey.objects.filter(tenant__in=owned_tenants(self.request.user)).select_related("tenant").order_by("-id")
 
+    @extend_schema(responses={201: IssuedKeySerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -125,6 +155,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
         key = serializer.save()
         keys.forget(key.prefix)
 
+    @extend_schema(request=None, responses={200: ApiKeySerializer})
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         key = self.get_object()
@@ -134,10 +165,14 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
             raise exceptions.ValidationError({"detail": str(e)}) from None
         return Response(self.get_serializer(key).data)
 
+    @extend_schema(request=None, responses={201: IssuedKeySerializer})
     @action(detail=True, methods=["post"])
     def rotate(self, request: Request, pk: str | None = None) -> Response:
+        key = self.get_object()
+        if key.status() == "expired":  # its replacement would carry the same past expiry
+            raise exceptions.ValidationError({"detail": f"{key.masked} has expired; issue a new key instead."})
         try:
-            new, secret = services.rotate_key(key=self.get_object(), created_by=request.user)
+            new, secret = services.rotate_key(key=key, created_by=request.user)
         except services.KeyNotActive as e:
             raise exceptions.ValidationError({"detail": str(e)}) from None
         return Response({**self.get_serializer(new).data, "key": secret}, status=201)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import date
+from decimal import Decimal
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import ProtectedError, QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import exceptions, permissions, serializers, viewsets
 
 from accounts.api import StaffOnly, TenantField, owned_tenants
 from accounts.models import ApiKey
+from gateway_site.api_errors import still_referenced
 
 from . import budgets
 from .models import Budget, Price
@@ -112,9 +115,31 @@ class PriceSerializer(serializers.ModelSerializer):
         model = Price
         fields = ["id", "model", "provider", "effective_from", "input_per_million", "output_per_million",
                   "cached_input_per_million", "per_request", "note"]
+        extra_kwargs = {name: {"min_value": Decimal(0)} for name in (
+            "input_per_million", "output_per_million", "cached_input_per_million", "per_request")}
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        # One price per model (or per provider's model) and day: the database's constraints, as a 400 that says so.
+        model = data.get("model", getattr(self.instance, "model", None))
+        provider = data["provider"] if "provider" in data else getattr(self.instance, "provider", None)
+        effective_from = data.get("effective_from") or getattr(self.instance, "effective_from", None) or date.today()
+        same_day = Price.objects.filter(model=model, provider=provider, effective_from=effective_from)
+        if self.instance is not None:
+            same_day = same_day.exclude(pk=self.instance.pk)
+        if same_day.exists():
+            raise serializers.ValidationError({"effective_from": "There is already a price for this model"
+                                               f"{' and provider' if provider else ''} from {effective_from}; "
+                                               "change that one instead."})
+        return data
 
 
 class PriceViewSet(viewsets.ModelViewSet):
     serializer_class = PriceSerializer
     permission_classes = [permissions.IsAuthenticated, StaffOnly]
     queryset = Price.objects.select_related("provider").order_by("model", "-effective_from")
+
+    def perform_destroy(self, instance: Price) -> None:
+        try:
+            instance.delete()
+        except ProtectedError as e:  # requests were costed with it, and their cost must stay explainable
+            raise still_referenced(e, "add a price from a later day instead.") from None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import ApiKeyViewSet, TenantViewSet
 from billing.api import BudgetViewSet, PriceViewSet
 from proxy.api import DeploymentViewSet, ProviderViewSet, RouteViewSet
+
+from .api_errors import not_found
 
 router = DefaultRouter()
 router.register("tenants", TenantViewSet, basename="tenant")
@@ -23,4 +25,6 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include(router.urls)),
+    # Any other path ending in a slash (one without still gets APPEND_SLASH's redirect), e.g. a slug with a dot.
+    re_path(r"^.*/$", not_found),
 ]

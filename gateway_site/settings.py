@@ -257,10 +257,13 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_THROTTLE_CLASSES": ["accounts.api_auth.ApiRateLimit"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_THROTTLE_CLASSES": ["gateway_site.api_limits.ApiRateLimit"],
+    # JSON only: it is what the schema documents, and a form cannot express the list fields.
+    "DEFAULT_PARSER_CLASSES": ["gateway_site.api_input.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "gateway_site.api_schema.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "gateway_site.api_input.Pagination",
     "PAGE_SIZE": 100,
+    "EXCEPTION_HANDLER": "gateway_site.api_errors.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tollgate management API",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import ProtectedError
 from rest_framework import permissions, serializers, viewsets
 
 from accounts.api import StaffOnly
+from gateway_site.api_errors import still_referenced
 
 from . import routing
 from .models import Deployment, ModelRoute, Provider
@@ -22,6 +26,18 @@ class ProviderSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "kind", "preset", "base_url", "credential_env", "is_active", "api_key", "has_credential",
                   "created_at"]
         read_only_fields = ["created_at"]
+
+    def validate(self, data: dict[str, Any]) -> dict[str, Any]:
+        # The model's own rules (a base URL or a preset with one; a variable's name), as the admin applies them.
+        provider = copy.copy(self.instance) if self.instance is not None else Provider()
+        for name, value in data.items():
+            if name != "api_key":
+                setattr(provider, name, value)
+        try:
+            provider.clean()
+        except DjangoValidationError as e:
+            raise serializers.ValidationError(serializers.as_serializer_error(e)) from None
+        return data
 
     def save(self, **kwargs: Any) -> Provider:
         api_key = self.validated_data.pop("api_key", None)
@@ -52,6 +68,7 @@ class RouteSerializer(serializers.ModelSerializer):
 
 class RoutingViewSet(viewsets.ModelViewSet):
     permission_classes = [permissions.IsAuthenticated, StaffOnly]
+    in_use_advice = "it cannot be deleted."
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
         serializer.save()
@@ -62,12 +79,16 @@ class RoutingViewSet(viewsets.ModelViewSet):
         routing.invalidate()
 
     def perform_destroy(self, instance: Any) -> None:
-        instance.delete()
+        try:
+            instance.delete()
+        except ProtectedError as e:
+            raise still_referenced(e, self.in_use_advice) from None
         routing.invalidate()
 
 
 class ProviderViewSet(RoutingViewSet):
     serializer_class = ProviderSerializer
+    in_use_advice = "deactivate the provider instead (is_active: false), or delete its deployments first."
     queryset = Provider.objects.order_by("name")
 
 

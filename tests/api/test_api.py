@@ -5,8 +5,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import User
-from django.core.cache import caches
 from django.test import Client, override_settings
 
 from accounts import services
@@ -17,23 +15,9 @@ from proxy.models import Provider
 
 from ..conftest import Party
 from ..factories import make_user
+from .conftest import token_client
 
 pytestmark = pytest.mark.django_db
-
-
-def token_client(user: User) -> Client:
-    _, token = services.issue_management_token(user=user, name="test")
-    return Client(headers={"Authorization": f"Bearer {token}"})
-
-
-@pytest.fixture
-def operator(db: None) -> Client:
-    return token_client(User.objects.create_user("ops", is_staff=True))
-
-
-@pytest.fixture(autouse=True)
-def fresh_limits() -> None:
-    caches["limits"].clear()
 
 
 def test_a_management_token_or_a_session_signs_in_and_a_v1_key_does_not(alice: Party) -> None:
@@ -141,12 +125,34 @@ def test_prices_providers_and_routes_are_for_operators(alice: Party, operator: C
     assert operator.get("/api/routes/").json()["results"][0]["deployments"][0]["provider"] == "openai"
 
 
+class Clock:
+    """django-ratelimit's clock, moved by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
 @override_settings(TOLLGATE_API_RATE="3/m")
-def test_the_api_is_rate_limited_per_user(alice: Party) -> None:
+def test_the_api_is_rate_limited_per_user_and_tells_the_real_wait(alice: Party, bob: Party,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import django_ratelimit.core
+
+    clock = Clock(1_800_000_000.0)
+    monkeypatch.setattr(django_ratelimit.core, "time", clock)
     api = token_client(alice.user)
     answers = [api.get("/api/keys/") for _ in range(4)]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
-    assert answers[-1]["Retry-After"] == "60"
+    assert answers[-1].json()["detail"].startswith("Request was throttled")
+    wait = int(answers[-1]["Retry-After"])
+    assert 1 <= wait <= 60
+    assert token_client(bob.user).get("/api/keys/").status_code == 200  # per user
+    clock.now += wait - 1
+    assert api.get("/api/keys/")["Retry-After"] == "1"  # the same window, one second left
+    clock.now += 1
+    assert api.get("/api/keys/").status_code == 200  # exactly when it said
 
 
 def test_the_schema_and_docs_page_work_offline(alice: Party) -> None:
