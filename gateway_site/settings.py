@@ -86,6 +86,16 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def env_proxy_ssl_header(name: str) -> tuple[str, str] | None:
+    """A header name such as X-Forwarded-Proto, as Django's SECURE_PROXY_SSL_HEADER (its value "https" means HTTPS)."""
+    header = os.environ.get(name, "").strip()
+    if not header:
+        return None
+    if not header.replace("-", "").isalnum() or not header.isascii():
+        raise ImproperlyConfigured(f"{name} must be a header name such as X-Forwarded-Proto, got {header!r}")
+    return "HTTP_" + header.upper().replace("-", "_"), "https"
+
+
 def sqlite_database(path: Path) -> dict[str, Any]:
     # Default SQLite options lose about half of 100 concurrent writing requests to "database is
     # locked"; WAL, an immediate write lock and a long busy timeout serialise them instead.
@@ -170,6 +180,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "gateway_site.security.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -336,6 +347,14 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# HTTPS. Off unless set, since TLS is often terminated by a proxy in front, which may redirect and send HSTS itself.
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+# Set only behind a proxy that overwrites this header: without it the proxied requests all look like plain HTTP
+# (the SSL redirect loops); with it and no such proxy, any client can claim HTTPS.
+SECURE_PROXY_SSL_HEADER = env_proxy_ssl_header("DJANGO_SECURE_PROXY_SSL_HEADER")
 
 # Validated key lookups are cached this long; revoke and rotate drop the entry at once.
 TOLLGATE_KEY_CACHE_SECONDS = env_int("TOLLGATE_KEY_CACHE_SECONDS", 30)

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from gateway_site.settings import BASE_DIR, database_from_url, env_bool, env_int, env_secret, redis_url
+from gateway_site.settings import (
+    BASE_DIR,
+    database_from_url,
+    env_bool,
+    env_int,
+    env_proxy_ssl_header,
+    env_secret,
+    redis_url,
+)
 
 
 def test_env_bool(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,6 +80,17 @@ def test_database_url_sqlite_and_bad_urls() -> None:
         database_from_url("postgres://localhost", pool_min=1, pool_max=1)
 
 
+def test_the_proxy_ssl_header_is_a_header_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROXY_HEADER", raising=False)
+    assert env_proxy_ssl_header("PROXY_HEADER") is None
+    monkeypatch.setenv("PROXY_HEADER", "X-Forwarded-Proto")
+    assert env_proxy_ssl_header("PROXY_HEADER") == ("HTTP_X_FORWARDED_PROTO", "https")
+    for bad in ("HTTP_X_FORWARDED_PROTO=https", "X Forwarded", "Ünicode"):
+        monkeypatch.setenv("PROXY_HEADER", bad)
+        with pytest.raises(ImproperlyConfigured, match="PROXY_HEADER must be a header name"):
+            env_proxy_ssl_header("PROXY_HEADER")
+
+
 def test_redis_url_must_be_redis(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOME_REDIS", "http://localhost:6379")
     with pytest.raises(ImproperlyConfigured, match="SOME_REDIS"):
@@ -98,6 +117,10 @@ def start_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"DJANGO_DEBUG": "1", "TOLLGATE_LOG_LEVEL": "LOUD"}, "TOLLGATE_LOG_LEVEL"),
         ({"DJANGO_DEBUG": "1", "TOLLGATE_LEDGER_RETENTION_DAYS": "30"}, "TOLLGATE_LEDGER_RETENTION_DAYS"),
         ({"DJANGO_DEBUG": "1", "TOLLGATE_UNPRICED": "maybe"}, "TOLLGATE_UNPRICED"),
+        ({"DJANGO_DEBUG": "1", "DJANGO_SECURE_HSTS_SECONDS": "a year"}, "DJANGO_SECURE_HSTS_SECONDS"),
+        ({"DJANGO_DEBUG": "1", "DJANGO_SECURE_SSL_REDIRECT": "always"}, "DJANGO_SECURE_SSL_REDIRECT"),
+        ({"DJANGO_DEBUG": "1", "DJANGO_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https"}, "DJANGO_SECURE_PROXY_SSL_HEADER"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_WEBHOOK_ALLOW_PRIVATE": "sometimes"}, "TOLLGATE_WEBHOOK_ALLOW_PRIVATE"),
     ],
 )
 def test_bad_configuration_stops_startup_naming_the_variable(env: dict[str, str], variable: str) -> None:
