@@ -6,6 +6,7 @@ from typing import Any
 
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from drf_spectacular.plumbing import ResolvedComponent
+from rest_framework import serializers
 
 WRITES = ("POST", "PUT", "PATCH")
 
@@ -32,6 +33,15 @@ WWW_AUTHENTICATE = {
 
 
 class AutoSchema(SpectacularAutoSchema):
+    def _map_serializer_field(self, field: Any, direction: Any, bypass_extensions: bool = False) -> dict[str, Any]:
+        schema: dict[str, Any] = super()._map_serializer_field(field, direction, bypass_extensions)
+        if isinstance(field, serializers.DecimalField) and "pattern" in schema and field.max_whole_digits:
+            # drf-spectacular's pattern takes "", "." and "-" (no digit) and a sign where min_value forbids one.
+            sign = "" if field.min_value is not None and field.min_value >= 0 else "-?"
+            whole, places = field.max_whole_digits, field.decimal_places
+            schema["pattern"] = rf"^{sign}(?:\d{{1,{whole}}}(?:\.\d{{0,{places}}})?|\.\d{{1,{places}}})$"
+        return schema
+
     def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
         responses: dict[str, Any] = super()._get_response_bodies(direction)
         for code, description in self.error_codes().items():

@@ -3,6 +3,7 @@ envelope, JSON request bodies only, and the key itself in the responses that car
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -53,3 +54,10 @@ def test_the_key_itself_is_documented_where_it_is_returned(operator: Client) -> 
     assert "requestBody" not in rotate and "requestBody" not in revoke  # they take no body
     assert "key" in schema["components"]["schemas"]["IssuedKey"]["properties"]
     assert "key" not in schema["components"]["schemas"]["ApiKey"]["properties"]
+
+
+def test_money_patterns_take_what_the_serializer_takes(operator: Client) -> None:
+    schema: dict[str, Any] = operator.get("/api/schema/?format=json").json()
+    pattern = re.compile(schema["components"]["schemas"]["Price"]["properties"]["input_per_million"]["pattern"])
+    assert all(pattern.match(text) for text in ("2.50", "0", ".5", "12345678.123456", "1."))
+    assert not any(pattern.match(text) for text in ("", ".", "-", "-1", "123456789", "1.1234567"))
