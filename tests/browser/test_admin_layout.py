@@ -25,7 +25,7 @@ from proxy.services import ensure_demo_route
 from ..conftest import make_party
 from ..factories import make_key, make_route, make_user
 from ..live import BASE_DIR, tollgate_server
-from .test_browser import CHROMIUM, FLAGS, SHOTS
+from .test_browser import SHOTS, chromium  # noqa: F401 (chromium is a fixture)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 
@@ -51,23 +51,6 @@ CLIPPED = """() => {
   }
   return found;
 }"""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        message = "needs Debian's chromium (./tollgate test installs it when run as root)"
-        if os.environ.get("TOLLGATE_BROWSER_TESTS") == "required":
-            pytest.fail(message)
-        pytest.skip(message)
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield browser
-        browser.close()
-    del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
 @pytest.fixture(scope="module")
