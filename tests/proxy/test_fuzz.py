@@ -9,6 +9,7 @@ with a budget on the tenant so the gate sizes every admitted request.
 
 from __future__ import annotations
 
+import copy
 import json
 from decimal import Decimal
 from typing import Any
@@ -123,7 +124,11 @@ fault = st.sampled_from(FAULTS) | junk
 
 
 def with_faults(body: dict[str, Any], faults: list[tuple[int, Any]]) -> dict[str, Any]:
-    """The valid body with a few of its values, at any depth, replaced or removed."""
+    """The valid body with a few of its values, at any depth, replaced or removed.
+
+    Each fault is a copy: a list or object from FAULTS put in as it is could be changed by the next fault (even made
+    to hold itself), and the change would last into every later example.
+    """
     for choice, value in faults:
         slots: list[tuple[Any, Any]] = []
         stack: list[Any] = [body]
@@ -135,7 +140,7 @@ def with_faults(body: dict[str, Any], faults: list[tuple[int, Any]]) -> dict[str
                     stack.append(container[key])
         container, key = slots[choice % len(slots)]
         if value is not DELETE:
-            container[key] = value
+            container[key] = copy.deepcopy(value)
         elif isinstance(container, dict):
             del container[key]
         else:
@@ -238,3 +243,11 @@ def test_any_v1_path_answers_the_envelope(gated: Party, tail: str, method: str) 
     path = "/v1/" + tail
     reply = async_to_sync(asgi_call)(path, method=method, headers=gated.auth)
     assert_well_formed(reply)
+
+
+def test_faults_never_change_the_shared_fault_values() -> None:
+    before = copy.deepcopy(FAULTS[:-1])
+    for fault in FAULTS[:-1]:
+        # Put the fault in, then a second fault inside whatever now sits there: the shared value must stay as it was.
+        with_faults(with_faults({"x": 1}, [(0, fault)]), [(1, "changed"), (1, DELETE)])
+    assert FAULTS[:-1] == before
