@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.functional import lazy
 from django.utils.html import escape
 
-from billing.admin import BudgetInline, KeyBudgetInline, spend_chart
+from billing.admin import BudgetInline, KeyBudgetInline, send_test_alert, spend_chart
 from proxy.admin import NameListField, routed_names
 
 from . import keys, pepper, services
@@ -129,6 +129,7 @@ class ApiKeyInline(admin.TabularInline):
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     form = TenantForm
+    actions = [send_test_alert]
     list_display = ["name", "slug", "timezone", "is_active", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "slug"]

@@ -172,7 +172,9 @@ def send_expiry_notice(*, key_id: int, now: datetime | None = None) -> bool:
 
 
 def issue_management_token(*, user: AbstractBaseUser, name: str) -> tuple[ManagementToken, str]:
-    """Create a management API token for the user. Returns the row and the plaintext, shown once."""
+    """Create a management API token for the user. Returns the row and the plaintext, shown once.
+    Raises PepperMismatch when this process's pepper is not the one tokens are checked under."""
+    pepper.require_current()
     prefix = secrets.token_hex(6)
     plaintext = f"tgm-{prefix}-{secrets.token_urlsafe(30)}"
     token = ManagementToken.objects.create(user=user, name=name, prefix=prefix, digest=keys.digest(plaintext))

@@ -99,6 +99,9 @@ def rotate(request: HttpRequest, key_id: int) -> HttpResponse:
     except services.KeyNotActive:
         messages.error(request, f"{key.masked} is revoked; issue a new key instead.")
         return redirect("keys")
+    except ValidationError as e:  # e.g. this process runs under another pepper than the keys were issued under
+        messages.error(request, " ".join(e.messages))
+        return redirect("keys")
     return shown_once(request, new, secret, "Key rotated")
 
 

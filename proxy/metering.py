@@ -14,6 +14,7 @@ from billing import holds, live, scripts
 from billing.batching import GroupCommit
 from billing.journal import journal
 from billing.ledger import write_rows
+from billing.models import micros_to_dollars
 from billing.services import UsageEntry
 
 from . import outages
@@ -74,7 +75,7 @@ class Meter:
                 headers["x-ratelimit-remaining-tokens"] = str(max(verdict.remaining_tokens or 0, 0))
                 headers["x-ratelimit-reset-tokens"] = reset
         if self.hold is not None and (left := self.hold.remaining_micros()) is not None:
-            headers["x-tollgate-budget-remaining-usd"] = f"{max(left, 0) / 1_000_000:.6f}"
+            headers["x-tollgate-budget-remaining-usd"] = str(micros_to_dollars(max(left, 0)))  # exact, never a float
         return headers
 
     def observe(self, chunk: Chunk) -> None:

@@ -251,3 +251,16 @@ def test_a_key_under_another_pepper_is_a_form_error(admin_client: Client, alice:
         "name": "renamed", "allowed_models": "", "expires_at_0": "", "expires_at_1": "",
         "budgets-TOTAL_FORMS": "0", "budgets-INITIAL_FORMS": "0"})
     assert response.status_code == 302
+
+
+def test_operators_send_a_test_alert_from_the_tenant_list(admin_client: Client, alice: Party, bob: Party) -> None:
+    from django.core import mail
+
+    page = admin_client.get("/admin/accounts/tenant/")
+    assert b'value="send_test_alert"' in page.content
+    response = admin_client.post("/admin/accounts/tenant/", {"action": "send_test_alert",
+                                                             "_selected_action": [alice.tenant.pk]}, follow=True)
+    assert response.status_code == 200
+    [email] = mail.outbox
+    assert email.to == ["alice@example.com"] and "TEST" in email.subject  # bob's contacts got nothing
+    assert "Test alert for Alice: emailed to alice@example.com" in response.content.decode()

@@ -87,6 +87,22 @@ def test_the_api_and_the_keys_page_refuse_another_pepper_without_a_500(alice: Pa
     assert not ApiKey.objects.filter(name="backend").exists()
 
 
+def test_rotating_on_the_keys_page_under_another_pepper_is_a_message_not_a_500(alice: Party, settings: Settings) -> None:
+    signed_in = Client()
+    signed_in.force_login(alice.user)
+    settings.TOLLGATE_KEY_PEPPER = OTHER
+    shown = signed_in.post(f"/keys/{alice.key.pk}/rotate/", follow=True)
+    assert shown.status_code == 200 and "Rotating the key pepper" in shown.content.decode()
+    assert ApiKey.objects.get(pk=alice.key.pk).revoked_at is None
+
+
+def test_a_management_token_is_never_issued_under_another_pepper(alice: Party, settings: Settings) -> None:
+    settings.TOLLGATE_KEY_PEPPER = OTHER
+    with pytest.raises(pepper.PepperMismatch):
+        services.issue_management_token(user=alice.user, name="would never sign in")
+    assert not ManagementToken.objects.filter(name="would never sign in").exists()
+
+
 def test_startup_records_the_pepper_or_names_the_mismatch(db: None, settings: Settings) -> None:
     assert pepper.startup_problem() is None
     assert pepper.recorded() == pepper.fingerprint()
