@@ -36,11 +36,13 @@ View = Callable[[HttpRequest], HttpResponseBase]
 
 
 def rate_limited(request: HttpRequest, *, retry_after: int = 60) -> HttpResponse:
+    wait = max(retry_after, 1)
+    when = f"{wait} seconds" if wait < 120 else f"{-(-wait // 60)} minutes"
     if request.path.startswith("/api/"):
-        response: HttpResponse = JsonResponse({"detail": "Too many requests. Try again in a minute."}, status=429)
+        response: HttpResponse = JsonResponse({"detail": f"Too many requests. Try again in {when}."}, status=429)
     else:
-        response = render(request, "pages/rate_limited.html", {"title": "Too many attempts"}, status=429)
-    response["Retry-After"] = str(max(retry_after, 1))
+        response = render(request, "pages/rate_limited.html", {"title": "Too many attempts", "when": when}, status=429)
+    response["Retry-After"] = str(wait)
     return response
 
 

@@ -64,6 +64,9 @@ def test_many_addresses_failing_for_one_account_trip_its_limit(alice_signs_in: P
 
     refused = Client().post("/login/", {"username": "alice", "password": PASSWORD}, REMOTE_ADDR="192.0.2.50")
     assert refused.status_code == 429 and 1 <= int(refused["Retry-After"]) <= views.ACCOUNT_WINDOW
+    wait = int(refused["Retry-After"])  # the page says the same wait as the header, not "a minute"
+    said = f"{wait} seconds" if wait < 120 else f"{-(-wait // 60)} minutes"
+    assert f"Wait {said}, then try again." in refused.content.decode()
     assert attempt(ALICE_HOME, "alice", PASSWORD) == 302  # her known address still gets in
     assert attempt("192.0.2.50", "bob", "pw-bob") == 302  # and only alice's account is limited
 
