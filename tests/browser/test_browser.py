@@ -132,8 +132,10 @@ def test_a_tenant_owner_and_a_member_use_the_pages(chromium: Any, site: str, moc
     page.get_by_label("Message").fill("Hi there")
     page.get_by_role("button", name="Send").click()
     answer = page.locator(".msg.assistant").first
-    page.wait_for_function("document.querySelector('#status').textContent === ''", timeout=15_000)
-    assert "Hi there" in answer.inner_text()
+    from playwright.sync_api import expect  # polls from Python: the pages' policy forbids the eval of wait_for_function
+
+    expect(answer).to_contain_text("Hi there", timeout=15_000)
+    expect(page.locator("#status")).to_have_text("")
     assert UsageRecord.objects.filter(tenant=alice.tenant, key__name="Playground: alice", end_reason="complete").exists()
     shot(page, "07-playground")
 
