@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 class KeyNotActive(Exception):
-    """The key is already revoked, so it cannot be revoked or rotated again."""
+    """The key is already revoked (so it cannot be revoked or rotated again), or expired (so it cannot be rotated)."""
 
 
 def create_tenant(
@@ -117,9 +117,12 @@ def revoke_key(*, key: ApiKey, now: datetime | None = None) -> ApiKey:
 def rotate_key(
     *, key: ApiKey, created_by: AbstractBaseUser | None = None, now: datetime | None = None
 ) -> tuple[ApiKey, str]:
-    """Revoke the key and issue its replacement with the same settings. Returns the new row and plaintext."""
+    """Revoke the key and issue its replacement with the same settings. Returns the new row and plaintext.
+    Raises KeyNotActive for a revoked or expired key (its replacement would carry the same past expiry)."""
     from billing.services import carry_key_budgets
 
+    if key.status(now) == "expired":
+        raise KeyNotActive(f"{key.masked} has expired; issue a new key instead.")
     revoke_key(key=key, now=now)
     new, secret = issue_key(
         tenant=key.tenant,

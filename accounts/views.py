@@ -96,8 +96,8 @@ def rotate(request: HttpRequest, key_id: int) -> HttpResponse:
     key = get_object_or_404(ApiKey.objects.for_tenant(request.tenant), pk=key_id)  # type: ignore[attr-defined]
     try:
         new, secret = services.rotate_key(key=key, created_by=request.user)
-    except services.KeyNotActive:
-        messages.error(request, f"{key.masked} is revoked; issue a new key instead.")
+    except services.KeyNotActive as e:
+        messages.error(request, f"{e}" if key.revoked_at is None else f"{key.masked} is revoked; issue a new key instead.")
         return redirect("keys")
     except ValidationError as e:  # e.g. this process runs under another pepper than the keys were issued under
         messages.error(request, " ".join(e.messages))

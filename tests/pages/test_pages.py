@@ -116,6 +116,14 @@ def test_keys_page_creates_a_key_shown_once_and_rotates_and_revokes(alice: Party
     assert bad.status_code == 200 and "This field is required" in bad.content.decode()
 
 
+def test_rotating_an_expired_key_on_the_keys_page_says_so_and_revokes_nothing(alice: Party) -> None:
+    ApiKey.objects.filter(pk=alice.key.pk).update(expires_at=datetime.now(UTC) - timedelta(days=1))
+    shown = signed_in(alice).post(f"/keys/{alice.key.pk}/rotate/", follow=True)
+    assert shown.status_code == 200 and "has expired; issue a new key instead" in shown.content.decode()
+    assert ApiKey.objects.get(pk=alice.key.pk).revoked_at is None
+    assert ApiKey.objects.filter(tenant=alice.tenant).count() == 1
+
+
 def test_bob_cannot_see_or_change_alices_keys(alice: Party, bob: Party) -> None:
     client = signed_in(bob)
     page = client.get("/keys/").content.decode()
