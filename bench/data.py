@@ -38,6 +38,10 @@ from billing.models import Budget, Price
 from proxy.models import Deployment, ModelRoute, Provider
 
 base_url, slug, out = sys.argv[1], sys.argv[2], sys.argv[3]
+from accounts import pepper
+# Every run makes its own pepper: rotate to it, as an operator would (the earlier runs' keys are revoked).
+if pepper.recorded() not in (None, pepper.fingerprint()):
+    pepper.rotate()
 tenant = create_tenant(name="Benchmark " + slug, slug=slug)
 _, secret = issue_key(tenant=tenant, name="bench")
 provider, _ = Provider.objects.update_or_create(
