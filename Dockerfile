@@ -14,4 +14,4 @@ RUN DJANGO_DEBUG=1 python manage.py collectstatic --noinput -v0 \
 USER tollgate
 
 EXPOSE 8000
-CMD ["uvicorn", "gateway_site.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--no-access-log", "--lifespan", "off"]
+CMD ["uvicorn", "gateway_site.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--no-access-log", "--lifespan", "on"]

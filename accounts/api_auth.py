@@ -1,16 +1,13 @@
-"""How the management API knows its caller and limits its rate; kept apart from the viewsets, which DRF's
-settings would otherwise import while they are being defined."""
+"""How the management API knows its caller; kept apart from the viewsets, which DRF's settings would otherwise
+import while they are being defined. Its rate limit is gateway_site/api_limits.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
-from django_ratelimit.core import is_ratelimited
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
-from rest_framework.throttling import BaseThrottle
 
 from . import services
 
@@ -29,17 +26,6 @@ class ManagementTokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="tollgate-api"'
-
-
-class ApiRateLimit(BaseThrottle):
-    """django-ratelimit's counter (the "limits" cache) per user, or per address before sign-in."""
-
-    def allow_request(self, request: Request, view: Any) -> bool:
-        return not is_ratelimited(request._request, group="api", key="user_or_ip", rate=settings.TOLLGATE_API_RATE,
-                                  increment=True)
-
-    def wait(self) -> float:
-        return 60.0
 
 
 class ManagementTokenScheme(OpenApiAuthenticationExtension):
