@@ -19,7 +19,6 @@ from billing.models import Budget
 from proxy.services import ensure_demo_route
 
 from ..conftest import make_party
-from ..site.test_deploy_check import DOCS_INLINE_SCRIPT, DOCS_REASON
 from .test_browser import PASSWORD, chromium, sign_in, site  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
@@ -128,7 +127,6 @@ def test_the_pages_and_the_admin_report_no_csp_violation(chromium: Any, site: st
         assert operator.visit(f"{site}{path}") == [], path
 
 
-@pytest.mark.xfail(DOCS_INLINE_SCRIPT, reason=DOCS_REASON, strict=True)
 def test_the_api_docs_page_reports_no_csp_violation(chromium: Any, site: str) -> None:  # noqa: F811
     User.objects.create_superuser("ops", password=PASSWORD)
     operator = Watched(sign_in(chromium, site, "ops"))

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from django.contrib import admin
 from django.test import Client
-from django.urls import resolve, reverse
-from drf_spectacular.views import SpectacularSwaggerSplitView
+from django.urls import reverse
 
 from gateway_site.security import STYLE_ELEMENT, policy, source_hash
 from gateway_site.settings import BASE_DIR
@@ -35,10 +34,6 @@ PRODUCTION = {
     "DJANGO_SECURE_HSTS_PRELOAD": "1",
 }
 INLINE_SCRIPT = re.compile(r'<script(?![^>]*\b(?:src=|type="application/json"))[^>]*>')
-# SpectacularSwaggerView's page inlines Swagger UI's start-up script, with the CSRF token in it (so no hash can allow
-# it); SpectacularSwaggerSplitView serves that script as a file. Until gateway_site/api.py uses it, these fail:
-DOCS_INLINE_SCRIPT = not issubclass(resolve("/api/docs/").func.view_class, SpectacularSwaggerSplitView)  # type: ignore[attr-defined]
-DOCS_REASON = "gateway_site/api.py: /api/docs/ needs SpectacularSwaggerSplitView"
 HTTPS_VARIABLES = ("DJANGO_SECURE_SSL_REDIRECT", "DJANGO_SECURE_HSTS_SECONDS", "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS",
                    "DJANGO_SECURE_HSTS_PRELOAD")
 
@@ -113,7 +108,6 @@ def test_the_admin_and_the_api_inline_no_script_and_only_hashed_styles(admin_cli
     assert [(url, digest) for url, digest in found if digest not in policy()] == []
 
 
-@pytest.mark.xfail(DOCS_INLINE_SCRIPT, reason=DOCS_REASON, strict=True)
 @pytest.mark.django_db
 def test_the_api_docs_page_passes_the_policy(admin_client: Client) -> None:
     page = admin_client.get("/api/docs/").content.decode()
