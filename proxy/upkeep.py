@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from billing import holds, ledger, recovery, scripts
 
-from . import limits, metering
+from . import limits, metering, outages
 from .db import db_step
 from .ratelimits import RedisLimiter, keys_for, limiter
 
@@ -66,8 +66,13 @@ async def run() -> None:
                 await recovery.recover(db_step(lambda func, *args: func(*args)))
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("upkeep step failed; trying again in a second")
+        except Exception as e:
+            # Redis or the database being down is an outage, logged once per outage like the requests' 503s;
+            # anything else is a bug and keeps its traceback.
+            if (dependency := outages.dependency_of(e)) is not None:
+                outages.note(dependency, e)
+            else:
+                logger.exception("upkeep step failed; trying again in a second")
         await asyncio.sleep(1.0)
 
 

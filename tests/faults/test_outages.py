@@ -118,8 +118,9 @@ def test_redis_outage_fails_closed_and_recovers(parties: tuple[Party, Party], tm
     alice, bob = parties
     redis_url = urlsplit(os.environ["REDIS_URL"])
     with FaultProxy(redis_url.port or 6379) as proxy:
+        # The shortest lease: the process's upkeep reaps holds every 2 s, so it meets the 3 s cut too.
         env = {"REDIS_URL": f"redis://127.0.0.1:{proxy.port}{redis_url.path}",
-               "TOLLGATE_JOURNAL_DIR": str(tmp_path / "journal")}
+               "TOLLGATE_JOURNAL_DIR": str(tmp_path / "journal"), "TOLLGATE_RESERVATION_LEASE_SECONDS": "8"}
         log = tmp_path / "server.log"
         with tollgate_server(connection.settings_dict["NAME"], log, **env) as url:
             asyncio.run(load(url, [alice, bob], 0.5))
