@@ -312,6 +312,7 @@ class UsageRollup(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
     key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     model = models.CharField(max_length=200, blank=True)
+    provider = models.CharField(max_length=64, blank=True, help_text="Blank for requests that reached no provider.")
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0, help_text="Upstream errors, cuts and timeouts.")
     rejected = models.PositiveIntegerField(default=0, help_text="Refused by a budget, a rate limit or validation.")
@@ -320,13 +321,16 @@ class UsageRollup(models.Model):
     cost_picos = models.BigIntegerField(default=0, help_text="Pico-dollars (1 USD = 10**12), the exact sum of the rows.")
     latency_p50_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Of requests that were not rejected.")
     latency_p95_ms = models.PositiveIntegerField(null=True, blank=True)
+    latency_p99_ms = models.PositiveIntegerField(null=True, blank=True)
+    ttfb_p50_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Time to first byte, of requests that had one.")
+    ttfb_p95_ms = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["granularity", "bucket", "tenant", "key", "model"],
-                                    condition=Q(key__isnull=False), name="rollup_unique_with_key"),
-            models.UniqueConstraint(fields=["granularity", "bucket", "tenant", "model"],
-                                    condition=Q(key__isnull=True), name="rollup_unique_without_key"),
+            models.UniqueConstraint(fields=["granularity", "bucket", "tenant", "key", "model", "provider"],
+                                    condition=Q(key__isnull=False), name="rollup_unique_with_key_provider"),
+            models.UniqueConstraint(fields=["granularity", "bucket", "tenant", "model", "provider"],
+                                    condition=Q(key__isnull=True), name="rollup_unique_without_key_provider"),
         ]
         indexes = [models.Index(fields=["tenant", "granularity", "bucket"], name="rollup_tenant_bucket")]
 

@@ -281,6 +281,15 @@ TOLLGATE_PUBLIC_URL = os.environ.get("TOLLGATE_PUBLIC_URL", "http://127.0.0.1:80
 # Alert webhooks go only to public addresses; on, also to private, loopback and link-local ones (accounts/webhooks.py).
 TOLLGATE_WEBHOOK_ALLOW_PRIVATE = env_bool("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", False)
 
+# Operations: health probes, metrics, tracing, usage export (README "Operating Tollgate").
+# A bearer token for the operators' endpoints (/metrics, /health/detailed) besides a staff session; it is
+# compared in constant time and never logged. Empty: those endpoints need a staff session.
+TOLLGATE_OPS_TOKEN = os.environ.get("TOLLGATE_OPS_TOKEN", "").strip()
+# -- health (gateway_site/health.py)
+# -- metrics (gateway_site/metrics.py)
+# -- tracing and logs
+# -- usage export
+
 LOG_LEVEL = os.environ.get("TOLLGATE_LOG_LEVEL", "INFO").strip().upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
     raise ImproperlyConfigured(f"TOLLGATE_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}")

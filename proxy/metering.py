@@ -17,7 +17,7 @@ from billing.ledger import write_rows
 from billing.models import micros_to_dollars
 from billing.services import UsageEntry
 
-from . import outages
+from . import observe, outages
 from .db import db_step
 from .providers.base import CHAT, ApiRequest, Chunk, Target, Usage
 from .ratelimits import RedisLimiter, limiter
@@ -167,12 +167,16 @@ class Meter:
 
     async def record(self, *, end_reason: str, status: int, error_code: str = "") -> None:
         """Write this request's ledger row once. Survives the request being cancelled again meanwhile."""
-        if self.recorded or self.caller is None:
-            return  # unauthenticated requests belong to no tenant and leave no row
+        if self.recorded:
+            return
         self.recorded = True
+        observe.request_ended(self, end_reason=end_reason, status=status, error_code=error_code)
+        if self.caller is None:
+            return  # unauthenticated requests belong to no tenant and leave no row
         entry = self.entry(end_reason=end_reason, status=status, error_code=error_code)
         task = self.keep(writer().write(entry))
         task.add_done_callback(functools.partial(report_lost_row, entry))
+        task.add_done_callback(self.observe_row)
         if self.hold is not None or self.scopes:
             task = self.keep(asyncio.ensure_future(self.settle(task)))
         else:
@@ -184,6 +188,10 @@ class Meter:
             raise
         except Exception:
             pass  # the client still gets its answer; report_lost_row logged what the row would have held
+
+    def observe_row(self, task: asyncio.Future[Any]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            observe.row_written(self, task.result())
 
     async def settle(self, written: asyncio.Future[Any]) -> None:
         """After the row is built: turn the budget hold into the row's cost and free the rate limit slot.

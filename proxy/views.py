@@ -11,7 +11,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounts.keys import Caller
 
-from . import outages, routing, sse, upkeep
+from . import observe, outages, routing, sse, upkeep
 from .asgi import STARTED
 from .auth import authenticate
 from .errors import GatewayError, MethodNotAllowed, NotFound, ServerError
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = None) -> HttpResponseBase:
     """The whole /v1 path. ``caller`` is given by the playground, whose users sign in instead of sending a key."""
     meter = Meter(endpoint, request.scope.get(STARTED) if hasattr(request, "scope") else None)
+    observe.request_started(meter)
     upkeep.start()
     try:
         meter.caller = caller or await authenticate(request)
