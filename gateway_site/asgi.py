@@ -33,7 +33,7 @@ api_application = ApiHandler()
 
 async def http(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The /v1 API goes to the lean handler; the admin and pages get Django with its middleware."""
-    if scope["path"] == health.PATH:
+    if scope["path"] in health.PATHS:
         await health.app(scope, receive, send)  # before Django's host check: probes call 127.0.0.1
     elif scope["path"].startswith("/v1/"):
         await api_application(scope, receive, send)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 PATH = "/healthz"
+PATHS = frozenset({PATH})  # every path asgi.py hands to this module, before Django
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
