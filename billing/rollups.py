@@ -1,4 +1,4 @@
-"""Usage rollups per tenant, key, model and UTC hour / day, read incrementally from the ledger.
+"""Usage rollups per tenant, key, model, provider and UTC hour / day, read incrementally from the ledger.
 
 Each run reads the ledger rows written since the last one (by id, the watermark), finds the hours and days
 they fall in, and rebuilds those windows whole from the ledger. A late row (one written after its window was
@@ -31,7 +31,7 @@ STATE = "usage"
 
 
 class Percentile(Aggregate):
-    """PostgreSQL's exact percentile_disc; SQLite gets the same figure in Python (see latency_percentiles)."""
+    """PostgreSQL's exact percentile_disc; SQLite gets the same figure in Python (see group_percentiles)."""
 
     function = "percentile_disc"
     template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
@@ -75,11 +75,18 @@ def lock_state() -> RollupState:
     return RollupState.objects.select_for_update().get(name=STATE)
 
 
+Group = tuple[int, int | None, str, str]
+GROUP = ("tenant_id", "key_id", "public_model", "provider")
+LATENCY = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
+TTFB = {"ttfb_p50_ms": 0.5, "ttfb_p95_ms": 0.95}
+
+
 def rebuild(granularity: str, start: datetime, end: datetime) -> int:
     """Replace the rollups of one window with what the ledger holds for it. Returns how many were written."""
     rows = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
-    answered = Q(end_reason__in=["complete", "client_gone", *ERRORS])
-    groups = rows.values("tenant_id", "key_id", "public_model").annotate(
+    answered = Q(end_reason__in=["complete", "client_gone", *ERRORS])  # latency of rejections says nothing
+    first_byte = Q(ttfb_ms__isnull=False)
+    groups = rows.values(*GROUP).annotate(
         requests=Count("id"),
         errors=Count("id", filter=Q(end_reason__in=ERRORS)),
         rejected=Count("id", filter=Q(end_reason="rejected")),
@@ -88,31 +95,36 @@ def rebuild(granularity: str, start: datetime, end: datetime) -> int:
         cost=Sum("cost_picos"),
     ).order_by()
     if connection.vendor == "postgresql":
-        groups = groups.annotate(p50=Percentile("latency_ms", 0.5, filter=answered),
-                                 p95=Percentile("latency_ms", 0.95, filter=answered))
-        percentiles = None
+        groups = groups.annotate(
+            **{name: Percentile("latency_ms", fraction, filter=answered) for name, fraction in LATENCY.items()},
+            **{name: Percentile("ttfb_ms", fraction, filter=first_byte) for name, fraction in TTFB.items()})
+        percentiles: dict[Group, dict[str, int]] | None = None
     else:
-        percentiles = latency_percentiles(rows.filter(answered))
+        percentiles = defaultdict(dict)
+        for group, figures in [*group_percentiles(rows.filter(answered), "latency_ms", LATENCY).items(),
+                               *group_percentiles(rows.filter(first_byte), "ttfb_ms", TTFB).items()]:
+            percentiles[group].update(figures)
     rollups = []
     for g in groups:
-        group = (g["tenant_id"], g["key_id"], g["public_model"])
-        p50, p95 = (g["p50"], g["p95"]) if percentiles is None else percentiles.get(group, (None, None))
+        group = (g["tenant_id"], g["key_id"], g["public_model"], g["provider"])
+        figures = g if percentiles is None else percentiles.get(group, {})
         rollups.append(UsageRollup(
             granularity=granularity, bucket=start, tenant_id=g["tenant_id"], key_id=g["key_id"], model=g["public_model"],
-            requests=g["requests"], errors=g["errors"], rejected=g["rejected"], prompt_tokens=g["prompt"] or 0,
-            completion_tokens=g["completion"] or 0, cost_picos=g["cost"] or 0, latency_p50_ms=p50, latency_p95_ms=p95))
+            provider=g["provider"], requests=g["requests"], errors=g["errors"], rejected=g["rejected"],
+            prompt_tokens=g["prompt"] or 0, completion_tokens=g["completion"] or 0, cost_picos=g["cost"] or 0,
+            **{name: figures.get(name) for name in (*LATENCY, *TTFB)}))
     UsageRollup.objects.filter(granularity=granularity, bucket=start).delete()
     UsageRollup.objects.bulk_create(rollups)
     return len(rollups)
 
 
-def latency_percentiles(rows: object) -> dict[tuple[int, int | None, str], tuple[int, int]]:
-    """percentile_disc in Python: the smallest latency with at least that fraction of the group at or below it."""
-    latencies: dict[tuple[int, int | None, str], list[int]] = defaultdict(list)
-    for tenant_id, key_id, model, latency in rows.values_list(  # type: ignore[attr-defined]
-            "tenant_id", "key_id", "public_model", "latency_ms").order_by("latency_ms"):
-        latencies[(tenant_id, key_id, model)].append(latency)
-    return {group: (discrete(values, 0.5), discrete(values, 0.95)) for group, values in latencies.items()}
+def group_percentiles(rows: object, field: str, fractions: dict[str, float]) -> dict[Group, dict[str, int]]:
+    """percentile_disc in Python: the smallest value with at least that fraction of the group at or below it."""
+    values: dict[Group, list[int]] = defaultdict(list)
+    for tenant_id, key_id, model, provider, value in rows.values_list(*GROUP, field).order_by(field):  # type: ignore[attr-defined]
+        values[(tenant_id, key_id, model, provider)].append(value)
+    return {group: {name: discrete(ordered, fraction) for name, fraction in fractions.items()}
+            for group, ordered in values.items()}
 
 
 def discrete(ordered: list[int], fraction: float) -> int:
