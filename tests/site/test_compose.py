@@ -21,6 +21,8 @@ PINNED_IMAGES = {
     "postgres": r"postgres:\d+\.\d+",
     "redis": r"redis:\d+\.\d+\.\d+",
     "mailpit": r"axllent/mailpit:v\d+\.\d+\.\d+",
+    "prometheus": r"prom/prometheus:v\d+\.\d+\.\d+",
+    "grafana": r"grafana/grafana:\d+\.\d+\.\d+",
 }
 
 
@@ -41,7 +43,7 @@ def interpolate(value: str) -> str:
 
 def test_services_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "mailpit", *APP_SERVICES}
+    assert set(services) == {"postgres", "redis", "mailpit", "prometheus", "grafana", *APP_SERVICES}
     for name in ("postgres", "redis", "web"):
         assert services[name]["healthcheck"]["test"]
     assert services["web"]["depends_on"]["postgres"]["condition"] == "service_healthy"
