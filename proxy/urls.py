@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path, re_path
 
-from . import views
+from . import usage, views
 
 # [\s\S], not ".": a path may hold a decoded newline (/v1/models/m%0d%0a...), which "." does not match, and a path
 # no pattern matches would get Django's HTML 404 instead of the JSON envelope.
@@ -11,6 +11,7 @@ urlpatterns = [
     path("completions", views.completions),
     path("embeddings", views.embeddings),
     path("models", views.models_list),
+    path("usage", usage.key_usage),
     re_path(r"^models/(?P<model>[\s\S]+)$", views.model_detail),
     re_path(r"^(?P<path>[\s\S]*)$", views.unknown_endpoint),
 ]
