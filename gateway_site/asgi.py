@@ -22,6 +22,7 @@ from django.urls import path  # noqa: E402
 from accounts import pepper  # noqa: E402
 from billing.consumers import LiveUsageConsumer  # noqa: E402
 from gateway_site import health  # noqa: E402
+from gateway_site import metrics  # noqa: E402
 from proxy.asgi import ApiHandler  # noqa: E402
 
 # Under another pepper than the keys' every key would be rejected: say so in one line and exit (status 3).
@@ -29,6 +30,7 @@ if settings.TOLLGATE_PEPPER_CHECK:
     pepper.check_before_serving()
 
 api_application = ApiHandler()
+metrics.start_bind_server()  # TOLLGATE_METRICS_BIND, when set: /metrics without a token, on that address only
 
 
 async def http(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -37,6 +39,8 @@ async def http(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await health.app(scope, receive, send)  # before Django's host check: probes call 127.0.0.1
     elif scope["path"].startswith("/v1/"):
         await api_application(scope, receive, send)
+    elif scope["path"] == metrics.PATH:
+        await metrics.app(scope, receive, send)  # before Django's host check: Prometheus scrapes by address
     else:
         await django_application(scope, receive, send)
 

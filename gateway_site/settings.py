@@ -287,6 +287,16 @@ TOLLGATE_WEBHOOK_ALLOW_PRIVATE = env_bool("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", Fals
 TOLLGATE_OPS_TOKEN = os.environ.get("TOLLGATE_OPS_TOKEN", "").strip()
 # -- health (gateway_site/health.py)
 # -- metrics (gateway_site/metrics.py)
+# Prometheus metrics at /metrics (with TOLLGATE_OPS_TOKEN) and on TOLLGATE_METRICS_BIND (no token) when set.
+TOLLGATE_METRICS = env_bool("TOLLGATE_METRICS", True)
+# Every process of one host (web workers, Celery workers) writes its values here; a scrape sums them.
+TOLLGATE_METRICS_DIR = Path(os.environ.get("TOLLGATE_METRICS_DIR") or DATA_DIR / "metrics")
+# host:port of a listener that serves only /metrics, without a token (bind it to a private address).
+TOLLGATE_METRICS_BIND = os.environ.get("TOLLGATE_METRICS_BIND", "").strip()
+if TOLLGATE_METRICS_BIND and not TOLLGATE_METRICS_BIND.rpartition(":")[2].isdigit():
+    raise ImproperlyConfigured(f"TOLLGATE_METRICS_BIND must be host:port, got {TOLLGATE_METRICS_BIND!r}")
+# A tenant label on tollgate_requests_total: one series per tenant and model, so off unless tenants are few.
+TOLLGATE_METRICS_TENANT_LABEL = env_bool("TOLLGATE_METRICS_TENANT_LABEL", False)
 # -- tracing and logs
 # -- usage export
 

@@ -21,3 +21,6 @@ class ProxyConfig(AppConfig):
             model = self.get_model(model_name)
             post_save.connect(_drop_routing_table, sender=model, dispatch_uid=f"routing-{model_name}-save")
             post_delete.connect(_drop_routing_table, sender=model, dispatch_uid=f"routing-{model_name}-delete")
+        from . import metrics
+
+        metrics.install()  # Prometheus metrics, when TOLLGATE_METRICS is on (before any metric is created)

@@ -1,0 +1,253 @@
+"""Prometheus metrics of the /v1 path and the Celery tasks, registered at startup when TOLLGATE_METRICS is on.
+
+The observer (see proxy/observe.py) runs on the event loop inside every request: it only bumps in-memory values
+(prometheus_client writes them to this process's memory-mapped files, no system call), with the labelled
+children cached per label tuple. Values that change without a request (deployments cooling down, rows spooled
+during a database outage) are refreshed every few seconds by a thread of their own. gateway_site/metrics.py
+serves them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+from . import observe, routing
+
+if TYPE_CHECKING:
+    from .metering import Meter
+
+logger = logging.getLogger(__name__)
+
+# From a cached embedding (about a millisecond) to a long completion (the upstream read timeout's default, 120 s).
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Tollgate's own time per request is a fraction of a millisecond to a few (a large prompt's tokenizing).
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+LEDGER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+REFRESH_SECONDS = 5.0
+PICOS_PER_DOLLAR = 10**12
+
+AUTH_CODES = frozenset({"invalid_api_key", "tenant_inactive"})
+MODEL_CODES = frozenset({"model_not_found", "model_not_allowed"})
+REFUSED = frozenset({"rejected", "gateway_unavailable"})  # end reasons of requests Tollgate turned away
+
+
+def refusal_reason(end_reason: str, status: int, error_code: str) -> str | None:
+    """Why Tollgate refused a request (budget, rate, model, auth, invalid, other), or None if it did not."""
+    if end_reason not in REFUSED:
+        return None
+    if error_code == "insufficient_quota":  # a budget with no room, or a worst case above a whole budget
+        return "budget"
+    if error_code == "rate_limit_exceeded":  # a rate limit, or a request above a whole tokens-per-minute limit
+        return "rate"
+    if error_code in MODEL_CODES:
+        return "model"
+    if status == 401 or error_code in AUTH_CODES:
+        return "auth"
+    if 400 <= status < 500:  # bad JSON or fields, too large, too slow to arrive, wrong method
+        return "invalid"
+    return "other"  # 503: Redis or the database down (fail closed)
+
+
+def upstream_error_kind(end_reason: str, status: int, error_code: str) -> str | None:
+    """How the provider failed a request (timeout, connect, status_4xx, status_5xx, cut, other), or None."""
+    if end_reason == "timeout" or error_code == "upstream_timeout":
+        return "timeout"
+    if end_reason == "upstream_cut":
+        return "cut"
+    if end_reason != "upstream_error":
+        return None
+    if error_code == "upstream_unreachable":
+        return "connect"
+    # The client sees 502 for the provider's 401/403/404 (Tollgate's configuration, not the client's fault).
+    if error_code in ("upstream_auth_failed", "upstream_model_not_found") or 400 <= status < 500:
+        return "status_4xx"
+    if error_code == "upstream_error":  # an upstream 5xx, or an answer Tollgate could not read
+        return "status_5xx"
+    return "other"
+
+
+class Labelled:
+    """A labelled metric whose children are looked up once per label tuple, then from a plain dict."""
+
+    __slots__ = ("metric", "children")
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.metric.labels(*values)
+        return child
+
+
+class PrometheusObserver:
+    def __init__(self, *, tenant_label: bool) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.tenant_label = tenant_label
+        labels = ["endpoint", "model", "provider", "status_class", "end_reason"] + (["tenant"] if tenant_label else [])
+        self.requests = Labelled(Counter("tollgate_requests", "Requests to /v1 by how they ended.", labels, registry=None))
+        timing = ["endpoint", "model", "provider"]
+        self.duration = Labelled(Histogram("tollgate_request_duration_seconds", "Whole request time, as the ledger's "
+                                           "latency.", timing, buckets=DURATION_BUCKETS, registry=None))
+        self.ttfb = Labelled(Histogram("tollgate_time_to_first_byte_seconds", "Time to the provider's first event "
+                                       "(streams) or whole answer.", timing, buckets=DURATION_BUCKETS, registry=None))
+        self.overhead = Labelled(Histogram("tollgate_overhead_seconds", "Tollgate's own time: the request's time minus "
+                                           "the wait on the provider.", ["endpoint"], buckets=OVERHEAD_BUCKETS,
+                                           registry=None))
+        priced = ["model", "provider"]
+        self.prompt_tokens = Labelled(Counter("tollgate_prompt_tokens", "Prompt tokens in ledger rows.", priced,
+                                              registry=None))
+        self.completion_tokens = Labelled(Counter("tollgate_completion_tokens", "Completion tokens in ledger rows.",
+                                                  priced, registry=None))
+        self.cost = Labelled(Counter("tollgate_cost_dollars", "Cost in ledger rows, US dollars.", priced, registry=None))
+        self.refusals = Labelled(Counter("tollgate_refusals", "Requests Tollgate refused, by reason.", ["reason"],
+                                         registry=None))
+        self.upstream_errors = Labelled(Counter("tollgate_upstream_errors", "Requests that ended in a provider "
+                                                "failure, by kind.", ["provider", "kind"], registry=None))
+        self.in_flight = Gauge("tollgate_requests_in_flight", "/v1 requests being served.", registry=None,
+                               multiprocess_mode="livesum")
+        self.ledger_write = Histogram("tollgate_ledger_write_seconds", "From a request's end to its ledger row built "
+                                      "and written (or spooled).", buckets=LEDGER_BUCKETS, registry=None)
+        self.spooled = Gauge("tollgate_ledger_spooled_rows", "Ledger rows waiting for the database.", registry=None,
+                             multiprocess_mode="livesum")
+        # 1 when any live process has the deployment sitting out after failures.
+        self.cooling = Labelled(Gauge("tollgate_deployment_cooling_down", "1 while a deployment sits out after "
+                                      "failures.", ["provider", "deployment"], registry=None, multiprocess_mode="livemax"))
+        self.tasks = Labelled(Counter("tollgate_celery_tasks", "Celery tasks run, by final state.", ["task", "state"],
+                                      registry=None))
+        self.task_failures = Labelled(Counter("tollgate_celery_task_failures", "Celery tasks that raised.", ["task"],
+                                              registry=None))
+        self.task_duration = Labelled(Histogram("tollgate_celery_task_duration_seconds", "Celery task run time.",
+                                                ["task"], buckets=TASK_BUCKETS, registry=None))
+        self.task_started: dict[str, float] = {}
+        self.refresher: threading.Thread | None = None
+
+    # --- the /v1 path (observe.Observer)
+
+    def request_started(self, meter: Meter) -> None:
+        self.in_flight.inc()
+        if self.refresher is None:
+            self.start_refresher()
+
+    def request_ended(self, meter: Meter, *, end_reason: str, status: int, error_code: str) -> None:
+        now = time.perf_counter()
+        meter._metrics_ended = now  # type: ignore[attr-defined]  # for the ledger write time, in row_written
+        self.in_flight.dec()
+        target, endpoint = meter.target, meter.endpoint
+        # Labels come from the route, never from what the client sent: an unknown model name is not a new series.
+        model, provider = (target.public_model, target.provider_name) if target is not None else ("", "")
+        labels = (endpoint, model, provider, f"{status // 100}xx", end_reason)
+        if self.tenant_label:
+            labels += (meter.caller.tenant_slug if meter.caller is not None else "",)
+        self.requests(*labels).inc()
+        self.duration(endpoint, model, provider).observe(now - meter.started)
+        if meter.first_byte is not None:
+            self.ttfb(endpoint, model, provider).observe(meter.first_byte - meter.started)
+        # A stream's own time is what came before its first event, like the x-tollgate-overhead-ms header.
+        until = meter.first_byte if meter.streaming and meter.first_byte is not None else now
+        self.overhead(endpoint).observe(max(0.0, until - meter.started - meter.upstream_seconds))
+        if (reason := refusal_reason(end_reason, status, error_code)) is not None:
+            self.refusals(reason).inc()
+        if (kind := upstream_error_kind(end_reason, status, error_code)) is not None:
+            self.upstream_errors(provider, kind).inc()
+
+    def row_written(self, meter: Meter, record: Any) -> None:
+        ended = getattr(meter, "_metrics_ended", None)
+        if ended is not None:
+            self.ledger_write.observe(time.perf_counter() - ended)
+        target = meter.target
+        model, provider = (target.public_model, target.provider_name) if target is not None else ("", "")
+        if record.prompt_tokens:
+            self.prompt_tokens(model, provider).inc(record.prompt_tokens)
+        if record.completion_tokens:
+            self.completion_tokens(model, provider).inc(record.completion_tokens)
+        if record.cost_picos:
+            self.cost(model, provider).inc(record.cost_picos / PICOS_PER_DOLLAR)
+
+    # --- values that change without a request
+
+    def start_refresher(self) -> None:
+        self.refresher = threading.Thread(target=self.refresh_forever, name="metrics-refresh", daemon=True)
+        self.refresher.start()
+
+    def refresh_forever(self) -> None:
+        while True:
+            try:
+                self.refresh()
+            except Exception:
+                logger.exception("metrics: refreshing the process's gauges failed")
+            time.sleep(REFRESH_SECONDS)
+
+    def refresh(self) -> None:
+        from billing import ledger
+
+        self.spooled.set(ledger.spooled())
+        table = routing._table  # this process's routing table as last loaded; None until the first request routes
+        if table is None:
+            return
+        seen: set[int] = set()
+        for choices in table.routes.values():
+            for choice in choices:
+                target = choice.target
+                if target.deployment_id not in seen:
+                    seen.add(target.deployment_id)
+                    tripped = not routing.is_healthy(target.deployment_id)
+                    self.cooling(target.provider_name, str(target.deployment_id)).set(1 if tripped else 0)
+
+    # --- Celery tasks (signal receivers)
+
+    def task_prerun(self, task_id: str = "", **_: Any) -> None:
+        self.task_started[task_id] = time.perf_counter()
+
+    def task_postrun(self, task_id: str = "", task: Any = None, state: str | None = None, **_: Any) -> None:
+        name = getattr(task, "name", None) or "unknown"
+        started = self.task_started.pop(task_id, None)
+        if started is not None:
+            self.task_duration(name).observe(time.perf_counter() - started)
+        self.tasks(name, (state or "unknown").lower()).inc()
+
+    def task_failure(self, sender: Any = None, **_: Any) -> None:
+        self.task_failures(getattr(sender, "name", None) or "unknown").inc()
+
+
+_observer: PrometheusObserver | None = None
+
+
+def install() -> None:
+    """Register the observer and the Celery signal receivers when TOLLGATE_METRICS is on (proxy/apps.py ready())."""
+    global _observer
+    if not settings.TOLLGATE_METRICS or _observer is not None:
+        return
+    from celery import signals
+
+    from gateway_site import metrics as site_metrics
+
+    try:
+        site_metrics.prepare(Path(settings.TOLLGATE_METRICS_DIR))
+    except OSError as e:
+        logger.error("metrics are off: cannot use TOLLGATE_METRICS_DIR %s (%s)", settings.TOLLGATE_METRICS_DIR, e)
+        return
+    _observer = PrometheusObserver(tenant_label=settings.TOLLGATE_METRICS_TENANT_LABEL)
+    observe.register(_observer)
+    signals.task_prerun.connect(_observer.task_prerun, weak=False, dispatch_uid="tollgate-metrics-prerun")
+    signals.task_postrun.connect(_observer.task_postrun, weak=False, dispatch_uid="tollgate-metrics-postrun")
+    signals.task_failure.connect(_observer.task_failure, weak=False, dispatch_uid="tollgate-metrics-failure")
+    signals.worker_process_init.connect(forked_worker, weak=False, dispatch_uid="tollgate-metrics-fork")
+
+
+def forked_worker(**_: Any) -> None:
+    # A prefork child starts writing files under its own id: any file already there is from an earlier process.
+    from gateway_site import metrics as site_metrics
+
+    site_metrics.clean(Path(settings.TOLLGATE_METRICS_DIR), own_pid=os.getpid())

@@ -1,0 +1,78 @@
+"""How the metrics observer names what happened to a request: refusal reasons and upstream failure kinds."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy import errors
+from proxy.metrics import Labelled, refusal_reason, upstream_error_kind
+from proxy.providers import http
+
+
+def ended(error: errors.GatewayError) -> tuple[str, int, str]:
+    """What Meter.record is called with when ``error`` ends a request (as proxy/views.py does)."""
+    return error.end_reason, error.status, error.code or ""
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (errors.BudgetExceeded("no room"), "budget"),
+    (errors.NeverFits("more than the whole budget"), "budget"),
+    (errors.RateLimited("slow down", retry_after=3), "rate"),
+    (errors.TooManyTokens("more than a whole minute's tokens"), "rate"),
+    (errors.ModelNotFound("nope"), "model"),
+    (errors.PermissionDenied("not for this key", code="model_not_allowed"), "model"),
+    (errors.AuthenticationFailed("bad key"), "auth"),
+    (errors.PermissionDenied("tenant off", code="tenant_inactive"), "auth"),
+    (errors.GatewayError("bad json", code="invalid_json"), "invalid"),
+    (errors.PayloadTooLarge("too big"), "invalid"),
+    (errors.RequestTimeout("too slow"), "invalid"),
+    (errors.MethodNotAllowed("POST only"), "invalid"),
+    (errors.ServiceUnavailable("Redis down"), "other"),
+])
+def test_refusals_are_named_by_reason(error: errors.GatewayError, reason: str) -> None:
+    assert refusal_reason(*ended(error)) == reason
+    assert upstream_error_kind(*ended(error)) is None
+
+
+def test_answers_and_failures_are_not_refusals() -> None:
+    assert refusal_reason("complete", 200, "") is None
+    assert refusal_reason("client_gone", 499, "") is None
+    assert refusal_reason(*ended(errors.ServerError("bug"))) is None
+    assert refusal_reason(*ended(http.transport_error(ConnectionError()))) is None
+
+
+class Reply:
+    def __init__(self, status: int) -> None:
+        self.status_code, self.headers, self.content = status, {}, b'{"error": {"code": "some_code"}}'
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    (http.transport_error(TimeoutError()), "timeout"),
+    (http.transport_error(ConnectionError()), "connect"),
+    (http.stream_error(TimeoutError()), "timeout"),
+    (http.stream_error(ConnectionError()), "cut"),
+    (http.status_error(Reply(400)), "status_4xx"),  # type: ignore[arg-type]
+    (http.status_error(Reply(401)), "status_4xx"),  # type: ignore[arg-type]
+    (http.status_error(Reply(404)), "status_4xx"),  # type: ignore[arg-type]
+    (http.status_error(Reply(429)), "status_4xx"),  # type: ignore[arg-type]
+    (http.status_error(Reply(500)), "status_5xx"),  # type: ignore[arg-type]
+    (http.status_error(Reply(503)), "status_5xx"),  # type: ignore[arg-type]
+])
+def test_upstream_failures_are_named_by_kind(error: errors.ProviderError, kind: str) -> None:
+    assert upstream_error_kind(*ended(error)) == kind
+    assert refusal_reason(*ended(error)) is None
+
+
+def test_labelled_children_are_looked_up_once() -> None:
+    calls: list[tuple[str, ...]] = []
+
+    class Metric:
+        def labels(self, *values: str) -> object:
+            calls.append(values)
+            return object()
+
+    labelled = Labelled(Metric())
+    first = labelled("chat", "mock")
+    assert labelled("chat", "mock") is first
+    assert labelled("embeddings", "mock") is not first
+    assert calls == [("chat", "mock"), ("embeddings", "mock")]
