@@ -298,6 +298,15 @@ if TOLLGATE_METRICS_BIND and not TOLLGATE_METRICS_BIND.rpartition(":")[2].isdigi
 # A tenant label on tollgate_requests_total: one series per tenant and model, so off unless tenants are few.
 TOLLGATE_METRICS_TENANT_LABEL = env_bool("TOLLGATE_METRICS_TENANT_LABEL", False)
 # -- tracing and logs
+# An OTLP/HTTP traces URL (e.g. http://otel-collector:4318/v1/traces): a span per /v1 request, exported in batches
+# from a background thread (proxy/tracing.py). Empty: tracing is off and OpenTelemetry is never imported.
+TOLLGATE_OTLP_ENDPOINT = os.environ.get("TOLLGATE_OTLP_ENDPOINT", "").strip()
+if TOLLGATE_OTLP_ENDPOINT and not TOLLGATE_OTLP_ENDPOINT.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(f"TOLLGATE_OTLP_ENDPOINT must be an http:// or https:// URL, got {TOLLGATE_OTLP_ENDPOINT!r}")
+# plain (one line of text per record) or json (one JSON object per line, with the request's ids): gateway_site/logs.py.
+TOLLGATE_LOG_FORMAT = os.environ.get("TOLLGATE_LOG_FORMAT", "plain").strip().lower()
+if TOLLGATE_LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"TOLLGATE_LOG_FORMAT must be plain or json, got {TOLLGATE_LOG_FORMAT!r}")
 # -- usage export
 
 LOG_LEVEL = os.environ.get("TOLLGATE_LOG_LEVEL", "INFO").strip().upper()
@@ -306,7 +315,9 @@ if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"plain": {"()": "gateway_site.logs.PlainFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                   "json": {"()": "gateway_site.logs.JsonFormatter"}},
+    "filters": {"request": {"()": "gateway_site.logs.RequestFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": TOLLGATE_LOG_FORMAT, "filters": ["request"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import AppConfig
+from django.conf import settings
 from django.db.models.signals import post_delete, post_save
 
 
@@ -24,3 +25,7 @@ class ProxyConfig(AppConfig):
         from . import metrics
 
         metrics.install()  # Prometheus metrics, when TOLLGATE_METRICS is on (before any metric is created)
+        if settings.TOLLGATE_OTLP_ENDPOINT:  # off: OpenTelemetry is not even imported
+            from . import tracing
+
+            tracing.start()

@@ -21,6 +21,7 @@ from . import observe, outages
 from .db import db_step
 from .providers.base import CHAT, ApiRequest, Chunk, Target, Usage
 from .ratelimits import RedisLimiter, limiter
+from .traceparent import TraceParent
 
 awrite_rows = db_step(write_rows)
 BATCH = 200  # rows per INSERT at most
@@ -38,6 +39,19 @@ _unsettled: list[tuple[str, Any, int, list[Any]]] = []
 
 class Meter:
     """Times and usage of one request, filled in as it runs; ``record`` writes them once."""
+
+    # When each step ended (perf_counter values), noted as the request runs: traces are built from them at the end
+    # (proxy/tracing.py). Class defaults, so a request pays only for the steps it reaches.
+    authenticated: float | None = None
+    gate_started: float | None = None
+    gated: float | None = None
+    upstream_started: float | None = None
+    upstream_opened: float | None = None  # a stream's response headers arrived
+    ended: float | None = None  # record() was called: the outcome is known
+    outcome: tuple[str, int, str] | None = None  # end reason, status, error code
+    trace_parent: TraceParent | None = None  # the client's valid traceparent
+    trace_id = 0  # the trace this request belongs to (the client's, or one tracing began); 0 for none
+    upstream_span_id = 0  # the span id sent to providers when tracing is on
 
     def __init__(self, endpoint: str, started: float | None = None) -> None:
         self.endpoint = endpoint
@@ -133,7 +147,7 @@ class Meter:
         caller, body, target, usage = self.caller, self.body, self.target, self.usage
         assert caller is not None
         sent = target is not None and end_reason != "rejected"
-        now = time.perf_counter()
+        now = self.ended or time.perf_counter()
         return UsageEntry(
             request_id=self.request_id,
             tenant_id=caller.tenant_id,
@@ -170,6 +184,7 @@ class Meter:
         if self.recorded:
             return
         self.recorded = True
+        self.ended, self.outcome = time.perf_counter(), (end_reason, status, error_code)
         observe.request_ended(self, end_reason=end_reason, status=status, error_code=error_code)
         if self.caller is None:
             return  # unauthenticated requests belong to no tenant and leave no row
@@ -188,6 +203,24 @@ class Meter:
             raise
         except Exception:
             pass  # the client still gets its answer; report_lost_row logged what the row would have held
+
+    def log_fields(self) -> dict[str, Any]:
+        """What a log line written during this request says about it (gateway_site/logs.py); never the key."""
+        fields: dict[str, Any] = {"request_id": self.request_id, "endpoint": self.endpoint,
+                                  "elapsed_ms": round(((self.ended or time.perf_counter()) - self.started) * 1000, 2)}
+        if self.trace_id:
+            fields["trace_id"] = f"{self.trace_id:032x}"
+        if self.caller is not None:
+            fields["tenant"], fields["key_prefix"] = self.caller.tenant_slug, self.caller.key_prefix
+        if self.body is not None:
+            fields["model"] = self.body.model
+        if self.target is not None:
+            fields["provider"] = self.target.provider_name
+        if self.first_byte is not None:
+            fields["ttfb_ms"] = round((self.first_byte - self.started) * 1000, 2)
+        if self.outcome is not None:
+            fields["end_reason"], fields["status"] = self.outcome[0], self.outcome[1]
+        return fields
 
     def observe_row(self, task: asyncio.Future[Any]) -> None:
         if not task.cancelled() and task.exception() is None:

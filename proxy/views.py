@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.keys import Caller
+from gateway_site import logs
 
-from . import observe, outages, routing, sse, upkeep
+from . import observe, outages, routing, sse, traceparent, upkeep
 from .asgi import STARTED
 from .auth import authenticate
 from .errors import GatewayError, MethodNotAllowed, NotFound, ServerError
@@ -27,10 +29,13 @@ logger = logging.getLogger(__name__)
 async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = None) -> HttpResponseBase:
     """The whole /v1 path. ``caller`` is given by the playground, whose users sign in instead of sending a key."""
     meter = Meter(endpoint, request.scope.get(STARTED) if hasattr(request, "scope") else None)
+    logs.request_context.set(meter)
+    follow_trace(request, meter)
     observe.request_started(meter)
     upkeep.start()
     try:
         meter.caller = caller or await authenticate(request)
+        meter.authenticated = time.perf_counter()
         if request.method != "POST":
             raise MethodNotAllowed(f"Use POST for /v1/{'chat/completions' if endpoint == CHAT else endpoint}.")
         size = body_size(request)
@@ -39,11 +44,15 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
         meter.body = body = await asyncio.to_thread(parse, request, endpoint) if big else parse(request, endpoint)
         body.size = size
         targets = await routing.route(meter.caller, body.model)
+        meter.gate_started = time.perf_counter()
         await check_limits(meter, targets)
+        meter.gated = time.perf_counter()
         meter.target = targets[0]
         await meter.begin()  # written ahead: from here a killed process still leaves this request's row
+        meter.upstream_started = time.perf_counter()
         if body.stream:
             upstream = await open_first(targets, body, meter)
+            meter.upstream_opened = time.perf_counter()
             headers = {**sse.HEADERS, **meter.limit_headers(), "x-request-id": meter.request_id,
                        "x-tollgate-overhead-ms": meter.overhead_ms()}
             return StreamingHttpResponse(guarded_relay(upstream, body, meter), content_type="text/event-stream", headers=headers)
@@ -65,6 +74,21 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
     if completion.raw is not None:
         return with_ids(HttpResponse(completion.raw, content_type="application/json"), meter)
     return with_ids(JsonResponse(completion.payload), meter)
+
+
+def follow_trace(request: HttpRequest, meter: Meter) -> None:
+    """Join the client's trace when it sent a valid traceparent (an invalid one is ignored).
+
+    With tracing off its header goes on to the provider unchanged; with tracing on, the tracing observer replaces
+    it with one naming Tollgate's upstream span. Always set, so no request inherits another's.
+    """
+    value = request.META.get("HTTP_TRACEPARENT")
+    parent = traceparent.parse(value) if value else None
+    if parent is not None:
+        meter.trace_parent, meter.trace_id = parent, parent.trace_id
+        traceparent.upstream.set(traceparent.header(parent.trace_id, parent.span_id, parent.sampled))
+    else:
+        traceparent.upstream.set(None)
 
 
 def body_size(request: HttpRequest) -> int:

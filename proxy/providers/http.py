@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from django.conf import settings
 
+from .. import traceparent
 from ..errors import ProviderError
 from .base import UpstreamReply, UpstreamRequest
 
@@ -47,8 +48,11 @@ def session() -> aiohttp.ClientSession:
 
 async def send(request: UpstreamRequest) -> aiohttp.ClientResponse:
     """Send the request; the body is left unread. Raises ProviderError for connection failures and timeouts."""
+    headers = request.headers
+    if (parent := traceparent.upstream.get()) is not None:  # the client's trace, or Tollgate's upstream span
+        headers = {**headers, "traceparent": parent}
     try:
-        return await session().request(request.method, request.url, data=request.body, headers=request.headers,
+        return await session().request(request.method, request.url, data=request.body, headers=headers,
                                        allow_redirects=False)
     except (aiohttp.ClientError, asyncio.TimeoutError) as e:
         raise transport_error(e) from None
