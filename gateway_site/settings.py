@@ -286,6 +286,15 @@ TOLLGATE_WEBHOOK_ALLOW_PRIVATE = env_bool("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", Fals
 # compared in constant time and never logged. Empty: those endpoints need a staff session.
 TOLLGATE_OPS_TOKEN = os.environ.get("TOLLGATE_OPS_TOKEN", "").strip()
 # -- health (gateway_site/health.py)
+# /health/ready answers 503 when this process holds more ledger rows than this for the database (its spool) ...
+TOLLGATE_READY_SPOOL_MAX_ROWS = env_int("TOLLGATE_READY_SPOOL_MAX_ROWS", 1000)
+# ... or the journal directory holds more than this many MB of journal files (0: not checked).
+TOLLGATE_READY_JOURNAL_MAX_MB = env_int("TOLLGATE_READY_JOURNAL_MAX_MB", 1024)
+# ... or (when not 0) beat has sent no scheduled task for this many seconds. Beat saves its send times every
+# 3 minutes, so allow the shortest schedule's interval plus 180 s (600 suits the default schedules).
+TOLLGATE_READY_BEAT_MAX_AGE_SECONDS = env_int("TOLLGATE_READY_BEAT_MAX_AGE_SECONDS", 0)
+# Shown by /health/detailed (an image tag or a commit); when unset, the checkout's commit if there is one.
+TOLLGATE_VERSION = os.environ.get("TOLLGATE_VERSION", "").strip()
 # -- metrics (gateway_site/metrics.py)
 # Prometheus metrics at /metrics (with TOLLGATE_OPS_TOKEN) and on TOLLGATE_METRICS_BIND (no token) when set.
 TOLLGATE_METRICS = env_bool("TOLLGATE_METRICS", True)

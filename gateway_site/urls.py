@@ -9,6 +9,7 @@ from accounts import views as accounts
 from billing import views as billing
 from proxy import pages as proxy
 
+from . import health_views
 from . import views as site
 
 urlpatterns = [
@@ -37,6 +38,7 @@ urlpatterns = [
     path("playground/chat", proxy.playground_chat, name="playground_chat"),
     path("live/", proxy.live, name="live"),
     path("favicon.ico", site.favicon),
+    path("health/detailed", health_views.detailed),
 ]
 
 if settings.TOLLGATE_SERVE_STATIC:

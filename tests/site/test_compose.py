@@ -89,9 +89,10 @@ def test_every_setting_in_env_reaches_the_app_containers(compose: dict[str, Any]
         assert re.search(rf"^{secret}=", example, re.MULTILINE)
 
 
-def test_the_web_healthcheck_asks_the_liveness_endpoint(compose: dict[str, Any]) -> None:
+def test_the_web_healthcheck_asks_the_readiness_endpoint(compose: dict[str, Any]) -> None:
+    # Worker and beat wait for web to be healthy: readiness includes "migrations applied", which liveness did not.
     check = " ".join(compose["services"]["web"]["healthcheck"]["test"])
-    assert "http://127.0.0.1:8000/healthz" in check and "/admin/" not in check
+    assert "http://127.0.0.1:8000/health/ready" in check and "/admin/" not in check
 
 
 @pytest.mark.django_db(transaction=True)
@@ -104,7 +105,7 @@ def test_the_web_healthcheck_passes_when_allowed_hosts_omit_127_0_0_1(compose: d
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
         # What the issue saw with the former check: Django refuses the host, so the container never gets healthy.
-        former = subprocess.run([sys.executable, "-c", code.replace("/healthz", "/admin/login/")],
+        former = subprocess.run([sys.executable, "-c", code.replace("/health/ready", "/admin/login/")],
                                 capture_output=True, text=True, timeout=30)
         assert former.returncode != 0 and "400" in former.stderr
 
