@@ -307,9 +307,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="tollgate-metrics"'))
     else:
-        from prometheus_client import CONTENT_TYPE_LATEST
+        from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
-        body, content_type = await asyncio.to_thread(render), CONTENT_TYPE_LATEST
+        body, content_type = await asyncio.to_thread(render), CONTENT_TYPE_PLAIN_0_0_4
     headers += [(b"content-type", (content_type or "application/json").encode()),
                 (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -329,10 +329,10 @@ class BindHandler(BaseHTTPRequestHandler):
         if self.path.partition("?")[0] != PATH:
             self.answer(404, b"Only /metrics is served here.\n", "text/plain; charset=utf-8")
             return
-        from prometheus_client import CONTENT_TYPE_LATEST
+        from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
         try:
-            self.answer(200, render(), CONTENT_TYPE_LATEST)
+            self.answer(200, render(), CONTENT_TYPE_PLAIN_0_0_4)
         except Exception:
             logger.exception("metrics: rendering failed")
             self.answer(500, b"Rendering the metrics failed; see the server log.\n", "text/plain; charset=utf-8")
