@@ -42,6 +42,28 @@ def row(label: str, mock: object, tollgate: object, *, latency: bool = False, ra
     return f"  {label:<26}{fmt(mock, digits):>12}{fmt(tollgate, digits):>14}{verdict:>16}"
 
 
+def metrics_lines(metrics: dict[str, Any]) -> list[str]:
+    """Plain requests through the process with TOLLGATE_METRICS off and the one with it on, and what they cost."""
+    off, on = metrics["off"], metrics["on"]
+
+    def line(label: str, name: str, digits: int) -> str:
+        a, b = off[name], on[name]
+        change = f"{b - a:+.{digits}f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else ""
+        return f"  {label:<26}{fmt(a, digits):>12}{fmt(b, digits):>14}{change:>16}"
+
+    verdict = "OK" if metrics["counted"] == metrics["answered"] else "MISMATCH"
+    return [f"metrics: plain requests at c={metrics['concurrency']}, two processes alternating, "
+            f"{metrics['rounds']} phases each (means)",
+            f"  {'':<26}{'metrics off':>12}{'metrics on':>14}{'on - off':>16}",
+            line("CPU ms/request", "cpu_ms_per_request", 3),
+            line("requests/s", "rps", 1),
+            line("p50 latency ms", "p50_ms", 2),
+            line("p99 latency ms", "p99_ms", 2),
+            line("overhead header p50 ms", "overhead_p50_ms", 2),
+            f"  {'errors':<26}{off['errors']:>12}{on['errors']:>14}",
+            f"  scrape: tollgate_requests_total {metrics['counted']} for {metrics['answered']} answered  {verdict}"]
+
+
 def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
     lines = [f"Tollgate benchmark: {opts.seconds:g} s phases, one uvicorn worker, PostgreSQL + Redis ledger, {os.cpu_count()} CPUs",
              f"  {'':<26}{'mock alone':>12}{'via Tollgate':>14}{'Tollgate/mock':>16}"]
@@ -94,6 +116,8 @@ def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
                   row("errors", alone["errors"], loaded["errors"], ratio=False),
                   f"  {mb} prompts back to back: {big['requests']} answered 200, p50 {fmt(big['p50_ms'])} ms, "
                   f"p99 {fmt(big['p99_ms'])} ms, {big['errors']} errors"]
+    if metrics := results.get("metrics"):
+        lines += metrics_lines(metrics)
     rss = results["rss_mb"]
     lines.append(f"Tollgate RSS: {rss['after_warmup']:.1f} MB after warm-up, {rss['end']:.1f} MB at the end")
     if soak := results.get("soak"):

@@ -7,6 +7,7 @@ Run from the repository root, with PostgreSQL and Redis up (nothing is fetched f
     .venv/bin/python bench/run.py --soak 300 --json var/bench.json
     .venv/bin/python bench/run.py --reference      # also streams through a bare Django forwarder
     .venv/bin/python bench/run.py --large-prompt   # also plain latency while 8 MB prompts go through the gate
+    .venv/bin/python bench/run.py --metrics        # also CPU per request with Prometheus metrics on vs off
 
 It starts the mock upstream (bench/mock_upstream.py) and ONE uvicorn worker of Tollgate with production
 settings (DEBUG off, throwaway secrets made per run) and full bookkeeping on PostgreSQL
@@ -26,6 +27,10 @@ the stream with no gateway work at all (bench/bare_django.py), as a yardstick. W
 requests at concurrency 16 are measured alone, then while one more client keeps POSTing a chat request whose
 prompt is one word repeated to 8 MB with no spaces (the tokenizer's pathological case) to the gated key, so the
 gate has to size it: the rise in p50/p99 is what sizing a huge prompt costs everyone else in that process.
+Tollgate runs with TOLLGATE_METRICS off, as figures from before metrics existed did. With ``--metrics`` a second
+Tollgate process with TOLLGATE_METRICS on serves the same plain key, and plain requests at concurrency 16 go to
+the process with metrics off and the one with them on, alternating, twice each: the difference in CPU ms per
+request is what the metrics cost; a scrape of the second process must count every request it answered.
 It reports Tollgate's resident memory, optionally over a concurrency-16 soak,
 and checks that the ledger holds one ``billing_usagerecord`` row per answered Tollgate request, and that
 each gated budget's running total in Redis equals the gated tenant's ledger cost with nothing left reserved.
@@ -73,6 +78,7 @@ STREAM_BODY = json.dumps(
     {"model": "mock-slow", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
 ).encode()
 LARGE_PROMPT_BYTES = 8 * 1024 * 1024  # under TOLLGATE_MAX_BODY_BYTES (10 MiB by default)
+METRICS_CONCURRENCY, METRICS_ROUNDS = 16, 2  # --metrics: off and on, alternating, this many phases each
 LARGE_PROMPT_PAUSE_SECONDS = 0.25  # between one 8 MB prompt's answer and the next, in the "one at a time" part
 # One "word" with no spaces is a single pre-token to BPE, its slowest input.
 LARGE_BODY = json.dumps(
@@ -166,6 +172,7 @@ def tollgate_env(database_url: str, redis_url: str) -> dict[str, str]:
     env.update(
         DJANGO_SETTINGS_MODULE="gateway_site.settings", DATABASE_URL=database_url, REDIS_URL=redis_url,
         DJANGO_SECRET_KEY=secrets.token_urlsafe(50), TOLLGATE_KEY_PEPPER=secrets.token_urlsafe(32),
+        TOLLGATE_METRICS="off",  # as before metrics existed, so earlier figures stay comparable (see --metrics)
     )
     return env
 
@@ -174,14 +181,19 @@ class Bench:
     """The measurements of one run against the two servers, collected into ``results``."""
 
     def __init__(self, opts: argparse.Namespace, mock: Server, tollgate: Server, gated: Server,
-                 reference: Server | None = None) -> None:
+                 reference: Server | None = None, metered: Metered | None = None) -> None:
         self.opts, self.mock, self.tollgate, self.gated, self.reference = opts, mock, tollgate, gated, reference
+        self.metered = metered
         self.tollgate_answers = 0  # every answered request through Tollgate, warm-ups included: one ledger row each
+        self.metered_answers = 0  # of those, the ones the process with metrics on answered
         self.results: dict[str, Any] = {"phases": [], "streams": [], "rss_mb": {}}
 
     def count(self, result: Phase, server: Server) -> None:
         if server is self.tollgate or server is self.gated:
             self.tollgate_answers += result.answered
+        if self.metered is not None and server is self.metered.server:
+            self.tollgate_answers += result.answered
+            self.metered_answers += result.answered
 
     async def phase(self, server: Server, concurrency: int) -> dict[str, object]:
         async with Pool(server.request(CHAT_BODY), concurrency) as pool:
@@ -237,6 +249,23 @@ class Bench:
             stop.set()
             return plain, await sender
 
+    async def metrics_cost(self, metered: Metered) -> dict[str, object]:
+        """Plain requests at c=16 through the process with metrics off and the one with them on, alternating; then
+        a scrape of the second, which must count every request it answered."""
+        phases: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        for _ in range(METRICS_ROUNDS):
+            for label, server in (("off", self.tollgate), ("on", metered.server)):
+                phases[label].append(await self.phase(server, METRICS_CONCURRENCY))
+        results: dict[str, object] = {"concurrency": METRICS_CONCURRENCY, "rounds": METRICS_ROUNDS}
+        for label, runs in phases.items():
+            results[label] = {name: mean([run[name] for run in runs])
+                              for name in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "overhead_p50_ms")}
+            results[label]["errors"] = sum(run["errors"] for run in runs)  # type: ignore[index]
+        results["counted"] = await asyncio.to_thread(scraped_requests, metered)
+        results["answered"] = self.metered_answers
+        progress(f"metrics  {results['counted']} requests counted by the scrape for {self.metered_answers} answered")
+        return results
+
     async def soak(self) -> dict[str, object]:
         pid, peak = self.tollgate.pid, [rss_mb(self.tollgate.pid)]
 
@@ -265,11 +294,38 @@ class Bench:
             self.results["reference_streams"] = await self.streams(self.reference)
         if self.opts.large_prompt:
             self.results["large_prompt"] = await self.large_prompt()
+        if self.metered is not None:
+            self.results["metrics"] = await self.metrics_cost(self.metered)
         if self.opts.soak:
             progress(f"soak: {self.opts.soak:.0f} s at concurrency {SOAK_CONCURRENCY} through Tollgate")
             self.results["soak"] = await self.soak()
         self.results["rss_mb"]["end"] = round(rss_mb(self.tollgate.pid), 1)
         return self.results
+
+
+@dataclass(frozen=True)
+class Metered:
+    """The second Tollgate process, with TOLLGATE_METRICS on, and how to scrape it."""
+
+    server: Server
+    metrics_url: str
+    token: str
+
+
+def mean(values: list[Any]) -> float | None:
+    present = [v for v in values if isinstance(v, (int, float))]
+    return round(sum(present) / len(present), 3) if present else None
+
+
+def scraped_requests(metered: Metered) -> int:
+    """The sum of tollgate_requests_total in one scrape of the process with metrics on."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    request = urllib.request.Request(metered.metrics_url, headers={"Authorization": f"Bearer {metered.token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    return round(sum(sample.value for family in text_string_to_metric_families(text)
+                     for sample in family.samples if sample.name == "tollgate_requests_total"))
 
 
 def progress(message: str) -> None:
@@ -287,6 +343,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also stream through a bare Django forwarder (bench/bare_django.py) for comparison")
     parser.add_argument("--large-prompt", action="store_true",
                         help="also measure plain latency at concurrency 16 while 8 MB prompts go to the gated key")
+    parser.add_argument("--metrics", action="store_true",
+                        help="also compare CPU per request at concurrency 16 with TOLLGATE_METRICS on and off")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
@@ -299,8 +357,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return opts
 
 
-def start_servers(children: Children, opts: argparse.Namespace) -> tuple[Server, Server, Server, Seeded]:
-    """Prepare the database, start both servers and seed. Returns the mock, Tollgate without and with the gate."""
+def start_servers(children: Children, opts: argparse.Namespace) -> tuple[Server, Server, Server, Seeded, dict[str, str]]:
+    """Prepare the database, start both servers and seed. Returns the mock, Tollgate without and with the gate, what
+    was seeded and Tollgate's environment."""
     mock_port, tollgate_port = free_port(), free_port()
     children.start("mock", [PYTHON, "bench/mock_upstream.py", "--port", str(mock_port)], dict(os.environ))
     env = tollgate_env(opts.database_url, opts.redis_url)
@@ -317,7 +376,21 @@ def start_servers(children: Children, opts: argparse.Namespace) -> tuple[Server,
     tollgate = Server("tollgate", f"http://127.0.0.1:{tollgate_port}/v1/chat/completions",
                       {**json_type, "authorization": f"Bearer {seeded.key}"}, children.procs["tollgate"].pid)
     gated = Server("gated", tollgate.url, {**json_type, "authorization": f"Bearer {seeded.gated_key}"}, tollgate.pid)
-    return mock, tollgate, gated, seeded
+    return mock, tollgate, gated, seeded, env
+
+
+def start_metered(children: Children, env: dict[str, str], tollgate: Server) -> Metered:
+    """Start a second Tollgate process with metrics on, with the first one's ``env`` (its secrets: the keys were
+    issued under its pepper), serving the same plain key as ``tollgate``."""
+    port, token = free_port(), secrets.token_urlsafe(32)
+    env = {**env, "TOLLGATE_METRICS": "on", "TOLLGATE_OPS_TOKEN": token,
+           "TOLLGATE_METRICS_DIR": str(children.log_dir / "metrics")}
+    children.start("tollgate-metrics", [PYTHON, "-m", "uvicorn", "gateway_site.asgi:application", "--port", str(port),
+                                        "--lifespan", "off", "--no-access-log", "--log-level", "warning"], env)
+    children.wait_until_up("tollgate-metrics", f"http://127.0.0.1:{port}/v1/models")
+    server = Server("metrics-on", f"http://127.0.0.1:{port}/v1/chat/completions", tollgate.headers,
+                    children.procs["tollgate-metrics"].pid)
+    return Metered(server, f"http://127.0.0.1:{port}/metrics", token)
 
 
 def start_reference(children: Children, mock: Server) -> Server:
@@ -337,17 +410,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tollgate-bench-") as log_dir:
         children = Children(Path(log_dir))
         try:
-            mock, tollgate, gated, seeded = start_servers(children, opts)
+            mock, tollgate, gated, seeded, env = start_servers(children, opts)
             reference = start_reference(children, mock) if opts.reference else None
-            bench = Bench(opts, mock, tollgate, gated, reference)
+            metered = start_metered(children, env, tollgate) if opts.metrics else None
+            bench = Bench(opts, mock, tollgate, gated, reference, metered)
             results = asyncio.run(bench.run())
-            for name in ("mock", "tollgate"):
-                if children.procs[name].poll() is not None:
+            for name in ("mock", "tollgate", "tollgate-metrics"):
+                if name in children.procs and children.procs[name].poll() is not None:
                     raise BenchError(f"{name} died during the run:\n{children.tail(name)}")
             rows = count_ledger(opts.database_url, [seeded.tenant_id, seeded.gated_tenant_id], bench.tollgate_answers)
             results["ledger"] = {"rows": rows, "requests": bench.tollgate_answers}
             results["money"] = check_money(opts, seeded)
-            results["tollgate_log_errors"] = children.errors_logged("tollgate")
+            results["tollgate_log_errors"] = [*children.errors_logged("tollgate"),
+                                              *(children.errors_logged("tollgate-metrics") if opts.metrics else [])]
         except BenchError as e:
             print(f"bench: {e}", file=sys.stderr)
             return 1
@@ -357,19 +432,23 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             children.stop()
     results["config"] = {"concurrency": opts.concurrency, "seconds": opts.seconds, "stream_rounds": opts.stream_rounds,
-                         "soak": opts.soak, "large_prompt": opts.large_prompt, "cpus": os.cpu_count(),
+                         "soak": opts.soak, "large_prompt": opts.large_prompt, "metrics": opts.metrics,
+                         "cpus": os.cpu_count(),
                          "python": sys.version.split()[0]}
     print(table(results, opts))
     if opts.json:
         opts.json.write_text(json.dumps(results, indent=2) + "\n")
     # Correctness, not speed: any failed request or missing ledger row fails the run.
     large = results.get("large_prompt") or {}
+    metered = results.get("metrics") or {}
     failed = any(p["errors"] for p in [*results["phases"], *results["streams"], results.get("soak") or {"errors": 0},
+                                       *(metered.get(name, {"errors": 0}) for name in ("off", "on")),
                                        *(large.get(name, {"errors": 0}) for name in ("alone", "paced", "paced_large", "loaded", "large"))])
     money = results["money"]
     money_wrong = money["open_holds"] or money["reserved_micros"] or any(
         counted != money["ledger_micros"] for counted in money["counter_micros"])
-    return 2 if failed or money_wrong or results["ledger"]["rows"] != results["ledger"]["requests"] else 0
+    metrics_wrong = bool(metered) and metered["counted"] != metered["answered"]
+    return 2 if failed or money_wrong or metrics_wrong or results["ledger"]["rows"] != results["ledger"]["requests"] else 0
 
 
 if __name__ == "__main__":
