@@ -52,6 +52,7 @@ class Meter:
     trace_parent: TraceParent | None = None  # the client's valid traceparent
     trace_id = 0  # the trace this request belongs to (the client's, or one tracing began); 0 for none
     upstream_span_id = 0  # the span id sent to providers when tracing is on
+    trace_sampled = False  # tracing keeps this request's spans
 
     def __init__(self, endpoint: str, started: float | None = None) -> None:
         self.endpoint = endpoint

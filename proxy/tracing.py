@@ -21,6 +21,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import observe, traceparent
@@ -53,12 +54,14 @@ class PresetIds(RandomIdGenerator):
 class Tracing:
     """The observer (proxy/observe.py) that turns each request's Meter into spans."""
 
-    def __init__(self, processor: SpanProcessor) -> None:
+    def __init__(self, processor: SpanProcessor, sampler: Sampler | None = None) -> None:
         resource = Resource.create()
         if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):  # no OTEL_SERVICE_NAME given
             resource = resource.merge(Resource({SERVICE_NAME: "tollgate"}))
         self.ids = PresetIds()
-        self.provider = TracerProvider(resource=resource, id_generator=self.ids)
+        # Without a sampler given, the SDK's default: OTEL_TRACES_SAMPLER, else every request (or as the client says).
+        self.provider = TracerProvider(resource=resource, id_generator=self.ids, sampler=sampler)
+        self.sampler = self.provider.sampler
         self.provider.add_span_processor(processor)
         self.tracer = self.provider.get_tracer("tollgate")
 
@@ -67,8 +70,10 @@ class Tracing:
         if parent is None:
             meter.trace_id = self.ids.generate_trace_id()
         meter.upstream_span_id = self.ids.generate_span_id()
-        sampled = parent.sampled if parent is not None else True  # a client that does not sample is followed
-        traceparent.upstream.set(traceparent.header(meter.trace_id, meter.upstream_span_id, sampled))
+        # Decided now, so the provider hears the same decision; a request left out costs nothing more at its end.
+        decision = self.sampler.should_sample(remote_context(parent), meter.trace_id, "request").decision
+        meter.trace_sampled = decision.is_sampled()
+        traceparent.upstream.set(traceparent.header(meter.trace_id, meter.upstream_span_id, meter.trace_sampled))
 
     def request_ended(self, meter: Meter, *, end_reason: str, status: int, error_code: str) -> None:
         if meter.caller is None:
@@ -79,7 +84,7 @@ class Tracing:
 
     def build(self, meter: Meter, record: Any) -> None:
         """Start and end every span of the request at the times it noted; the clocks differ by one offset."""
-        if meter.trace_parent is not None and not meter.trace_parent.sampled:
+        if not meter.trace_sampled:
             return
         now = time.perf_counter()
         offset = time.time_ns() - int(now * 1e9)
@@ -106,11 +111,8 @@ class Tracing:
         request.end(ns(now if record is not None else ended))
 
     def request_span(self, meter: Meter, record: Any, start: int, status: int) -> Span:
-        parent, context = meter.trace_parent, None
-        if parent is not None:
-            remote = SpanContext(parent.trace_id, parent.span_id, is_remote=True, trace_flags=TraceFlags(1))
-            context = trace.set_span_in_context(NonRecordingSpan(remote))
-        else:
+        context = remote_context(meter.trace_parent)
+        if context is None:
             self.ids.preset(trace_id=meter.trace_id)
         path = PATHS.get(meter.endpoint, f"/v1/{meter.endpoint}")
         span = self.tracer.start_span(f"POST {path}", context, kind=SpanKind.SERVER, start_time=start,
@@ -139,6 +141,14 @@ class Tracing:
         span.end(ns(ended))
 
 
+def remote_context(parent: traceparent.TraceParent | None) -> Context | None:
+    """The client's span as the parent of the request span; None for a request that came without one."""
+    if parent is None:
+        return None
+    flags = TraceFlags(TraceFlags.SAMPLED if parent.sampled else TraceFlags.DEFAULT)
+    return trace.set_span_in_context(NonRecordingSpan(SpanContext(parent.trace_id, parent.span_id, True, flags)))
+
+
 def request_attributes(meter: Meter, record: Any, path: str) -> dict[str, Any]:
     """What the request span says: ids, model, provider, outcome and tokens; the key only by its public prefix."""
     end_reason, status, error_code = meter.outcome or ("", 0, "")
@@ -163,9 +173,9 @@ def request_attributes(meter: Meter, record: Any, path: str) -> dict[str, Any]:
     return attributes
 
 
-def install(processor: SpanProcessor) -> Tracing:
-    """Trace every /v1 request from now on, through ``processor``. Returns the observer (``uninstall`` takes it)."""
-    tracing = Tracing(processor)
+def install(processor: SpanProcessor, sampler: Sampler | None = None) -> Tracing:
+    """Trace /v1 requests from now on, through ``processor``. Returns the observer (``uninstall`` takes it)."""
+    tracing = Tracing(processor, sampler)
     observe.register(tracing)
     return tracing
 
@@ -179,8 +189,9 @@ def uninstall(tracing: Tracing) -> None:
 def start() -> Tracing:
     """Export to TOLLGATE_OTLP_ENDPOINT in batches, from a thread of the SDK's.
 
-    The exporter also reads the standard OTEL_EXPORTER_OTLP_TRACES_HEADERS, _TIMEOUT and _COMPRESSION, and
-    the batch processor OTEL_BSP_*; the resource reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
+    The exporter also reads the standard OTEL_EXPORTER_OTLP_TRACES_HEADERS, _TIMEOUT and _COMPRESSION, the
+    batch processor OTEL_BSP_*, the sampler OTEL_TRACES_SAMPLER(_ARG), and the resource OTEL_SERVICE_NAME and
+    OTEL_RESOURCE_ATTRIBUTES.
     """
     exporter = OTLPSpanExporter(endpoint=settings.TOLLGATE_OTLP_ENDPOINT)
     return install(BatchSpanProcessor(exporter))

@@ -18,6 +18,7 @@ import uvicorn
 from django.test import override_settings
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from bench import mock_upstream
@@ -139,6 +140,18 @@ def test_a_client_that_does_not_sample_gets_no_spans_and_its_decision_goes_on(
     send_chat(alice, traceparent=f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00")
     assert spans.get_finished_spans() == ()
     assert upstream[-1]["traceparent"].startswith(f"00-{CLIENT_TRACE}-") and upstream[-1]["traceparent"].endswith("-00")
+
+
+def test_a_request_the_sampler_leaves_out_has_no_spans_and_the_provider_hears_so(
+        alice: Party, upstream: list[dict[str, str]]) -> None:
+    exporter = InMemorySpanExporter()
+    observer = tracing.install(SimpleSpanProcessor(exporter), sampler=ALWAYS_OFF)
+    try:
+        send_chat(alice)
+    finally:
+        tracing.uninstall(observer)
+    assert exporter.get_finished_spans() == ()
+    assert upstream[-1]["traceparent"].endswith("-00")
 
 
 @pytest.mark.parametrize("header", [
