@@ -446,3 +446,71 @@ def test_detailed_reports_providers_from_the_ledger_and_shows_no_secret(operator
     assert shown["requests_5m"] == 3 and shown["failures_5m"] == 1 and shown["error_rate_5m"] == round(1 / 3, 4)
     assert shown["last_failure"] > shown["last_success"] > "2000"
     assert report["settings"]["ops_token_set"] is True and "version" in report
+
+
+# -- Celery status (also read by the metrics)
+
+@pytest.fixture
+def broker(settings: Any, tmp_path: Path) -> Iterator[str]:
+    """The configured broker, with the filesystem transport's folder moved to tmp_path; Redis db emptied after."""
+    from gateway_site.celery import app
+
+    saved = dict(app.conf.broker_transport_options or {})
+    if app.conf.broker_url.startswith("filesystem"):
+        app.conf.broker_transport_options = {**saved, "data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path),
+                                             "control_folder": str(tmp_path)}
+    yield app.conf.broker_url
+    app.conf.broker_transport_options = saved
+    if app.conf.broker_url.startswith("redis"):
+        with app.connection_for_write() as conn:
+            conn.default_channel.client.delete("celery")
+
+
+def test_queue_depths_count_waiting_messages_on_the_configured_broker(broker: str) -> None:
+    from gateway_site import celery_status
+    from gateway_site.celery import app
+
+    before = celery_status.queue_depths()["celery"]
+    with app.connection_for_write() as conn:
+        queue = conn.SimpleQueue("celery")
+        queue.put({"probe": 1})
+        queue.put({"probe": 2})
+        queue.close()
+    assert celery_status.queue_depths()["celery"] == before + 2
+
+
+def test_queue_depths_and_workers_raise_when_the_broker_is_down(broker: str, free_port: int) -> None:
+    from gateway_site import celery_status
+    from gateway_site.celery import app
+
+    saved = app.conf.broker_url
+    app.conf.broker_url = f"redis://127.0.0.1:{free_port}/1"
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception, match="onnection refused"):
+            celery_status.queue_depths()
+        with pytest.raises(Exception, match="onnection refused"):
+            celery_status.workers_seen(0.2)
+        assert time.monotonic() - started < 2 * celery_status.BROKER_TIMEOUT_SECONDS
+    finally:
+        app.conf.broker_url = saved
+
+
+def test_no_worker_answers_the_ping(broker: str) -> None:
+    from gateway_site import celery_status
+
+    assert celery_status.workers_seen(0.2) == []
+
+
+@pytest.mark.django_db
+def test_beat_heartbeat_age_is_the_newest_send_of_an_enabled_task() -> None:
+    from django_celery_beat.models import PeriodicTask
+
+    from gateway_site import celery_status
+
+    PeriodicTask.objects.update(last_run_at=None)
+    assert celery_status.beat_heartbeat_age() is None
+    schedule_sent(timedelta(minutes=3))
+    assert 180 <= celery_status.beat_heartbeat_age() < 200  # type: ignore[operator]
+    PeriodicTask.objects.filter(name="Roll up usage").update(enabled=False, last_run_at=timezone.now())
+    assert 180 <= celery_status.beat_heartbeat_age() < 200  # type: ignore[operator]  # disabled tasks do not count
