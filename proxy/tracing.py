@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -121,7 +122,7 @@ class Tracing:
             span.set_status(Status(StatusCode.ERROR))  # a 4xx is the client's, not a failure of the server span
         return span
 
-    def upstream_span(self, meter: Meter, inside: Context, ns: Any, ended: float) -> None:
+    def upstream_span(self, meter: Meter, inside: Context, ns: Callable[[float], int], ended: float) -> None:
         assert meter.upstream_started is not None
         self.ids.preset(span_id=meter.upstream_span_id)
         target = meter.target
