@@ -76,3 +76,41 @@ def test_labelled_children_are_looked_up_once() -> None:
     assert labelled("chat", "mock") is first
     assert labelled("embeddings", "mock") is not first
     assert calls == [("chat", "mock"), ("embeddings", "mock")]
+
+
+@pytest.mark.django_db
+def test_a_tripped_deployment_shows_as_cooling_down(mock_upstream_url: str) -> None:
+    from asgiref.sync import async_to_sync
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gateway_site import metrics as site_metrics
+    from proxy import metrics, routing
+
+    from ..factories import make_route
+
+    if metrics._observer is None:
+        pytest.skip("TOLLGATE_METRICS is off in this test run")
+    make_route("flaky", upstream_model="mock-500", base_url=f"{mock_upstream_url}/v1", provider_name="flaky-provider")
+    routing.invalidate()
+    table = async_to_sync(routing.table)()
+    target = table.routes["flaky"][0].target
+
+    def cooling() -> float | None:
+        metrics._observer.refresh()  # type: ignore[union-attr]  # what its thread does every few seconds
+        for family in text_string_to_metric_families(site_metrics.render().decode()):
+            for sample in family.samples:
+                if sample.name == "tollgate_deployment_cooling_down" and \
+                        sample.labels == {"provider": "flaky-provider", "deployment": str(target.deployment_id)}:
+                    return sample.value
+        return None
+
+    try:
+        assert cooling() == 0
+        for _ in range(routing.FAILURES_TO_TRIP):
+            routing.report(target, ok=False)
+        assert cooling() == 1
+        routing.report(target, ok=True)
+        assert cooling() == 0
+    finally:
+        routing._failures.pop(target.deployment_id, None)
+        routing.invalidate()
