@@ -18,7 +18,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from . import budgets, rollups
-from .models import Budget, UsageRecord, UsageRollup, picos_to_micros_up
+from .models import PICOS_PER_MICRO, Budget, UsageRecord, UsageRollup, picos_to_micros_up
 
 # A key's totals are summed from the ledger on the database thread that /v1 writes its rows with: a quarter
 # bounds that work. Longer histories come from the management API, which reads the rollups.
@@ -195,7 +195,7 @@ def key_budgets(*, tenant_id: int, key_id: int, now: datetime | None = None) -> 
         states.append(BudgetState(budget=budget, starts_at=state.starts_at, ends_at=ends_at,
                                   limit_micros=state.limit_micros,
                                   spent_picos=state.spent_picos if state.spent_picos is not None
-                                  else state.spent_micros * 10**6,
+                                  else state.spent_micros * PICOS_PER_MICRO,
                                   held_micros=state.reserved_micros))
     return states
 
