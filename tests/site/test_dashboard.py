@@ -8,14 +8,27 @@ that rates a gauge or takes a quantile without `le`, and compose mounts that poi
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from celery import shared_task
+from django.db import connection
+from prometheus_client.parser import text_string_to_metric_families
 
+from billing.models import Price
+from gateway_site import metrics
 from gateway_site.settings import BASE_DIR
+
+from ..conftest import make_party
+from ..factories import make_route
+from ..live import tollgate_server
 
 DASHBOARD = BASE_DIR / "deploy" / "grafana" / "dashboards" / "tollgate.json"
 PROMETHEUS_CONFIG = BASE_DIR / "deploy" / "prometheus" / "prometheus.yml"
@@ -148,6 +161,68 @@ def test_the_datasource_is_a_variable_that_defaults_to_the_provisioned_prometheu
 
 def test_the_dashboard_shows_every_metric_of_the_contract(dashboard: dict[str, Any]) -> None:
     assert queried_metrics(dashboard) == COUNTERS | HISTOGRAMS | GAUGES
+
+
+@shared_task(name="tests.dashboard.fails")
+def failing_task() -> None:
+    raise RuntimeError("a task that fails, for the dashboard's failure panel")
+
+
+def exported(text: str) -> dict[str, int]:
+    """Metric name -> number of samples in a scrape: histograms and counters under their own names, as PromQL
+    sees them (a counter's family is ``name`` without ``_total``; its samples carry ``_total``)."""
+    found: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        found.setdefault(base_name(family.name), 0)
+        for sample in family.samples:
+            name = base_name(sample.name)
+            found[name] = found.get(name, 0) + 1
+    return found
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_metric_the_dashboard_queries_is_exported_after_known_traffic(
+        dashboard: dict[str, Any], mock_upstream_url: str, tmp_path: Path) -> None:
+    if not metrics.enabled():
+        pytest.skip("TOLLGATE_METRICS is off in this test run")
+    from billing.tasks import reap_expired_holds
+
+    for model in ("mock", "mock-500"):
+        make_route(model, upstream_model=model, base_url=f"{mock_upstream_url}/v1", provider_name="mock")
+        Price.objects.create(model=model, input_per_million=Decimal("100"), output_per_million=Decimal("200"))
+    alice = make_party("alice")
+    token = "ops-token-for-the-dashboard-test-0123456789"
+    # The server writes into this process's metrics directory, as every process of a host does: the Celery tasks run
+    # here (eagerly, through the same signals a worker sends) are in the server's scrape.
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    with tollgate_server(connection.settings_dict["NAME"], tmp_path / "tollgate.log", TOLLGATE_METRICS="on",
+                         TOLLGATE_METRICS_DIR=directory, TOLLGATE_OPS_TOKEN=token) as url:
+        v1 = f"{url}/v1/chat/completions"
+        chat = {"model": "mock", "messages": [{"role": "user", "content": "Hello"}]}
+        assert httpx.post(v1, headers=alice.auth, json=chat, timeout=10).status_code == 200
+        streamed = {**chat, "stream": True, "stream_options": {"include_usage": True}}
+        assert httpx.post(v1, headers=alice.auth, json=streamed, timeout=10).status_code == 200
+        assert httpx.post(v1, headers={"Authorization": "Bearer tg-not-a-key"}, json=chat, timeout=10).status_code == 401
+        for _ in range(3):  # three failures in a row: the deployment sits out
+            assert httpx.post(v1, headers=alice.auth, json={**chat, "model": "mock-500"}, timeout=10).status_code == 502
+        reap_expired_holds.delay()
+        # Not re-raised here, as in a worker: an eager task that propagates its error sends no failure signal.
+        assert failing_task.apply(throw=False).failed()
+
+        wanted = queried_metrics(dashboard)
+        deadline = time.monotonic() + 20  # gauges without a request (cooling down) are refreshed every few seconds
+        while True:
+            r = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert r.status_code == 200, r.text
+            found = exported(r.text)
+            missing = {name for name in wanted if name not in found}
+            empty = {name for name in wanted - missing if not found[name]}
+            if not (missing or empty) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert not missing, f"the dashboard queries metrics that /metrics does not export: {sorted(missing)}"
+    assert not empty, f"exported without a sample after traffic that should give them one: {sorted(empty)}"
+    assert token not in r.text and alice.secret not in r.text
 
 
 def test_promql_rates_counters_and_buckets_only_and_quantiles_keep_le(dashboard: dict[str, Any]) -> None:
