@@ -4,10 +4,12 @@ left; bad input is a 400 in OpenAI's envelope; bob's key never sees alice's usag
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from asgiref.sync import async_to_sync
 from django.db.models import Count, Q, Sum
@@ -18,8 +20,8 @@ from billing import budgets, holds, rollups
 from billing.models import Budget, Price, RollupState, UsageRecord
 from proxy import routing
 
-from ..conftest import Party
-from ..factories import make_key
+from ..conftest import Party, make_party
+from ..factories import make_key, make_route
 
 pytestmark = pytest.mark.django_db
 
@@ -214,3 +216,26 @@ def test_a_key_is_required_and_only_get_is_served(client: Client, alice: Party) 
     assert usage(client, "tg-000000000000-" + "x" * 40).status_code == 401
     posted = client.post("/v1/usage", "{}", content_type="application/json", headers=alice.auth)
     assert posted.status_code == 405 and posted["Allow"] == "GET" and "error" in posted.json()
+
+
+@pytest.mark.django_db(transaction=True)  # the server process must see committed rows
+def test_served_by_uvicorn_after_real_requests_through_the_mock_upstream(live_server_url: str, mock_upstream_url: str,
+                                                                          transactional_db: None) -> None:
+    alice = make_party("alice")
+    make_route("mock", upstream_model="mock", base_url=f"{mock_upstream_url}/v1", provider_name="mock")
+    Price.objects.create(model="mock", effective_from=date(2020, 1, 1), input_per_million=Decimal("2.500001"),
+                         output_per_million=Decimal("10"))
+    chat = {"model": "mock", "messages": [{"role": "user", "content": "Say hello"}]}
+    with httpx.Client(base_url=live_server_url, headers=alice.auth, timeout=10) as http:
+        for stream in (False, True, False):
+            assert http.post("/v1/chat/completions", json={**chat, "stream": stream}).status_code == 200
+        assert http.post("/v1/chat/completions", json={**chat, "max_tokens": -1}).status_code == 400
+        deadline = time.monotonic() + 5
+        while UsageRecord.objects.filter(key=alice.key).count() < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        answer = http.get("/v1/usage", params={"period": "month"})
+    assert answer.status_code == 200
+    today = timezone.now().astimezone(UTC).date()
+    expected = ledger(alice.key.pk, midnight(today.replace(day=1)), midnight(today) + timedelta(days=1))
+    assert expected["requests"] == 4 and expected["refusals"] == 1 and expected["cost_picos"] > 0
+    assert figures(answer.json()) == expected
