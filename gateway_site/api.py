@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import ApiKeyViewSet, TenantViewSet
-from billing.api import BudgetViewSet, PriceViewSet
+from billing.api import BudgetViewSet, PriceViewSet, UsageViewSet
 from proxy.api import DeploymentViewSet, ProviderViewSet, RouteViewSet
 
 from .api_errors import not_found
@@ -17,6 +17,7 @@ router.register("tenants", TenantViewSet, basename="tenant")
 router.register("keys", ApiKeyViewSet, basename="apikey")
 router.register("budgets", BudgetViewSet, basename="budget")
 router.register("prices", PriceViewSet, basename="price")
+router.register("usage", UsageViewSet, basename="usage")
 router.register("providers", ProviderViewSet, basename="provider")
 router.register("routes", RouteViewSet, basename="route")
 router.register("deployments", DeploymentViewSet, basename="deployment")
