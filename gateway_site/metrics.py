@@ -8,7 +8,8 @@ and counted in tollgate_metrics_source_errors_total{source}, and the scrape stil
 
 /metrics is answered in asgi.py before Django (no host check, no middleware) and needs the ops bearer token
 (TOLLGATE_OPS_TOKEN). With TOLLGATE_METRICS_BIND set, each serving process also listens on that address, which
-serves /metrics with no token: bind it where only Prometheus reaches it.
+serves /metrics with no token: bind it where only Prometheus reaches it. A Celery worker's main process does the same
+(gateway_site/celery.py), for a worker whose metrics directory no serving process reads (its own container).
 """
 
 from __future__ import annotations
@@ -364,7 +365,8 @@ _bind_server: ReusePortServer | None = None
 
 def start_bind_server() -> None:
     """Listen on TOLLGATE_METRICS_BIND in a daemon thread, when it is set and metrics are on. Called by the serving
-    process (asgi.py) at startup; a listener that cannot bind is logged, and requests are still served."""
+    process (asgi.py) and a Celery worker's main process (celery.py) at startup; a listener that cannot bind is
+    logged, and the process goes on."""
     global _bind_server
     address = settings.TOLLGATE_METRICS_BIND
     if not address or not enabled() or _bind_server is not None:

@@ -115,3 +115,19 @@ def test_the_web_server_runs_the_lifespan_that_starts_and_flushes_the_upkeep(com
     assert "--lifespan on" in " ".join(compose["services"]["web"]["command"])
     assert '"--lifespan", "on"' in (BASE_DIR / "Dockerfile").read_text()
     assert "--lifespan off" not in (BASE_DIR / "README.md").read_text()
+
+
+def test_the_worker_serves_its_own_metrics_on_the_internal_network_only(compose: dict[str, Any]) -> None:
+    # Its task metrics are in its own container's directory, which web's scrape never reads (README, Metrics).
+    services = compose["services"]
+    worker = services["worker"]
+    assert worker["environment"]["TOLLGATE_METRICS_BIND"] == "0.0.0.0:9101"
+    assert "9101" in [str(port) for port in worker["expose"]] and "ports" not in worker  # never published
+    # Not on a volume: files are named by process id, and ids repeat across containers.
+    directory = worker["environment"]["TOLLGATE_METRICS_DIR"]
+    assert directory.startswith("/") and "volumes" not in worker
+    for name in ("web", "beat"):
+        assert "TOLLGATE_METRICS_BIND" not in services[name]["environment"]
+        assert "TOLLGATE_METRICS_DIR" not in services[name]["environment"]
+        assert not any(directory in str(volume) for volume in services[name].get("volumes", []))
+    assert worker["environment"]["DATABASE_URL"] == services["web"]["environment"]["DATABASE_URL"]  # the rest merged

@@ -276,7 +276,7 @@ def test_prometheus_scrapes_metrics_with_the_ops_token_from_env(compose: dict[st
     assert f"--config.file={config_path}" in service["command"]
     assert bind_mounts(service)[config_path] == PROMETHEUS_CONFIG
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    [job] = config["scrape_configs"]
+    job = {job["job_name"]: job for job in config["scrape_configs"]}["tollgate"]
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"] == [{"targets": ["web:8000"]}]
     assert "8000:8000" in compose["services"]["web"]["ports"][0]  # the port uvicorn listens on
@@ -289,6 +289,35 @@ def test_prometheus_scrapes_metrics_with_the_ops_token_from_env(compose: dict[st
     assert web_env["TOLLGATE_OPS_TOKEN"] == "${TOLLGATE_OPS_TOKEN:?set TOLLGATE_OPS_TOKEN in .env}"
     example = (BASE_DIR / ".env.example").read_text()
     assert re.search(r"^TOLLGATE_OPS_TOKEN=$", example, re.MULTILINE)
+
+
+def test_prometheus_scrapes_the_worker_on_its_bind_address_without_a_token(compose: dict[str, Any]) -> None:
+    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
+    assert set(jobs) == {"tollgate", "tollgate-worker"}
+    worker_job = jobs["tollgate-worker"]
+    assert worker_job.get("metrics_path", "/metrics") == "/metrics"
+    assert "authorization" not in worker_job  # the bind address is the protection: compose's network only
+    port = compose["services"]["worker"]["environment"]["TOLLGATE_METRICS_BIND"].rpartition(":")[2]
+    assert worker_job["static_configs"] == [{"targets": [f"worker:{port}"]}]
+
+
+def test_the_celery_panels_add_up_the_web_and_worker_jobs(dashboard: dict[str, Any]) -> None:
+    # Task runs come from the worker's job, queue lengths from every job that reads the broker: with the Job choice
+    # on All, the task panels sum over both jobs, and a value read from a shared source is not doubled.
+    [job] = [variable for variable in dashboard["templating"]["list"] if variable["name"] == "job"]
+    assert re.search(r'label_values\(\{__name__=~"tollgate_\.\+"\}, job\)', job["definition"])  # lists both jobs
+    assert re.fullmatch(job["allValue"], "tollgate-worker") and re.fullmatch(job["allValue"], "tollgate")
+    celery = [expr for expr in expressions(dashboard) if "tollgate_celery_" in expr]
+    tasks = [expr for expr in celery if "tollgate_celery_task" in expr]
+    assert len(tasks) == 3 and len(celery) == 4
+    for expr in celery:
+        assert re.search(r'\{job=~"\$job"\}', expr) and not re.search(r'job="', expr), expr
+        assert not re.search(r"by \([^)]*\b(job|instance)\b", expr), expr  # one series per task, not per job
+    for expr in expressions(dashboard):
+        for gauge in ("tollgate_celery_queue_length", "tollgate_budget_holds_outstanding",
+                      "tollgate_budgets_near_limit"):
+            if gauge in expr:
+                assert re.match(r"max\b", expr), f"{gauge} is read by every job from one source: max, not sum: {expr}"
 
 
 def test_grafana_provisions_the_datasource_and_the_dashboard(compose: dict[str, Any]) -> None:
