@@ -51,7 +51,7 @@ def celery_process(args: list[str], env: dict[str, str], log_path: Path) -> Iter
 
 def task_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """(sample name, sorted labels) -> value, for the Celery task metrics of a scrape."""
-    found = {}
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for family in text_string_to_metric_families(text):
         if family.name.startswith("tollgate_celery_task"):
             for sample in family.samples:
