@@ -1,27 +1,31 @@
-"""Self-service pages for a tenant's members: dashboard, budgets and alerts, request log."""
+"""Self-service pages for a tenant's members: dashboard, budgets and alerts, request log and its CSV export."""
 
 from __future__ import annotations
 
 import zoneinfo
-from datetime import datetime, time, timedelta
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.db.models import Count, Sum
-from django.http import HttpRequest, HttpResponse
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db.models import Count, QuerySet, Sum, TextField
+from django.db.models.functions import Cast
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
 from accounts.models import ApiKey, validate_email_list
 from accounts.tenancy import tenant_page
 
-from . import budgets, charts
+from . import budgets, charts, export
 from .admin import cost, dollars
 from .models import Budget, UsageRecord, UsageRollup, validate_thresholds
 
 PAGE = 50
 DAYS = 30
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9998, 12, 31)
 
 
 def budget_rows(tenant: Any) -> list[dict[str, Any]]:
@@ -176,22 +180,26 @@ def budget_thresholds(request: HttpRequest, budget_id: int) -> HttpResponse:
 
 class RequestFilters(forms.Form):
     key = forms.ModelChoiceField(queryset=ApiKey.objects.none(), required=False, empty_label="All keys")
-    model = forms.CharField(required=False)
+    model = forms.CharField(required=False, max_length=200)
     end_reason = forms.ChoiceField(required=False, choices=[("", "All outcomes"), *UsageRecord.EndReason.choices])
-    day_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    day_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
-    before = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    # Bounded so a day and its time zone always make a datetime (year 1 or 9999 would overflow: a 500).
+    day_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}),
+                               validators=[MinValueValidator(FIRST_DAY), MaxValueValidator(LAST_DAY)])
+    day_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}),
+                             validators=[MinValueValidator(FIRST_DAY), MaxValueValidator(LAST_DAY)])
+    before = forms.IntegerField(required=False, widget=forms.HiddenInput, min_value=1, max_value=2**63 - 1)
 
+    def __init__(self, *args: Any, tenant: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tenant = tenant
+        self.fields["key"].queryset = ApiKey.objects.for_tenant(tenant).order_by("name")  # type: ignore[attr-defined]
 
-@tenant_page()
-def request_log(request: HttpRequest) -> HttpResponse:
-    tenant = request.tenant  # type: ignore[attr-defined]
-    zone = zoneinfo.ZoneInfo(tenant.timezone)
-    form = RequestFilters(request.GET or None)
-    form.fields["key"].queryset = ApiKey.objects.for_tenant(tenant).order_by("name")  # type: ignore[attr-defined]
-    rows = UsageRecord.objects.filter(tenant=tenant).select_related("key").order_by("-id")
-    if form.is_valid():
-        data = form.cleaned_data
+    def requests(self, *, page: bool = True) -> QuerySet[UsageRecord]:
+        """The tenant's ledger rows these filters select, newest first (the keyset cursor only when ``page``)."""
+        rows = UsageRecord.objects.filter(tenant=self.tenant).order_by("-id")
+        if not self.is_valid():
+            return rows
+        data, zone = self.cleaned_data, zoneinfo.ZoneInfo(self.tenant.timezone)
         if data["key"]:
             rows = rows.filter(key=data["key"])
         if data["model"]:
@@ -202,17 +210,58 @@ def request_log(request: HttpRequest) -> HttpResponse:
             rows = rows.filter(created_at__gte=datetime.combine(data["day_from"], time.min, tzinfo=zone))
         if data["day_to"]:
             rows = rows.filter(created_at__lt=datetime.combine(data["day_to"] + timedelta(days=1), time.min, tzinfo=zone))
-        if data["before"]:
+        if page and data["before"]:
             rows = rows.filter(id__lt=data["before"])  # keyset pagination: no OFFSET, no COUNT
-    page = list(rows[:PAGE + 1])
+        return rows
+
+
+@tenant_page()
+def request_log(request: HttpRequest) -> HttpResponse:
+    form = RequestFilters(request.GET or None, tenant=request.tenant)  # type: ignore[attr-defined]
+    return requests_page(request, form, list(form.requests().select_related("key")[:PAGE + 1]))
+
+
+def requests_page(request: HttpRequest, form: RequestFilters, page: list[UsageRecord], *, status: int = 200) -> HttpResponse:
+    zone = zoneinfo.ZoneInfo(request.tenant.timezone)  # type: ignore[attr-defined]
     more = len(page) > PAGE
     page = page[:PAGE]
     older = request.GET.copy()
     older["before"] = str(page[-1].pk) if page else ""
+    export = request.GET.copy()
+    export.pop("before", None)  # the download holds every matching row, not this page's
     filtered = any(v for k, v in request.GET.items() if k != "before")
     return render(request, "pages/requests.html", {
         "title": "Requests", "form": form, "filtered": filtered,
         "rows": [{"row": r, "at": r.created_at.astimezone(zone), "cost": cost(r.cost_picos),
                   "prompt": tokens(r.prompt_tokens), "completion": tokens(r.completion_tokens)} for r in page],
         "older": older.urlencode() if more else None, "newest": "before" in request.GET,
-    })
+        "export": export.urlencode(),
+    }, status=status)
+
+
+EXPORT_HEADER = ["time", "request_id", "key", "endpoint", "model", "provider", "upstream_model", "stream", "outcome",
+                 "error_code", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "usage_source",
+                 "latency_ms", "ttfb_ms", "cost_usd"]
+EXPORT_FIELDS = ["request_id", "key__name", "endpoint", "public_model", "provider", "upstream_model", "stream",
+                 "end_reason", "error_code", "status_code", "prompt_tokens", "completion_tokens", "cached_tokens",
+                 "usage_source", "latency_ms", "ttfb_ms", "cost_picos"]
+
+
+@tenant_page()
+def request_export(request: HttpRequest) -> HttpResponseBase:
+    """The Requests page's rows as CSV: every row its filters select, of the current tenant only, streamed."""
+    tenant = request.tenant  # type: ignore[attr-defined]
+    form = RequestFilters(request.GET, tenant=tenant)
+    if not form.is_valid():
+        return requests_page(request, form, [], status=400)
+    zone = zoneinfo.ZoneInfo(tenant.timezone)
+    # The time is read as text: Django's loader for timestamps is a Python call per value, most of the time a
+    # million-row export took.
+    rows = (form.requests(page=False).annotate(at=Cast("created_at", TextField()))
+            .values_list("at", *EXPORT_FIELDS).iterator(chunk_size=export.CHUNK))
+
+    def lines() -> Iterator[list[object]]:
+        for at, *middle, picos in rows:
+            yield [export.utc(at).astimezone(zone).isoformat(), *middle, export.money(picos)]
+
+    return export.csv_response(request, filename=f"{tenant.slug}-requests.csv", header=EXPORT_HEADER, rows=lines())

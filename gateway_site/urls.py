@@ -34,6 +34,7 @@ urlpatterns = [
     path("budgets/contacts/", billing.alert_contacts, name="alert_contacts"),
     path("budgets/<int:budget_id>/thresholds/", billing.budget_thresholds, name="budget_thresholds"),
     path("requests/", billing.request_log, name="requests"),
+    path("requests/export.csv", billing.request_export, name="requests_export"),
     path("playground/", proxy.playground, name="playground"),
     path("playground/chat", proxy.playground_chat, name="playground_chat"),
     path("live/", proxy.live, name="live"),
