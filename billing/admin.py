@@ -3,23 +3,26 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Model, QuerySet, Sum
 from django.forms import BaseInlineFormSet, ModelForm
-from django.http import HttpRequest, HttpResponse
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseBase
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApiKey, Tenant
 
-from . import alerts, budgets, charts
+from . import alerts, budgets, charts, export
 from .models import Budget, BudgetAlert, Price, UsageRecord, UsageRollup, picos_to_dollars
 
 CENTS = Decimal("0.01")
@@ -270,29 +273,81 @@ class GranularityFilter(admin.SimpleListFilter):
         return queryset.filter(granularity="hour" if self.value() == "hour" else "day")
 
 
+ROLLUP_EXPORT_HEADER = ["granularity", "bucket", "tenant", "key", "model", "provider", "requests", "errors", "rejected",
+                        "prompt_tokens", "completion_tokens", "cost_usd", "latency_p50_ms", "latency_p95_ms",
+                        "latency_p99_ms", "ttfb_p50_ms", "ttfb_p95_ms"]
+ROLLUP_EXPORT_FIELDS = ["granularity", "bucket", "tenant__slug", "key__name", "model", "provider", "requests", "errors",
+                        "rejected", "prompt_tokens", "completion_tokens", "cost_picos", "latency_p50_ms",
+                        "latency_p95_ms", "latency_p99_ms", "ttfb_p50_ms", "ttfb_p95_ms"]
+# Named apart from the model's fields: an annotation may not share a field's name.
+ROLLUP_SUMS = {"total_requests": Sum("requests"), "total_errors": Sum("errors"), "total_rejected": Sum("rejected"),
+               "prompt": Sum("prompt_tokens"), "completion": Sum("completion_tokens"), "spent": Sum("cost_picos")}
+
+
+def sums(row: dict[str, Any]) -> dict[str, Any]:
+    return {"requests": row["total_requests"] or 0, "errors": row["total_errors"] or 0,
+            "rejected": row["total_rejected"] or 0, "prompt": row["prompt"] or 0, "completion": row["completion"] or 0,
+            "cost": cost(row["spent"] or 0)}
+
+
+def percentiles(*values: int | None) -> str:
+    return "—" if values[0] is None else " / ".join(str(value) for value in values)
+
+
 @admin.register(UsageRollup)
 class UsageRollupAdmin(admin.ModelAdmin):
-    list_display = ["bucket", "tenant", "key", "model", "requests", "errors", "rejected", "prompt_tokens",
-                    "completion_tokens", "cost", "latency_p50_ms", "latency_p95_ms"]
+    list_display = ["bucket", "tenant", "key", "model", "provider", "requests", "errors", "rejected", "prompt_tokens",
+                    "completion_tokens", "cost", "latency", "first_byte"]
     list_select_related = ["tenant", "key"]
-    list_filter = [GranularityFilter, ("tenant", admin.RelatedOnlyFieldListFilter), "model"]
+    list_filter = [GranularityFilter, ("tenant", admin.RelatedOnlyFieldListFilter), "provider", "model"]
     date_hierarchy = "bucket"
-    ordering = ["-bucket", "tenant", "model"]
+    ordering = ["-bucket", "tenant", "model", "provider"]
     list_per_page = 100
+
+    def get_urls(self) -> list[URLPattern]:
+        export_view = self.admin_site.admin_view(self.export_view)
+        return [path("export/", export_view, name="billing_usagerollup_export"), *super().get_urls()]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
         changelist = getattr(response, "context_data", {}).get("cl")
         if changelist is not None:
-            sums = changelist.queryset.aggregate(requests=Sum("requests"), errors=Sum("errors"), rejected=Sum("rejected"),
-                                                 prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
-                                                 cost=Sum("cost_picos"))
-            response.context_data["totals"] = {**{k: v or 0 for k, v in sums.items()}, "cost": cost(sums["cost"] or 0)}
+            rollups = changelist.queryset
+            response.context_data["totals"] = sums(rollups.aggregate(**ROLLUP_SUMS))
+            per_model = rollups.values("model", "provider").annotate(**ROLLUP_SUMS).order_by("-spent", "model", "provider")
+            response.context_data["by_model_provider"] = [
+                {"model": row["model"], "provider": row["provider"], **sums(row)} for row in per_model[:50]]
         return response
+
+    def export_view(self, request: HttpRequest) -> HttpResponseBase:
+        """What the changelist's filters select, every row of it, as a streamed CSV file."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            rollups = self.get_changelist_instance(request).get_queryset(request)
+        except IncorrectLookupParameters:
+            return HttpResponseBadRequest("These filters are not valid: go back to the list and choose others.",
+                                          content_type="text/plain")
+        rows = rollups.select_related(None).values_list(*ROLLUP_EXPORT_FIELDS).iterator(chunk_size=export.CHUNK)
+
+        def lines() -> Iterator[list[object]]:
+            for granularity, bucket, *middle, picos, p50, p95, p99, ttfb50, ttfb95 in rows:
+                yield [granularity, bucket.isoformat(), *middle, export.money(picos), p50, p95, p99, ttfb50, ttfb95]
+
+        return export.csv_response(request, filename="usage-rollups.csv", header=ROLLUP_EXPORT_HEADER, rows=lines())
 
     @admin.display(description="cost", ordering="cost_picos")
     def cost(self, rollup: UsageRollup) -> str:
         return cost(rollup.cost_picos)
+
+    # Percentiles share a column each, so the list still fits a laptop's screen.
+    @admin.display(description="latency p50 / p95 / p99 ms", ordering="latency_p95_ms")
+    def latency(self, rollup: UsageRollup) -> str:
+        return percentiles(rollup.latency_p50_ms, rollup.latency_p95_ms, rollup.latency_p99_ms)
+
+    @admin.display(description="first byte p50 / p95 ms", ordering="ttfb_p95_ms")
+    def first_byte(self, rollup: UsageRollup) -> str:
+        return percentiles(rollup.ttfb_p50_ms, rollup.ttfb_p95_ms)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # derived from the ledger by the rollup job

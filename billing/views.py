@@ -261,7 +261,7 @@ def request_export(request: HttpRequest) -> HttpResponseBase:
             .values_list("at", *EXPORT_FIELDS).iterator(chunk_size=export.CHUNK))
 
     def lines() -> Iterator[list[object]]:
-        for at, *middle, picos in rows:
-            yield [export.utc(at).astimezone(zone).isoformat(), *middle, export.money(picos)]
+        for at, request_id, *middle, picos in rows:
+            yield [export.utc(at).astimezone(zone).isoformat(), request_id.hex, *middle, export.money(picos)]
 
     return export.csv_response(request, filename=f"{tenant.slug}-requests.csv", header=EXPORT_HEADER, rows=lines())

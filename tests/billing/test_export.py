@@ -63,7 +63,8 @@ def test_export_holds_every_row_the_filters_select_with_exact_dollars(alice: Par
         record(alice, picos=7, at=T0 - timedelta(days=3, minutes=i))
     record(alice, picos=1)  # one pico-dollar
     record(alice, picos=1_234_567_890_123_456, model="claude", at=T0 + timedelta(minutes=1))
-    record(alice, picos=10**12, key=other, at=T0 + timedelta(days=2), end_reason="upstream_error", error_code="boom")
+    last = record(alice, picos=10**12, key=other, at=T0 + timedelta(days=2), end_reason="upstream_error",
+                  error_code="boom")
     client = signed_in(alice)
 
     everything = rows_of(client.get("/requests/export.csv"))
@@ -71,6 +72,7 @@ def test_export_holds_every_row_the_filters_select_with_exact_dollars(alice: Par
     assert [r["cost_usd"] for r in everything[:3]] == ["1.000000000000", "1234.567890123456", "0.000000000001"]
     assert everything[1]["time"] == "2026-11-20T21:01:00+09:00"  # the tenant's time zone, as on the page
     newest = everything[0]
+    assert newest["request_id"] == last.request_id.hex  # as in the x-request-id header
     assert (newest["key"], newest["outcome"], newest["error_code"], newest["provider"]) == ("batch", "upstream_error",
                                                                                              "boom", "openai")
     assert (newest["prompt_tokens"], newest["latency_ms"], newest["ttfb_ms"], newest["status"]) == ("100", "120", "30", "200")

@@ -130,5 +130,10 @@ def test_wide_admin_pages_clip_nothing_at_1400_px(chromium: Any, site: tuple[str
         page.screenshot(path=str(SHOTS / f"admin-1400-{name}.png"), full_page=True)
         assert page.evaluate(CLIPPED) == [], path
 
+    page.goto(f"{url}/admin/billing/usagerollup/")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Export CSV").click()
+    assert "claude-3-5-sonnet-latest" in Path(download.value.path()).read_text()
+
     text = log.read_text(errors="replace")
     assert "favicon" not in text and "StreamingHttpResponse" not in text

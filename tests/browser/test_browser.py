@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,6 +126,10 @@ def test_a_tenant_owner_and_a_member_use_the_pages(chromium: Any, site: str, moc
     assert page.get_by_role("cell", name="mock", exact=True).first.is_visible()
     assert UsageRecord.objects.filter(request_id=request_id).exists()
     shot(page, "06-requests")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    exported = Path(download.value.path()).read_text()
+    assert exported.startswith("time,request_id,") and request_id in exported  # as in the x-request-id header
 
     # The playground streams an answer through the same /v1 path.
     page.goto(f"{site}/playground/")
