@@ -227,15 +227,15 @@ def requests_page(request: HttpRequest, form: RequestFilters, page: list[UsageRe
     page = page[:PAGE]
     older = request.GET.copy()
     older["before"] = str(page[-1].pk) if page else ""
-    export = request.GET.copy()
-    export.pop("before", None)  # the download holds every matching row, not this page's
+    download = request.GET.copy()
+    download.pop("before", None)  # the download holds every matching row, not this page's
     filtered = any(v for k, v in request.GET.items() if k != "before")
     return render(request, "pages/requests.html", {
         "title": "Requests", "form": form, "filtered": filtered,
         "rows": [{"row": r, "at": r.created_at.astimezone(zone), "cost": cost(r.cost_picos),
                   "prompt": tokens(r.prompt_tokens), "completion": tokens(r.completion_tokens)} for r in page],
         "older": older.urlencode() if more else None, "newest": "before" in request.GET,
-        "export": export.urlencode(),
+        "export": download.urlencode(),
     }, status=status)
 
 
