@@ -285,7 +285,7 @@ TOLLGATE_WEBHOOK_ALLOW_PRIVATE = env_bool("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", Fals
 # A bearer token for the operators' endpoints (/metrics, /health/detailed) besides a staff session; it is
 # compared in constant time and never logged. Empty: those endpoints need a staff session.
 TOLLGATE_OPS_TOKEN = os.environ.get("TOLLGATE_OPS_TOKEN", "").strip()
-# -- health (gateway_site/health.py)
+# Health probes (gateway_site/health.py).
 # /health/ready answers 503 when this process holds more ledger rows than this for the database (its spool) ...
 TOLLGATE_READY_SPOOL_MAX_ROWS = env_int("TOLLGATE_READY_SPOOL_MAX_ROWS", 1000)
 # ... or the journal directory holds more than this many MB of journal files (0: not checked).
@@ -295,7 +295,7 @@ TOLLGATE_READY_JOURNAL_MAX_MB = env_int("TOLLGATE_READY_JOURNAL_MAX_MB", 1024)
 TOLLGATE_READY_BEAT_MAX_AGE_SECONDS = env_int("TOLLGATE_READY_BEAT_MAX_AGE_SECONDS", 0)
 # Shown by /health/detailed (an image tag or a commit); when unset, the checkout's commit if there is one.
 TOLLGATE_VERSION = os.environ.get("TOLLGATE_VERSION", "").strip()
-# -- metrics (gateway_site/metrics.py)
+# Metrics (gateway_site/metrics.py).
 # Prometheus metrics at /metrics (with TOLLGATE_OPS_TOKEN) and on TOLLGATE_METRICS_BIND (no token) when set.
 TOLLGATE_METRICS = env_bool("TOLLGATE_METRICS", True)
 # Every process of one host (web workers, Celery workers) writes its values here; a scrape sums them.
@@ -306,7 +306,7 @@ if TOLLGATE_METRICS_BIND and not TOLLGATE_METRICS_BIND.rpartition(":")[2].isdigi
     raise ImproperlyConfigured(f"TOLLGATE_METRICS_BIND must be host:port, got {TOLLGATE_METRICS_BIND!r}")
 # A tenant label on tollgate_requests_total: one series per tenant and model, so off unless tenants are few.
 TOLLGATE_METRICS_TENANT_LABEL = env_bool("TOLLGATE_METRICS_TENANT_LABEL", False)
-# -- tracing and logs
+# Tracing and logs.
 # An OTLP/HTTP traces URL (e.g. http://otel-collector:4318/v1/traces): a span per /v1 request, exported in batches
 # from a background thread (proxy/tracing.py). Empty: tracing is off and OpenTelemetry is never imported.
 TOLLGATE_OTLP_ENDPOINT = os.environ.get("TOLLGATE_OTLP_ENDPOINT", "").strip()
@@ -316,7 +316,6 @@ if TOLLGATE_OTLP_ENDPOINT and not TOLLGATE_OTLP_ENDPOINT.startswith(("http://", 
 TOLLGATE_LOG_FORMAT = os.environ.get("TOLLGATE_LOG_FORMAT", "plain").strip().lower()
 if TOLLGATE_LOG_FORMAT not in ("plain", "json"):
     raise ImproperlyConfigured(f"TOLLGATE_LOG_FORMAT must be plain or json, got {TOLLGATE_LOG_FORMAT!r}")
-# -- usage export
 
 LOG_LEVEL = os.environ.get("TOLLGATE_LOG_LEVEL", "INFO").strip().upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
