@@ -29,7 +29,7 @@ prompt is one word repeated to 8 MB with no spaces (the tokenizer's pathological
 gate has to size it: the rise in p50/p99 is what sizing a huge prompt costs everyone else in that process.
 Tollgate runs with TOLLGATE_METRICS off, as figures from before metrics existed did. With ``--metrics`` a second
 Tollgate process with TOLLGATE_METRICS on serves the same plain key, and plain requests at concurrency 16 go to
-the process with metrics off and the one with them on, alternating, twice each: the difference in CPU ms per
+the process with metrics off and the one with them on, alternating, four times each: the difference in CPU ms per
 request is what the metrics cost; a scrape of the second process must count every request it answered.
 It reports Tollgate's resident memory, optionally over a concurrency-16 soak,
 and checks that the ledger holds one ``billing_usagerecord`` row per answered Tollgate request, and that
@@ -78,7 +78,7 @@ STREAM_BODY = json.dumps(
     {"model": "mock-slow", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
 ).encode()
 LARGE_PROMPT_BYTES = 8 * 1024 * 1024  # under TOLLGATE_MAX_BODY_BYTES (10 MiB by default)
-METRICS_CONCURRENCY, METRICS_ROUNDS = 16, 2  # --metrics: off and on, alternating, this many phases each
+METRICS_CONCURRENCY, METRICS_ROUNDS = 16, 4  # --metrics: off and on, alternating, this many phases each
 LARGE_PROMPT_PAUSE_SECONDS = 0.25  # between one 8 MB prompt's answer and the next, in the "one at a time" part
 # One "word" with no spaces is a single pre-token to BPE, its slowest input.
 LARGE_BODY = json.dumps(
@@ -261,6 +261,7 @@ class Bench:
             results[label] = {name: mean([run[name] for run in runs])
                               for name in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "overhead_p50_ms")}
             results[label]["errors"] = sum(run["errors"] for run in runs)  # type: ignore[index]
+        await asyncio.sleep(1.5)  # a process writes its /v1 values once a second (proxy/metrics.py Tally)
         results["counted"] = await asyncio.to_thread(scraped_requests, metered)
         results["answered"] = self.metered_answers
         progress(f"metrics  {results['counted']} requests counted by the scrape for {self.metered_answers} answered")

@@ -114,3 +114,41 @@ def test_a_tripped_deployment_shows_as_cooling_down(mock_upstream_url: str) -> N
     finally:
         routing._failures.pop(target.deployment_id, None)
         routing.invalidate()
+
+
+def test_a_tally_flushed_writes_what_observing_each_value_would() -> None:
+    """The /v1 path adds to a Tally; once flushed, the counters and histograms hold exactly what calling inc() and
+    observe() once per value would have written (same buckets, sums and counts)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from proxy.metrics import DURATION_BUCKETS, Tally
+
+    def metrics(registry: CollectorRegistry, prefix: str) -> tuple[Counter, Histogram]:
+        # Names of their own: in multiprocess mode two metrics of one name share their values in this process's files.
+        return (Counter(f"{prefix}c", "c", ["x"], registry=registry),
+                Histogram(f"{prefix}h", "h", ["x"], buckets=DURATION_BUCKETS, registry=registry))
+
+    direct, tallied = CollectorRegistry(), CollectorRegistry()
+    (counter, histogram), (counter2, histogram2) = metrics(direct, "direct_"), metrics(tallied, "tallied_")
+    tally = Tally()
+    amounts = [0.0, 0.0005, 0.001, 0.0010001, 0.02, 0.025, 1.0, 3.3, 120.0, 500.0, 0.001, 7.5]
+    for i, amount in enumerate(amounts):
+        label = "ab"[i % 2]
+        counter.labels(label).inc(amount)
+        histogram.labels(label).observe(amount)
+        tally.add(counter2.labels(label), amount)
+        tally.observe(histogram2.labels(label), amount)
+    def values(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        # Without the _created times, which differ; sums are added in another order, so compared to 1e-12.
+        return {(sample.name.partition("_")[2], tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(generate_latest(registry).decode())
+                for sample in family.samples if not sample.name.endswith("_created")}
+
+    assert values(tallied) != values(direct)  # nothing written before the flush
+    tally.flush()
+    assert values(tallied) == pytest.approx(values(direct), rel=1e-12)
+    assert values(tallied)[("h_bucket", (("le", "0.001"), ("x", "a")))] == 3  # 0.0 and twice 0.001 (<= bound)
+    assert values(tallied)[("h_count", (("x", "b"),))] == 6
+    tally.flush()  # a second flush with nothing new changes nothing
+    assert values(tallied) == pytest.approx(values(direct), rel=1e-12)

@@ -197,6 +197,16 @@ def scrape(url: str) -> str:
     return r.text
 
 
+def scrape_counting(url: str, requests: int) -> str:
+    """A scrape once it counts ``requests`` /v1 requests: each process writes its /v1 values once a second."""
+    deadline = time.monotonic() + 5
+    while True:
+        text = scrape(url)
+        if total(samples(text), "tollgate_requests_total") >= requests or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
+
+
 def answered_by(directory: Path) -> set[int]:
     """The processes whose files count at least one /v1 request."""
     pids = set()
@@ -234,7 +244,7 @@ def test_a_scrape_of_two_workers_adds_up_to_the_ledger(routed: None, tmp_path: P
     with tollgate(tmp_path / "tollgate.log", directory, workers=2, TOLLGATE_METRICS_TENANT_LABEL="on") as url:
         answered = send_traffic(url, alice, bob, carol, directory)
         rows_settle(answered - 1)  # the request with a bad key leaves no row
-        text = scrape(url)
+        text = scrape_counting(url, answered)
 
     found = samples(text)
     rows = UsageRecord.objects.all()
@@ -282,6 +292,9 @@ def send_traffic(url: str, alice: Party, bob: Party, carol: Party, directory: Pa
         for _ in range(10):
             assert set(pool.map(lambda _: post(alice.auth, CHAT), range(8))) == {200}
             sent += 8
+            deadline = time.monotonic() + 1.5  # the workers write their /v1 values once a second
+            while len(answered_by(directory)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
             if len(answered_by(directory)) >= 2:
                 return sent
     raise AssertionError(f"one worker answered everything: {answered_by(directory)}")
@@ -297,7 +310,7 @@ def test_bind_address_without_token_and_scrape_while_redis_is_down(routed: None,
         httpx.post(f"{url}/v1/chat/completions", headers=alice.auth, json=CHAT, timeout=10)  # 503 or 200: counted
         assert httpx.get(f"{url}/metrics").status_code == 401
         started = time.monotonic()
-        text = scrape(url)
+        text = scrape_counting(url, 1)
         assert time.monotonic() - started < 8  # each source waits 2 s at most
         r = httpx.get(f"http://{bind}/metrics", timeout=10)  # no token on the metrics address
         assert r.status_code == 200 and "tollgate_requests_total" in r.text
