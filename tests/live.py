@@ -92,10 +92,17 @@ def celery_worker(database_name: str, log_path: Path, **env: str) -> Iterator[su
         "TOLLGATE_LIVE_TEST_DATABASE": database_name,
         **env,
     }
-    command = [sys.executable, "-m", "celery", "-A", "gateway_site", "worker", "--beat", "--loglevel", "INFO",
-               "--concurrency", "1", "--without-gossip", "--without-mingle"]
+    with celery_process(["worker", "--beat", "--loglevel", "INFO", "--concurrency", "1", "--without-gossip",
+                         "--without-mingle"], environment, log_path) as process:
+        yield process
+
+
+@contextmanager
+def celery_process(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``celery -A gateway_site <args>`` with exactly ``env``, its output in ``log_path``; stopped on exit."""
+    command = [sys.executable, "-m", "celery", "-A", "gateway_site", *args]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=BASE_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             yield process
         finally:

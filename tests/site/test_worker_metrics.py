@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway_site.celery import app as celery_app
 
-from ..live import BASE_DIR, free_port, stop, wait_for_port
+from ..live import celery_process, free_port, wait_for_port
 from .worker_tasks import FAILS, SUCCEEDS
 
 pytestmark = pytest.mark.django_db(transaction=True)  # beat's scheduler writes its rows into the test database
@@ -36,17 +32,6 @@ def live_env(tmp_path: Path, port: int) -> dict[str, str]:
         "TOLLGATE_METRICS_BIND": f"127.0.0.1:{port}",
         "TOLLGATE_JOURNAL_DIR": str(tmp_path / "journal"),
     }
-
-
-@contextmanager
-def celery_process(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    command = [sys.executable, "-m", "celery", "-A", "gateway_site", *args]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield process
-        finally:
-            stop(process, 15)
 
 
 def task_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
