@@ -184,8 +184,7 @@ class PrometheusObserver:
             self.start_refresher()
 
     def request_ended(self, meter: Meter, *, end_reason: str, status: int, error_code: str) -> None:
-        now = time.perf_counter()
-        meter._metrics_ended = now  # type: ignore[attr-defined]  # for the ledger write time, in row_written
+        now = meter.ended or time.perf_counter()  # the meter notes when the outcome was known
         tally = self.tally
         tally.add(self.in_flight, -1.0)
         target, endpoint = meter.target, meter.endpoint
@@ -207,7 +206,7 @@ class PrometheusObserver:
             tally.add(self.upstream_errors(provider, kind))
 
     def row_written(self, meter: Meter, record: Any) -> None:
-        ended = getattr(meter, "_metrics_ended", None)
+        ended = meter.ended
         tally = self.tally
         if ended is not None:
             tally.observe(self.ledger_write, time.perf_counter() - ended)
