@@ -119,6 +119,13 @@ class ApiKey(models.Model):
     tokens_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Prompt tokens plus the completion tokens asked for. Empty means no limit.")
     max_concurrent = models.PositiveIntegerField(null=True, blank=True, help_text="Requests in flight at once. Empty means no limit.")
+    class Cache(models.TextChoices):
+        ROUTE = "route", "As the route says"
+        ON = "on", "On for every route"
+        OFF = "off", "Off"
+
+    response_cache = models.CharField(max_length=8, choices=Cache.choices, default=Cache.ROUTE,
+                                      help_text="Whether this key's requests use the response cache.")
     last_used_at = models.DateTimeField(null=True, blank=True)
     expiry_notified_at = models.DateTimeField(null=True, blank=True, help_text="When the expiry notice went out.")
     rotated_from = models.OneToOneField(

@@ -239,6 +239,7 @@ class UsageRecord(models.Model):
     class Source(models.TextChoices):
         PROVIDER = "provider"
         ESTIMATED = "estimated"
+        CACHE = "cache"  # answered from the response cache: the provider was not asked
 
     class EndReason(models.TextChoices):
         COMPLETE = "complete"

@@ -252,6 +252,18 @@ TOLLGATE_ROUTES_CACHE_SECONDS = env_int("TOLLGATE_ROUTES_CACHE_SECONDS", 10)
 TOLLGATE_UPSTREAM_CONNECT_TIMEOUT = env_int("TOLLGATE_UPSTREAM_CONNECT_TIMEOUT", 5, minimum=1)
 TOLLGATE_UPSTREAM_READ_TIMEOUT = env_int("TOLLGATE_UPSTREAM_READ_TIMEOUT", 120, minimum=1)
 TOLLGATE_DEMO_TOKEN_DELAY_MS = env_int("TOLLGATE_DEMO_TOKEN_DELAY_MS", 30)
+# Retries before the first byte (a route may set its own): attempts in all, the first included, and the time after
+# which no new attempt starts. Backoff doubles from the base, with full jitter, up to the cap; a provider's
+# Retry-After / retry-after-ms is honoured when it fits in what is left of the budget.
+TOLLGATE_RETRY_ATTEMPTS = env_int("TOLLGATE_RETRY_ATTEMPTS", 3, minimum=1)
+TOLLGATE_RETRY_BUDGET_SECONDS = env_int("TOLLGATE_RETRY_BUDGET_SECONDS", 30, minimum=1)
+TOLLGATE_RETRY_BACKOFF_MS = env_int("TOLLGATE_RETRY_BACKOFF_MS", 250, minimum=1)
+TOLLGATE_RETRY_BACKOFF_MAX_MS = env_int("TOLLGATE_RETRY_BACKOFF_MAX_MS", 8000, minimum=1)
+# The circuit breaker, shared by every process through Redis: a deployment with this many failures within the
+# window is benched (open) for the cool-down, then one probe request decides (half-open -> closed or open).
+TOLLGATE_BREAKER_FAILURES = env_int("TOLLGATE_BREAKER_FAILURES", 5, minimum=1)
+TOLLGATE_BREAKER_WINDOW_SECONDS = env_int("TOLLGATE_BREAKER_WINDOW_SECONDS", 60, minimum=1)
+TOLLGATE_BREAKER_COOLDOWN_SECONDS = env_int("TOLLGATE_BREAKER_COOLDOWN_SECONDS", 30, minimum=1)
 # Budgets: before forwarding, the whole request's worst case is held (every input part, plus max_tokens, or
 # this many completion tokens when the request sets none, times n, at the model's prices); a hard budget admits
 # a request while spent + held + this request <= amount + overdraft.

@@ -81,6 +81,35 @@ class ModelRoute(models.Model):
     )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Retries before the first byte; empty means the global default (TOLLGATE_RETRY_ATTEMPTS / _BUDGET_SECONDS).
+    max_attempts = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Upstream attempts per request, the first one included. Empty means the global default.")
+    retry_budget_seconds = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="No retry starts after this many seconds. Empty means the global default.")
+    fallbacks = models.JSONField(
+        default=list, blank=True, validators=[validate_names],
+        help_text='Models tried in order when every deployment of this one fails, e.g. ["claude-sonnet"].')
+    context_window_fallbacks = models.JSONField(
+        default=list, blank=True, validators=[validate_names],
+        help_text="Models tried in order when the prompt is too long for this one.")
+    # Response cache: off unless the route (or a key) opts in.
+    cache_enabled = models.BooleanField(default=False, help_text="Answer identical requests from the response cache.")
+    cache_ttl_seconds = models.PositiveIntegerField(default=300, validators=[MinValueValidator(1)])
+    cache_shared = models.BooleanField(
+        default=False, help_text="Share cached answers between tenants (only for routes whose answers are not private).")
+    cache_per_user = models.BooleanField(
+        default=False, help_text="Answers depend on the request's user field: never cache a request that has one.")
+    cache_sampled = models.BooleanField(
+        default=False, help_text="Also cache requests with n > 1 and a temperature above 0.")
+
+    class CacheCost(models.TextChoices):
+        FREE = "free", "Free"
+        FULL = "full", "Full price of the cached answer"
+
+    cache_cost = models.CharField(max_length=8, choices=CacheCost.choices, default=CacheCost.FREE,
+                                  help_text="What a cache hit costs the tenant.")
 
     class Meta:
         ordering = ["name"]
