@@ -102,6 +102,13 @@ DATABASES = {"default": _default_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = redis_url("REDIS_URL")
+# Each kind of shared state may live on its own Redis; each defaults to REDIS_URL. The money state (budget
+# counters, holds, rate limit windows and slots) must never be evicted: give it a Redis with maxmemory-policy
+# noeviction. The response cache may be evicted freely. The broker and the channel layer carry messages only.
+TOLLGATE_MONEY_REDIS_URL = redis_url("TOLLGATE_MONEY_REDIS_URL") or REDIS_URL
+TOLLGATE_CACHE_REDIS_URL = redis_url("TOLLGATE_CACHE_REDIS_URL") or REDIS_URL
+TOLLGATE_BROKER_URL = os.environ.get("TOLLGATE_BROKER_URL", "").strip() or REDIS_URL
+TOLLGATE_CHANNELS_REDIS_URL = redis_url("TOLLGATE_CHANNELS_REDIS_URL") or REDIS_URL
 if REDIS_URL:
     CACHES = {
         "default": {
