@@ -15,7 +15,7 @@ from gateway_site.settings import BASE_DIR
 from ..live import tollgate_server
 from .test_settings import start_with
 
-APP_SERVICES = ("web", "worker", "beat")
+APP_SERVICES = ("web", "migrate", "worker", "beat")
 # Exact versions: PostgreSQL's are major.minor, the others' major.minor.patch.
 PINNED_IMAGES = {
     "postgres": r"postgres:\d+\.\d+",
@@ -23,7 +23,9 @@ PINNED_IMAGES = {
     "mailpit": r"axllent/mailpit:v\d+\.\d+\.\d+",
     "prometheus": r"prom/prometheus:v\d+\.\d+\.\d+",
     "grafana": r"grafana/grafana:\d+\.\d+\.\d+",
+    "lb": r"nginx:\d+\.\d+\.\d+-alpine",
 }
+NGINX_CONFIG = BASE_DIR / "deploy" / "nginx" / "nginx.conf"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def interpolate(value: str) -> str:
 
 def test_services_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "mailpit", "prometheus", "grafana", *APP_SERVICES}
+    assert set(services) == {"postgres", "redis", "mailpit", "prometheus", "grafana", "lb", *APP_SERVICES}
     for name in ("postgres", "redis", "web"):
         assert services[name]["healthcheck"]["test"]
     assert services["web"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -131,3 +133,47 @@ def test_the_worker_serves_its_own_metrics_on_the_internal_network_only(compose:
         assert "TOLLGATE_METRICS_DIR" not in services[name]["environment"]
         assert not any(directory in str(volume) for volume in services[name].get("volumes", []))
     assert worker["environment"]["DATABASE_URL"] == services["web"]["environment"]["DATABASE_URL"]  # the rest merged
+
+
+def test_web_runs_two_replicas_behind_the_load_balancer(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    web, lb = services["web"], services["lb"]
+    assert web["deploy"]["replicas"] == 2
+    assert "ports" not in web and "container_name" not in web  # two replicas cannot both bind one host port
+    assert "8000" in [str(port) for port in web["expose"]] and "--port 8000" in " ".join(web["command"])
+    # The balancer publishes what the README tells users, and starts once the replicas are ready.
+    assert lb["ports"] == ["127.0.0.1:8000:8000"]
+    assert lb["depends_on"]["web"]["condition"] == "service_healthy"
+    assert lb["volumes"] == ["./deploy/nginx/nginx.conf:/etc/nginx/nginx.conf:ro"] and NGINX_CONFIG.exists()
+
+
+def test_the_load_balancer_passes_streams_through_and_names_the_client(compose: dict[str, Any]) -> None:
+    config = re.sub(r"#.*", "", NGINX_CONFIG.read_text())  # what nginx reads, without the comments
+    # The web service's DNS name, re-resolved, and the port the replicas listen on.
+    assert re.search(r"upstream tollgate \{[^}]*\bserver web:8000 resolve\b", config)
+    assert "resolver 127.0.0.11" in config  # Docker's embedded DNS
+    assert re.search(r"^\s*listen 8000;", config, re.MULTILINE)
+    [location] = re.findall(r"location / \{([^}]*)\}", config)
+    assert "proxy_pass http://tollgate;" in location
+    assert "proxy_buffering off;" in location  # each SSE event leaves as it arrives
+    read_timeout = int(re.search(r"proxy_read_timeout (\d+)s;", location).group(1))  # type: ignore[union-attr]
+    assert read_timeout > 120  # longer than TOLLGATE_UPSTREAM_READ_TIMEOUT's default: Tollgate times out first
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in location
+    assert "proxy_set_header X-Forwarded-Proto $scheme;" in location
+    assert "proxy_set_header Host $http_host;" in location
+    assert "non_idempotent" not in config  # a POST that reached a replica is never sent to the other one too
+    body_limit = int(re.search(r"client_max_body_size (\d+)m;", config).group(1))  # type: ignore[union-attr]
+    assert body_limit * 2**20 > 10485760  # Tollgate answers its own 413, in OpenAI's envelope
+    [websocket] = re.findall(r"location /ws/ \{([^}]*)\}", config)
+    assert "proxy_set_header Upgrade $http_upgrade;" in websocket
+
+
+def test_migrations_run_once_before_the_replicas_start(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    migrate, web = services["migrate"], services["web"]
+    assert migrate["command"] == ["python", "manage.py", "migrate", "--noinput"]
+    assert migrate["restart"] == "no"  # a one-shot: restarting it after success would loop
+    assert web["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    for name in ("postgres", "redis"):  # the merged dependencies are kept
+        assert web["depends_on"][name]["condition"] == "service_healthy"
+        assert migrate["depends_on"][name]["condition"] == "service_healthy"

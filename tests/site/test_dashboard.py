@@ -278,8 +278,10 @@ def test_prometheus_scrapes_metrics_with_the_ops_token_from_env(compose: dict[st
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     job = {job["job_name"]: job for job in config["scrape_configs"]}["tollgate"]
     assert job["metrics_path"] == "/metrics"
-    assert job["static_configs"] == [{"targets": ["web:8000"]}]
-    assert "8000:8000" in compose["services"]["web"]["ports"][0]  # the port uvicorn listens on
+    # One target per web replica (compose's DNS answers one address each): the metric files are per container.
+    assert job["dns_sd_configs"] == [{"names": ["web"], "type": "A", "port": 8000, "refresh_interval": "30s"}]
+    assert "static_configs" not in job
+    assert "--port 8000" in " ".join(compose["services"]["web"]["command"])  # the port uvicorn listens on
     # The token comes from .env through a compose secret, never from a file in the repository.
     assert job["authorization"] == {"type": "Bearer", "credentials_file": "/run/secrets/tollgate_ops_token"}
     assert service["secrets"] == ["tollgate_ops_token"]
