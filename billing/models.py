@@ -251,6 +251,7 @@ class UsageRecord(models.Model):
         GATEWAY_ERROR = "gateway_error"  # Tollgate itself failed (a bug), not the provider
         GATEWAY_UNAVAILABLE = "gateway_unavailable"  # Redis or the database was down: refused, fail closed
         GATEWAY_LOST = "gateway_lost"  # the serving process died; closed from its journal by the recovery
+        DRAINED = "drained"  # the serving process got SIGTERM and its grace period ended first (gateway_site/drain.py)
 
     class Endpoint(models.TextChoices):
         CHAT = "chat"
