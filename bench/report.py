@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from bench import workers
+
 STREAM_CONCURRENCY = 16
 SOAK_CONCURRENCY = 16
 LARGE_PROMPT_CONCURRENCY = 16
@@ -118,6 +120,8 @@ def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
                   f"p99 {fmt(big['p99_ms'])} ms, {big['errors']} errors"]
     if metrics := results.get("metrics"):
         lines += metrics_lines(metrics)
+    if fleet := results.get("workers"):
+        lines += workers.lines(fleet)
     rss = results["rss_mb"]
     lines.append(f"Tollgate RSS: {rss['after_warmup']:.1f} MB after warm-up, {rss['end']:.1f} MB at the end")
     if soak := results.get("soak"):

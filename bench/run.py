@@ -8,6 +8,7 @@ Run from the repository root, with PostgreSQL and Redis up (nothing is fetched f
     .venv/bin/python bench/run.py --reference      # also streams through a bare Django forwarder
     .venv/bin/python bench/run.py --large-prompt   # also plain latency while 8 MB prompts go through the gate
     .venv/bin/python bench/run.py --metrics        # also CPU per request with Prometheus metrics on vs off
+    .venv/bin/python bench/run.py --workers 2      # also the same load through uvicorn --workers 2, side by side
 
 It starts the mock upstream (bench/mock_upstream.py) and ONE uvicorn worker of Tollgate with production
 settings (DEBUG off, throwaway secrets made per run) and full bookkeeping on PostgreSQL
@@ -31,6 +32,9 @@ Tollgate runs with TOLLGATE_METRICS off, as figures from before metrics existed 
 Tollgate process with TOLLGATE_METRICS on serves the same plain key, and plain requests at concurrency 16 go to
 the process with metrics off and the one with them on, alternating, four times each: the difference in CPU ms per
 request is what the metrics cost; a scrape of the second process must count every request it answered.
+With ``--workers N`` a server of N uvicorn workers serves the same keys, and the plain and gated load at each
+concurrency goes to it and to the one-worker server in turn (bench/workers.py); then a key limited to 60 requests
+per minute must get exactly 60 of 180 requests admitted across the N workers.
 It reports Tollgate's resident memory, optionally over a concurrency-16 soak,
 and checks that the ledger holds one ``billing_usagerecord`` row per answered Tollgate request, and that
 each gated budget's running total in Redis equals the gated tenant's ledger cost with nothing left reserved.
@@ -67,6 +71,7 @@ sys.path.insert(0, str(ROOT))  # run as a script, Python puts bench/ on sys.path
 from bench.load import Phase, Pool, Request, hammer, overlapping, repeat_until, stream_rounds  # noqa: E402
 from bench.data import BenchError, Seeded, check_money, count_ledger, ensure_database, run_django, seed  # noqa: E402
 from bench.report import LARGE_PROMPT_CONCURRENCY, SOAK_CONCURRENCY, STREAM_CONCURRENCY, table  # noqa: E402
+from bench import workers  # noqa: E402
 
 PYTHON = sys.executable
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/tollgate_bench"
@@ -103,9 +108,8 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process so far. Fields follow the ')' closing the command name."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of the process and its descendants so far (the workers of ``uvicorn --workers N``)."""
+    return workers.tree_cpu_seconds(pid)
 
 
 def rss_mb(pid: int) -> float:
@@ -181,15 +185,16 @@ class Bench:
     """The measurements of one run against the two servers, collected into ``results``."""
 
     def __init__(self, opts: argparse.Namespace, mock: Server, tollgate: Server, gated: Server,
-                 reference: Server | None = None, metered: Metered | None = None) -> None:
+                 reference: Server | None = None, metered: Metered | None = None,
+                 fleet: workers.Fleet | None = None) -> None:
         self.opts, self.mock, self.tollgate, self.gated, self.reference = opts, mock, tollgate, gated, reference
-        self.metered = metered
+        self.metered, self.fleet = metered, fleet
         self.tollgate_answers = 0  # every answered request through Tollgate, warm-ups included: one ledger row each
         self.metered_answers = 0  # of those, the ones the process with metrics on answered
         self.results: dict[str, Any] = {"phases": [], "streams": [], "rss_mb": {}}
 
     def count(self, result: Phase, server: Server) -> None:
-        if server is self.tollgate or server is self.gated:
+        if server is self.tollgate or server is self.gated or (self.fleet is not None and server in self.fleet.servers):
             self.tollgate_answers += result.answered
         if self.metered is not None and server is self.metered.server:
             self.tollgate_answers += result.answered
@@ -297,6 +302,8 @@ class Bench:
             self.results["large_prompt"] = await self.large_prompt()
         if self.metered is not None:
             self.results["metrics"] = await self.metrics_cost(self.metered)
+        if self.fleet is not None:
+            self.results["workers"] = await workers.measure(self, self.fleet)
         if self.opts.soak:
             progress(f"soak: {self.opts.soak:.0f} s at concurrency {SOAK_CONCURRENCY} through Tollgate")
             self.results["soak"] = await self.soak()
@@ -346,6 +353,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also measure plain latency at concurrency 16 while 8 MB prompts go to the gated key")
     parser.add_argument("--metrics", action="store_true",
                         help="also compare CPU per request at concurrency 16 with TOLLGATE_METRICS on and off")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="also run the same load through N uvicorn workers beside one, and check a rate limit across them")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
@@ -353,6 +362,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     opts.concurrency = [int(c) for c in opts.concurrency.split(",") if c.strip()]
     if not opts.concurrency or min(opts.concurrency) < 1:
         parser.error("--concurrency needs whole numbers of at least 1, e.g. 1,16,64")
+    if opts.workers < 1:
+        parser.error("--workers needs a whole number of at least 1")
     if opts.quick:
         opts.seconds, opts.stream_rounds = 3.0, 1
     return opts
@@ -414,16 +425,20 @@ def main(argv: list[str] | None = None) -> int:
             mock, tollgate, gated, seeded, env = start_servers(children, opts)
             reference = start_reference(children, mock) if opts.reference else None
             metered = start_metered(children, env, tollgate) if opts.metrics else None
-            bench = Bench(opts, mock, tollgate, gated, reference, metered)
+            fleet = workers.start(children, env, tollgate, gated, opts.workers) if opts.workers > 1 else None
+            bench = Bench(opts, mock, tollgate, gated, reference, metered, fleet)
             results = asyncio.run(bench.run())
-            for name in ("mock", "tollgate", "tollgate-metrics"):
+            for name in ("mock", "tollgate", "tollgate-metrics", workers.NAME):
                 if name in children.procs and children.procs[name].poll() is not None:
                     raise BenchError(f"{name} died during the run:\n{children.tail(name)}")
-            rows = count_ledger(opts.database_url, [seeded.tenant_id, seeded.gated_tenant_id], bench.tollgate_answers)
-            results["ledger"] = {"rows": rows, "requests": bench.tollgate_answers}
+            tenants = [seeded.tenant_id, seeded.gated_tenant_id, *([fleet.rate_tenant_id] if fleet else [])]
+            requests = bench.tollgate_answers + (fleet.answers if fleet else 0)
+            rows = count_ledger(opts.database_url, tenants, requests)
+            results["ledger"] = {"rows": rows, "requests": requests}
             results["money"] = check_money(opts, seeded)
             results["tollgate_log_errors"] = [*children.errors_logged("tollgate"),
-                                              *(children.errors_logged("tollgate-metrics") if opts.metrics else [])]
+                                              *(children.errors_logged("tollgate-metrics") if opts.metrics else []),
+                                              *(children.errors_logged(workers.NAME) if fleet else [])]
         except BenchError as e:
             print(f"bench: {e}", file=sys.stderr)
             return 1
@@ -434,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             children.stop()
     results["config"] = {"concurrency": opts.concurrency, "seconds": opts.seconds, "stream_rounds": opts.stream_rounds,
                          "soak": opts.soak, "large_prompt": opts.large_prompt, "metrics": opts.metrics,
+                         "workers": opts.workers,
                          "cpus": os.cpu_count(),
                          "python": sys.version.split()[0]}
     print(table(results, opts))
@@ -449,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     money_wrong = money["open_holds"] or money["reserved_micros"] or any(
         counted != money["ledger_micros"] for counted in money["counter_micros"])
     metrics_wrong = bool(metered) and metered["counted"] != metered["answered"]
+    failed = failed or ("workers" in results and workers.failed(results["workers"]))
     return 2 if failed or money_wrong or metrics_wrong or results["ledger"]["rows"] != results["ledger"]["requests"] else 0
 
 
