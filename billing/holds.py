@@ -10,6 +10,7 @@ added once; settled after the reaper released it, the cost is added alone.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -18,13 +19,10 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from . import budgets, scripts
+from . import budgets, keyspace, scripts
 from .budgets import BudgetSpec, Check
 from .models import PICOS_PER_MICRO, picos_to_micros_up
 from .scripts import Call
-
-PREFIX = "tg:budget:"
-LEASES = "tg:holds"
 
 
 @dataclass
@@ -176,7 +174,8 @@ end
 return amount
 """
 
-# KEYS: the lease set; ARGV: now, how many at most, the hold key prefix, how long the released marker lasts.
+# KEYS: a tenant's lease set; ARGV: now, how many at most, the tenant's hold key prefix, how long the released
+# marker lasts. Returns how many it released and how many leases the tenant still has.
 REAP = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(ids) do
@@ -196,7 +195,22 @@ for _, id in ipairs(ids) do
   end
   redis.call('ZREM', KEYS[1], id)
 end
-return #ids
+return {#ids, redis.call('ZCARD', KEYS[1])}
+"""
+
+# KEYS: the tenant registry; ARGV: tenant id, until when it is registered, as the reaper read it. A tenant left
+# without leases is dropped only if no process registered it again since (see RedisBackend.reap).
+FORGET = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+# KEYS: the tenant registry; ARGV: tenant id, until when. Only ever moves the date later.
+REGISTER = """
+if tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 1
 """
 
 # KEYS: the lease set; ARGV: the new expiry, then request ids. Only holds still open are in the set, and XX
@@ -208,12 +222,25 @@ return moved
 """
 
 MARKER_SECONDS = 2 * 86400  # how long a closed hold is remembered (see SETTLE); then Redis drops it by itself
-
-HOLD_PREFIX = "tg:hold:"
+# A process registers a tenant in keyspace.TENANTS before its first hold there, as registered for a day, and again
+# after an hour: the reaper forgets a tenant only when its date has passed and it has no lease left.
+REGISTERED_SECONDS = 86400
+REREGISTER_SECONDS = 3600
 
 
 def counter_key(spec: BudgetSpec, starts_at: datetime) -> str:
-    return f"{PREFIX}{spec.id}:{int(starts_at.timestamp())}"
+    return keyspace.counter(spec.tenant_id, spec.id, int(starts_at.timestamp()))
+
+
+def hold_key(tenant_id: int, request_id: str) -> str:
+    return keyspace.hold(tenant_id, request_id)
+
+
+def tenant_of(hold: Hold) -> int:
+    tenant_id = keyspace.tenant_of(hold.keys[0])
+    if tenant_id is None:
+        raise ValueError(f"a hold on keys of the old layout: {hold.keys[0]}")
+    return tenant_id
 
 
 @dataclass(frozen=True)
@@ -231,14 +258,22 @@ class RedisBackend:
     def __init__(self, url: str) -> None:
         self.url = url
         self._sync: Any = None
+        self._registered: dict[int, float] = {}  # tenant id -> when this process last registered it
 
     def sync_client(self) -> Any:
         """A thread-safe client for the admin, the jobs and the tests (not the event loop)."""
         if self._sync is None:
-            import redis
-
-            self._sync = redis.Redis.from_url(self.url)
+            self._sync = scripts.sync_client(self.url)
         return self._sync
+
+    async def register(self, tenant_id: int) -> None:
+        """Make sure the reaper knows the tenant before this process holds anything there (a round trip once an
+        hour per tenant, none otherwise)."""
+        now = time.time()
+        if now - self._registered.get(tenant_id, 0.0) < REREGISTER_SECONDS:
+            return
+        await scripts.run(self.url, [Call(REGISTER, [keyspace.TENANTS], [tenant_id, int(now) + REGISTERED_SECONDS])])
+        self._registered[tenant_id] = now
 
     def pending(self, request_id: str, specs: tuple[BudgetSpec, ...], amount: int, now: datetime) -> PendingHold:
         periods = [budgets.period_bounds(s.period, s.zone, now) for s in specs]
@@ -247,7 +282,8 @@ class RedisBackend:
         args: list[Any] = [amount, overdraft(), int(expires.timestamp()), request_id]
         for spec in specs:
             args += [spec.limit_micros, 1 if spec.hard else 0]
-        call = Call(RESERVE, [*keys, HOLD_PREFIX + request_id, LEASES], args)
+        tenant_id = specs[0].tenant_id  # the budgets that apply to a request are all its tenant's
+        call = Call(RESERVE, [*keys, keyspace.hold(tenant_id, request_id), keyspace.leases(tenant_id)], args)
         return PendingHold(request_id, specs, amount, periods, call)
 
     def hold_of(self, pending: PendingHold, result: Any) -> Hold | None:
@@ -268,6 +304,7 @@ class RedisBackend:
         """Finish a hold whose script already ran (result) or not yet (None), creating missing totals first."""
         for _ in range(3):
             if result is None:
+                await self.register(pending.specs[0].tenant_id)
                 [result] = await scripts.run(self.url, [pending.call])
             hold = self.hold_of(pending, result)
             if hold is not None:
@@ -294,10 +331,17 @@ class RedisBackend:
         if not hold.keys:
             return None
         micros, rest = divmod(cost_picos, PICOS_PER_MICRO)
-        return Call(SETTLE, [*hold.keys, HOLD_PREFIX + hold.request_id, LEASES],
+        tenant_id = tenant_of(hold)
+        return Call(SETTLE, [*hold.keys, keyspace.hold(tenant_id, hold.request_id), keyspace.leases(tenant_id)],
                     [micros, rest, hold.request_id, MARKER_SECONDS])
 
     async def settle(self, hold: Hold, cost_picos: int) -> None:
+        if hold.keys and keyspace.tenant_of(hold.keys[0]) is None:
+            # A journal written before the keys were tagged (replayed after an upgrade): its counters moved.
+            from . import layout
+
+            hold = Hold(hold.request_id, hold.amount_micros, hold.checks, hold.admitted,
+                        await sync_to_async(layout.current_keys)(hold.keys))
         if call := self.settlement(hold, cost_picos):
             await scripts.run(self.url, [call])
 
@@ -311,17 +355,49 @@ class RedisBackend:
             return budgets.ledger_spent(spec, starts_at), 0
         return int(values[0]) * PICOS_PER_MICRO + int(values[1] or 0), int(values[2] or 0)
 
-    def renewal(self, request_ids: list[str], expires_at: datetime) -> Call:
-        """The script that moves the lease of those of the holds still open to ``expires_at``."""
-        return Call(RENEW, [LEASES], [int(expires_at.timestamp()), *request_ids])
+    def renewal(self, held: list[Hold], expires_at: datetime) -> list[Call]:
+        """The scripts (one per tenant) that move the lease of those of the holds still open to ``expires_at``."""
+        by_tenant: dict[int, list[str]] = {}
+        for hold in held:
+            if hold.keys:
+                by_tenant.setdefault(tenant_of(hold), []).append(hold.request_id)
+        return [Call(RENEW, [keyspace.leases(tenant_id)], [int(expires_at.timestamp()), *request_ids])
+                for tenant_id, request_ids in by_tenant.items()]
 
     def reap(self, now: datetime) -> int:
-        client, total = self.sync_client(), 0
-        while True:
-            released = int(client.eval(REAP, 1, LEASES, int(now.timestamp()), 500, HOLD_PREFIX, MARKER_SECONDS))
-            total += released
-            if released < 500:
-                return total
+        """Release the holds whose lease ran out, tenant by tenant (each tenant's scripts stay in its slot).
+
+        The registry is exact: a process registers a tenant (awaited) before it holds anything there and again
+        every hour, each time as registered for a day. A tenant whose date has passed has had no hold begun for
+        23 hours, and any process about to hold there registers it first; so once its leases are gone it is
+        dropped, unless a registration came meanwhile (FORGET compares the date read).
+        """
+        client, total, at = self.sync_client(), 0, int(now.timestamp())
+        registered = {int(t): v for t, v in client.hgetall(keyspace.TENANTS).items()}
+        tenants = list(registered)
+        while tenants:
+            batch, tenants = tenants[:200], tenants[200:]
+            pipe = client.pipeline(transaction=False)
+            for tenant_id in batch:
+                pipe.eval(REAP, 1, keyspace.leases(tenant_id), at, 500, keyspace.hold(tenant_id, ""), MARKER_SECONDS)
+            again = []
+            for tenant_id, (released, left) in zip(batch, pipe.execute()):
+                total += int(released)
+                if int(released) == 500:
+                    again.append(tenant_id)
+                elif int(left) == 0 and int(registered[tenant_id]) < at:
+                    client.eval(FORGET, 1, keyspace.TENANTS, tenant_id, registered[tenant_id])
+            tenants += again
+        return total
+
+    def open_holds(self, client: Any = None) -> int:
+        """How many holds have a lease (requests in flight, or whose process died and the reaper has yet to see)."""
+        client = client or self.sync_client()
+        tenants = [int(t) for t in client.hkeys(keyspace.TENANTS)]
+        pipe = client.pipeline(transaction=False)
+        for tenant_id in tenants:
+            pipe.zcard(keyspace.leases(tenant_id))
+        return sum(int(n) for n in pipe.execute()) if tenants else 0
 
 
 _backend: Backend | None = None
@@ -330,7 +406,7 @@ _backend: Backend | None = None
 def backend() -> Backend:
     global _backend
     if _backend is None:
-        url = settings.REDIS_URL
+        url = settings.TOLLGATE_MONEY_REDIS_URL
         _backend = RedisBackend(url) if url else DatabaseBackend()
     return _backend
 

@@ -1,7 +1,7 @@
 """The live usage feed: each written ledger row goes to its tenant's channel group, for the live page.
 
 Rows are only published for tenants that have a live page open somewhere: each open page registers its tenant
-(in Redis when configured, shared by all processes; in this process otherwise) and refreshes that while it is open,
+(in the channel layer's Redis when configured, shared by all processes; in this process otherwise) and refreshes that while it is open,
 and each writing process reads the registry at most every REFRESH seconds, not per row.
 """
 
@@ -34,10 +34,10 @@ async def listen(tenant_id: int) -> None:
     until = time.time() + LEASE
     _local[tenant_id] = until
     _copy[1].add(tenant_id)  # this process publishes to it at once
-    if settings.REDIS_URL:
+    if settings.TOLLGATE_CHANNELS_REDIS_URL:
         from . import scripts
 
-        await scripts.run(settings.REDIS_URL, [scripts.Call("return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])",
+        await scripts.run(settings.TOLLGATE_CHANNELS_REDIS_URL, [scripts.Call("return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])",
                                                             [LISTENERS], [tenant_id, int(until)])])
 
 
@@ -45,14 +45,14 @@ async def listening() -> set[int]:
     """The tenants with a live page open, as this process last read them."""
     global _copy
     now = time.time()
-    if not settings.REDIS_URL:
+    if not settings.TOLLGATE_CHANNELS_REDIS_URL:
         return {tenant for tenant, until in _local.items() if until > now}
     read_at, tenants = _copy
     if now - read_at > REFRESH:
         from . import scripts
 
         _copy = (now, tenants)  # one reader at a time; the others use the copy meanwhile
-        [pairs] = await scripts.run(settings.REDIS_URL, [scripts.Call(READ, [LISTENERS], [])])
+        [pairs] = await scripts.run(settings.TOLLGATE_CHANNELS_REDIS_URL, [scripts.Call(READ, [LISTENERS], [])])
         tenants = {int(pairs[i]) for i in range(0, len(pairs), 2) if int(pairs[i + 1]) > now}
         _copy = (now, tenants)
     return tenants

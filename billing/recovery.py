@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings
 
-from . import holds, journal, scripts
+from . import holds, journal, keyspace, scripts
 from .journal import Lost
 from .ledger import record_from, request_id_of
 from .models import UsageRecord
@@ -89,9 +89,10 @@ async def settle_lost(requests: dict[str, Lost], owed: dict[str, int]) -> None:
         hold = begin.get("hold")
         if hold:
             await backend.settle(holds.Hold(request_id, int(hold.get("amount", 0)), [], True, list(hold["keys"])), cost)
-        slots = begin.get("slots")
-        if slots and settings.REDIS_URL:
-            await scripts.run(settings.REDIS_URL, [Call(scripts.ZREM_ALL, list(slots), [request_id])])
+        # Slots in keys of the old layout (a journal written before an upgrade) were not carried over: nothing to free.
+        slots = [key for key in begin.get("slots") or [] if keyspace.tenant_of(key) is not None]
+        if slots and settings.TOLLGATE_MONEY_REDIS_URL:
+            await scripts.run(settings.TOLLGATE_MONEY_REDIS_URL, [Call(scripts.ZREM_ALL, slots, [request_id])])
 
 
 def replay_rows(path: Path) -> tuple[dict[str, Lost], dict[str, int], int]:

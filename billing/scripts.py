@@ -75,15 +75,39 @@ def is_script_error(error: Exception) -> bool:
     return isinstance(error, redis.exceptions.ResponseError)
 
 
+def is_cluster(url: str) -> bool:
+    """Whether ``url`` names a node of a Redis Cluster (the money state's, when TOLLGATE_MONEY_REDIS_CLUSTER is on)."""
+    from django.conf import settings
+
+    return bool(settings.TOLLGATE_MONEY_REDIS_CLUSTER) and url == settings.TOLLGATE_MONEY_REDIS_URL
+
+
+def sync_client(url: str, **options: Any) -> Any:
+    """A thread-safe client for ``url``: a cluster client (which finds the other nodes) for a cluster."""
+    if is_cluster(url):
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **options)
+    import redis
+
+    return redis.Redis.from_url(url, **options)
+
+
 def connection(url: str) -> Connection:
     """The Redis connection of the running event loop for ``url`` (a client is bound to one loop)."""
-    import redis.asyncio
-
     loop = asyncio.get_running_loop()
     if (loop, url) not in _connections:
         for stale in [key for key in _connections if key[0].is_closed()]:
             del _connections[stale]
-        _connections[(loop, url)] = Connection(redis.asyncio.Redis.from_url(url))
+        if is_cluster(url):
+            from redis.asyncio.cluster import RedisCluster
+
+            client: Any = RedisCluster.from_url(url)  # each script's keys share a slot: see billing/keyspace.py
+        else:
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(url)
+        _connections[(loop, url)] = Connection(client)
     return _connections[(loop, url)]
 
 

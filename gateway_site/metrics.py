@@ -164,12 +164,13 @@ def holds_outstanding() -> int:
     """Budget holds of requests in flight: the lease set in Redis, or the open reservation rows without Redis."""
     from billing import holds
 
-    if settings.REDIS_URL:
-        import redis
+    backend = holds.backend()
+    if isinstance(backend, holds.RedisBackend):
+        from billing import scripts
 
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
+        client = scripts.sync_client(backend.url, socket_timeout=1.0, socket_connect_timeout=1.0)
         try:
-            return int(client.zcard(holds.LEASES))
+            return backend.open_holds(client)
         finally:
             client.close()
     from billing.models import Reservation

@@ -109,31 +109,32 @@ TOLLGATE_MONEY_REDIS_URL = redis_url("TOLLGATE_MONEY_REDIS_URL") or REDIS_URL
 TOLLGATE_CACHE_REDIS_URL = redis_url("TOLLGATE_CACHE_REDIS_URL") or REDIS_URL
 TOLLGATE_BROKER_URL = os.environ.get("TOLLGATE_BROKER_URL", "").strip() or REDIS_URL
 TOLLGATE_CHANNELS_REDIS_URL = redis_url("TOLLGATE_CHANNELS_REDIS_URL") or REDIS_URL
-if REDIS_URL:
-    CACHES = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": "tollgate",
-            "OPTIONS": {"IGNORE_EXCEPTIONS": True},
-        },
-        # Rate and spend counters. Never IGNORE_EXCEPTIONS here: proxy/limits.py decides, in code,
-        # what happens when Redis is down.
-        "limits": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": "tollgate-limits",
-        },
-    }
-    CELERY_BROKER_URL = REDIS_URL
-    CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}},
-    }
+# The money Redis is a Redis Cluster (its URL names any one node): the money state's scripts and the "limits" cache
+# then use redis-py's cluster client. Every script's keys share one hash slot (billing/keyspace.py).
+TOLLGATE_MONEY_REDIS_CLUSTER = env_bool("TOLLGATE_MONEY_REDIS_CLUSTER", False)
+# Django's default cache (key lookups, pages) is disposable and lives on REDIS_URL; the "limits" cache holds rate
+# counters (the management API, the login throttle) and lives with the money state.
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "tollgate",
+        "OPTIONS": {"IGNORE_EXCEPTIONS": True},
+    } if REDIS_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tollgate-default"},
+    # Rate and spend counters. Never IGNORE_EXCEPTIONS here: proxy/limits.py decides, in code,
+    # what happens when Redis is down.
+    "limits": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": TOLLGATE_MONEY_REDIS_URL,
+        "KEY_PREFIX": "tollgate-limits",
+        "OPTIONS": {"CONNECTION_FACTORY": "gateway_site.redis_cluster.ClusterConnectionFactory"}
+        if TOLLGATE_MONEY_REDIS_CLUSTER else {},
+    } if TOLLGATE_MONEY_REDIS_URL else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                                        "LOCATION": "tollgate-limits"},
+}
+if TOLLGATE_BROKER_URL:
+    CELERY_BROKER_URL = TOLLGATE_BROKER_URL  # redis:// or amqp://
 else:
-    CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tollgate-default"},
-        "limits": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tollgate-limits"},
-    }
     # Celery's filesystem transport lets `worker -B` run beat jobs with no Redis or RabbitMQ.
     CELERY_BROKER_URL = "filesystem://"
     for folder in ("queue", "processed", "control"):
@@ -145,6 +146,12 @@ else:
         "control_folder": str(DATA_DIR / "celery" / "control"),  # default: ./control in the working directory
         "store_processed": False,
     }
+if TOLLGATE_CHANNELS_REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                    "CONFIG": {"hosts": [TOLLGATE_CHANNELS_REDIS_URL]}},
+    }
+else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 RATELIMIT_USE_CACHE = "limits"

@@ -66,8 +66,8 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
     caller, body = meter.caller, meter.body
     assert caller is not None and body is not None
     specs = (await budget_table()).applicable(caller.tenant_id, caller.key_id)
-    scopes = [s for s in (Scope("key", caller.key_prefix, caller.key_limits),
-                          Scope("tenant", caller.tenant_slug, caller.tenant_limits)) if s.limits]
+    scopes = [s for s in (Scope("key", caller.key_prefix, caller.key_limits, caller.tenant_id),
+                          Scope("tenant", caller.tenant_slug, caller.tenant_limits, caller.tenant_id)) if s.limits]
     if not specs and not scopes:
         return
     now = timezone.now()
@@ -191,6 +191,7 @@ async def take(request_id: str, scopes: list[Scope], tokens: int, specs: tuple, 
             check, at = rates.check(request_id, scopes, tokens)
             pending = budgets.pending(request_id, specs, amount, now)
             hold_keys = pending.call.keys[:-2]
+            await budgets.register(specs[0].tenant_id)
             rate, held = await scripts.run(budgets.url, [check, pending.call])
             verdict = ratelimits.verdict(rate, scopes, at)
             if not verdict.admitted:

@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 
 from accounts.keys import Limits
-from billing import scripts
+from billing import keyspace, scripts
 from billing.scripts import Call
 
 WINDOW = 60
@@ -28,6 +28,7 @@ class Scope:
     name: str  # "key" or "tenant", as told to the client
     ident: str  # key prefix or tenant slug: the caller's own, safe to name
     limits: Limits
+    tenant_id: int  # whose hash tag the scope's Redis keys carry (billing/keyspace.py)
 
 
 @dataclass
@@ -91,7 +92,7 @@ KINDS = {1: "requests", 2: "tokens", 3: "concurrent"}
 
 
 def keys_for(scope: Scope, window: int) -> list[str]:
-    base = f"tg:rl:{scope.name}:{scope.ident}"
+    base = keyspace.rate(scope.tenant_id, scope.name, scope.ident)
     return [f"{base}:r:{window}", f"{base}:t:{window}", f"{base}:c"]
 
 
@@ -133,11 +134,14 @@ class RedisLimiter:
         slots = self.slot_keys(scopes)
         return Call(RELEASE, slots, [request_id]) if slots else None
 
-    def renewal(self, slots: list[tuple[str, str]], expires_at: float) -> Call | None:
-        """The call that moves the lease of these (in-flight set, request id) slots to ``expires_at``."""
-        if not slots:
-            return None
-        return Call(RENEW, [key for key, _ in slots], [expires_at, *[request_id for _, request_id in slots]])
+    def renewal(self, slots: list[tuple[str, str]], expires_at: float) -> list[Call]:
+        """The calls (one per tenant: a script stays in one slot) that move the lease of these (in-flight set,
+        request id) slots to ``expires_at``."""
+        by_tenant: dict[int | None, list[tuple[str, str]]] = {}
+        for key, request_id in slots:
+            by_tenant.setdefault(keyspace.tenant_of(key), []).append((key, request_id))
+        return [Call(RENEW, [key for key, _ in mine], [expires_at, *[request_id for _, request_id in mine]])
+                for mine in by_tenant.values()]
 
     async def release(self, request_id: str, scopes: list[Scope]) -> None:
         if call := self.release_call(request_id, scopes):
@@ -209,7 +213,8 @@ _limiter: RedisLimiter | LocalLimiter | None = None
 def limiter() -> RedisLimiter | LocalLimiter:
     global _limiter
     if _limiter is None:
-        _limiter = RedisLimiter(settings.REDIS_URL) if settings.REDIS_URL else LocalLimiter()
+        url = settings.TOLLGATE_MONEY_REDIS_URL
+        _limiter = RedisLimiter(url) if url else LocalLimiter()
     return _limiter
 
 

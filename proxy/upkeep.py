@@ -93,12 +93,11 @@ async def renew_leases() -> None:
     budgets, rates = holds.backend(), limiter()
     held = [m.request_id for m in meters if m.hold is not None]
     if isinstance(budgets, holds.RedisBackend):
-        calls = [budgets.renewal(held, expires)] if held else []
+        calls = budgets.renewal([m.hold for m in meters if m.hold is not None], expires)
         if isinstance(rates, RedisLimiter):
             slots = [(keys_for(scope, 0)[2], m.request_id) for m in meters for scope in m.scopes
                      if scope.limits.max_concurrent is not None]
-            if call := rates.renewal(slots, expires.timestamp()):
-                calls.append(call)
+            calls += rates.renewal(slots, expires.timestamp())
         if calls:
             await scripts.run(budgets.url, calls)
     elif held:

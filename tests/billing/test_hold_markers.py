@@ -39,7 +39,7 @@ def spec_of(budget: Budget) -> BudgetSpec:
 def reserve(backend: holds.Backend, request_id: str, specs: tuple[BudgetSpec, ...], amount: int,
             now: datetime | None = None) -> holds.Hold:
     if isinstance(backend, holds.RedisBackend):
-        backend.sync_client().delete(holds.HOLD_PREFIX + request_id)
+        backend.sync_client().delete(holds.hold_key(specs[0].tenant_id, request_id))
     return async_to_sync(backend.reserve)(request_id, specs, amount, now or datetime.now(UTC))
 
 
@@ -88,7 +88,7 @@ def test_a_reaped_hold_settled_later_adds_only_the_cost_once_and_its_marker_is_p
     settle(backend, hold, 9 * PICOS)
     assert backend.totals(spec, budgets.LIFETIME_START) == (9, 0)
     if isinstance(backend, holds.RedisBackend):
-        ttl = backend.sync_client().ttl(holds.HOLD_PREFIX + "slow")
+        ttl = backend.sync_client().ttl(holds.hold_key(alice.tenant.pk, "slow"))
         assert 0 < ttl <= holds.MARKER_SECONDS  # Redis drops the marker by itself
     else:
         assert Reservation.objects.get(request_id="slow").state == "settled"
@@ -106,7 +106,8 @@ def test_a_renewed_lease_is_not_reaped_and_a_closed_hold_is_not_renewed(backend:
     later = datetime.now(UTC) + timedelta(seconds=20)
     ids = ["long-stream", "done", "never-held"]
     if isinstance(backend, holds.RedisBackend):
-        [moved] = async_to_sync(scripts.run)(backend.url, [backend.renewal(ids, later)])
+        held = [running, done, holds.Hold("never-held", 0, [], True, running.keys)]
+        [moved] = async_to_sync(scripts.run)(backend.url, backend.renewal(held, later))
     else:
         assert isinstance(backend, holds.DatabaseBackend)
         moved = backend.renew(ids, later)
@@ -119,6 +120,10 @@ def test_a_renewed_lease_is_not_reaped_and_a_closed_hold_is_not_renewed(backend:
 
 
 def test_the_renewal_script_moves_only_leases_in_the_set() -> None:
-    call = holds.RedisBackend("redis://unused").renewal(["a", "b"], datetime(2026, 1, 1, tzinfo=UTC))
-    assert call.keys == [holds.LEASES] and call.args == [int(datetime(2026, 1, 1, tzinfo=UTC).timestamp()), "a", "b"]
-    assert "'XX'" in call.script
+    held = [holds.Hold(request_id, 1, [], True, [f"tg:{{t{tenant}}}:budget:1:0"]) for request_id, tenant in
+            (("a", 7), ("b", 7), ("c", 8))]
+    calls = holds.RedisBackend("redis://unused").renewal(held, datetime(2026, 1, 1, tzinfo=UTC))
+    at = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+    # One call per tenant: a script's keys stay in one hash slot.
+    assert [(c.keys, c.args) for c in calls] == [(["tg:{t7}:holds"], [at, "a", "b"]), (["tg:{t8}:holds"], [at, "c"])]
+    assert "'XX'" in calls[0].script

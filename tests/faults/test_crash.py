@@ -20,7 +20,7 @@ import pytest
 from django.db import connection
 from django.db.models import Sum
 
-from billing import budgets
+from billing import budgets, keyspace
 from billing.models import Budget, Price, UsageRecord
 
 from ..conftest import Party, make_party
@@ -100,12 +100,12 @@ def check_money(party: Party) -> None:
 
     def healed() -> bool:
         state = budgets.status(budget)
-        return state.reserved_micros == 0 and int(client.zcard("tg:holds")) == 0  # type: ignore[attr-defined]
+        return state.reserved_micros == 0 and int(client.zcard(keyspace.leases(party.tenant.pk))) == 0  # type: ignore[attr-defined]
 
     wait_for(healed, 2 * LEASE)
     state = budgets.status(budget)
     assert state.spent_picos == ledger
-    assert int(client.zcard(f"tg:rl:key:{party.key.prefix}:c")) == 0  # type: ignore[attr-defined]
+    assert int(client.zcard(keyspace.rate(party.tenant.pk, "key", party.key.prefix) + ":c")) == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])

@@ -21,7 +21,7 @@ import pytest
 from django.db import connection
 from django.db.models import Sum
 
-from billing import budgets
+from billing import budgets, keyspace
 from billing.models import Budget, Price, UsageRecord
 
 from ..conftest import Party, make_party
@@ -81,7 +81,7 @@ def money_matches(party: Party) -> None:
     ledger = UsageRecord.objects.filter(tenant=party.tenant).aggregate(total=Sum("cost_picos"))["total"] or 0
     wait_for(lambda: budgets.status(budget).reserved_micros == 0, 30)
     assert budgets.status(budget).spent_picos == ledger
-    assert int(redis_client().zcard("tg:holds")) == 0  # type: ignore[attr-defined]
+    assert int(redis_client().zcard(keyspace.leases(party.tenant.pk))) == 0  # type: ignore[attr-defined]
 
 
 def test_database_outage_loses_no_row(parties: tuple[Party, Party], tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from django.db import connection
 from openai import AsyncOpenAI
 
 from accounts.models import ApiKey, Tenant
-from billing import budgets
+from billing import budgets, keyspace
 from billing.models import Budget, BudgetPeriod, Price, Reservation, UsageRecord, picos_to_micros_up
 
 from ..conftest import Party, make_party
@@ -101,8 +101,9 @@ def open_holds(backend: str) -> int:
     if backend == "database":
         return Reservation.objects.filter(state="open").count()  # closed ones stay a while as markers
     client = redis_client()
-    held = [key for key in client.keys("tg:hold:*") if client.hget(key, "state") == b"open"]  # type: ignore[attr-defined]
-    return int(client.zcard("tg:holds")) + len(held)  # type: ignore[attr-defined]
+    held = [key for key in client.keys("tg:{t*}:hold:*") if client.hget(key, "state") == b"open"]  # type: ignore[attr-defined]
+    leases = sum(int(client.zcard(key)) for key in client.keys("tg:{t*}:holds"))  # type: ignore[attr-defined]
+    return leases + len(held)
 
 
 def totals(budget: Budget, backend: str) -> tuple[int, int]:
@@ -190,9 +191,10 @@ def test_requests_in_flight_are_limited_across_two_server_processes(
     assert len(limited) == 7 and all("3 requests in flight" in str(d) and "tenant" in str(d) for d in limited)
     rows_of(alice.tenant, 10)
     deadline = time.monotonic() + 5  # slots are given back just after each row is written
-    while redis_client().zcard(f"tg:rl:tenant:{alice.tenant.slug}:c") and time.monotonic() < deadline:
+    slots = keyspace.rate(alice.tenant.pk, "tenant", alice.tenant.slug) + ":c"
+    while redis_client().zcard(slots) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert redis_client().zcard(f"tg:rl:tenant:{alice.tenant.slug}:c") == 0
+    assert redis_client().zcard(slots) == 0
 
 
 @pytest.mark.parametrize("backend", ["redis", "database"])

@@ -155,13 +155,17 @@ def test_holds_outstanding_is_the_size_of_the_lease_set(metrics_on: Any) -> None
 
     from billing import holds
 
+    from billing import keyspace
+
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    client.delete(holds.LEASES)
-    client.zadd(holds.LEASES, {"a": 1, "b": 2, "c": 3})
+    client.delete(keyspace.TENANTS, keyspace.leases(1), keyspace.leases(2))
+    client.hset(keyspace.TENANTS, mapping={1: 0, 2: 0})
+    client.zadd(keyspace.leases(1), {"a": 1, "b": 2})  # every tenant's lease set counts
+    client.zadd(keyspace.leases(2), {"c": 3})
     try:
         assert metrics.holds_outstanding() == 3
     finally:
-        client.delete(holds.LEASES)
+        client.delete(keyspace.TENANTS, keyspace.leases(1), keyspace.leases(2))
 
 
 # --- live processes
