@@ -135,12 +135,13 @@ def check_money(opts: argparse.Namespace, seeded: Seeded) -> dict[str, Any]:
     counted, reserved = [], 0
     for budget_id in seeded.budget_ids:
         # A counter's spend is s micro-dollars plus p pico-dollars (see billing/holds.py).
-        periods = [client.hmget(key, "s", "p", "r") for key in client.scan_iter(f"tg:budget:{budget_id}:*")]
+        pattern = f"tg:{{t{seeded.gated_tenant_id}}}:budget:{budget_id}:*"  # see billing/keyspace.py
+        periods = [client.hmget(key, "s", "p", "r") for key in client.scan_iter(pattern)]
         counted.append(sum(int(s or 0) * PICOS_PER_MICRO + int(p or 0) for s, p, _ in periods))
         reserved += sum(int(r or 0) for _, _, r in periods)
     return {"ledger_micros": ledger // PICOS_PER_MICRO,
             "counter_micros": [shown_micros(picos, ledger) for picos in counted],
-            "reserved_micros": reserved, "open_holds": int(client.zcard("tg:holds")),
+            "reserved_micros": reserved, "open_holds": int(client.zcard(f"tg:{{t{seeded.gated_tenant_id}}}:holds")),
             "ledger_picos": ledger, "counter_picos": counted, "agrees": all(picos == ledger for picos in counted)}
 
 
