@@ -192,7 +192,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Schedules live in the database, editable in the admin (Periodic tasks); billing's migrations create the
 # defaults once, and an operator's changes are never overwritten.
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Two beats (two hosts) are safe: only the holder of a lock (Redis, else a PostgreSQL advisory lock, else a file in
+# DATA_DIR) sends; a standby takes over within this many seconds (plus a quarter of it) of the holder dying.
+CELERY_BEAT_SCHEDULER = "gateway_site.beat:SingletonScheduler"
+TOLLGATE_BEAT_LOCK_SECONDS = env_int("TOLLGATE_BEAT_LOCK_SECONDS", 20, minimum=4)
 CELERY_RESULT_EXPIRES = None  # no result backend, so no result cleanup job
 CELERY_TASK_DEFAULT_RETRY_DELAY = 30
 # Ledger rows older than this many days are deleted once the rollups hold them (0 keeps them forever).
