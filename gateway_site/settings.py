@@ -95,6 +95,9 @@ if _database_url:
         pool_min=env_int("TOLLGATE_DB_POOL_MIN", 2),
         pool_max=env_int("TOLLGATE_DB_POOL_MAX", 10, minimum=1),
     )
+    # Off behind PgBouncer in transaction mode: a server-side cursor (QuerySet.iterator()) outlives its transaction,
+    # and the next fetch may reach another server connection (README, "Running a fleet").
+    _default_db["DISABLE_SERVER_SIDE_CURSORS"] = not env_bool("TOLLGATE_DB_SERVER_SIDE_CURSORS", True)
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     _default_db = sqlite_database(DATA_DIR / "tollgate.sqlite3")

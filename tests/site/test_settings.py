@@ -142,3 +142,22 @@ def test_every_middleware_of_the_pages_stack_is_async_capable() -> None:
 
     sync_only = [path for path in settings.MIDDLEWARE if not getattr(import_string(path), "async_capable", False)]
     assert sync_only == []
+
+
+def database_settings(env: dict[str, str]) -> str:
+    """The default database's settings as the real settings build them in a fresh interpreter."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "TOLLGATE_", "DATABASE_URL", "REDIS_URL"))}
+    clean.update({"DJANGO_SETTINGS_MODULE": "gateway_site.settings", "TOLLGATE_DATA_DIR": "/tmp/tollgate-settings-test",
+                  "DJANGO_DEBUG": "1", **env})
+    code = "from django.conf import settings; print(settings.DATABASES['default'].get('DISABLE_SERVER_SIDE_CURSORS'))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=clean, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_server_side_cursors_can_be_turned_off_for_pgbouncer_in_transaction_mode() -> None:
+    # A server-side cursor outlives its transaction; through PgBouncer in transaction mode the next fetch may reach
+    # another server connection. Django's switch for it is DISABLE_SERVER_SIDE_CURSORS (README, "Running a fleet").
+    url = "postgres://tollgate@pgbouncer:6432/tollgate"
+    assert database_settings({"DATABASE_URL": url}) == "False"
+    assert database_settings({"DATABASE_URL": url, "TOLLGATE_DB_SERVER_SIDE_CURSORS": "off"}) == "True"
