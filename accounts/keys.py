@@ -77,6 +77,7 @@ class Caller:
     key_limits: Limits = Limits()
     tenant_limits: Limits = Limits()
     tenant_models: tuple[str, ...] = ()  # the operator's allow-list of the tenant; the key's can only narrow it
+    response_cache: str = "route"  # the key's choice: "route" (as each route says), "on" or "off"
 
     def may_use(self, *names: str) -> bool:
         """Whether both allow-lists admit the model, known by any of ``names`` (its public name, an alias)."""
@@ -121,7 +122,7 @@ def parse_prefix(presented: str) -> str | None:
 
 
 def cache_key(prefix: str) -> str:
-    return f"apikey:v3:{prefix}"  # v3: records carry the tenant's allowed models
+    return f"apikey:v4:{prefix}"  # v4: records carry the key's response cache choice
 
 
 # This process's copy of recent lookups, in front of the shared cache: a warm key costs no I/O and no
@@ -205,6 +206,7 @@ def load_record(prefix: str) -> KeyRecord | None:
         key_limits=limits_of(key),
         tenant_limits=limits_of(key.tenant),
         tenant_models=tuple(key.tenant.allowed_models or ()),
+        response_cache=key.response_cache,
     )
     return KeyRecord(
         caller=caller,

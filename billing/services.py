@@ -62,6 +62,8 @@ class UsageEntry:
     request_id: str | None = None
     created_at: datetime | None = None
     gate: dict[str, Any] = field(default_factory=dict)
+    from_cache: bool = False  # answered from the response cache: the provider was not asked
+    free: bool = False  # the row costs nothing (a cache hit on a route whose hits are free)
 
 
 def carry_key_budgets(*, old: ApiKey, new: ApiKey) -> int:
@@ -116,10 +118,10 @@ def report_sanitized(request_id: object, error: BaseException) -> None:
 
 
 def build_record(entry: UsageEntry) -> UsageRecord:
-    source = UsageRecord.Source.PROVIDER
+    source = UsageRecord.Source.CACHE if entry.from_cache else UsageRecord.Source.PROVIDER
     prompt, completion = entry.prompt_tokens, entry.completion_tokens
     if prompt is None or completion is None:
-        source = UsageRecord.Source.ESTIMATED
+        source = UsageRecord.Source.CACHE if entry.from_cache else UsageRecord.Source.ESTIMATED
         estimated = tokens.estimate(entry.prompt_texts, entry.completion_text,
                                     model=entry.upstream_model or entry.public_model, chat=entry.chat)
         prompt = estimated[0] if prompt is None else prompt
@@ -148,7 +150,8 @@ def build_record(entry: UsageEntry) -> UsageRecord:
     )
     if entry.request_id:
         record.request_id = uuid.UUID(str(entry.request_id))
-    price_record(record)
+    if not entry.free:  # a free row has no price: its cost is zero by policy, not by a price of zero
+        price_record(record)
     check_storable(record)
     return record
 
@@ -212,7 +215,8 @@ def minimal_record(source: UsageEntry | UsageRecord) -> UsageRecord:
         public_model=text(get("public_model", ""), 200), provider=text(get("provider", ""), 64),
         upstream_model=text(get("upstream_model", ""), 200), stream=get("stream", False) is True,
         prompt_tokens=whole(get("prompt_tokens", 0)), completion_tokens=whole(get("completion_tokens", 0)),
-        cached_tokens=whole(get("cached_tokens", 0)), usage_source=UsageRecord.Source.ESTIMATED,
+        cached_tokens=whole(get("cached_tokens", 0)),
+        usage_source=UsageRecord.Source.CACHE if get("from_cache", False) is True else UsageRecord.Source.ESTIMATED,
         error_code=text(get("error_code", ""), 64), latency_ms=whole(get("latency_ms", 0)),
         ttfb_ms=whole(get("ttfb_ms", None)) if get("ttfb_ms", None) is not None else None,
         gate=storable_gate(get("gate", None)),
@@ -224,7 +228,8 @@ def minimal_record(source: UsageEntry | UsageRecord) -> UsageRecord:
     except ValueError:
         pass  # a new id: this row is not recognised again when replayed, but it is written
     try:
-        price_record(record)
+        if get("free", False) is not True:
+            price_record(record)
     except Exception:
         record.price, record.cost_picos, record.unpriced = None, 0, True
     return record

@@ -53,6 +53,7 @@ class Meter:
     trace_id = 0  # the trace this request belongs to (the client's, or one tracing began); 0 for none
     upstream_span_id = 0  # the span id sent to providers when tracing is on
     trace_sampled = False  # tracing keeps this request's spans
+    cache: Any = None  # proxy.response_cache.Ask when the response cache applies to this request
 
     def __init__(self, endpoint: str, started: float | None = None) -> None:
         self.endpoint = endpoint
@@ -76,7 +77,7 @@ class Meter:
         self.checkpointed = (0.0, 0)  # when the journal last noted the stream, and how many texts it had
 
     def limit_headers(self) -> dict[str, str]:
-        """OpenAI's x-ratelimit-* headers, and what the tightest budget has left."""
+        """OpenAI's x-ratelimit-* headers, what the tightest budget has left, and whether the response cache answered."""
         headers: dict[str, str] = {}
         verdict = self.verdict
         if verdict is not None:
@@ -91,6 +92,8 @@ class Meter:
                 headers["x-ratelimit-reset-tokens"] = reset
         if self.hold is not None and (left := self.hold.remaining_micros()) is not None:
             headers["x-tollgate-budget-remaining-usd"] = str(micros_to_dollars(max(left, 0)))  # exact, never a float
+        if self.cache is not None:
+            headers["x-tollgate-cache"] = "hit" if self.cache.hit else "miss"
         return headers
 
     def observe(self, chunk: Chunk) -> None:
@@ -149,6 +152,7 @@ class Meter:
         assert caller is not None
         sent = target is not None and end_reason != "rejected"
         now = self.ended or time.perf_counter()
+        hit = self.cache is not None and self.cache.hit
         return UsageEntry(
             request_id=self.request_id,
             tenant_id=caller.tenant_id,
@@ -171,6 +175,8 @@ class Meter:
             gate=self.gate,
             latency_ms=round((now - self.started) * 1000),
             ttfb_ms=round((self.first_byte - self.started) * 1000) if self.first_byte else None,
+            from_cache=hit,
+            free=hit and self.cache.policy.free,
         )
 
     @staticmethod

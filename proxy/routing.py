@@ -19,7 +19,7 @@ from accounts.keys import Caller
 from . import outages
 from .db import db_step
 from .errors import ModelNotFound, PermissionDenied
-from .providers.base import Target
+from .providers.base import CachePolicy, Target
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,9 @@ def load_table() -> Table:
         by_route.setdefault(deployment.route_id, []).append(deployment)
     for route in ModelRoute.objects.filter(is_active=True, pk__in=by_route.keys()):
         choices = []
+        cache = CachePolicy(enabled=route.cache_enabled, ttl_seconds=route.cache_ttl_seconds, shared=route.cache_shared,
+                            per_user=route.cache_per_user, sampled=route.cache_sampled,
+                            free=route.cache_cost == ModelRoute.CacheCost.FREE)
         for deployment in by_route[route.pk]:
             provider = deployment.provider
             try:
@@ -74,7 +77,7 @@ def load_table() -> Table:
             target = Target(
                 public_model=route.name, deployment_id=deployment.pk, provider_name=provider.name, kind=provider.kind,
                 base_url=provider.resolved_base_url(), upstream_model=deployment.upstream_model, api_key=api_key,
-                stream_usage=bool(provider.quirks().get("stream_usage", True)), options=provider.quirks(),
+                stream_usage=bool(provider.quirks().get("stream_usage", True)), options=provider.quirks(), cache=cache,
             )
             choices.append(Choice(target=target, weight=deployment.weight))
         if choices:

@@ -13,7 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 from accounts.keys import Caller
 from gateway_site import logs
 
-from . import observe, outages, routing, sse, traceparent, upkeep
+from . import observe, outages, response_cache, routing, sse, traceparent, upkeep
 from .asgi import STARTED
 from .auth import authenticate
 from .errors import GatewayError, MethodNotAllowed, NotFound, ServerError
@@ -44,18 +44,26 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
         meter.body = body = await asyncio.to_thread(parse, request, endpoint) if big else parse(request, endpoint)
         body.size = size
         targets = await routing.route(meter.caller, body.model)
+        # Two attribute reads when neither the route nor the key asks for the response cache.
+        if targets[0].cache.enabled or meter.caller.response_cache != "route":
+            meter.cache = response_cache.Ask(targets[0].cache)
         meter.gate_started = time.perf_counter()
         await check_limits(meter, targets)
         meter.gated = time.perf_counter()
         meter.target = targets[0]
         await meter.begin()  # written ahead: from here a killed process still leaves this request's row
+        if meter.cache is not None and (cached := await response_cache.consult(request, meter, targets[0])) is not None:
+            return with_ids(cached, meter)
         meter.upstream_started = time.perf_counter()
         if body.stream:
             upstream = await open_first(targets, body, meter)
             meter.upstream_opened = time.perf_counter()
             headers = {**sse.HEADERS, **meter.limit_headers(), "x-request-id": meter.request_id,
                        "x-tollgate-overhead-ms": meter.overhead_ms()}
-            return StreamingHttpResponse(guarded_relay(upstream, body, meter), content_type="text/event-stream", headers=headers)
+            relayed = guarded_relay(upstream, body, meter)
+            if meter.cache is not None:
+                relayed = response_cache.recording(relayed, meter)
+            return StreamingHttpResponse(relayed, content_type="text/event-stream", headers=headers)
         completion = await first_completion(targets, body, meter)
     except GatewayError as e:
         await meter.record(end_reason=e.end_reason, status=e.status, error_code=e.code or "")
@@ -71,6 +79,8 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
         await meter.record(end_reason=error.end_reason, status=error.status, error_code=error.code or "")
         return with_ids(error.response(), meter)
     await meter.record(end_reason="complete", status=200)
+    if meter.cache is not None:
+        await response_cache.keep(meter, completion)
     if completion.raw is not None:
         return with_ids(HttpResponse(completion.raw, content_type="application/json"), meter)
     return with_ids(JsonResponse(completion.payload), meter)

@@ -68,6 +68,21 @@ class ApiRequest:
 
 
 @dataclass(frozen=True)
+class CachePolicy:
+    """A route's response cache settings (see proxy/response_cache.py); ``enabled`` False leaves it to the key."""
+
+    enabled: bool = False
+    ttl_seconds: int = 300
+    shared: bool = False  # one entry for every tenant
+    per_user: bool = False  # never cache a request with a `user` field
+    sampled: bool = False  # also cache n > 1 with a temperature above 0
+    free: bool = True  # a hit costs nothing; otherwise the full price of the cached answer's tokens
+
+
+NO_CACHE = CachePolicy()
+
+
+@dataclass(frozen=True)
 class Target:
     """One deployment chosen for one request: where to send it and how."""
 
@@ -80,6 +95,7 @@ class Target:
     api_key: str = field(repr=False, default="")
     stream_usage: bool = True  # the upstream honours stream_options.include_usage
     options: JSONDict = field(default_factory=dict)  # preset quirks, e.g. parameter renames
+    cache: CachePolicy = NO_CACHE  # the route's response cache settings
 
 
 @dataclass
