@@ -14,4 +14,6 @@ RUN DJANGO_DEBUG=1 python manage.py collectstatic --noinput -v0 \
 USER tollgate
 
 EXPOSE 8000
-CMD ["uvicorn", "gateway_site.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--no-access-log", "--lifespan", "on"]
+# X-Forwarded-For/-Proto count only from TOLLGATE_TRUSTED_PROXIES (README, "Behind a load balancer"). exec: SIGTERM
+# reaches uvicorn, whose workers drain (gateway_site/drain.py).
+CMD ["sh", "-c", "exec uvicorn gateway_site.asgi:application --host 0.0.0.0 --port 8000 --workers 2 --no-access-log --lifespan on --forwarded-allow-ips \"${TOLLGATE_TRUSTED_PROXIES-127.0.0.1}\""]

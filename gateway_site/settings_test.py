@@ -16,6 +16,10 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = not os.environ.get("TOLLGATE_LIVE_TEST_DATABASE")
 CELERY_TASK_EAGER_PROPAGATES = True
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+if os.environ.get("TOLLGATE_TEST_OUTBOX"):
+    # A live server started by a test writes its emails there as files, for the test to read.
+    EMAIL_BACKEND = "gateway_site.mail.OutboxBackend"
+    EMAIL_FILE_PATH = Path(os.environ["TOLLGATE_TEST_OUTBOX"])  # noqa: F405
 TOLLGATE_DEMO_TOKEN_DELAY_MS = 0
 # In process, nothing runs in the background and each test run journals into a directory of its own; live
 # servers started by a test get TOLLGATE_UPKEEP=on and the directory the test chooses.

@@ -73,7 +73,8 @@ def tollgate_process(database_name: str, log_path: Path, **env: str) -> Iterator
         **env,
     }
     command = [sys.executable, "-m", "uvicorn", "gateway_site.asgi:application", "--host", "127.0.0.1",
-               "--port", str(port), "--lifespan", "on", "--no-access-log"]
+               "--port", str(port), "--lifespan", "on", "--no-access-log",
+               "--forwarded-allow-ips", environment.get("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1")]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=BASE_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT)
         try:
