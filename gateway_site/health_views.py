@@ -1,8 +1,8 @@
 """GET /health/detailed: the state of everything Tollgate depends on, for operators (a staff session or the ops token).
 
-Provider figures come from the ledger, so they are the same whichever process answers; the circuit breaker is per
-process (proxy/routing.py), so its state is this process's view and says so. Nothing secret is shown: no token,
-key, pepper or password, and URLs only as scheme, host, port and database.
+Provider figures come from the ledger, so they are the same whichever process answers; so are the circuit breakers
+(proxy/breaker.py, read from Redis), except without Redis, where the answer says it is this process's view. Nothing
+secret is shown: no token, key, pepper or password, and URLs only as scheme, host, port and database.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,6 +70,7 @@ async def detailed(request: HttpRequest) -> HttpResponse:
         **{name: checks[name] for name in ("database", "redis", "migrations", "ledger")},
         "celery": {"workers": checks["celery_workers"], "queues": checks["celery_queues"], "beat": checks["celery_beat"]},
         "providers": checks["providers"],
+        "breakers": checks["breakers"],
         "settings": settings_summary(),
     }
     return JsonResponse(report, headers={"Cache-Control": "no-store"})
@@ -98,6 +100,7 @@ def _parts() -> dict[str, Callable[[], health.Check]]:
         "celery_queues": lambda: {"ok": True, "depths": celery_status.queue_depths()},
         "celery_beat": _beat,
         "providers": providers_report,
+        "breakers": breakers_report,
     }
 
 
@@ -113,14 +116,16 @@ def _beat() -> health.Check:
 
 
 def providers_report() -> health.Check:
-    """Each provider and its deployments: ledger figures (all processes) and this process's circuit breaker."""
-    from proxy import routing
+    """Each provider and its deployments: ledger figures and circuit breakers (all processes)."""
+    from proxy import breaker
     from proxy.models import Deployment
 
     now = timezone.now()
     stats = _ledger_stats(now)
     providers: dict[str, dict[str, Any]] = {}
-    for deployment in Deployment.objects.select_related("provider", "route").order_by("provider__name", "route__name", "pk"):
+    deployments = list(Deployment.objects.select_related("provider", "route").order_by("provider__name", "route__name", "pk"))
+    breakers, source = breaker.statuses(d.pk for d in deployments)
+    for deployment in deployments:
         provider = deployment.provider
         entry = providers.setdefault(provider.name, {"name": provider.name, "kind": provider.kind,
                                                       "active": provider.is_active, "deployments": []})
@@ -128,11 +133,10 @@ def providers_report() -> health.Check:
         entry["deployments"].append({
             "id": deployment.pk, "route": deployment.route.name, "upstream_model": deployment.upstream_model,
             "weight": deployment.weight, "active": deployment.is_active and deployment.route.is_active,
-            "breaker": _breaker(routing, deployment.pk), **_figures(figures),
+            "breaker": _breaker(breakers[deployment.pk]), **_figures(figures),
         })
     return {"ok": True, "window_seconds": int(WINDOW.total_seconds()), "lookback_seconds": int(LOOKBACK.total_seconds()),
-            "breaker_scope": f"this process only (pid {os.getpid()}): each process counts its own failures",
-            "breaker_rule": f"{routing.FAILURES_TO_TRIP} failures in a row sit out {routing.COOLDOWN:g} s",
+            "breaker_scope": _scope(source), "breaker_rule": _rule(),
             "items": list(providers.values())}
 
 
@@ -176,11 +180,35 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _breaker(routing: Any, deployment_id: int) -> dict[str, Any]:
-    failures, last = routing._failures.get(deployment_id, (0, 0.0))
-    tripped = not routing.is_healthy(deployment_id)
-    left = max(0.0, routing.COOLDOWN - (time.monotonic() - last)) if tripped else 0.0
-    return {"consecutive_failures": failures, "open": tripped, "cooldown_left_seconds": round(left, 1)}
+def breakers_report() -> health.Check:
+    """The deployments whose circuit breaker is open or half-open (none listed: every breaker is closed)."""
+    from proxy import breaker
+    from proxy.models import Deployment
+
+    deployments = list(Deployment.objects.select_related("provider", "route").order_by("pk"))
+    breakers, source = breaker.statuses(d.pk for d in deployments)
+    items = [{"deployment": d.pk, "provider": d.provider.name, "route": d.route.name, "upstream_model": d.upstream_model,
+              **_breaker(breakers[d.pk])} for d in deployments if breakers[d.pk].state != breaker.CLOSED]
+    return {"ok": True, "scope": _scope(source), "rule": _rule(), "items": items}
+
+
+def _scope(source: str) -> str:
+    if source == "redis":
+        return "all processes (shared in Redis)"
+    return f"this process only (pid {os.getpid()}): no shared Redis, or it cannot be read"
+
+
+def _rule() -> str:
+    return (f"{settings.TOLLGATE_BREAKER_FAILURES} failures within {settings.TOLLGATE_BREAKER_WINDOW_SECONDS} s open it "
+            f"for {settings.TOLLGATE_BREAKER_COOLDOWN_SECONDS} s; then one probe request closes it or opens it again")
+
+
+def _breaker(status: Any) -> dict[str, Any]:
+    reopens = status.reopens_at
+    left = max(0.0, reopens - time.time()) if reopens is not None else 0.0
+    return {"state": status.state, "open": status.state != "closed", "failures": status.failures,
+            "reopens_at": datetime.fromtimestamp(reopens, tz=dt_timezone.utc).isoformat() if reopens else None,
+            "cooldown_left_seconds": round(left, 1)}
 
 
 def _where(url: str) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
-from . import observe, routing
+from . import breaker, observe, routing
 
 if TYPE_CHECKING:
     from .metering import Meter
@@ -166,6 +166,14 @@ class PrometheusObserver:
         # 1 when any live process has the deployment sitting out after failures.
         self.cooling = Labelled(Gauge("tollgate_deployment_cooling_down", "1 while a deployment sits out after "
                                       "failures.", ["provider", "deployment"], registry=None, multiprocess_mode="livemax"))
+        # Every process mirrors the fleet's breakers (proxy/breaker.py), so the highest value is the fleet's.
+        self.breaker_state = Labelled(Gauge("tollgate_breaker_state", "Circuit breaker of each deployment: 0 closed, "
+                                            "1 open, 2 half-open.", ["provider", "deployment"], registry=None,
+                                            multiprocess_mode="livemax"))
+        self.breaker_trips = Labelled(Counter("tollgate_breaker_trips", "Times a deployment's circuit breaker opened "
+                                              "(tripped, or reopened by a failed probe).", ["provider", "deployment"],
+                                              registry=None))
+        self.trips_counted: dict[int, int] = {}
         self.tasks = Labelled(Counter("tollgate_celery_tasks", "Celery tasks run, by final state.", ["task", "state"],
                                       registry=None))
         self.task_failures = Labelled(Counter("tollgate_celery_task_failures", "Celery tasks that raised.", ["task"],
@@ -244,14 +252,22 @@ class PrometheusObserver:
         table = routing._table  # this process's routing table as last loaded; None until the first request routes
         if table is None:
             return
+        circuit = breaker.get()
         seen: set[int] = set()
         for choices in table.routes.values():
             for choice in choices:
                 target = choice.target
                 if target.deployment_id not in seen:
                     seen.add(target.deployment_id)
-                    tripped = not routing.is_healthy(target.deployment_id)
-                    self.cooling(target.provider_name, str(target.deployment_id)).set(1 if tripped else 0)
+                    labels = (target.provider_name, str(target.deployment_id))
+                    state = breaker.STATE_NUMBERS[circuit.state(target.deployment_id)]  # read only: no probe taken
+                    self.cooling(*labels).set(1 if state else 0)
+                    self.breaker_state(*labels).set(state)
+                    trips = circuit.trips.get(target.deployment_id, 0)
+                    if trips != (counted := self.trips_counted.get(target.deployment_id, 0)):
+                        if trips > counted:  # fewer: the breaker was made anew (tests), nothing to add
+                            self.breaker_trips(*labels).inc(trips - counted)
+                        self.trips_counted[target.deployment_id] = trips
 
     # --- Celery tasks (signal receivers)
 

@@ -16,15 +16,12 @@ from django.conf import settings
 
 from accounts.keys import Caller
 
-from . import outages
+from . import breaker, outages
 from .db import db_step
 from .errors import ModelNotFound, PermissionDenied
 from .providers.base import CachePolicy, Target
 
 logger = logging.getLogger(__name__)
-
-# A deployment that failed this many times in a row sits out for COOLDOWN seconds.
-FAILURES_TO_TRIP, COOLDOWN = 3, 30.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,6 @@ class Table:
 
 
 _table: Table | None = None
-_failures: dict[int, tuple[int, float]] = {}  # deployment id -> (consecutive failures, last failure time)
 
 
 def load_table() -> Table:
@@ -143,13 +139,10 @@ def order(choices: tuple[Choice, ...]) -> list[Target]:
 
 
 def is_healthy(deployment_id: int) -> bool:
-    failures, last = _failures.get(deployment_id, (0, 0.0))
-    return failures < FAILURES_TO_TRIP or time.monotonic() - last > COOLDOWN
+    """Whether the deployment's circuit breaker lets a request through (proxy/breaker.py; no I/O)."""
+    return breaker.get().is_healthy(deployment_id)
 
 
 def report(target: Target, *, ok: bool) -> None:
-    if ok:
-        _failures.pop(target.deployment_id, None)
-    else:
-        failures, _ = _failures.get(target.deployment_id, (0, 0.0))
-        _failures[target.deployment_id] = (failures + 1, time.monotonic())
+    """Tell the circuit breaker how an attempt on the target went (a success on a closed breaker costs nothing)."""
+    breaker.get().report(target.deployment_id, ok=ok)

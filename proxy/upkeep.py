@@ -1,8 +1,9 @@
 """The serving process's own housekeeping, a task on its event loop.
 
-Every second: write ledger rows spooled during a database outage, retry settlements and give-backs that failed
-for an outage. Every quarter lease: renew the leases of the holds and slots this process's requests still use,
-release holds whose lease ran out (their process died), and replay the journals of dead processes.
+Every second: copy the fleet's open circuit breakers into this process's mirror, write ledger rows spooled during a
+database outage, retry settlements and give-backs that failed for an outage. Every quarter lease: renew the leases of
+the holds and slots this process's requests still use, release holds whose lease ran out (their process died), and
+replay the journals of dead processes.
 
 It starts with the first request the process serves, or at startup when the server sends ASGI lifespan events.
 """
@@ -20,7 +21,7 @@ from django.utils import timezone
 
 from billing import holds, ledger, recovery, scripts
 
-from . import limits, metering, outages
+from . import breaker, limits, metering, outages
 from .db import db_step
 from .ratelimits import RedisLimiter, keys_for, limiter
 
@@ -77,6 +78,7 @@ async def run() -> None:
 
 
 async def every_second() -> None:
+    await breaker.get().refresh()  # first: a database outage below must not leave the breaker's mirror stale
     if ledger.spooled() or ledger.is_down():
         # Its own thread: probing a dead database can block for seconds, and requests use the database thread.
         await sync_to_async(ledger.write_spooled, thread_sensitive=False)()

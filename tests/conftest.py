@@ -55,9 +55,10 @@ def clear_caches() -> Iterator[None]:
     keys._local.clear()
     # Per-process copies of budgets and prices, and the chosen hold/limit backends (tests switch settings).
     from billing import holds, live, pricing
-    from proxy import limits, ratelimits
+    from proxy import breaker, limits, ratelimits
 
     limits.forget_budgets()
+    breaker.reset_breaker()
     pricing.forget()
     holds.reset_backend()
     ratelimits.reset_limiter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from proxy import errors
@@ -79,40 +81,49 @@ def test_labelled_children_are_looked_up_once() -> None:
 
 
 @pytest.mark.django_db
-def test_a_tripped_deployment_shows_as_cooling_down(mock_upstream_url: str) -> None:
+def test_a_tripped_deployment_shows_as_cooling_down(mock_upstream_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                    settings: Any) -> None:
     from asgiref.sync import async_to_sync
     from prometheus_client.parser import text_string_to_metric_families
 
     from gateway_site import metrics as site_metrics
-    from proxy import metrics, routing
+    from proxy import breaker, metrics, routing
 
     from ..factories import make_route
 
     if metrics._observer is None:
         pytest.skip("TOLLGATE_METRICS is off in this test run")
+    settings.TOLLGATE_BREAKER_FAILURES = 3
+    monkeypatch.setattr(breaker, "_breaker", breaker.Breaker(None))  # this process alone: no other test's Redis state
     make_route("flaky", upstream_model="mock-500", base_url=f"{mock_upstream_url}/v1", provider_name="flaky-provider")
     routing.invalidate()
     table = async_to_sync(routing.table)()
     target = table.routes["flaky"][0].target
+    labels = {"provider": "flaky-provider", "deployment": str(target.deployment_id)}
 
-    def cooling() -> float | None:
+    def value(name: str) -> float | None:
         metrics._observer.refresh()  # type: ignore[union-attr]  # what its thread does every few seconds
+        metrics._observer.tally.flush()  # type: ignore[union-attr]
         for family in text_string_to_metric_families(site_metrics.render().decode()):
             for sample in family.samples:
-                if sample.name == "tollgate_deployment_cooling_down" and \
-                        sample.labels == {"provider": "flaky-provider", "deployment": str(target.deployment_id)}:
+                if sample.name == name and sample.labels == labels:
                     return sample.value
         return None
 
     try:
-        assert cooling() == 0
-        for _ in range(routing.FAILURES_TO_TRIP):
+        assert value("tollgate_deployment_cooling_down") == 0 and value("tollgate_breaker_state") == 0
+        trips_before = value("tollgate_breaker_trips_total") or 0.0
+        for _ in range(3):
             routing.report(target, ok=False)
-        assert cooling() == 1
+        assert value("tollgate_deployment_cooling_down") == 1
+        assert value("tollgate_breaker_state") == 1  # open
+        assert value("tollgate_breaker_trips_total") == trips_before + 1
+        breaker.get().clock = lambda: breaker.time.time() + 31
+        assert value("tollgate_breaker_state") == 2  # half-open, and reading it took no probe
+        assert routing.is_healthy(target.deployment_id)
         routing.report(target, ok=True)
-        assert cooling() == 0
+        assert value("tollgate_deployment_cooling_down") == 0 and value("tollgate_breaker_state") == 0
     finally:
-        routing._failures.pop(target.deployment_id, None)
         routing.invalidate()
 
 

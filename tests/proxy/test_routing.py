@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Any
 
 import pytest
 
-from proxy import routing
+from proxy import breaker, routing
 from proxy.providers.base import Target
 from proxy.routing import Choice
 
@@ -17,9 +18,10 @@ def choice(deployment_id: int, weight: int) -> Choice:
 
 
 @pytest.fixture(autouse=True)
-def clean_health() -> None:
-    routing._failures.clear()
-    random.seed(7)
+def clean_health(monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
+    settings.TOLLGATE_BREAKER_FAILURES, settings.TOLLGATE_BREAKER_COOLDOWN_SECONDS = 3, 30
+    monkeypatch.setattr(breaker, "_breaker", breaker.Breaker(None))  # this process alone; tests/proxy/test_breaker.py
+    random.seed(7)                                                    # covers the fleet
 
 
 def test_weighted_choice_follows_the_weights() -> None:
@@ -29,29 +31,30 @@ def test_weighted_choice_follows_the_weights() -> None:
     assert {t.deployment_id for t in routing.order(choices)} == {1, 2}  # the other one is the fallback
 
 
-def test_a_deployment_failing_three_times_sits_out_then_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_deployment_whose_breaker_opened_sits_out_then_gets_one_probe() -> None:
     choices = (choice(1, 100), choice(2, 1))
-    for _ in range(routing.FAILURES_TO_TRIP):
+    for _ in range(3):
         routing.report(choices[0].target, ok=False)
     assert all(routing.order(choices)[0].deployment_id == 2 for _ in range(50))
     assert routing.order(choices)[-1].deployment_id == 1  # still the last resort
-    now = routing.time.monotonic()
-    monkeypatch.setattr(routing.time, "monotonic", lambda: now + routing.COOLDOWN + 1)
-    assert routing.is_healthy(1)
+    now = breaker.get().clock()
+    breaker.get().clock = lambda: now + 31
+    assert routing.is_healthy(1) and not routing.is_healthy(1)  # half-open: one request probes it
+    routing.report(choices[0].target, ok=True)
+    assert routing.is_healthy(1) and routing.is_healthy(1)
 
 
-def test_success_resets_the_failure_count() -> None:
+def test_fewer_failures_than_the_threshold_keep_it_in() -> None:
     target = choice(1, 1).target
     routing.report(target, ok=False)
     routing.report(target, ok=False)
     routing.report(target, ok=True)
-    routing.report(target, ok=False)
     assert routing.is_healthy(1)
 
 
 def test_all_tripped_are_still_tried() -> None:
     choices = (choice(1, 1), choice(2, 1))
     for c in choices:
-        for _ in range(routing.FAILURES_TO_TRIP):
+        for _ in range(3):
             routing.report(c.target, ok=False)
     assert {t.deployment_id for t in routing.order(choices)} == {1, 2}

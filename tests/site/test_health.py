@@ -358,6 +358,21 @@ def operators(settings: Any, db: None, monkeypatch: pytest.MonkeyPatch) -> dict[
     return {"staff": staff, "member": member}
 
 
+def trip(deployment_id: int) -> None:
+    """Open the deployment's circuit breaker as failing requests do (in Redis too, when it is configured)."""
+    from django.conf import settings
+
+    from proxy import breaker
+
+    async def fail() -> None:
+        circuit = breaker.get()
+        for _ in range(settings.TOLLGATE_BREAKER_FAILURES):
+            circuit.report(deployment_id, ok=False)
+        await circuit.drain()
+
+    async_to_sync(fail)()
+
+
 def detailed(client: Client, **headers: str) -> Any:
     return client.get("/health/detailed", headers=headers)
 
@@ -399,7 +414,7 @@ def test_detailed_odd_query_strings_change_nothing(operators: dict[str, Any], qu
 @pytest.mark.django_db(transaction=True)  # the report's threads must see the rows
 def test_detailed_reports_providers_from_the_ledger_and_shows_no_secret(operators: dict[str, Any], settings: Any) -> None:
     from billing.models import UsageRecord
-    from proxy import routing
+    from proxy import breaker
     from proxy.models import Deployment, Provider
 
     from ..conftest import make_party
@@ -418,13 +433,11 @@ def test_detailed_reports_providers_from_the_ledger_and_shows_no_secret(operator
         UsageRecord.objects.create(tenant=alice.tenant, key=alice.key, endpoint="chat", public_model="gpt-4o",
                                    provider="openai", upstream_model="gpt-4o-2024", end_reason=end_reason,
                                    error_code=code, status_code=status, created_at=now - timedelta(seconds=seconds_ago))
-    target = type("T", (), {"deployment_id": deployment.pk})()
-    for _ in range(routing.FAILURES_TO_TRIP):
-        routing.report(target, ok=False)  # type: ignore[arg-type]
+    trip(deployment.pk)
     try:
         answer = detailed(Client(), Authorization=f"Bearer {OPS_TOKEN}")
     finally:
-        routing._failures.pop(deployment.pk, None)
+        breaker.reset(deployment.pk)
     assert answer.status_code == 200 and answer["Cache-Control"] == "no-store"
     text = answer.content.decode()
     for secret in (OPS_TOKEN, settings.SECRET_KEY, PROVIDER_KEY, settings.TOLLGATE_KEY_PEPPER, alice.secret):
@@ -437,11 +450,14 @@ def test_detailed_reports_providers_from_the_ledger_and_shows_no_secret(operator
     assert celery["queues"]["ok"] and "celery" in celery["queues"]["depths"]
     assert isinstance(celery["workers"].get("seen", []), list)
     assert "heartbeat_age_seconds" in celery["beat"]
-    assert "this process" in report["providers"]["breaker_scope"]
+    assert ("all processes" if settings.TOLLGATE_MONEY_REDIS_URL else "this process") in report["providers"]["breaker_scope"]
     [openai] = report["providers"]["items"]
     [shown] = openai["deployments"]
     assert shown["route"] == "gpt-4o" and shown["upstream_model"] == "gpt-4o-2024"
-    assert shown["breaker"]["open"] is True and shown["breaker"]["consecutive_failures"] == routing.FAILURES_TO_TRIP
+    assert shown["breaker"]["state"] == "open" and shown["breaker"]["failures"] == settings.TOLLGATE_BREAKER_FAILURES
+    assert shown["breaker"]["reopens_at"] > "2000" and 0 < shown["breaker"]["cooldown_left_seconds"] <= 30
+    [benched] = report["breakers"]["items"]
+    assert benched["deployment"] == deployment.pk and benched["provider"] == "openai" and benched["state"] == "open"
     assert shown["last_failure_reason"] == "upstream_error rate_limited 429"
     assert shown["requests_5m"] == 3 and shown["failures_5m"] == 1 and shown["error_rate_5m"] == round(1 / 3, 4)
     assert shown["last_failure"] > shown["last_success"] > "2000"
