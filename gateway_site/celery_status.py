@@ -66,9 +66,9 @@ def beat_heartbeat_age() -> float | None:
     """Seconds since beat last sent a scheduled task, or None when it never has (or no schedule is enabled).
 
     django-celery-beat writes each enabled task's last_run_at when beat sends it; the newest one is the last time
-    beat was seen working, whichever process it runs in, with no extra moving part. Beat saves these at each sync
-    (every 3 minutes by default), so the age may read up to that much older than the truth: a threshold should allow
-    the shortest schedule's interval plus that (the default schedules run every minute, so 600 s is safe).
+    beat was seen working, whichever process it runs in, with no extra moving part. Tollgate's scheduler saves each
+    send at once (gateway_site/beat.py); a threshold should allow the shortest schedule's interval and some slack
+    (the default schedules run every minute, so 600 s is safe).
     """
     from django.db.models import Max
     from django_celery_beat.models import PeriodicTask

@@ -109,7 +109,13 @@ def _beat() -> health.Check:
     limit = settings.TOLLGATE_READY_BEAT_MAX_AGE_SECONDS
     result: health.Check = {"ok": True, "heartbeat_age_seconds": None if age is None else round(age, 1),
                             "max_age_seconds": limit or None,
-                            "source": "newest last_run_at of the enabled periodic tasks (saved by beat every 3 min)"}
+                            "source": "newest last_run_at of the enabled periodic tasks (saved by beat at each send)"}
+    from gateway_site import beat  # the scheduler's module: only operators' requests need it
+
+    try:
+        result["lock"] = beat.status()  # who sends (host, pid), and when it last renewed its lock
+    except Exception as e:  # Redis or the database down: shown as such, the rest of the answer stands
+        result["lock"] = {"kind": beat.lock_kind(), "error": health.describe(e)}
     if limit and (age is None or age > limit):
         result |= {"ok": False, "error": "beat has not sent a scheduled task within the limit"}
     return result

@@ -203,11 +203,18 @@ def celery_queue_depths() -> dict[str, int]:
     return queue_depths()
 
 
+def beat_heartbeat_age() -> float | None:
+    from .celery_status import beat_heartbeat_age
+
+    return beat_heartbeat_age()
+
+
 SOURCES = {
     "journal": Source("journal", journal_backlog_bytes),
     "holds": Source("holds", holds_outstanding),
     "celery": Source("celery", celery_queue_depths, ttl=10.0),
     "budgets": Source("budgets", budgets_near_limit, ttl=30.0),
+    "beat": Source("beat", beat_heartbeat_age, ttl=10.0),
 }
 
 
@@ -233,6 +240,10 @@ class SourceCollector:
             for queue, depth in sorted(depths.items()):
                 family.add_metric([queue], depth)
             yield family
+        age = SOURCES["beat"].get()
+        if age is not None:  # None also when no scheduled task was ever sent: alert on its absence too
+            yield GaugeMetricFamily("tollgate_beat_heartbeat_age_seconds",
+                                    "Seconds since beat last sent a scheduled task (any beat process).", value=age)
         near = SOURCES["budgets"].get()
         if near is not None:
             family = GaugeMetricFamily("tollgate_budgets_near_limit",

@@ -322,8 +322,8 @@ TOLLGATE_OPS_TOKEN = os.environ.get("TOLLGATE_OPS_TOKEN", "").strip()
 TOLLGATE_READY_SPOOL_MAX_ROWS = env_int("TOLLGATE_READY_SPOOL_MAX_ROWS", 1000)
 # ... or the journal directory holds more than this many MB of journal files (0: not checked).
 TOLLGATE_READY_JOURNAL_MAX_MB = env_int("TOLLGATE_READY_JOURNAL_MAX_MB", 1024)
-# ... or (when not 0) beat has sent no scheduled task for this many seconds. Beat saves its send times every
-# 3 minutes, so allow the shortest schedule's interval plus 180 s (600 suits the default schedules).
+# ... or (when not 0) beat has sent no scheduled task for this many seconds. Beat saves each send at once, so allow
+# the shortest schedule's interval and some slack (600 suits the default schedules).
 TOLLGATE_READY_BEAT_MAX_AGE_SECONDS = env_int("TOLLGATE_READY_BEAT_MAX_AGE_SECONDS", 0)
 # Shown by /health/detailed (an image tag or a commit); when unset, the checkout's commit if there is one.
 TOLLGATE_VERSION = os.environ.get("TOLLGATE_VERSION", "").strip()
