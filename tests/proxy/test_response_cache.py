@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -302,3 +303,64 @@ def test_a_cache_that_is_down_is_a_miss_never_an_error(alice: Party, demo: Model
         reply = send(alice, body)
         assert (reply.status, reply["x-tollgate-cache"]) == (200, "miss")
     assert len(calls) == 3
+
+
+@pytest.mark.django_db(transaction=True)  # the server process must see committed rows
+def test_the_openai_sdk_reads_a_cached_stream_as_it_reads_a_live_one(live_server_url: str) -> None:
+    from openai import OpenAI
+
+    from ..conftest import make_party
+
+    alice = make_party("alice")
+    route = ensure_demo_route()
+    ModelRoute.objects.filter(pk=route.pk).update(cache_enabled=True)
+    client = OpenAI(base_url=f"{live_server_url}/v1", api_key=alice.secret, max_retries=0)
+
+    def stream() -> tuple[str, list[Any]]:
+        raw = client.chat.completions.with_raw_response.create(
+            model="demo", messages=HELLO, stream=True, stream_options={"include_usage": True})
+        return raw.headers["x-tollgate-cache"], list(raw.parse())
+
+    (live_state, live), (cached_state, cached) = stream(), stream()
+    assert (live_state, cached_state) == ("miss", "hit")
+    for chunks in (live, cached):
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert chunks[-2].choices[0].finish_reason == "stop" and chunks[-1].choices == []
+    text = "".join(c.choices[0].delta.content or "" for c in live if c.choices)
+    assert "".join(c.choices[0].delta.content or "" for c in cached if c.choices) == text and text
+    assert cached[-1].usage == live[-1].usage and cached[-1].id == cached[0].id
+    whole = client.chat.completions.with_raw_response.create(model="demo", messages=HELLO)
+    assert whole.headers["x-tollgate-cache"] == "hit" and whole.parse().choices[0].message.content == text
+    deadline = time.monotonic() + 3
+    while UsageRecord.objects.filter(tenant=alice.tenant).count() < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    sources = sorted(UsageRecord.objects.filter(tenant=alice.tenant).values_list("usage_source", flat=True))
+    assert sources == ["cache", "cache", "provider"]
+
+
+@override_settings(TOLLGATE_CACHE_REDIS_URL=None)
+def test_a_stream_the_client_leaves_closes_its_relay_and_is_not_kept() -> None:
+    from asgiref.sync import async_to_sync
+
+    from proxy.metering import Meter
+    from proxy.providers.base import CachePolicy
+
+    closed: list[bool] = []
+
+    async def relayed() -> Any:
+        try:
+            yield b'data: {"choices": []}\n\n'
+            yield b"data: [DONE]\n\n"
+        finally:
+            closed.append(True)
+
+    meter = Meter("chat")
+    meter.cache = response_cache.Ask(CachePolicy(enabled=True), key=f"{response_cache.PREFIX}left")
+
+    async def leave_after_one_frame() -> bytes | None:
+        recording = response_cache.recording(relayed(), meter)
+        await recording.__anext__()
+        await recording.aclose()  # what Django does when the client goes away
+        return await response_cache.store().get(f"{response_cache.PREFIX}left")
+
+    assert async_to_sync(leave_after_one_frame)() is None and closed == [True]
