@@ -221,6 +221,8 @@ for i = 2, #ARGV do moved = moved + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV
 return moved
 """
 
+LEGACY_STATE = "return redis.call('HGET', KEYS[1], 'state')"
+
 MARKER_SECONDS = 2 * 86400  # how long a closed hold is remembered (see SETTLE); then Redis drops it by itself
 # A process registers a tenant in keyspace.TENANTS before its first hold there, as registered for a day, and again
 # after an hour: the reaper forgets a tenant only when its date has passed and it has no lease left.
@@ -337,11 +339,17 @@ class RedisBackend:
 
     async def settle(self, hold: Hold, cost_picos: int) -> None:
         if hold.keys and keyspace.tenant_of(hold.keys[0]) is None:
-            # A journal written before the keys were tagged (replayed after an upgrade): its counters moved.
+            # A journal written before the keys were tagged, replayed after the upgrade (billing/layout.py): a hold
+            # settled then is marked under its old name; an open one moved, with its counters.
             from . import layout
 
+            [state] = await scripts.run(self.url, [Call(LEGACY_STATE, [layout.OLD_HOLD + hold.request_id], [])])
+            if state == b"settled":
+                return
             hold = Hold(hold.request_id, hold.amount_micros, hold.checks, hold.admitted,
                         await sync_to_async(layout.current_keys)(hold.keys))
+            if keyspace.tenant_of(hold.keys[0]) is None:
+                return  # its budgets are gone
         if call := self.settlement(hold, cost_picos):
             await scripts.run(self.url, [call])
 

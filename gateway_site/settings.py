@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI's files, served from our static files: the docs page works offline
     "django_celery_beat",
+    "gateway_site",  # system checks; `migrate` moves money keys of earlier versions (gateway_site/apps.py)
     "accounts",
     "proxy",
     "billing",
