@@ -52,6 +52,10 @@ for model in ("mock", "mock-slow"):
     Deployment.objects.create(route=route, provider=provider, upstream_model=model)
     Price.objects.get_or_create(model=model, provider=None, effective_from=date(2020, 1, 1),
                                 defaults={"input_per_million": Decimal("1.00"), "output_per_million": Decimal("2.00")})
+# The same mock behind the response cache: the cached phase sends one request again and again (hits are free).
+cached, _ = ModelRoute.objects.update_or_create(name="mock-cached", defaults={"is_active": True, "cache_enabled": True})
+cached.deployments.all().delete()
+Deployment.objects.create(route=cached, provider=provider, upstream_model="mock")
 # The gated tenant: every limit and budget the gate knows, set far above what the run can use.
 gated = create_tenant(name="Benchmark gated " + slug, slug=slug + "-gated")
 Tenant.objects.filter(pk=gated.pk).update(requests_per_minute=10**9, tokens_per_minute=2 * 10**9, max_concurrent=10**4)

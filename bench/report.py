@@ -120,6 +120,14 @@ def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
                   f"p99 {fmt(big['p99_ms'])} ms, {big['errors']} errors"]
     if metrics := results.get("metrics"):
         lines += metrics_lines(metrics)
+    if cached := results.get("cached"):
+        plain, hits = cached["plain"], cached["hits"]
+        lines += [f"response cache: plain requests (first column) and hits of one cached request, c={cached['concurrency']}, "
+                  f"alternating x {cached['rounds']}",
+                  row("requests/s", plain["rps"], hits["rps"], digits=1),
+                  row("p50 latency ms", plain["p50_ms"], hits["p50_ms"], latency=True),
+                  row("CPU ms/request", plain["cpu_ms_per_request"], hits["cpu_ms_per_request"], digits=3),
+                  row("errors", plain["errors"], hits["errors"], ratio=False)]
     if fleet := results.get("workers"):
         lines += workers.lines(fleet)
     rss = results["rss_mb"]

@@ -35,6 +35,9 @@ request is what the metrics cost; a scrape of the second process must count ever
 With ``--workers N`` a server of N uvicorn workers serves the same keys, and the plain and gated load at each
 concurrency goes to it and to the one-worker server in turn (bench/workers.py); then a key limited to 60 requests
 per minute must get exactly 60 of 180 requests admitted across the N workers.
+Then plain requests and hits of the response cache (one request sent again and again to ``mock-cached``, a route with
+the cache on) alternate twice at concurrency 16 through the same process: the CPU per request of a hit beside the
+plain path's.
 It reports Tollgate's resident memory, optionally over a concurrency-16 soak,
 and checks that the ledger holds one ``billing_usagerecord`` row per answered Tollgate request, and that
 each gated budget's running total in Redis equals the gated tenant's ledger cost with nothing left reserved.
@@ -84,6 +87,8 @@ STREAM_BODY = json.dumps(
 ).encode()
 LARGE_PROMPT_BYTES = 8 * 1024 * 1024  # under TOLLGATE_MAX_BODY_BYTES (10 MiB by default)
 METRICS_CONCURRENCY, METRICS_ROUNDS = 16, 4  # --metrics: off and on, alternating, this many phases each
+CACHED_BODY = json.dumps({"model": "mock-cached", "messages": MESSAGES}).encode()
+CACHE_CONCURRENCY, CACHE_ROUNDS = 16, 2  # plain requests and cache hits, alternating, this many phases each
 LARGE_PROMPT_PAUSE_SECONDS = 0.25  # between one 8 MB prompt's answer and the next, in the "one at a time" part
 # One "word" with no spaces is a single pre-token to BPE, its slowest input.
 LARGE_BODY = json.dumps(
@@ -200,8 +205,8 @@ class Bench:
             self.tollgate_answers += result.answered
             self.metered_answers += result.answered
 
-    async def phase(self, server: Server, concurrency: int) -> dict[str, object]:
-        async with Pool(server.request(CHAT_BODY), concurrency) as pool:
+    async def phase(self, server: Server, concurrency: int, body: bytes = CHAT_BODY) -> dict[str, object]:
+        async with Pool(server.request(body), concurrency) as pool:
             self.count(await hammer(pool, seconds=WARMUP_SECONDS, target=server.name), server)
             if server is self.tollgate and "after_warmup" not in self.results["rss_mb"]:
                 self.results["rss_mb"]["after_warmup"] = round(rss_mb(server.pid), 1)
@@ -272,6 +277,22 @@ class Bench:
         progress(f"metrics  {results['counted']} requests counted by the scrape for {self.metered_answers} answered")
         return results
 
+    async def cache_hits(self) -> dict[str, object]:
+        """Plain requests and cache hits (one request sent again and again on a route with the response cache on) at
+        c=16 through the same process, alternating: the CPU per request of a hit beside the plain path's."""
+        await asyncio.to_thread(confirm_hit, self.tollgate)
+        self.tollgate_answers += 2
+        phases: dict[str, list[dict[str, Any]]] = {"plain": [], "hits": []}
+        for _ in range(CACHE_ROUNDS):
+            phases["plain"].append(await self.phase(self.tollgate, CACHE_CONCURRENCY))
+            phases["hits"].append(await self.phase(self.tollgate, CACHE_CONCURRENCY, CACHED_BODY))
+        results: dict[str, object] = {"concurrency": CACHE_CONCURRENCY, "rounds": CACHE_ROUNDS}
+        for label, runs in phases.items():
+            results[label] = {name: mean([run[name] for run in runs])
+                              for name in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "overhead_p50_ms")}
+            results[label]["errors"] = sum(run["errors"] for run in runs)  # type: ignore[index]
+        return results
+
     async def soak(self) -> dict[str, object]:
         pid, peak = self.tollgate.pid, [rss_mb(self.tollgate.pid)]
 
@@ -302,6 +323,7 @@ class Bench:
             self.results["large_prompt"] = await self.large_prompt()
         if self.metered is not None:
             self.results["metrics"] = await self.metrics_cost(self.metered)
+        self.results["cached"] = await self.cache_hits()
         if self.fleet is not None:
             self.results["workers"] = await workers.measure(self, self.fleet)
         if self.opts.soak:
@@ -334,6 +356,16 @@ def scraped_requests(metered: Metered) -> int:
         text = response.read().decode()
     return round(sum(sample.value for family in text_string_to_metric_families(text)
                      for sample in family.samples if sample.name == "tollgate_requests_total"))
+
+
+def confirm_hit(server: Server) -> None:
+    """Send the cached phase's request twice: the second must be answered from the cache."""
+    for _ in range(2):
+        request = urllib.request.Request(server.url, data=CACHED_BODY, headers=server.headers, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            state = response.headers.get("x-tollgate-cache")
+    if state != "hit":
+        raise BenchError(f"the cached phase's request was not answered from the cache (x-tollgate-cache: {state})")
 
 
 def progress(message: str) -> None:
@@ -460,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     metered = results.get("metrics") or {}
     failed = any(p["errors"] for p in [*results["phases"], *results["streams"], results.get("soak") or {"errors": 0},
                                        *(metered.get(name, {"errors": 0}) for name in ("off", "on")),
+                                       *(results["cached"][name] for name in ("plain", "hits")),
                                        *(large.get(name, {"errors": 0}) for name in ("alone", "paced", "paced_large", "loaded", "large"))])
     money = results["money"]
     money_wrong = money["open_holds"] or money["reserved_micros"] or any(
