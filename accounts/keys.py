@@ -18,8 +18,11 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import caches
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+
+from gateway_site import changes
 
 from .models import ApiKey
 
@@ -126,20 +129,58 @@ def cache_key(prefix: str) -> str:
 
 
 # This process's copy of recent lookups, in front of the shared cache: a warm key costs no I/O and no
-# thread hop. It lives TOLLGATE_KEY_LOCAL_CACHE_SECONDS; forget() drops it at once in this process.
+# thread hop. It lives TOLLGATE_KEY_LOCAL_CACHE_SECONDS; forget() drops it at once in this process, and in every
+# other process within a second (gateway_site/changes.py).
 _local: dict[str, tuple[float, KeyRecord | str]] = {}
 _LOCAL_MAX = 50_000  # garbage keys cannot grow it without bound
+_ANNOUNCE_MAX = 100  # more prefixes than this in one change: every process drops its whole copy instead
 
 
 def forget(prefix: str) -> None:
-    _local.pop(prefix, None)
-    caches["default"].delete(cache_key(prefix))
+    forget_many([prefix])
 
 
 def forget_many(prefixes: list[str]) -> None:
-    for prefix in prefixes:
+    """Drop the keys' cached records: here and in the shared cache now, in every process after commit."""
+    if not prefixes:
+        return
+    delete_shared(prefixes)
+    # A lookup that raced with the change may have cached the old row again: drop it once more after commit.
+    transaction.on_commit(lambda: delete_shared(prefixes))
+    changes.announce("key", " ".join(prefixes) if len(prefixes) <= _ANNOUNCE_MAX else changes.ALL)
+
+
+def forget_tenant(tenant_id: int) -> None:
+    """Drop the cached records of every key of the tenant (they carry its state, limits and models), as forget_many."""
+    prefixes = list(ApiKey.objects.filter(tenant_id=tenant_id).values_list("prefix", flat=True))
+    delete_shared(prefixes)
+    transaction.on_commit(lambda: delete_shared(prefixes))
+    changes.announce("tenant", str(tenant_id))
+
+
+def delete_shared(prefixes: list[str]) -> None:
+    if prefixes:
+        caches["default"].delete_many([cache_key(prefix) for prefix in prefixes])
+
+
+def drop_local(detail: str) -> None:
+    """Change handler: drop this process's copies of the space-separated prefixes, or all of them."""
+    if detail == changes.ALL:
+        _local.clear()
+    for prefix in detail.split():
         _local.pop(prefix, None)
-    caches["default"].delete_many([cache_key(prefix) for prefix in prefixes])
+
+
+def drop_local_tenant(detail: str) -> None:
+    """Change handler: drop this process's copies of the tenant's keys (by id), or all of them."""
+    if detail == changes.ALL:
+        _local.clear()
+        return
+    tenant_id = int(detail)
+    # A copy of the items: lookups on the event loop may add entries while this runs in another thread.
+    for prefix, (_, record) in list(_local.items()):
+        if isinstance(record, KeyRecord) and record.caller.tenant_id == tenant_id:
+            _local.pop(prefix, None)
 
 
 def remember_locally(prefix: str, record: KeyRecord | str) -> None:

@@ -106,9 +106,7 @@ def revoke_key(*, key: ApiKey, now: datetime | None = None) -> ApiKey:
     if not changed:
         raise KeyNotActive(f"{key.masked} is already revoked")
     key.revoked_at = now
-    keys.forget(key.prefix)
-    # A lookup that raced with this revoke may have re-cached the live row; drop it again after commit.
-    transaction.on_commit(lambda: keys.forget(key.prefix))
+    keys.forget(key.prefix)  # and once more after commit, in every process
     logger.info("api key revoked: tenant=%s prefix=%s", key.tenant_id, key.prefix)
     return key
 
@@ -138,9 +136,8 @@ def rotate_key(
 
 
 def forget_tenant_keys(*, tenant: Tenant) -> None:
-    """Drop the cached lookups of every key of the tenant, e.g. after it was deactivated."""
-    prefixes = ApiKey.objects.for_tenant(tenant).values_list("prefix", flat=True)
-    keys.forget_many(list(prefixes))
+    """Drop the cached lookups of every key of the tenant, e.g. after it was deactivated (saving it does this too)."""
+    keys.forget_tenant(tenant.pk)
 
 
 EXPIRY_NOTICE_DAYS = 7

@@ -5,7 +5,8 @@ database outage, retry settlements and give-backs that failed for an outage. Eve
 the holds and slots this process's requests still use, release holds whose lease ran out (their process died), and
 replay the journals of dead processes.
 
-It starts with the first request the process serves, or at startup when the server sends ASGI lifespan events.
+It starts with the first request the process serves, or at startup when the server sends ASGI lifespan events,
+together with the listener that drops cached tables and keys when another process changes them (gateway_site/changes.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from billing import holds, ledger, recovery, scripts
+from gateway_site import changes
 
 from . import breaker, limits, metering, outages
 from .db import db_step
@@ -40,10 +42,12 @@ def start() -> None:
         for stale in [other for other in _tasks if other.is_closed()]:
             del _tasks[stale]
         _tasks[loop] = loop.create_task(run())
+        changes.start()  # its own task: the upkeep may wait seconds on a database that is down
 
 
 async def stop() -> None:
     """Stop the task and write what is still spooled (graceful shutdown)."""
+    await changes.stop()
     task = _tasks.pop(asyncio.get_running_loop(), None)
     if task is not None:
         task.cancel()

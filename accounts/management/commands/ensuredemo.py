@@ -10,9 +10,9 @@ from django.db import transaction
 
 from accounts import pepper, services
 from accounts.models import ApiKey, Membership, Tenant
-from billing import pricing
 from billing.management.commands.loadprices import BUNDLED, read_prices, save_prices
 from billing.models import Price
+from gateway_site import changes
 from proxy.services import ensure_demo_route
 
 DEMO_SLUG = "demo"
@@ -70,7 +70,7 @@ class Command(BaseCommand):
         if Price.objects.exists():
             return f"{Price.objects.count()} rows; edit them in the admin or run `manage.py loadprices`"
         outcome = save_prices(read_prices(BUNDLED), update=False)
-        pricing.forget()
+        changes.announce("prices")  # bulk writes send no signals
         return f"loaded {len(outcome.created)} bundled prices; edit them in the admin"
 
     def ensure_admin(self, tenant: Tenant) -> str:

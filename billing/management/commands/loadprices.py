@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from billing import pricing
+from gateway_site import changes
 from billing.models import Price
 
 BUNDLED = Path(__file__).resolve().parents[2] / "data" / "prices.json"
@@ -44,13 +44,14 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         outcome = save_prices(read_prices(Path(options["path"])), update=options["update"])
-        pricing.forget()
+        changes.announce("prices")  # bulk writes send no signals
         self.stdout.write(
             f"Created {len(outcome.created)}, updated {len(outcome.updated)}, unchanged {outcome.unchanged + outcome.kept}."
         )
         if outcome.kept:
             self.stdout.write(f"{outcome.kept} of the unchanged differ from the file; run with --update to overwrite them.")
-        self.stdout.write(f"Running gateways use the new prices within {settings.TOLLGATE_ROUTES_CACHE_SECONDS} s.")
+        within = "a second" if settings.REDIS_URL else f"{settings.TOLLGATE_ROUTES_CACHE_SECONDS} s"
+        self.stdout.write(f"Running gateways use the new prices within {within}.")
 
 
 def read_prices(path: Path) -> list[Price]:
