@@ -7,6 +7,8 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
+from . import breaker, probe
+from .admin_checks import ConnectionTest, describe, reset_breakers
 from .models import Deployment, ModelRoute, Provider
 from .providers.compatible import PRESETS
 
@@ -80,11 +82,16 @@ class ProviderForm(forms.ModelForm):
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
+class ProviderAdmin(ConnectionTest, admin.ModelAdmin):
     form = ProviderForm
     list_display = ["name", "kind", "preset_name", "resolved_base_url", "credential_status", "is_active"]
     list_filter = ["kind", "is_active"]
     search_fields = ["name"]
+    readonly_fields = ["connection_button"]
+    actions = ["test_connection"]
+
+    def check_connection(self, provider: Provider) -> probe.Outcome:
+        return probe.check_provider(provider)
 
     @admin.display(description="preset", ordering="preset")
     def preset_name(self, provider: Provider) -> str:
@@ -128,3 +135,28 @@ class ModelRouteAdmin(admin.ModelAdmin):
     @admin.display(description="deployments")
     def deployment_count(self, route: ModelRoute) -> int:
         return len(route.deployments.all())
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(ConnectionTest, admin.ModelAdmin):
+    list_display = ["__str__", "provider", "upstream_model", "weight", "is_active", "circuit_breaker"]
+    list_filter = ["is_active", "provider"]
+    list_select_related = ["route", "provider"]
+    search_fields = ["route__name", "provider__name", "upstream_model"]
+    fields = ["route", "provider", "upstream_model", "weight", "is_active", "circuit_breaker", "connection_button"]
+    readonly_fields = ["circuit_breaker", "connection_button"]
+    actions = ["test_connection", "reset_circuit_breaker"]
+
+    def check_connection(self, deployment: Deployment) -> probe.Outcome:
+        return probe.check_deployment(deployment)
+
+    @admin.display(description="circuit breaker")
+    def circuit_breaker(self, deployment: Deployment) -> str:
+        if deployment.pk is None:
+            return "closed"
+        statuses, source = breaker.statuses([deployment.pk])
+        return describe(statuses[deployment.pk], source)
+
+    @admin.action(description="Reset circuit breaker")
+    def reset_circuit_breaker(self, request: HttpRequest, queryset: Any) -> None:
+        reset_breakers(self, request, queryset)
