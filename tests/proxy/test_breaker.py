@@ -336,3 +336,40 @@ def test_a_success_on_a_closed_deployment_costs_no_redis_call(monkeypatch: pytes
         assert len(calls) == 1  # a failure: one script
 
     run(scenario)
+
+
+@pytest.mark.needs_redis
+@pytest.mark.django_db
+def test_requests_never_fail_because_the_breakers_redis_is_down(redis_url: str, mock_upstream_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    from urllib.parse import urlsplit
+
+    from django.test import Client
+
+    from proxy import routing
+
+    from ..conftest import make_party
+    from ..faults.tcp_proxy import FaultProxy
+    from ..factories import make_route
+
+    alice = make_party("alice")
+    make_route("steady", upstream_model="mock", base_url=f"{mock_upstream_url}/v1", provider_name="steady")
+    make_route("broken", upstream_model="mock-500", base_url=f"{mock_upstream_url}/v1", provider_name="broken")
+    routing.invalidate()
+    parts = urlsplit(redis_url)
+
+    def chat(model: str) -> int:
+        payload = {"model": model, "messages": [{"role": "user", "content": "Hi"}]}
+        response = Client().post("/v1/chat/completions", json.dumps(payload), content_type="application/json",
+                                 headers=alice.auth)
+        return int(response.status_code)
+
+    with FaultProxy(parts.port or 6379, parts.hostname or "127.0.0.1") as proxy:
+        monkeypatch.setattr(breaker, "_breaker", Breaker(f"redis://127.0.0.1:{proxy.port}{parts.path}"))
+        proxy.cut()
+        assert [chat("broken") for _ in range(4)] == [502] * 4  # the provider's failure, never Tollgate's 500
+        assert chat("steady") == 200
+        [broken] = [d for d, _ in breaker.get().mirror.items()]
+        assert breaker.get().state(broken) == OPEN  # tripped in this process, from its own count
+    routing.invalidate()
