@@ -191,7 +191,9 @@ async def rate_limit_burst(fleet: Fleet) -> dict[str, Any]:
     left = 60.0 - time.time() % 60.0  # the limits' windows are fixed minutes (proxy/ratelimits.py)
     if left < RATE_MARGIN_SECONDS:
         await asyncio.sleep(left + 0.2)
-    request = Request.post(fleet.rate.url, headers=fleet.rate.headers, body=rate_body())
+    # A new connection per request: the kernel hands each to whichever worker accepts first, so the admissions are
+    # shared between the workers instead of following 16 long-lived connections that one worker may have taken.
+    request = Request.post(fleet.rate.url, headers={**fleet.rate.headers, "connection": "close"}, body=rate_body())
     statuses: dict[str, int] = {}
     queue = iter(range(RATE_SENT))
 
@@ -277,6 +279,8 @@ def lines(results: dict[str, Any]) -> list[str]:
                     f"  {'  CPU share per worker %':<26}{'':>12}{str(many['worker_cpu_share']):>14}"]
     rate = results["rate_limit"]
     verdict = "OK" if rate_exact(rate) else "MISMATCH"
+    if len(rate["admitted_by_worker"]) < 2:
+        verdict += " (one worker admitted them all this time: not a check across workers)"
     out.append(f"  rate limit {rate['limit']}/min on one key, {rate['sent']} requests through {n} workers: "
                f"{rate['admitted']} admitted (by worker {rate['admitted_by_worker']}), {rate['refused']} refused 429, "
                f"{rate['other']} other; ledger {rate['ledger']['rows']} rows, {rate['ledger']['admitted']} of them 200"
