@@ -1,7 +1,7 @@
 """Which Price applies to a request: a small table read on every request, so each process keeps it in memory.
 
 Like the routing table, a process reloads it once it is older than TOLLGATE_ROUTES_CACHE_SECONDS; saving or
-deleting a price drops this process's copy at once (billing/apps.py).
+deleting a price drops every process's copy within a second (billing/apps.py, gateway_site/changes.py).
 """
 
 from __future__ import annotations

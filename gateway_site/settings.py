@@ -260,8 +260,9 @@ SECURE_PROXY_SSL_HEADER = env_proxy_ssl_header("DJANGO_SECURE_PROXY_SSL_HEADER")
 
 # Validated key lookups are cached this long; revoke and rotate drop the entry at once.
 TOLLGATE_KEY_CACHE_SECONDS = env_int("TOLLGATE_KEY_CACHE_SECONDS", 30)
-# Each process also keeps its own copy this long, so a warm key costs no cache round trip. Revoke and
-# rotate drop it at once in the process that made the change; other processes follow within this time.
+# Each process also keeps its own copy this long, so a warm key costs no cache round trip. Revoke, rotate and
+# every change of a key or tenant drop it at once in the process that made the change, and in every other process
+# within a second when Redis is configured (gateway_site/changes.py); this time is then only a backstop.
 TOLLGATE_KEY_LOCAL_CACHE_SECONDS = env_int("TOLLGATE_KEY_LOCAL_CACHE_SECONDS", 5)
 # last_used_at is written at most this often per key.
 TOLLGATE_KEY_TOUCH_SECONDS = env_int("TOLLGATE_KEY_TOUCH_SECONDS", 60, minimum=1)

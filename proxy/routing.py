@@ -1,8 +1,8 @@
 """Step three: a public model name becomes an ordered list of Targets (first choice, then fallbacks).
 
 The routing table is small and read on every request, so each process keeps it in memory: saving a
-provider, route or deployment drops this process's copy at once, other processes reload within
-TOLLGATE_ROUTES_CACHE_SECONDS.
+provider, route or deployment drops this process's copy at once and every other process's within a second
+(gateway_site/changes.py); TOLLGATE_ROUTES_CACHE_SECONDS is the backstop.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ from django.test import override_settings
 
 from gateway_site import changes
 
+from ..faults.tcp_proxy import FaultProxy
+
 
 @pytest.fixture
 def heard(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -94,3 +96,28 @@ def test_the_listener_applies_messages_and_heals_a_lost_one_within_a_second(hear
 
     asyncio.run(scenario())
     client.close()
+
+
+@pytest.mark.needs_redis
+def test_a_listener_that_lost_redis_drops_everything_once_back(heard: list[str]) -> None:
+    from urllib.parse import urlsplit
+
+    url = os.environ["REDIS_URL"]
+    parts = urlsplit(url)
+    with FaultProxy(parts.port or 6379) as proxy:
+
+        async def scenario() -> None:
+            listener = asyncio.ensure_future(changes.listen(f"redis://127.0.0.1:{proxy.port}{parts.path}"))
+            try:
+                await until(lambda: heard == [changes.ALL], 5)
+                heard.clear()
+                proxy.cut()
+                await asyncio.to_thread(changes.publish, url, "test", "x")  # announced while the listener is away
+                await asyncio.sleep(0.5)
+                proxy.restore()
+                await until(lambda: heard == [changes.ALL], 5)  # reconnected: everything dropped, "x" included
+            finally:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
+
+        asyncio.run(scenario())
