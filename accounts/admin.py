@@ -64,6 +64,14 @@ class ApiKeyForm(AllowedModelsForm):
     allowed_models_help = ("Models this key may call, separated by commas or on separate lines; empty means every "
                            "model its tenant may call.")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "response_cache" in self.fields:
+            self.fields["response_cache"].required = False  # left out of a submission: the key keeps its choice
+
+    def clean_response_cache(self) -> str:
+        return self.cleaned_data.get("response_cache") or self.instance.response_cache
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         # On the tenant page "tenant" is the tenant as this same form submission changes it.
@@ -210,8 +218,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:
-            return ["tenant", "name", "expires_at", "allowed_models"]
-        return ["tenant", "name", "masked", "expires_at", "allowed_models", *self.readonly_fields[1:]]
+            return ["tenant", "name", "expires_at", "allowed_models", "response_cache"]
+        return ["tenant", "name", "masked", "expires_at", "allowed_models", "response_cache", *self.readonly_fields[1:]]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         return [*self.readonly_fields, "tenant"] if obj else []

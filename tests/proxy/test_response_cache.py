@@ -364,3 +364,13 @@ def test_a_stream_the_client_leaves_closes_its_relay_and_is_not_kept() -> None:
         return await response_cache.store().get(f"{response_cache.PREFIX}left")
 
     assert async_to_sync(leave_after_one_frame)() is None and closed == [True]
+
+
+def test_an_operator_sets_a_keys_response_cache_in_the_admin(admin_client: Any, alice: Party) -> None:
+    page = admin_client.get(f"/admin/accounts/apikey/{alice.key.pk}/change/").content.decode()
+    assert 'name="response_cache"' in page
+    form = {"name": alice.key.name, "allowed_models": "", "expires_at_0": "", "expires_at_1": "",
+            "response_cache": "on", "budgets-TOTAL_FORMS": "0", "budgets-INITIAL_FORMS": "0"}
+    assert admin_client.post(f"/admin/accounts/apikey/{alice.key.pk}/change/", form).status_code == 302
+    alice.key.refresh_from_db()
+    assert alice.key.response_cache == "on"
