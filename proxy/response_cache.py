@@ -94,7 +94,11 @@ def cacheable(body: ApiRequest, policy: CachePolicy) -> bool:
     data = body.data
     if policy.per_user and data.get("user") is not None:
         return False
-    if body.endpoint == EMBEDDINGS or policy.sampled:
+    if body.endpoint == EMBEDDINGS:
+        return True
+    if data.get("logprobs"):
+        return False  # a stream and a whole answer carry log probabilities differently: one entry cannot serve both
+    if policy.sampled:
         return True
     n, temperature = data.get("n"), data.get("temperature")
     temperature = 1 if temperature is None else temperature  # OpenAI's default

@@ -190,6 +190,8 @@ def test_several_sampled_answers_are_not_cached_unless_the_route_says_so(
     configure(demo, cache_sampled=True)
     assert send(alice, chat(n=2, temperature=0.7))["x-tollgate-cache"] == "miss"
     assert send(alice, chat(n=2, temperature=0.7))["x-tollgate-cache"] == "hit"
+    for _ in range(2):  # log probabilities are never cached
+        assert send(alice, chat(temperature=0, logprobs=True))["x-tollgate-cache"] == "miss"
 
 
 def test_a_request_with_a_user_is_not_cached_when_the_route_is_per_user(
