@@ -387,7 +387,9 @@ class RedisBackend:
             batch, tenants = tenants[:200], tenants[200:]
             pipe = client.pipeline(transaction=False)
             for tenant_id in batch:
-                pipe.eval(REAP, 1, keyspace.leases(tenant_id), at, 500, keyspace.hold(tenant_id, ""), MARKER_SECONDS)
+                # execute_command: a cluster client's pipeline has no eval(), and routes EVAL by its key all the same
+                pipe.execute_command("EVAL", REAP, 1, keyspace.leases(tenant_id), at, 500, keyspace.hold(tenant_id, ""),
+                                     MARKER_SECONDS)
             again = []
             for tenant_id, (released, left) in zip(batch, pipe.execute()):
                 total += int(released)

@@ -22,17 +22,17 @@ def available() -> str:
     return ""
 
 
-def wait_ready(port: int, timeout: float = 5.0) -> None:
+def wait_ready(process: subprocess.Popen[bytes], port: int, timeout: float = 5.0) -> None:
     import redis
 
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
     deadline = time.monotonic() + timeout
     while True:
         try:
             client.ping()
             return
         except redis.exceptions.ConnectionError:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or process.poll() is not None:
                 raise
             time.sleep(0.05)
         finally:
@@ -46,7 +46,7 @@ def start(folder: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
                                 "--appendonly", "no", "--dir", str(folder), *args],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_ready(port)
+        wait_ready(process, port)
     except Exception:
         stop([process])
         raise
@@ -81,8 +81,9 @@ def cluster(folder: Path, nodes: int = 3) -> Iterator[str]:
     ports: list[int] = []
     try:
         for i in range(nodes):
+            # The bus port is named: the default (port + 10000) may be taken, or past 65535.
             process, port = start(folder / f"node{i}", "--cluster-enabled", "yes", "--cluster-config-file",
-                                  "nodes.conf", "--cluster-node-timeout", "2000")
+                                  "nodes.conf", "--cluster-node-timeout", "2000", "--cluster-port", str(free_port()))
             started.append(process)
             ports.append(port)
         subprocess.run([REDIS_CLI, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
@@ -98,7 +99,7 @@ def wait_cluster_ok(ports: list[int], timeout: float = 10.0) -> None:
 
     deadline = time.monotonic() + timeout
     for port in ports:
-        client = redis.Redis(port=port)
+        client = redis.Redis(host="127.0.0.1", port=port)
         try:
             while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
                 if time.monotonic() > deadline:
