@@ -10,6 +10,10 @@ name picks the behaviour:
     mock-400/401/404/429/500/503   fails with that status and a body that must not reach clients
     mock-cut        sends a few chunks, then drops the connection
     mock-hang       waits HANG seconds before answering
+    mock-toolong    refuses the prompt as too long for the model's context window (each API's own error shape)
+    mock-flaky?status=429&times=2&retry_after_ms=20&tag=t1
+                    fails with that status (and a retry-after-ms or retry_after header, if given) the first
+                    `times` requests naming this exact model, then answers as `mock` does
 
 Every connection that ends before its response is complete is logged with its time; GET /_events
 returns that log (and DELETE /_events clears it).
@@ -24,6 +28,7 @@ import asyncio
 import json
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 CHUNKS = 20
 DELAY = 0.05
@@ -32,6 +37,7 @@ SECRET_BODY_MARKER = "UPSTREAM-SECRET-sk-mock-should-never-leak"
 
 events: list[dict[str, Any]] = []
 peers: list[tuple[object, ...]] = []  # the client (host, port) of each request, in order of arrival
+flaky: dict[str, int] = {}  # requests seen so far for each mock-flaky model name (a test picks a fresh tag)
 
 
 def chat_chunk(i: int, content: str | None, finish: str | None = None) -> bytes:
@@ -109,6 +115,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if model == "mock-hang":
         await asyncio.sleep(HANG)
+    if model == "mock-toolong":
+        await send_json(send, 400, too_long(path))
+        return
+    if model.startswith("mock-flaky?"):
+        if await flaky_failure(model, send):
+            return
+        body["model"] = model = "mock"
     if path.endswith("/messages"):
         await anthropic(body, send)
     elif path.endswith("/embeddings"):
@@ -127,6 +140,32 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             del data["usage"]
             response = json.dumps(data).encode()
         await send_json(send, 200, response)
+
+
+def too_long(path: str) -> bytes:
+    if path.endswith("/messages"):  # https://docs.anthropic.com/en/api/errors
+        error = {"type": "error", "error": {"type": "invalid_request_error",
+                                            "message": "prompt is too long: 210000 tokens > 200000 maximum"}}
+    else:
+        error = {"error": {"message": "This model's maximum context length is 128000 tokens.",
+                           "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+    return json.dumps(error).encode()
+
+
+async def flaky_failure(model: str, send: Any) -> bool:
+    """Fail the request if this flaky model has failed fewer than its `times` so far; True if it did."""
+    options = {name: values[-1] for name, values in parse_qs(model.partition("?")[2]).items()}
+    seen = flaky[model] = flaky.get(model, 0) + 1
+    if seen > int(options.get("times", "1")):
+        return False
+    headers = [(b"content-type", b"application/json")]
+    for option, header in (("retry_after_ms", b"retry-after-ms"), ("retry_after", b"retry-after")):
+        if option in options:
+            headers.append((header, options[option].encode()))
+    body = json.dumps({"error": {"message": f"{SECRET_BODY_MARKER} busy", "type": "mock_error", "code": None}}).encode()
+    await send({"type": "http.response.start", "status": int(options.get("status", "429")), "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+    return True
 
 
 async def watch_disconnect(receive: Any, scope: dict[str, Any], model: str) -> None:

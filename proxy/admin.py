@@ -113,10 +113,45 @@ class DeploymentInline(admin.TabularInline):
 class ModelRouteForm(forms.ModelForm):
     aliases = NameListField(required=False, help_text="Other names clients may send for this model, separated by "
                                                        "commas or on separate lines, e.g. gpt4o, default.")
+    fallbacks = NameListField(required=False, help_text="Models tried in order when every deployment of this one "
+                                                         "fails, e.g. claude-sonnet. A key must be allowed to use them.")
+    context_window_fallbacks = NameListField(
+        required=False, help_text="Models tried in order, instead, when the prompt is too long for this one.")
 
     class Meta:
         model = ModelRoute
-        fields = ["name", "aliases", "strip_prefix", "is_active"]
+        fields = ["name", "aliases", "strip_prefix", "is_active", "max_attempts", "retry_budget_seconds", "fallbacks",
+                  "context_window_fallbacks", "cache_enabled", "cache_ttl_seconds", "cache_shared", "cache_per_user",
+                  "cache_sampled", "cache_cost"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Left empty, the cache settings keep their defaults: a route saved without them is a route without a cache.
+        for name in ("cache_ttl_seconds", "cache_cost"):
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def clean_cache_ttl_seconds(self) -> int:
+        value = self.cleaned_data.get("cache_ttl_seconds")
+        return int(ModelRoute._meta.get_field("cache_ttl_seconds").default) if value is None else int(value)
+
+    def clean_cache_cost(self) -> str:
+        return str(self.cleaned_data.get("cache_cost") or ModelRoute.CacheCost.FREE)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        own = {cleaned.get("name", ""), *cleaned.get("aliases", [])}
+        own |= {cleaned.get("strip_prefix", "") + name for name in set(own)} if cleaned.get("strip_prefix") else set()
+        routed = routed_names()
+        if self.instance.pk:  # under its saved name too, while it is being renamed
+            own |= {name for name, route in routed.items() if route == self.instance.name}
+        for field in ("fallbacks", "context_window_fallbacks"):
+            names = cleaned.get(field) or []
+            if itself := [name for name in names if name in own]:
+                self.add_error(field, f"A route cannot fall back to itself: {', '.join(itself)}.")
+            elif unknown := [name for name in names if name not in routed]:
+                self.add_error(field, f"No route answers to {', '.join(unknown)}.")
+        return cleaned
 
 
 @admin.register(ModelRoute)
@@ -125,7 +160,15 @@ class ModelRouteAdmin(admin.ModelAdmin):
     list_display = ["name", "aliases", "strip_prefix", "deployment_count", "is_active"]
     list_filter = ["is_active"]
     search_fields = ["name"]
-    fields = ["name", "aliases", "strip_prefix", "is_active", "created_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "aliases", "strip_prefix", "is_active", "created_at"]}),
+        ("Retries", {"fields": ["max_attempts", "retry_budget_seconds"],
+                     "description": "Before the first byte only. Empty fields use TOLLGATE_RETRY_ATTEMPTS and "
+                                    "TOLLGATE_RETRY_BUDGET_SECONDS."}),
+        ("Fallbacks", {"fields": ["fallbacks", "context_window_fallbacks"]}),
+        ("Response cache", {"fields": ["cache_enabled", "cache_ttl_seconds", "cache_shared", "cache_per_user",
+                                       "cache_sampled", "cache_cost"]}),
+    ]
     readonly_fields = ["created_at"]
     inlines = [DeploymentInline]
 

@@ -77,21 +77,29 @@ class ServiceUnavailable(GatewayError):
 
 
 class ProviderError(GatewayError):
-    """The upstream failed. ``permanent`` errors are not retried on another deployment."""
+    """The upstream failed. ``permanent`` errors are not retried on another deployment.
+
+    ``retry_after`` and ``retry_after_ms`` are the provider's own hints (its Retry-After and retry-after-ms headers):
+    Tollgate waits for them before a retry, and passes them on to the client when it gives up.
+    """
 
     type, end_reason = "upstream_error", "upstream_error"
 
     def __init__(
         self, message: str, *, status: int, code: str, permanent: bool, retry_after: str | None = None,
-        end_reason: str = "upstream_error",
+        end_reason: str = "upstream_error", retry_after_ms: str | None = None,
     ) -> None:
         super().__init__(message, code=code)
         self.status, self.permanent, self.retry_after, self.end_reason = status, permanent, retry_after, end_reason
+        self.retry_after_ms = retry_after_ms
         if status < 500:
             self.type = "invalid_request_error" if status != 429 else "rate_limit_error"
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": self.retry_after} if self.retry_after else {}
+        headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+        if self.retry_after_ms:
+            headers["retry-after-ms"] = self.retry_after_ms
+        return headers
 
 
 class BudgetExceeded(GatewayError):

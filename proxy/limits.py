@@ -19,7 +19,7 @@ from billing import holds, pricing, scripts
 from billing.budgets import BudgetSpec, Check, Table, load_table, usd
 from billing.models import Price
 
-from . import outages, ratelimits, sizing
+from . import outages, ratelimits, routing, sizing
 from .db import db_step
 from .errors import BudgetExceeded, NeverFits, RateLimited, TooManyTokens
 from .metering import Meter
@@ -59,6 +59,15 @@ def worst_case(body: ApiRequest, target: Target) -> tuple[int, int]:
     return worst.prompt_tokens, worst.completion_tokens
 
 
+def worst_cases(body: ApiRequest, targets: list[Target]) -> dict[str, tuple[int, int]]:
+    """Return worst_case() for each upstream model of the targets (each model counts with its own tokenizer)."""
+    sizes: dict[str, tuple[int, int]] = {}
+    for target in targets:
+        if target.upstream_model not in sizes:
+            sizes[target.upstream_model] = worst_case(body, target)
+    return sizes
+
+
 async def check_limits(meter: Meter, targets: list[Target]) -> None:
     """Admit the request or raise BudgetExceeded / RateLimited / NeverFits / ServiceUnavailable.
 
@@ -74,16 +83,25 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
     # The request is sized only when a budget or a token limit needs it, always in a worker thread: a large
     # prompt takes milliseconds to tokenize and must never stall the event loop.
     counted = bool(specs) or any(s.limits.tokens_per_minute is not None for s in scopes)
-    prompt, completion = await asyncio.to_thread(worst_case, body, targets[0]) if counted else (0, 0)
+    # A budget holds for every deployment that might serve, fallbacks included: a retry or a fallback never
+    # reaches a dearer model than the one held for (proxy/retries.py keeps to this plan).
+    chain = targets[:1]
+    if specs:
+        meter.plan = await routing.plan(caller, targets)
+        chain = meter.plan.targets()
+    sizes = await asyncio.to_thread(worst_cases, body, chain) if counted else {}
+    prompt, completion = max(sizes.values(), key=sum) if sizes else (0, 0)
     if counted:
         meter.prompt_tokens = prompt
         meter.gate["worst_case_tokens"] = [prompt, completion]
         never_fits_rates(scopes, prompt + completion)
     amount = 0
     if specs:
-        price = (await pricing.table()).find(public_model=targets[0].public_model, provider=targets[0].provider_name,
-                                             upstream_model=targets[0].upstream_model, on=now.date())
-        amount = hold_amount(meter, specs, price, prompt, completion)
+        prices = await pricing.table()
+        amount = max(hold_amount(meter, specs, prices.find(public_model=t.public_model, provider=t.provider_name,
+                                                            upstream_model=t.upstream_model, on=now.date()),
+                                 *sizes[t.upstream_model])
+                     for t in chain)
         never_fits_budgets(specs, amount)
     asking = asyncio.ensure_future(take(meter.request_id, scopes, prompt + completion, specs, amount, now))
     try:

@@ -40,6 +40,8 @@ _unsettled: list[tuple[str, Any, int, list[Any]]] = []
 class Meter:
     """Times and usage of one request, filled in as it runs; ``record`` writes them once."""
 
+    plan: Any = None  # proxy.routing.Plan that the budget gate held money for, so retries keep to those deployments
+
     # When each step ended (perf_counter values), noted as the request runs: traces are built from them at the end
     # (proxy/tracing.py). Class defaults, so a request pays only for the steps it reaches.
     authenticated: float | None = None

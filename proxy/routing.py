@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from django.conf import settings
 
@@ -31,11 +32,25 @@ class Choice:
 
 
 @dataclass(frozen=True)
+class Policy:
+    """A route's retry and fallback settings (ModelRoute); None means the global default."""
+
+    max_attempts: int | None = None
+    retry_budget_seconds: int | None = None
+    fallbacks: tuple[str, ...] = ()
+    context_window_fallbacks: tuple[str, ...] = ()
+
+
+DEFAULT_POLICY = Policy()
+
+
+@dataclass(frozen=True)
 class Table:
     routes: dict[str, tuple[Choice, ...]]  # every accepted public name -> its deployments
     models: tuple[str, ...]  # canonical public names, for /v1/models
     loaded_at: float
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # canonical name -> every public name of its route
+    policies: dict[str, Policy] = field(default_factory=dict)  # canonical name -> its retry settings, unless defaults
 
     def names_of(self, model: str) -> tuple[str, ...]:
         """Every name of the model's route, which an allow-list may name it by (its name, aliases, prefixed names)."""
@@ -54,6 +69,7 @@ def load_table() -> Table:
     routes: dict[str, list[Choice]] = {}
     models: list[str] = []
     names: dict[str, tuple[str, ...]] = {}
+    policies: dict[str, Policy] = {}
     deployments = Deployment.objects.filter(is_active=True, route__is_active=True, provider__is_active=True)
     by_route: dict[int, list[Deployment]] = {}
     for deployment in deployments.select_related("provider"):
@@ -79,6 +95,8 @@ def load_table() -> Table:
         if choices:
             models.append(route.name)
             names[route.name] = tuple(route.public_names())
+            if (policy := policy_of(route)) != DEFAULT_POLICY:
+                policies[route.name] = policy
             for name in route.public_names():
                 routes[name] = [*routes.get(name, []), *choices] if name != route.name else choices
     return Table(
@@ -86,7 +104,16 @@ def load_table() -> Table:
         models=tuple(sorted(models)),
         loaded_at=time.monotonic(),
         names=names,
+        policies=policies,
     )
+
+
+def policy_of(route: Any) -> Policy:
+    def names(value: object) -> tuple[str, ...]:
+        return tuple(n for n in value if isinstance(n, str) and n) if isinstance(value, list) else ()
+
+    return Policy(route.max_attempts, route.retry_budget_seconds, names(route.fallbacks),
+                  names(route.context_window_fallbacks))
 
 
 aload_table = db_step(load_table)
@@ -104,8 +131,7 @@ async def table() -> Table:
                 raise
             # The database is down: keep routing with the last table, and try again in a second.
             outages.note("database", e)
-            current = _table = Table(current.routes, current.models,
-                                     time.monotonic() - settings.TOLLGATE_ROUTES_CACHE_SECONDS + 1.0, current.names)
+            current = _table = replace(current, loaded_at=time.monotonic() - settings.TOLLGATE_ROUTES_CACHE_SECONDS + 1.0)
     return current
 
 
@@ -128,6 +154,58 @@ async def route(caller: Caller, model: str) -> list[Target]:
     if refused_by == "key":
         raise PermissionDenied(f"This API key is not allowed to use the model '{model}'.", param="model", code="model_not_allowed")
     return order(choices)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One route's deployments in a request's plan, best first, with the route's retry settings."""
+
+    model: str
+    targets: tuple[Target, ...]
+    attempts: int
+    budget_seconds: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where a request may be served: its route, then its fallbacks in order; the context-window fallbacks instead
+    once a model says the prompt is too long."""
+
+    groups: tuple[Group, ...]
+    context: tuple[Group, ...] = ()
+
+    def targets(self) -> list[Target]:
+        """Every deployment that might serve the request (the budget gate holds the dearest one's worst case)."""
+        return [target for group in (*self.groups, *self.context) for target in group.targets]
+
+
+async def plan(caller: Caller, targets: list[Target]) -> Plan:
+    """Return the plan for the targets route() gave the caller; fallbacks it may not use are left out."""
+    current = await table()
+    model = targets[0].public_model
+    policy = current.policies.get(model, DEFAULT_POLICY)
+    return Plan((group_of(model, tuple(targets), policy), *fallback_groups(current, caller, model, policy.fallbacks)),
+                fallback_groups(current, caller, model, policy.context_window_fallbacks))
+
+
+def group_of(model: str, targets: tuple[Target, ...], policy: Policy) -> Group:
+    return Group(model, targets, policy.max_attempts or settings.TOLLGATE_RETRY_ATTEMPTS,
+                 float(policy.retry_budget_seconds or settings.TOLLGATE_RETRY_BUDGET_SECONDS))
+
+
+def fallback_groups(current: Table, caller: Caller, model: str, names: tuple[str, ...]) -> tuple[Group, ...]:
+    """The routes named, in order: each once, never the model itself, and only those both allow-lists admit."""
+    groups, seen = [], {model}
+    for name in names:
+        choices = current.routes.get(name)
+        if not choices:
+            continue  # no such route, or none of its deployments is active
+        canonical = choices[0].target.public_model
+        if canonical in seen or caller.refused_by(name, *current.names_of(name)) is not None:
+            continue
+        seen.add(canonical)
+        groups.append(group_of(canonical, tuple(order(choices)), current.policies.get(canonical, DEFAULT_POLICY)))
+    return tuple(groups)
 
 
 def order(choices: tuple[Choice, ...]) -> list[Target]:

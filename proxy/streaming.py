@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 
 from billing import tokens
 
-from . import routing, sse, upstream
+from . import retries, routing, sse, upstream
 from .errors import ProviderError, ServerError
 from .metering import Meter
 from .providers.base import CHAT, ApiRequest, Completion, Target, Upstream, Usage
@@ -21,26 +21,21 @@ from .providers.base import CHAT, ApiRequest, Completion, Target, Upstream, Usag
 logger = logging.getLogger(__name__)
 
 
-MAX_ATTEMPTS = 2  # the chosen deployment, then one fallback; never after the first byte went out
-
 T = TypeVar("T")
 
 
 async def try_targets(targets: list[Target], meter: Meter, call: Callable[[Target], Awaitable[T]]) -> T:
-    """Return the first result a target gives. Raises the last ProviderError if none does."""
-    tries = targets[:MAX_ATTEMPTS]
-    for attempt, target in enumerate(tries):
-        meter.target = target
-        started = time.perf_counter()
-        try:
-            return await call(target)
-        except ProviderError as e:
-            routing.report(target, ok=False)
-            if e.permanent or attempt == len(tries) - 1:
-                raise
-        finally:
-            meter.upstream_seconds += time.perf_counter() - started
-    raise AssertionError("route() never returns an empty list")
+    """Return the first result a target gives, retrying and falling back as proxy/retries.py decides (never
+    after the first byte went out). Raises the last ProviderError if none gives one."""
+    target = meter.target = targets[0]
+    started = time.perf_counter()
+    try:
+        return await call(target)  # the plain path: one attempt, nothing more to do
+    except ProviderError as e:
+        error = e
+    finally:
+        meter.upstream_seconds += time.perf_counter() - started
+    return await retries.keep_trying(targets, meter, call, error, started)
 
 
 async def open_first(targets: list[Target], body: ApiRequest, meter: Meter) -> Upstream:

@@ -110,6 +110,8 @@ def status_error(response: UpstreamReply) -> ProviderError:
     """Map an upstream 4xx/5xx to the status the OpenAI SDKs expect. The body is never echoed."""
     status, code = response.status_code, upstream_code(response)
     if status in (400, 413, 422):
+        if code != CONTEXT_WINDOW and too_long(response):
+            code = CONTEXT_WINDOW  # one code for every provider's way of saying it, so the context fallbacks apply
         return ProviderError(
             f"The provider rejected the request as invalid (HTTP {status}).",
             status=400, code=code or "upstream_bad_request", permanent=True,
@@ -124,15 +126,46 @@ def status_error(response: UpstreamReply) -> ProviderError:
             "The provider does not know the configured model. Ask your Tollgate operator to check the route.",
             status=502, code="upstream_model_not_found", permanent=False,
         )
+    after, after_ms = retry_hints(response)
     if status == 429:
         return ProviderError(
             "The provider is rate limiting requests; try again shortly.",
-            status=429, code=code or "upstream_rate_limited", permanent=False,
-            retry_after=response.headers.get("retry-after"),
+            status=429, code=code or "upstream_rate_limited", permanent=False, retry_after=after, retry_after_ms=after_ms,
         )
     return ProviderError(
-        f"The provider failed (HTTP {status}).", status=502, code="upstream_error", permanent=False
+        f"The provider failed (HTTP {status}).", status=502, code="upstream_error", permanent=False,
+        retry_after=after, retry_after_ms=after_ms,
     )
+
+
+CONTEXT_WINDOW = "context_length_exceeded"
+# How providers say a prompt does not fit the model: OpenAI and most compatible servers send the code above;
+# Anthropic sends "prompt is too long: N tokens > M maximum" (https://docs.anthropic.com/en/api/errors), others
+# variations of these. Only matched, never passed on: the message can quote the prompt.
+_TOO_LONG = re.compile(r"prompt is too long|input is too long|context.length|context.window|maximum context|"
+                       r"too many (input )?tokens", re.IGNORECASE)
+
+
+def too_long(response: UpstreamReply) -> bool:
+    """Whether an upstream 4xx says the prompt is longer than the model's context window."""
+    try:
+        error = json.loads(response.content).get("error")
+    except (ValueError, AttributeError):
+        return False
+    message = error.get("message") if isinstance(error, dict) else error
+    return isinstance(message, str) and _TOO_LONG.search(message[:1000]) is not None
+
+
+_SECONDS = re.compile(r"\d{1,9}(\.\d{1,6})?")
+_HTTP_DATE = re.compile(r"[A-Za-z]{3}, \d{2} [A-Za-z]{3} \d{4} \d{2}:\d{2}:\d{2} GMT")
+
+
+def retry_hints(response: UpstreamReply) -> tuple[str | None, str | None]:
+    """The upstream's Retry-After (seconds or an HTTP date) and retry-after-ms headers, each None unless well formed:
+    they are passed on to clients, so nothing else is."""
+    after, after_ms = response.headers.get("retry-after", "").strip(), response.headers.get("retry-after-ms", "").strip()
+    return (after if _SECONDS.fullmatch(after) or _HTTP_DATE.fullmatch(after) else None,
+            after_ms if _SECONDS.fullmatch(after_ms) else None)
 
 
 def transport_error(error: BaseException) -> ProviderError:

@@ -97,6 +97,36 @@ def test_route_aliases_are_a_comma_or_newline_list(admin_client: Client) -> None
     assert broken.status_code == 200 and "Every model name must be a non-empty string." in broken.content.decode()
 
 
+def test_route_retries_fallbacks_and_cache_are_grouped_and_fallbacks_never_name_the_route(admin_client: Client) -> None:
+    base = {"name": "gpt-4o", "aliases": "default", "strip_prefix": "Proxy/", "is_active": "on",
+            "deployments-TOTAL_FORMS": "0", "deployments-INITIAL_FORMS": "0"}
+    assert admin_client.post("/admin/proxy/modelroute/add/", {**base, "name": "claude-sonnet", "aliases": ""}).status_code == 302
+    form = admin_client.get("/admin/proxy/modelroute/add/").content.decode()
+    for heading in ("Retries", "Fallbacks", "Response cache"):
+        assert f">{heading}</h2>" in form
+    for field in ("max_attempts", "retry_budget_seconds", "fallbacks", "context_window_fallbacks", "cache_enabled",
+                  "cache_ttl_seconds", "cache_shared", "cache_per_user", "cache_sampled", "cache_cost"):
+        assert f'name="{field}"' in form
+    for itself in ("gpt-4o", "default", "Proxy/default"):
+        refused = admin_client.post("/admin/proxy/modelroute/add/", {**base, "fallbacks": f"claude-sonnet, {itself}"})
+        assert refused.status_code == 200 and "A route cannot fall back to itself" in refused.content.decode()
+    unknown = admin_client.post("/admin/proxy/modelroute/add/", {**base, "context_window_fallbacks": "nonesuch"})
+    assert unknown.status_code == 200 and "No route answers to nonesuch." in unknown.content.decode()
+    saved = admin_client.post("/admin/proxy/modelroute/add/", {
+        **base, "max_attempts": "5", "retry_budget_seconds": "12", "fallbacks": "claude-sonnet",
+        "context_window_fallbacks": "claude-sonnet", "cache_enabled": "on", "cache_ttl_seconds": "60",
+        "cache_cost": "full"})
+    assert saved.status_code == 302
+    route = ModelRoute.objects.get(name="gpt-4o")
+    assert (route.max_attempts, route.retry_budget_seconds, route.fallbacks, route.context_window_fallbacks) == (
+        5, 12, ["claude-sonnet"], ["claude-sonnet"])
+    assert (route.cache_enabled, route.cache_ttl_seconds, route.cache_cost) == (True, 60, "full")
+    # Saved again under its own name, it is still not a fallback of itself.
+    again = admin_client.post(f"/admin/proxy/modelroute/{route.pk}/change/", {**base, "name": "gpt-4-renamed",
+                                                                                "fallbacks": "gpt-4o"})
+    assert again.status_code == 200 and "A route cannot fall back to itself" in again.content.decode()
+
+
 def test_ledger_changelist_never_counts_the_whole_table(admin_client: Client, alice: Party) -> None:
     UsageRecord.objects.bulk_create(
         UsageRecord(tenant=alice.tenant, key=alice.key, endpoint="chat", public_model="demo", end_reason="complete",
