@@ -326,6 +326,9 @@ class UsageRollup(models.Model):
     latency_p99_ms = models.PositiveIntegerField(null=True, blank=True)
     ttfb_p50_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Time to first byte, of requests that had one.")
     ttfb_p95_ms = models.PositiveIntegerField(null=True, blank=True)
+    sketch = models.JSONField(null=True, blank=True, editable=False,
+                              help_text="Hour rollups only: latency and first-byte counts per logarithmic bin "
+                                        "(billing/sketches.py), merged into the day's percentiles.")
 
     class Meta:
         constraints = [

@@ -1,8 +1,12 @@
 """Usage rollups per tenant, key, model, provider and UTC hour / day, read incrementally from the ledger.
 
 Each run reads the ledger rows written since the last one (by id, the watermark), finds the hours and days
-they fall in, and rebuilds those windows whole from the ledger. A late row (one written after its window was
-rolled up) therefore just makes its window be rebuilt, and rebuilding a window twice gives the same rows.
+they fall in, rebuilds those hours whole from the ledger, and derives those days from their hours. A late row (one
+written after its window was rolled up) therefore just makes its hour and day be rebuilt, and rebuilding a window
+twice gives the same rows. A run reads the new rows' hours from the ledger, never a whole day of it.
+
+Hour rollups are exact. Day rollups sum their hours' counts, tokens and cost exactly; their percentiles come from
+the hours' latency sketches (billing/sketches.py): within 1 % of the exact figure, exact under 50 ms.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from django.db.models import Aggregate, Count, IntegerField, Max, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from . import sketches
 from .models import RollupState, UsageRecord, UsageRollup
 
 logger = logging.getLogger(__name__)
@@ -31,7 +36,7 @@ STATE = "usage"
 
 
 class Percentile(Aggregate):
-    """PostgreSQL's exact percentile_disc; SQLite gets the same figure in Python (see group_percentiles)."""
+    """PostgreSQL's exact percentile_disc; SQLite gets the same figure in Python (see discrete)."""
 
     function = "percentile_disc"
     template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
@@ -81,8 +86,14 @@ LATENCY = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95, "latency_p99_ms": 0.99
 TTFB = {"ttfb_p50_ms": 0.5, "ttfb_p95_ms": 0.95}
 
 
+SKETCHED = {"latency": "latency_ms", "ttfb": "ttfb_ms"}
+SUMMED = ("requests", "errors", "rejected", "prompt_tokens", "completion_tokens", "cost_picos")
+
+
 def rebuild(granularity: str, start: datetime, end: datetime) -> int:
-    """Replace the rollups of one window with what the ledger holds for it. Returns how many were written."""
+    """Replace the rollups of one window: an hour from the ledger, a day from its hours. Returns how many were written."""
+    if granularity == UsageRollup.Granularity.DAY:
+        return derive_day(start)
     rows = UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
     answered = Q(end_reason__in=["complete", "client_gone", *ERRORS])  # latency of rejections says nothing
     first_byte = Q(ttfb_ms__isnull=False)
@@ -94,16 +105,23 @@ def rebuild(granularity: str, start: datetime, end: datetime) -> int:
         completion=Sum("completion_tokens"),
         cost=Sum("cost_picos"),
     ).order_by()
+    sketched: dict[Group, dict[str, sketches.Sketch]] = defaultdict(lambda: {name: {} for name in SKETCHED})
     if connection.vendor == "postgresql":
         groups = groups.annotate(
             **{name: Percentile("latency_ms", fraction, filter=answered) for name, fraction in LATENCY.items()},
             **{name: Percentile("ttfb_ms", fraction, filter=first_byte) for name, fraction in TTFB.items()})
         percentiles: dict[Group, dict[str, int]] | None = None
+        for name, field, which in (("latency", "latency_ms", answered), ("ttfb", "ttfb_ms", first_byte)):
+            bins = rows.filter(which).annotate(bin=sketches.Bin(field)).values(*GROUP, "bin").annotate(n=Count("id"))
+            for b in bins.order_by():
+                sketched[(b["tenant_id"], b["key_id"], b["public_model"], b["provider"])][name][str(b["bin"])] = b["n"]
     else:
         percentiles = defaultdict(dict)
-        for group, figures in [*group_percentiles(rows.filter(answered), "latency_ms", LATENCY).items(),
-                               *group_percentiles(rows.filter(first_byte), "ttfb_ms", TTFB).items()]:
-            percentiles[group].update(figures)
+        for name, field, which, fractions in (("latency", "latency_ms", answered, LATENCY),
+                                              ("ttfb", "ttfb_ms", first_byte, TTFB)):
+            for group, ordered in group_values(rows.filter(which), field).items():
+                percentiles[group].update({p: discrete(ordered, fraction) for p, fraction in fractions.items()})
+                sketched[group][name] = sketches.of(ordered)
     rollups = []
     for g in groups:
         group = (g["tenant_id"], g["key_id"], g["public_model"], g["provider"])
@@ -112,22 +130,69 @@ def rebuild(granularity: str, start: datetime, end: datetime) -> int:
             granularity=granularity, bucket=start, tenant_id=g["tenant_id"], key_id=g["key_id"], model=g["public_model"],
             provider=g["provider"], requests=g["requests"], errors=g["errors"], rejected=g["rejected"],
             prompt_tokens=g["prompt"] or 0, completion_tokens=g["completion"] or 0, cost_picos=g["cost"] or 0,
-            **{name: figures.get(name) for name in (*LATENCY, *TTFB)}))
+            sketch=sketched[group], **{name: figures.get(name) for name in (*LATENCY, *TTFB)}))
+    return replace(granularity, start, rollups)
+
+
+def replace(granularity: str, start: datetime, rollups: list[UsageRollup]) -> int:
     UsageRollup.objects.filter(granularity=granularity, bucket=start).delete()
     UsageRollup.objects.bulk_create(rollups)
     return len(rollups)
 
 
-def group_percentiles(rows: object, field: str, fractions: dict[str, float]) -> dict[Group, dict[str, int]]:
-    """percentile_disc in Python: the smallest value with at least that fraction of the group at or below it."""
+def derive_day(start: datetime) -> int:
+    """Replace a day's rollups with the sums of its hour rollups; percentiles from the merged hour sketches."""
+    hours = UsageRollup.objects.filter(granularity=UsageRollup.Granularity.HOUR, bucket__gte=start,
+                                       bucket__lt=start + DAY)
+    refresh_unsketched(hours)
+    days: dict[tuple[int, int | None, str, str], UsageRollup] = {}
+    merged: dict[tuple[int, int | None, str, str], dict[str, sketches.Sketch]] = {}
+    bounds: dict[tuple[int, int | None, str, str], dict[str, list[int]]] = {}
+    for hour in hours.order_by("bucket", "pk"):
+        group = (hour.tenant_id, hour.key_id, hour.model, hour.provider)
+        day = days.get(group)
+        if day is None:
+            day = days[group] = UsageRollup(granularity=UsageRollup.Granularity.DAY, bucket=start, tenant_id=hour.tenant_id,
+                                            key_id=hour.key_id, model=hour.model, provider=hour.provider)
+            merged[group], bounds[group] = {name: {} for name in SKETCHED}, defaultdict(list)
+        for field in SUMMED:
+            setattr(day, field, getattr(day, field) + getattr(hour, field))
+        for name in SKETCHED:
+            sketches.merge(merged[group][name], (hour.sketch or {}).get(name, {}))
+        for name in (*LATENCY, *TTFB):
+            if getattr(hour, name) is not None:
+                bounds[group][name].append(getattr(hour, name))
+    for group, day in days.items():
+        for name, fraction in (*LATENCY.items(), *TTFB.items()):
+            seen = bounds[group][name]
+            if seen:
+                sketch = merged[group]["latency" if name in LATENCY else "ttfb"]
+                # An hour rolled up before sketches existed, whose ledger rows were pruned, has none: its largest
+                # percentile then stands in, an upper bound of the day's.
+                value = sketches.quantile(sketch, fraction, low=min(seen), high=max(seen))
+                setattr(day, name, max(seen) if value is None else value)
+    return replace(UsageRollup.Granularity.DAY, start, list(days.values()))
+
+
+def refresh_unsketched(hours: object) -> None:
+    """Rebuild from the ledger the hours rolled up before sketches existed, unless their rows were pruned."""
+    cutoff = pruned_before()
+    stale = hours.filter(sketch__isnull=True).values_list("bucket", flat=True).distinct()  # type: ignore[attr-defined]
+    for bucket in sorted(set(stale)):
+        if cutoff is None or bucket >= cutoff:
+            rebuild(UsageRollup.Granularity.HOUR, bucket, bucket + HOUR)
+
+
+def group_values(rows: object, field: str) -> dict[Group, list[int]]:
+    """Each group's values of the field, smallest first."""
     values: dict[Group, list[int]] = defaultdict(list)
     for tenant_id, key_id, model, provider, value in rows.values_list(*GROUP, field).order_by(field):  # type: ignore[attr-defined]
         values[(tenant_id, key_id, model, provider)].append(value)
-    return {group: {name: discrete(ordered, fraction) for name, fraction in fractions.items()}
-            for group, ordered in values.items()}
+    return values
 
 
 def discrete(ordered: list[int], fraction: float) -> int:
+    """percentile_disc in Python: the smallest value with at least that fraction of the group at or below it."""
     index = max(0, -(-int(fraction * 1000) * len(ordered) // 1000) - 1)  # ceil(fraction * n) - 1, in integers
     return ordered[index]
 
