@@ -3,8 +3,8 @@
 Both run with every management command that checks (``migrate`` at startup under Docker Compose, ``check``) and
 with ``check --deploy``.
 
-How many processes will run is not something Django can see, so the hint is the environment: WEB_CONCURRENCY
-(uvicorn's and gunicorn's default number of workers) or TOLLGATE_PROCESSES (how many serving processes the whole
+How many processes will run is not something Django can see, so the hint is WEB_CONCURRENCY (uvicorn's and
+gunicorn's default number of workers) or the setting TOLLGATE_PROCESSES (how many serving processes the whole
 deployment runs, across hosts: set it when they are separate containers or machines).
 """
 
@@ -18,14 +18,12 @@ from django.core.checks import CheckMessage, Info, Warning, register
 
 
 def processes() -> int:
-    """The largest number of serving processes the environment announces (1 when it says nothing)."""
-    counts = [1]
-    for name in ("WEB_CONCURRENCY", "TOLLGATE_PROCESSES"):
-        try:
-            counts.append(int(os.environ.get(name, "").strip() or 1))
-        except ValueError:
-            pass  # not ours to refuse: uvicorn reports a bad WEB_CONCURRENCY itself
-    return max(counts)
+    """The largest number of serving processes announced (1 when nothing says more)."""
+    try:
+        workers = int(os.environ.get("WEB_CONCURRENCY", "").strip() or 1)
+    except ValueError:
+        workers = 1  # not ours to refuse: uvicorn reports a bad WEB_CONCURRENCY itself
+    return max(workers, settings.TOLLGATE_PROCESSES)
 
 
 @register()

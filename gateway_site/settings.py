@@ -116,6 +116,9 @@ TOLLGATE_CHANNELS_REDIS_URL = redis_url("TOLLGATE_CHANNELS_REDIS_URL") or REDIS_
 # The money Redis is a Redis Cluster (its URL names any one node): the money state's scripts and the "limits" cache
 # then use redis-py's cluster client. Every script's keys share one hash slot (billing/keyspace.py).
 TOLLGATE_MONEY_REDIS_CLUSTER = env_bool("TOLLGATE_MONEY_REDIS_CLUSTER", False)
+# How many serving processes the whole deployment runs, across hosts (uvicorn's WEB_CONCURRENCY counts one host's):
+# with more than one, system checks warn about state that would stay inside each process (gateway_site/checks.py).
+TOLLGATE_PROCESSES = env_int("TOLLGATE_PROCESSES", 1, minimum=1)
 # Django's default cache (key lookups, pages) is disposable and lives on REDIS_URL; the "limits" cache holds rate
 # counters (the management API, the login throttle) and lives with the money state.
 CACHES = {

@@ -24,18 +24,21 @@ def test_one_process_without_redis_is_fine(settings: object, monkeypatch: pytest
     for name, value in EMBEDDED.items():
         setattr(settings, name, value)
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
-    monkeypatch.delenv("TOLLGATE_PROCESSES", raising=False)
+    settings.TOLLGATE_PROCESSES = 1  # type: ignore[attr-defined]
     assert checks.shared_state() == []
 
 
-@pytest.mark.parametrize("variable", ["WEB_CONCURRENCY", "TOLLGATE_PROCESSES"])
+@pytest.mark.parametrize("hint", ["WEB_CONCURRENCY", "TOLLGATE_PROCESSES"])
 def test_several_processes_without_redis_warn_for_each_kind_of_state(
-    settings: object, monkeypatch: pytest.MonkeyPatch, variable: str
+    settings: object, monkeypatch: pytest.MonkeyPatch, hint: str
 ) -> None:
     for name, value in EMBEDDED.items():
         setattr(settings, name, value)
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
-    monkeypatch.setenv(variable, "4")
+    if hint == "WEB_CONCURRENCY":
+        monkeypatch.setenv(hint, "4")
+    else:
+        settings.TOLLGATE_PROCESSES = 4  # type: ignore[attr-defined]
     found = checks.shared_state()
     assert ids(found) == ["tollgate.W001", "tollgate.W002", "tollgate.W003"]
     assert all(isinstance(m, django_checks.Warning) and "4 processes" in m.msg for m in found)
