@@ -113,10 +113,15 @@ class Journal:
             self._track(request_id, written=False, settled=not settles)
             self._write(data)
 
-    def checkpoint(self, request_id: str, text: str, usage: dict[str, int] | None = None) -> None:
+    def checkpoint(self, request_id: str, text: str, usage: dict[str, int] | None = None, *,
+                   serving: dict[str, str] | None = None) -> None:
+        """Note what a request relayed since its last checkpoint; ``serving``: the public model, provider and upstream
+        model it is now asking, when a retry or fallback moved it from those of its begin line."""
         record: dict[str, Any] = {"t": "c", "id": request_id, "text": text}
         if usage is not None:
             record["usage"] = usage
+        if serving is not None:
+            record["serving"] = serving
         data = dumps(record)
         with self.lock:
             self._write(data)
@@ -169,6 +174,7 @@ class Lost:
     begin: dict[str, Any] | None = None
     texts: list[str] = field(default_factory=list)
     usage: dict[str, int] | None = None
+    serving: dict[str, str] | None = None  # the deployment a retry or fallback moved to, over the begin line's
     row: dict[str, Any] | None = None
     written: bool = False
     settled: bool = False
@@ -191,6 +197,7 @@ def read(path: Path) -> dict[str, Lost]:
                 elif kind == "c":
                     state.texts.append(record.get("text", ""))
                     state.usage = record.get("usage") or state.usage
+                    state.serving = record.get("serving") or state.serving
                 elif kind == "e":
                     state.row = record["row"]
                 elif kind == "w":

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 def lost_entry(lost: Lost) -> UsageEntry:
     """The row of a request its process did not finish, by the policy above."""
-    begin = lost.begin or {}
+    begin = {**(lost.begin or {}), **(lost.serving or {})}  # priced by the deployment it was asking last
     usage = lost.usage or {}
     relayed = "".join(lost.texts)
     return UsageEntry(

@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 
+from billing.journal import journal
+
 from . import routing
 from .errors import ProviderError
 from .metering import Meter
@@ -76,28 +78,47 @@ def next_step(group: Group, target: Target, error: ProviderError, tried: dict[in
               started: float) -> tuple[Target, float] | None:
     """The deployment of ``group`` to try next and the seconds to wait first, or None when the group is spent.
 
-    The failed deployment is retried while healthy, keeping one attempt for each healthy deployment not yet tried;
-    a wait that would pass the time budget is not started (another deployment needs none).
+    The failed deployment is retried while healthy, keeping one attempt for each deployment not yet tried; a wait
+    that would pass the time budget is not started (another deployment needs none). Health is asked only of the
+    deployment about to be chosen: asking lets a half-open breaker's one probe through.
     """
     left = group.attempts - sum(tried.values())
     if left <= 0:
         return None
     elapsed = now() - started
-    fresh = [t for t in group.targets if t.deployment_id not in tried and routing.is_healthy(t.deployment_id)]
-    if (error.code not in NOT_ON_SAME_DEPLOYMENT and left > len(fresh)
-            and routing.is_healthy(target.deployment_id)):
+    untried = [t for t in group.targets if t.deployment_id not in tried]
+
+    def again() -> tuple[Target, float] | None:
+        if error.code in NOT_ON_SAME_DEPLOYMENT or not routing.is_healthy(target.deployment_id):
+            return None
         wait = delay(error, tried.get(target.deployment_id, 1))
-        if elapsed + wait <= group.budget_seconds:
-            return target, wait
-    if fresh and elapsed <= group.budget_seconds:
-        return fresh[0], 0.0
-    return None
+        return (target, wait) if elapsed + wait <= group.budget_seconds else None
+
+    if left > len(untried) and (step := again()) is not None:
+        return step
+    if elapsed <= group.budget_seconds:
+        for other in untried:
+            if routing.is_healthy(other.deployment_id):
+                return other, 0.0
+    return again() if left <= len(untried) else None  # the others are benched: this one after all
 
 
 def attempt(target: Target, error: ProviderError | None, seconds: float, waited: float) -> dict[str, Any]:
     return {"deployment": target.deployment_id, "provider": target.provider_name, "model": target.upstream_model,
             "route": target.public_model, "status": error.status if error else 200,
             "error": error.code if error else None, "ms": round(seconds * 1000), "waited_ms": round(waited * 1000)}
+
+
+def serving(target: Target | None) -> dict[str, str]:
+    """What a ledger row names and is priced by."""
+    if target is None:
+        return {}
+    return {"public_model": target.public_model, "provider": target.provider_name, "upstream_model": target.upstream_model}
+
+
+def moved(meter: Meter, target: Target) -> None:
+    """Note in the journal which deployment the request now asks: a process killed meanwhile bills that one."""
+    journal().checkpoint(meter.request_id, "", serving=serving(target))
 
 
 async def keep_trying(targets: list[Target], meter: Meter, call: Callable[[Target], Awaitable[T]],
@@ -133,6 +154,8 @@ async def keep_trying(targets: list[Target], meter: Meter, call: Callable[[Targe
         target, wait = step
         if wait:
             await sleep(wait)  # a client that leaves now cancels us here; the view writes its row
+        if meter.begun and serving(target) != serving(meter.target):
+            moved(meter, target)
         meter.target = target
         began = time.perf_counter()
         try:

@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from billing import journal
+from billing import journal, recovery
 
 
 def test_a_request_is_read_back_as_far_as_it_got_and_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
@@ -53,3 +53,15 @@ def test_only_files_of_dead_processes_are_handed_to_the_recovery(tmp_path: Path)
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
     alive.close()
+
+
+def test_a_request_that_moved_to_another_deployment_is_recovered_as_that_one(tmp_path: Path) -> None:
+    book = journal.Journal(tmp_path)
+    book.begin("a", {"tenant_id": 1, "public_model": "gpt-4o", "provider": "openai", "upstream_model": "gpt-4o-1",
+                     "prompt_tokens": 7}, settles=True)
+    book.checkpoint("a", "", serving={"public_model": "claude", "provider": "anthropic", "upstream_model": "claude-3"})
+    book.checkpoint("a", "Once upon")
+    entry = recovery.lost_entry(journal.read(book.path)["a"])
+    # A fallback was being asked when the process died: the row names it, and is priced by it.
+    assert (entry.public_model, entry.provider, entry.upstream_model) == ("claude", "anthropic", "claude-3")
+    assert (entry.prompt_tokens, entry.completion_text) == (7, "Once upon")

@@ -9,7 +9,7 @@ from django.test import Client
 
 from billing import budgets
 from billing.models import Budget, Price, UsageRecord
-from proxy import routing
+from proxy import retries, routing
 from proxy.models import ModelRoute
 
 from ..conftest import Party
@@ -29,7 +29,14 @@ def chain(mock_upstream_url: str) -> dict[str, ModelRoute]:
 
 
 def test_a_fallback_serves_when_every_deployment_fails(client: Client, alice: Party, chain: dict[str, ModelRoute],
-                                                       clock: Clock) -> None:
+                                                       clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    noted: list[dict[str, str] | None] = []
+
+    class Journal:
+        def checkpoint(self, request_id: str, text: str, *, serving: dict[str, str] | None = None) -> None:
+            noted.append(serving)
+
+    monkeypatch.setattr(retries, "journal", Journal)
     response = chat(client, alice, "primary")
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "Hello from the mock."
     row = row_of(response)
@@ -40,6 +47,8 @@ def test_a_fallback_serves_when_every_deployment_fails(client: Client, alice: Pa
     assert [(a["route"], a["status"]) for a in attempts] == [("primary", 502), ("primary", 502), ("backup", 200)]
     assert {a["model"] for a in attempts[:2]} == {"mock-500", "mock-503"}  # both deployments, then the fallback
     assert UsageRecord.objects.count() == 1
+    # Each move to another deployment is in the journal first: a process killed meanwhile bills the right one.
+    assert len(noted) == 2 and noted[-1] == {"public_model": "backup", "provider": "backup-0", "upstream_model": "mock"}
 
 
 def test_a_prompt_too_long_goes_to_the_context_window_fallback(

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import json
 import random
 import time
 import pytest
-from django.test import Client, override_settings
+from asgiref.sync import async_to_sync
+from django.test import AsyncClient, Client, override_settings
 from openai import OpenAI
 
 from bench import mock_upstream
 from billing.models import UsageRecord
 from proxy import retries, routing
 from proxy.errors import ProviderError
+from proxy.providers.base import Target
+from proxy.routing import Group
 
 from ..conftest import Party, make_party
 from .retrying import Clock, chat, clock, deploy, flaky, healthy, row_of, stream  # noqa: F401 (fixtures)
@@ -39,6 +44,57 @@ def test_provider_hints_win_over_the_backoff_ms_first() -> None:
     assert 28 <= retries.hinted(rate_limited(retry_after=date)) <= 30  # type: ignore[operator]
     assert retries.hinted(rate_limited(retry_after="soon")) is None and retries.hinted(rate_limited()) is None
     assert retries.delay(rate_limited(retry_after="2"), 5) == 2.0
+
+
+def target(deployment_id: int) -> Target:
+    return Target(public_model="m", deployment_id=deployment_id, provider_name="p", kind="openai_compatible",
+                  base_url="", upstream_model="u")
+
+
+def test_health_is_asked_only_of_the_deployment_chosen(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
+    # Asking a half-open breaker lets its one probe through: asking of a deployment then not tried would waste it.
+    asked: list[int] = []
+    benched = {2, 3}
+    monkeypatch.setattr(routing, "is_healthy", lambda d: asked.append(d) or d not in benched)
+    group = Group("m", (target(1), target(2), target(3), target(4)), attempts=4, budget_seconds=30.0)
+    error = rate_limited(retry_after_ms="100")
+    assert retries.next_step(group, target(1), error, {1: 1}, clock.now()) == (target(4), 0.0)
+    assert asked == [2, 3, 4]  # one attempt kept for each deployment not yet tried: no retry of 1 yet
+    asked.clear()
+    # With attempts to spare, the same deployment is retried first.
+    roomy = Group("m", group.targets, attempts=9, budget_seconds=30.0)
+    assert retries.next_step(roomy, target(1), error, {1: 1}, clock.now()) == (target(1), 0.1)
+    assert asked == [1]
+    asked.clear()
+    # The others benched: the failed deployment after all, rather than giving up.
+    assert retries.next_step(Group("m", group.targets[:3], 3, 30.0), target(1), error, {1: 1}, clock.now()) == (
+        target(1), 0.1)
+    assert asked == [2, 3, 1]
+
+
+def test_a_client_leaving_during_a_backoff_ends_the_request_with_its_row(
+    alice: Party, mock_upstream_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = flaky(429, times=5, retry_after_ms=1000)
+    deploy(mock_upstream_url, "left", model)
+
+    async def client_leaves(seconds: float) -> None:
+        raise asyncio.CancelledError  # what Django raises in the request task when the client disconnects
+
+    monkeypatch.setattr(retries, "sleep", client_leaves)
+
+    async def request() -> str:
+        try:
+            await AsyncClient().post("/v1/chat/completions", json.dumps({"model": "left", "messages": [
+                {"role": "user", "content": "Hi"}]}), content_type="application/json", headers=alice.auth)
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "answered"
+
+    assert async_to_sync(request)() == "cancelled"
+    [row] = UsageRecord.objects.filter(tenant=alice.tenant)
+    assert (row.end_reason, row.status_code) == ("client_gone", 499) and mock_upstream.flaky[model] == 1
+    assert [a["status"] for a in row.gate["attempts"]] == [429]
 
 
 def test_a_first_attempt_that_succeeds_records_no_attempts(client: Client, alice: Party, mock_upstream_url: str,
