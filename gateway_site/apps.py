@@ -24,4 +24,8 @@ class GatewaySiteConfig(AppConfig):
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
 
-        post_migrate.connect(_move_money_keys, sender=self, dispatch_uid="gateway-site-money-keys")
+        from django.apps import apps
+
+        # Sent once per app with models (this one has none): billing's, as the ledger's migrations end.
+        post_migrate.connect(_move_money_keys, sender=apps.get_app_config("billing"),
+                             dispatch_uid="gateway-site-money-keys")

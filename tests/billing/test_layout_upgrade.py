@@ -131,3 +131,21 @@ def test_the_reaper_forgets_a_tenant_only_when_it_is_idle_and_unregistered(alice
     assert client.hexists(keyspace.TENANTS, alice.tenant.pk)
     assert backend.reap(later + timedelta(days=1)) == 1  # found, and its lease had run out
     assert backend.exact_totals(spec, budgets.LIFETIME_START) == (0, 0)
+
+
+def test_migrate_moves_the_keys_once_it_has_run_billings_migrations(alice: Party) -> None:
+    import redis
+    from django.apps import apps
+    from django.db.models.signals import post_migrate
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    client.flushdb()
+    old = f"tg:rl:tenant:{alice.tenant.slug}:r:1"
+    client.set(old, 2)
+    billing = apps.get_app_config("billing")
+    post_migrate.send(sender=billing, app_config=billing, verbosity=0, interactive=False, using="default", apps=apps)
+    assert client.exists(old) and not client.exists(keyspace.LAYOUT)  # a flush sends this too, without a plan
+    post_migrate.send(sender=billing, app_config=billing, verbosity=0, interactive=False, using="default", apps=apps,
+                      plan=[])
+    assert client.get(keyspace.LAYOUT) == b"2" and not client.exists(old)
+    assert client.get(f"{keyspace.rate(alice.tenant.pk, 'tenant', alice.tenant.slug)}:r:1") == b"2"
