@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -21,9 +22,11 @@ from django.urls import path  # noqa: E402
 
 from accounts import pepper  # noqa: E402
 from billing.consumers import LiveUsageConsumer  # noqa: E402
+from gateway_site import drain  # noqa: E402
 from gateway_site import health  # noqa: E402
 from gateway_site import metrics  # noqa: E402
 from proxy.asgi import ApiHandler  # noqa: E402
+from proxy.errors import Draining  # noqa: E402
 
 # Under another pepper than the keys' every key would be rejected: say so in one line and exit (status 3).
 if settings.TOLLGATE_PEPPER_CHECK:
@@ -37,12 +40,27 @@ async def http(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The /v1 API goes to the lean handler; the admin and pages get Django with its middleware."""
     if scope["path"] in health.PATHS:
         await health.app(scope, receive, send)  # before Django's host check: probes call 127.0.0.1
-    elif scope["path"].startswith("/v1/"):
-        await api_application(scope, receive, send)
     elif scope["path"] == metrics.PATH:
         await metrics.app(scope, receive, send)  # before Django's host check: Prometheus scrapes by address
+    elif drain.draining:  # SIGTERM: this process is going away; a retry reaches another one
+        await refuse_while_draining(scope, send)
     else:
-        await django_application(scope, receive, send)
+        drain.active += 1
+        try:
+            if scope["path"].startswith("/v1/"):
+                await api_application(scope, receive, send)
+            else:
+                await django_application(scope, receive, send)
+        finally:
+            drain.active -= 1
+
+
+async def refuse_while_draining(scope: dict[str, Any], send: Any) -> None:
+    if scope["path"].startswith("/v1/"):
+        envelope = Draining("This Tollgate process is shutting down. Retry the request.").envelope()
+        await drain.refuse(send, body=json.dumps(envelope).encode(), content_type=b"application/json")
+    else:
+        await drain.refuse(send)
 
 
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -54,6 +72,7 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         if message["type"] == "lifespan.startup":
             upkeep.start()
+            drain.install()  # SIGTERM drains first (gateway_site/drain.py), then lets the server exit
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await upkeep.stop()

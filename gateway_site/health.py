@@ -4,7 +4,7 @@ DJANGO_ALLOWED_HOSTS says), no HTTPS redirect, no sign-in, no log line.
 - ``GET /health/live`` (and its older name ``/healthz``): 200 "ok" while the process serves HTTP. Touches nothing.
 - ``GET /health/ready``: 200 when this process can serve requests: PostgreSQL answers, Redis answers (when
   REDIS_URL is set), no migration is unapplied, the ledger is not backed up, and (when configured) beat is not
-  silent; else 503. The JSON body names each check. The checks run in threads with a deadline, so a dead database
+  silent, and it has not got SIGTERM (it drains: gateway_site/drain.py); else 503. The JSON body names each check. The checks run in threads with a deadline, so a dead database
   gives 503 within CHECK_TIMEOUT seconds and never blocks the event loop; the answer is reused for CACHE_SECONDS.
 """
 
@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway_site import drain
+
 logger = logging.getLogger(__name__)
 
+DRAINING_BODY = json.dumps({"status": "draining", "checks": {}}).encode()  # SIGTERM: take this process out
 PATH = "/healthz"  # the older name of /health/live, kept for existing probes
 LIVE_PATHS = frozenset({PATH, "/health/live"})
 READY_PATH = "/health/ready"
@@ -235,7 +238,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         status, content_type, body = 405, b"text/plain; charset=utf-8", b"GET or HEAD only\n"
     elif scope["path"] == READY_PATH:
         content_type = b"application/json"
-        status, body = await readiness()
+        status, body = (503, DRAINING_BODY) if drain.draining else await readiness()
     else:
         status, content_type, body = 200, b"text/plain; charset=utf-8", b"ok\n"
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),

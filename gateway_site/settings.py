@@ -330,6 +330,10 @@ TOLLGATE_READY_JOURNAL_MAX_MB = env_int("TOLLGATE_READY_JOURNAL_MAX_MB", 1024)
 # ... or (when not 0) beat has sent no scheduled task for this many seconds. Beat saves each send at once, so allow
 # the shortest schedule's interval and some slack (600 suits the default schedules).
 TOLLGATE_READY_BEAT_MAX_AGE_SECONDS = env_int("TOLLGATE_READY_BEAT_MAX_AGE_SECONDS", 0)
+# On SIGTERM /health/ready turns 503 and new requests get 503 at once; requests in flight get this many seconds to
+# finish, then streams end with an error event and the process exits about 5 s later (gateway_site/drain.py). 25
+# fits Kubernetes' default 30 s kill timeout; Docker's is 10 s unless stop_grace_period says more.
+TOLLGATE_DRAIN_SECONDS = env_int("TOLLGATE_DRAIN_SECONDS", 25, minimum=0)
 # Shown by /health/detailed (an image tag or a commit); when unset, the checkout's commit if there is one.
 TOLLGATE_VERSION = os.environ.get("TOLLGATE_VERSION", "").strip()
 # Metrics (gateway_site/metrics.py).

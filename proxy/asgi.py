@@ -25,6 +25,8 @@ from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import Resolver404, ResolverMatch, get_resolver
 
+from gateway_site import drain
+
 from .errors import GatewayError, NotFound, PayloadTooLarge, ServerError
 
 STARTED = "tollgate.started"  # scope key: when the request reached Tollgate, for x-tollgate-overhead-ms
@@ -90,6 +92,7 @@ class ApiHandler(ASGIHandler):
                 return
             # As Django does: a disconnect while the view runs cancels the view (it records its row).
             respond = asyncio.ensure_future(self.respond(request, send))
+            drain.track(respond)  # ended with an error when SIGTERM's grace period is over
             listen = asyncio.ensure_future(self.listen_for_disconnect(receive))
             await asyncio.wait([respond, listen], return_when=asyncio.FIRST_COMPLETED)
             for task in (listen, respond):

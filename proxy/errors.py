@@ -136,3 +136,13 @@ class RateLimited(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class Draining(GatewayError):
+    """This process got SIGTERM and is going away (gateway_site/drain.py): another one answers a retry."""
+
+    status, type, code = 503, "server_error", "draining"
+    end_reason = "drained"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1", "x-should-retry": "true", "Connection": "close"}

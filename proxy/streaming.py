@@ -12,9 +12,10 @@ from typing import TypeVar
 from asgiref.sync import sync_to_async
 
 from billing import tokens
+from gateway_site import drain
 
 from . import retries, routing, sse, upstream
-from .errors import ProviderError, ServerError
+from .errors import Draining, ProviderError, ServerError
 from .metering import Meter
 from .providers.base import CHAT, ApiRequest, Completion, Target, Upstream, Usage
 
@@ -101,6 +102,13 @@ async def relay_stream(stream: Upstream, body: ApiRequest, meter: Meter) -> Asyn
         logger.exception("unexpected error while streaming (request %s)", meter.request_id)
         error = ServerError("Tollgate failed while streaming the answer. It has been logged.")
         end_reason, status, code = error.end_reason, 500, error.code
+        yield error.sse_event()
+    except asyncio.CancelledError as e:
+        if not drain.cancelled_by_drain(e):
+            raise  # the client went away
+        drain.absorb()  # SIGTERM's grace period is over: end in-band, as for an upstream failure
+        error = Draining("This Tollgate process is shutting down; the answer was cut short.")
+        end_reason, status, code = error.end_reason, error.status, error.code
         yield error.sse_event()
     finally:
         # On a client disconnect Django cancels us here; close the upstream first, then write the row.

@@ -11,12 +11,12 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.keys import Caller
-from gateway_site import logs
+from gateway_site import drain, logs
 
 from . import observe, outages, response_cache, routing, sse, traceparent, upkeep
 from .asgi import STARTED
 from .auth import authenticate
-from .errors import GatewayError, MethodNotAllowed, NotFound, ServerError
+from .errors import Draining, GatewayError, MethodNotAllowed, NotFound, ServerError
 from .limits import check_limits
 from .metering import Meter
 from .parsing import parse
@@ -68,9 +68,14 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
     except GatewayError as e:
         await meter.record(end_reason=e.end_reason, status=e.status, error_code=e.code or "")
         return with_ids(e.response(), meter)
-    except asyncio.CancelledError:
-        await meter.record(end_reason="client_gone", status=499)  # left before the provider answered
-        raise
+    except asyncio.CancelledError as e:
+        if not drain.cancelled_by_drain(e):
+            await meter.record(end_reason="client_gone", status=499)  # left before the provider answered
+            raise
+        drain.absorb()  # SIGTERM's grace period is over: answer 503 rather than vanish
+        error = Draining("This Tollgate process is shutting down. Retry the request.")
+        await meter.record(end_reason=error.end_reason, status=error.status, error_code=error.code or "")
+        return with_ids(error.response(), meter)
     except Exception as e:
         error = outages.unavailable(e)
         if error is None:
