@@ -174,9 +174,13 @@ async def follow(client: Any, name: str) -> None:
 
 def receive(data: bytes, seen: int) -> int:
     """Apply one message; returns its version. A version out of sequence means one was lost: drop everything."""
-    number, _, rest = data.decode().partition(" ")
+    number, _, rest = data.decode(errors="replace").partition(" ")
     kind, _, detail = rest.partition(" ")
-    current = int(number)
+    try:
+        current = int(number)
+    except ValueError:  # not an announcement (someone else publishing on the channel): ignore it
+        logger.warning("change announcements: ignored a message that is not one: %r", data[:100])
+        return seen
     if current != seen + 1:
         drop_everything()
     else:

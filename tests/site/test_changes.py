@@ -121,3 +121,10 @@ def test_a_listener_that_lost_redis_drops_everything_once_back(heard: list[str])
                 await asyncio.gather(listener, return_exceptions=True)
 
         asyncio.run(scenario())
+
+
+def test_a_message_that_is_not_an_announcement_is_ignored(heard: list[str]) -> None:
+    assert changes.receive(b"hello there", 7) == 7
+    assert changes.receive(b"8 test x", 7) == 8
+    assert changes.receive(b"10 test y", 8) == 10  # 9 was lost: everything is dropped instead
+    assert heard == ["x", changes.ALL]
