@@ -130,7 +130,7 @@ PAGE_BODY = b"Tollgate is restarting. Try again in a moment.\n"
 
 async def refuse(send: Any, *, body: bytes = PAGE_BODY, content_type: bytes = b"text/plain; charset=utf-8") -> None:
     """Answer 503 and close the connection, so the client's retry opens a new one (to another process)."""
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()),
-               (b"retry-after", b"1"), (b"x-should-retry", b"true"), (b"connection", b"close"), (b"cache-control", b"no-store")]
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), (b"retry-after", b"1"),
+               (b"x-should-retry", b"true"), (b"connection", b"close"), (b"cache-control", b"no-store")]
     await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -4,8 +4,9 @@ DJANGO_ALLOWED_HOSTS says), no HTTPS redirect, no sign-in, no log line.
 - ``GET /health/live`` (and its older name ``/healthz``): 200 "ok" while the process serves HTTP. Touches nothing.
 - ``GET /health/ready``: 200 when this process can serve requests: PostgreSQL answers, Redis answers (when
   REDIS_URL is set), no migration is unapplied, the ledger is not backed up, and (when configured) beat is not
-  silent, and it has not got SIGTERM (it drains: gateway_site/drain.py); else 503. The JSON body names each check. The checks run in threads with a deadline, so a dead database
-  gives 503 within CHECK_TIMEOUT seconds and never blocks the event loop; the answer is reused for CACHE_SECONDS.
+  silent, and it has not got SIGTERM (it drains: gateway_site/drain.py); else 503. The JSON body names each check.
+  The checks run in threads with a deadline, so a dead database gives 503 within CHECK_TIMEOUT seconds and never
+  blocks the event loop; the answer is reused for CACHE_SECONDS.
 """
 
 from __future__ import annotations

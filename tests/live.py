@@ -61,8 +61,9 @@ def tollgate_server(database_name: str, log_path: Path, **env: str) -> Iterator[
 
 
 @contextmanager
-def tollgate_process(database_name: str, log_path: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """As tollgate_server, yielding the process too (fault tests kill it)."""
+def tollgate_process(database_name: str, log_path: Path, *, workers: int = 1,
+                     **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """As tollgate_server, yielding the process too (fault tests kill it); with ``workers`` > 1, uvicorn's parent."""
     port = free_port()
     environment = {
         **os.environ,
@@ -75,6 +76,8 @@ def tollgate_process(database_name: str, log_path: Path, **env: str) -> Iterator
     command = [sys.executable, "-m", "uvicorn", "gateway_site.asgi:application", "--host", "127.0.0.1",
                "--port", str(port), "--lifespan", "on", "--no-access-log",
                "--forwarded-allow-ips", environment.get("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1")]
+    if workers > 1:
+        command += ["--workers", str(workers)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=BASE_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -55,13 +55,15 @@ def redis_client() -> object:
 
 
 def chat(model: str, *, stream: bool) -> dict[str, Any]:
-    return {"model": model, "stream": stream, "max_tokens": 500, "messages": [{"role": "user", "content": "Tell me a story"}]}
+    return {"model": model, "stream": stream, "max_tokens": 500,
+            "messages": [{"role": "user", "content": "Tell me a story"}]}
 
 
 async def read_stream(http: httpx.AsyncClient, url: str, party: Party, model: str, first: asyncio.Event) -> list[str]:
     """The stream's data lines, in order; ``first`` is set once the first one arrived."""
     lines: list[str] = []
-    async with http.stream("POST", f"{url}/v1/chat/completions", headers=party.auth, json=chat(model, stream=True)) as r:
+    async with http.stream("POST", f"{url}/v1/chat/completions", headers=party.auth,
+                           json=chat(model, stream=True)) as r:
         assert r.status_code == 200, await r.aread()
         async for line in r.aiter_lines():
             if line.startswith("data:"):
@@ -111,11 +113,15 @@ def check_ledger(party: Party, *, rows: int, end_reasons: set[str]) -> None:
         assert int(redis_client().zcard("tg:holds")) == 0  # type: ignore[attr-defined]
 
 
-def test_sigterm_refuses_new_work_and_lets_requests_in_flight_finish(alice: Party, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+# With --workers 2 (as the Dockerfile runs it) the SIGTERM goes to uvicorn's parent, which sends it on to each worker.
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_refuses_new_work_and_lets_requests_in_flight_finish(
+    alice: Party, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
     monkeypatch.setattr(mock_upstream, "HANG", 2.0)
     env = {"TOLLGATE_JOURNAL_DIR": str(tmp_path / "journal"), "TOLLGATE_DRAIN_SECONDS": "30"}
-    with tollgate_process(connection.settings_dict["NAME"], tmp_path / "server.log", **env) as (url, process):
+    with tollgate_process(connection.settings_dict["NAME"], tmp_path / "server.log", workers=workers,
+                          **env) as (url, process):
 
         async def scenario() -> tuple[list[str], httpx.Response, float]:
             async with httpx.AsyncClient(timeout=30) as http:
