@@ -159,12 +159,6 @@ class TenantAdmin(admin.ModelAdmin):
     inlines = [MembershipInline, ApiKeyInline, BudgetInline]
     show_full_result_count = False
 
-    def save_model(self, request: HttpRequest, obj: Tenant, form: ModelForm, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        # Cached key lookups carry the tenant's state and limits.
-        if change and {"is_active", "allowed_models", *LIMITS} & set(form.changed_data):
-            services.forget_tenant_keys(tenant=obj)
-
     def save_formset(self, request: HttpRequest, form: ModelForm, formset: BaseInlineFormSet, change: bool) -> None:
         if formset.model is not ApiKey:
             super().save_formset(request, form, formset, change)

@@ -60,10 +60,6 @@ class TenantViewSet(viewsets.ModelViewSet):
     def get_queryset(self) -> QuerySet[Tenant]:
         return owned_tenants(self.request.user).order_by("name").distinct()
 
-    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
-        tenant = serializer.save()
-        services.forget_tenant_keys(tenant=tenant)  # cached lookups carry the tenant's state and limits
-
     def perform_destroy(self, instance: Tenant) -> None:
         prefixes = list(instance.api_keys.values_list("prefix", flat=True))
         try:
