@@ -177,3 +177,23 @@ def test_migrations_run_once_before_the_replicas_start(compose: dict[str, Any]) 
     for name in ("postgres", "redis"):  # the merged dependencies are kept
         assert web["depends_on"][name]["condition"] == "service_healthy"
         assert migrate["depends_on"][name]["condition"] == "service_healthy"
+
+
+def readme_section(title: str) -> str:
+    readme = (BASE_DIR / "README.md").read_text()
+    start = readme.index(f"\n### {title}\n") + 1
+    end = re.search(r"^##", readme[start + 3:], re.MULTILINE)
+    return readme[start:start + 3 + end.start()] if end else readme[start:]
+
+
+def test_the_readme_fleet_section_names_real_settings_services_and_sections(compose: dict[str, Any]) -> None:
+    section = readme_section("Running a fleet")
+    settings_source = (BASE_DIR / "gateway_site" / "settings.py").read_text()
+    for name in set(re.findall(r"\b(?:TOLLGATE|DJANGO)_[A-Z_]+\b", section)):
+        assert f'"{name}"' in settings_source, f"{name} is not a setting"
+    for service in re.findall(r"--scale (\w+)=", section) + re.findall(r"Compose's `(\w+)` volume", section):
+        assert service in compose["services"] or service in compose["volumes"]
+    headings = {re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+                for line in (BASE_DIR / "README.md").read_text().splitlines() if line.startswith("#")}
+    for anchor in re.findall(r"\]\(#([a-z0-9-]+)\)", section):
+        assert anchor in headings, f"#{anchor} is not a heading of the README"
