@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from django.conf import settings
@@ -97,11 +97,7 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
         never_fits_rates(scopes, prompt + completion)
     amount = 0
     if specs:
-        prices = await pricing.table()
-        amount = max(hold_amount(meter, specs, prices.find(public_model=t.public_model, provider=t.provider_name,
-                                                            upstream_model=t.upstream_model, on=now.date()),
-                                 *sizes[t.upstream_model])
-                     for t in chain)
+        amount = chain_hold(meter, specs, await pricing.table(), chain, sizes, now.date())
         never_fits_budgets(specs, amount)
     asking = asyncio.ensure_future(take(meter.request_id, scopes, prompt + completion, specs, amount, now))
     try:
@@ -179,6 +175,29 @@ def give_back(request_id: str, scopes: list[Scope], asking: asyncio.Future[Any])
             await limiter().release(request_id, scopes)
 
     Meter.keep(asyncio.ensure_future(release()))
+
+
+def chain_hold(meter: Meter, specs: tuple, prices: pricing.PriceTable, chain: list[Target],
+               sizes: dict[str, tuple[int, int]], on: date) -> int:
+    """What to hold: the worst case of the dearest deployment that might serve. The first deployment's price decides
+    whether the request is unpriced; a later one without a price is left out of the plan where unpriced models
+    are denied (it could not be held for), and otherwise may serve unpriced, as the first one would."""
+    first, *rest = chain
+    find = functools.partial(prices.find, on=on)
+    amount = hold_amount(meter, specs, find(public_model=first.public_model, provider=first.provider_name,
+                                            upstream_model=first.upstream_model), *sizes[first.upstream_model])
+    unpriced: set[int] = set()
+    for target in rest:
+        price = find(public_model=target.public_model, provider=target.provider_name,
+                     upstream_model=target.upstream_model)
+        if price is None:
+            unpriced.add(target.deployment_id)
+        else:
+            prompt, completion = sizes[target.upstream_model]
+            amount = max(amount, price.cost_micros(prompt_tokens=prompt, completion_tokens=completion))
+    if unpriced and meter.plan is not None and settings.TOLLGATE_UNPRICED == "deny" and any(s.hard for s in specs):
+        meter.plan = meter.plan.without(unpriced)
+    return amount
 
 
 def hold_amount(meter: Meter, specs: tuple, price: Price | None, prompt: int, completion: int) -> int:

@@ -178,6 +178,15 @@ class Plan:
         """Every deployment that might serve the request (the budget gate holds the dearest one's worst case)."""
         return [target for group in (*self.groups, *self.context) for target in group.targets]
 
+    def without(self, deployment_ids: set[int]) -> Plan:
+        """This plan less the deployments named; a group left with none is dropped."""
+        def keep(groups: tuple[Group, ...]) -> tuple[Group, ...]:
+            kept = (replace(g, targets=tuple(t for t in g.targets if t.deployment_id not in deployment_ids))
+                    for g in groups)
+            return tuple(g for g in kept if g.targets)
+
+        return Plan(keep(self.groups), keep(self.context))
+
 
 async def plan(caller: Caller, targets: list[Target]) -> Plan:
     """Return the plan for the targets route() gave the caller; fallbacks it may not use are left out."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 
 from billing import budgets
 from billing.models import Budget, Price, UsageRecord
@@ -119,3 +119,20 @@ def test_the_hold_covers_a_dearer_fallback(client: Client, alice: Party, mock_up
     response = chat(client, alice, "cheap", max_tokens=100)
     assert response.status_code == 429 and response.json()["error"]["code"] == "insufficient_quota"
     assert UsageRecord.objects.filter(public_model="dear").count() == 0  # the dear model was never reached
+
+
+def test_a_fallback_without_a_price_is_skipped_where_unpriced_models_are_denied(
+    client: Client, alice: Party, mock_upstream_url: str, clock: Clock
+) -> None:
+    deploy(mock_upstream_url, "unpriced", "mock")
+    deploy(mock_upstream_url, "priced", flaky(500, times=10), max_attempts=1, fallbacks=["unpriced"])
+    Price.objects.create(model="priced", input_per_million=Decimal("1"), output_per_million=Decimal("1"))
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("5"), period="day")
+    with override_settings(TOLLGATE_UNPRICED="deny"):
+        denied = chat(client, alice, "priced", max_tokens=10)
+    assert denied.status_code == 502 and {a["route"] for a in row_of(denied).gate["attempts"]} == {"priced"}
+    # Where unpriced models are allowed, the fallback serves as an unpriced request would.
+    allowed = chat(client, alice, "priced", max_tokens=10)
+    row = row_of(allowed)
+    assert allowed.status_code == 200 and (row.public_model, row.price, row.cost_picos) == ("unpriced", None, 0)
+    assert "unpriced" not in row.gate  # the model asked for has a price
