@@ -99,7 +99,8 @@ def settle_in_transaction(request_id: str, period_ids: list[int], cost_picos: in
         budgets.db_settle(request_id, period_ids, cost_picos)
 
 
-# KEYS: one counter per budget (a hash: s + p = settled spend, r = reserved), the hold, the lease set.
+# KEYS: one counter per budget (a hash: s + p = settled spend, r = reserved), the hold, the tenant's lease set: all
+# of one tenant, so one hash slot (billing/keyspace.py).
 # ARGV: amount, overdraft, lease expiry, request id, then per budget: limit, hard (1/0).
 RESERVE = """
 local n = #KEYS - 2
@@ -213,7 +214,7 @@ end
 return 1
 """
 
-# KEYS: the lease set; ARGV: the new expiry, then request ids. Only holds still open are in the set, and XX
+# KEYS: a tenant's lease set; ARGV: the new expiry, then request ids. Only holds still open are in the set, and XX
 # moves only members already there: a hold settled or released meanwhile is not brought back.
 RENEW = """
 local moved = 0

@@ -123,7 +123,8 @@ def migrate(client: Any, *, lease_seconds: int, now: float | None = None) -> dic
         _, _, scope, ident, rest = key.decode().split(":", 4)
         tenant_id = (prefixes if scope == "key" else slugs).get(ident)
         if tenant_id is not None:
-            moved["rate_limits"] += int(client.eval(MOVE_RATE, 2, key, f"{keyspace.rate(tenant_id, scope, ident)}:{rest}"))
+            new = f"{keyspace.rate(tenant_id, scope, ident)}:{rest}"
+            moved["rate_limits"] += int(client.eval(MOVE_RATE, 2, key, new))
     client.delete(OLD_LEASES)  # what is left there are leases of closed holds
     client.set(keyspace.LAYOUT, keyspace.VERSION)
     return moved

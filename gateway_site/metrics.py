@@ -161,7 +161,8 @@ def journal_backlog_bytes() -> int:
 
 
 def holds_outstanding() -> int:
-    """Budget holds of requests in flight: the lease set in Redis, or the open reservation rows without Redis."""
+    """Budget holds of requests in flight: the tenants' lease sets in Redis, or the open reservation rows without
+    Redis."""
     from billing import holds
 
     backend = holds.backend()

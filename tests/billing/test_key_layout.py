@@ -50,8 +50,8 @@ def test_the_gate_and_the_settlement_of_a_request_touch_one_slot(tenant_id: int)
     settlement = backend.settlement(hold, 1234)
     release = limiter.release_call("req-1", scopes(tenant_id))
     assert settlement is not None and release is not None
-    renewals = backend.renewal([hold], NOW) + limiter.renewal([(k, "req-1") for k in limiter.slot_keys(scopes(tenant_id))],
-                                                              NOW.timestamp())
+    owned = [(key, "req-1") for key in limiter.slot_keys(scopes(tenant_id))]
+    renewals = backend.renewal([hold], NOW) + limiter.renewal(owned, NOW.timestamp())
     calls = [check, pending.call, settlement, release, *renewals]
     assert all(one_slot(call) for call in calls)
     # The gate's rate limit check and budget hold go in one round trip: one slot for both, the tenant's.

@@ -48,7 +48,8 @@ def test_several_processes_without_redis_warn_for_each_kind_of_state(
 def test_several_processes_sharing_redis_are_fine(settings: object, monkeypatch: pytest.MonkeyPatch) -> None:
     settings.TOLLGATE_MONEY_REDIS_URL = "redis://127.0.0.1:1/0"  # type: ignore[attr-defined]
     settings.CELERY_BROKER_URL = "amqp://guest@127.0.0.1:1//"  # type: ignore[attr-defined]
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}  # type: ignore[attr-defined]
+    layer = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}
+    settings.CHANNEL_LAYERS = layer  # type: ignore[attr-defined]
     monkeypatch.setenv("WEB_CONCURRENCY", "8")
     assert checks.shared_state() == []
 
