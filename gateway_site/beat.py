@@ -68,6 +68,24 @@ def check_every() -> float:
     return lease_seconds() / 4
 
 
+class Outage:
+    """Logs that the lock's store cannot be reached once per outage, not at every check."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def failed(self, store: str, error: Exception) -> None:
+        if not self.down:
+            logger.warning("beat: the lock in %s cannot be reached (%s); not sending until it can", store,
+                           type(error).__name__)
+        self.down = True
+
+    def answered(self) -> None:
+        if self.down:
+            logger.warning("beat: the lock's store answers again")
+        self.down = False
+
+
 class Lock(Protocol):
     kind: str
 
@@ -84,6 +102,7 @@ class RedisLock:
         self.client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.token = f"{identity()} {secrets.token_hex(8)}"
         self.held = False
+        self.outage = Outage()
 
     def hold(self) -> bool:
         ms = int(lease_seconds() * 1000)
@@ -92,8 +111,9 @@ class RedisLock:
                 self.held = bool(self.client.eval(RENEW, 1, REDIS_KEY, self.token, ms))
             if not self.held:
                 self.held = bool(self.client.set(REDIS_KEY, self.token, nx=True, px=ms))
+            self.outage.answered()
         except Exception as e:  # Redis down: nobody can prove they hold it, so nobody sends
-            logger.warning("beat: the lock in Redis cannot be reached (%s)", type(e).__name__)
+            self.outage.failed("Redis", e)
             self.held = False
         return self.held
 
@@ -111,6 +131,7 @@ class PostgresLock:
     def __init__(self) -> None:
         self.conn: Any = None
         self.held = False
+        self.outage = Outage()
 
     def connect(self) -> Any:
         import psycopg
@@ -134,8 +155,9 @@ class PostgresLock:
                 self.held = bool(row[0])
             if not self.held:
                 self.held = bool(self.conn.execute("SELECT pg_try_advisory_lock(%s)", [PG_KEY]).fetchone()[0])
+            self.outage.answered()
         except Exception as e:  # PostgreSQL down or the session lost: the lock went with it
-            logger.warning("beat: the lock in PostgreSQL cannot be reached (%s)", type(e).__name__)
+            self.outage.failed("PostgreSQL", e)
             self.release()
         return self.held
 

@@ -76,3 +76,14 @@ def test_metrics_carry_the_beat_heartbeat_age(settings: Any, monkeypatch: pytest
     found = {sample.name: sample.value for family in text_string_to_metric_families(metrics.render().decode())
              for sample in family.samples}
     assert 300 <= found["tollgate_beat_heartbeat_age_seconds"] < 330
+
+
+def test_a_lock_store_that_does_not_answer_means_nobody_sends_and_is_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from ..live import free_port
+
+    lock = beat.RedisLock(f"redis://127.0.0.1:{free_port()}/7")
+    with caplog.at_level("WARNING", logger="gateway_site.beat"):
+        assert not lock.hold() and not lock.hold()
+    assert [r.getMessage() for r in caplog.records].count(
+        "beat: the lock in Redis cannot be reached (ConnectionError); not sending until it can") == 1
