@@ -363,9 +363,7 @@ _clients: dict[str, Any] = {}
 def _client(url: str) -> Any:
     """A synchronous client for the admin and the health page, with short timeouts: a page must not hang on Redis."""
     if url not in _clients:
-        import redis
-
-        _clients[url] = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        _clients[url] = scripts.sync_client(url, socket_connect_timeout=2, socket_timeout=2)  # a cluster's, if one
     return _clients[url]
 
 

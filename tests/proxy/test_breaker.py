@@ -148,7 +148,7 @@ def test_failures_in_two_processes_trip_one_breaker_that_both_see(redis_url: str
         a, b = two(redis_url, clock)
         fail(a, deployment, 2)
         fail(b, deployment, 1)  # three in the fleet, though no process saw three
-        await a.drain(), await b.drain()
+        await asyncio.gather(a.drain(), b.drain())
         assert b.state(deployment) == OPEN and not b.is_healthy(deployment)  # the one that tripped it: at once
         assert a.state(deployment) == CLOSED  # the other: at its next refresh, within a second (the upkeep)
         await a.refresh()
@@ -168,7 +168,7 @@ def test_failures_spread_beyond_the_window_in_the_fleet_do_not_trip(redis_url: s
             fail(process, deployment)
             await process.drain()
             clock.now += 31
-        await a.refresh(), await b.refresh()
+        await asyncio.gather(a.refresh(), b.refresh())
         assert a.state(deployment) == b.state(deployment) == CLOSED
 
     run(scenario)
@@ -185,10 +185,10 @@ def test_exactly_one_probe_in_the_fleet_and_its_success_closes_everywhere(redis_
         clock.now += 31
         # Both processes ask; each asks Redis for the probe claim in a task, and one wins it.
         assert not a.is_healthy(deployment) and not b.is_healthy(deployment)
-        await a.drain(), await b.drain()
+        await asyncio.gather(a.drain(), b.drain())
         let_through = [a.is_healthy(deployment), b.is_healthy(deployment)]
         let_through += [p.is_healthy(deployment) for p in (a, b) for _ in range(3)]
-        await a.drain(), await b.drain()
+        await asyncio.gather(a.drain(), b.drain())
         assert let_through.count(True) == 1
         prober, other = (a, b) if let_through[0] else (b, a)
         prober.report(deployment, ok=True)
@@ -373,3 +373,55 @@ def test_requests_never_fail_because_the_breakers_redis_is_down(redis_url: str, 
         [broken] = [d for d, _ in breaker.get().mirror.items()]
         assert breaker.get().state(broken) == OPEN  # tripped in this process, from its own count
     routing.invalidate()
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from .. import redis_servers
+
+    if reason := redis_servers.available():
+        pytest.skip(reason)
+    with redis_servers.cluster(tmp_path_factory.mktemp("breaker-cluster")) as url:
+        yield url
+
+
+def test_the_breaker_runs_on_a_redis_cluster(cluster_url: str, settings: Any) -> None:
+    """Every script, the admin's reads and the reset on a real cluster, with deployments whose keys live on
+    different nodes than the index."""
+    settings.TOLLGATE_MONEY_REDIS_URL, settings.TOLLGATE_MONEY_REDIS_CLUSTER = cluster_url, True
+    breaker.reset_breaker()
+    breaker._clients.clear()
+    client = breaker.scripts.sync_client(cluster_url)
+    index_node = client.get_node_from_key(breaker.INDEX).name
+    ids = [i for i in range(1, 200) if client.get_node_from_key(breaker.keys(i)[0]).name != index_node][:2]
+
+    async def scenario() -> None:
+        clock = Clock()
+        a, b = Breaker(cluster_url, clock=clock), Breaker(cluster_url, clock=clock)
+        for deployment_id in ids:
+            fail(a, deployment_id, 3)
+        await a.drain()
+        await b.refresh()
+        assert [b.state(i) for i in ids] == [OPEN, OPEN]
+        clock.now += 31
+        for process in (a, b):
+            process.is_healthy(ids[0])
+        await asyncio.gather(a.drain(), b.drain())
+        probes = [p for p in (a, b) if p.is_healthy(ids[0])]
+        assert len(probes) == 1
+        probes[0].report(ids[0], ok=True)
+        await probes[0].drain()
+        await asyncio.gather(a.refresh(), b.refresh())
+        assert a.state(ids[0]) == b.state(ids[0]) == CLOSED and a.state(ids[1]) == HALF_OPEN
+
+    try:
+        run(scenario)
+        breaker.scripts._connections.clear()
+        statuses, source = breaker.statuses(ids)
+        assert source == "redis" and [statuses[i].state for i in ids] == [CLOSED, OPEN]  # the admin's read (real time)
+        assert breaker.reset(ids[1]) == "everywhere"
+        assert breaker.statuses(ids)[0][ids[1]].state == CLOSED
+    finally:
+        breaker.reset_breaker()
+        breaker._clients.clear()
+        breaker.scripts._connections.clear()
