@@ -107,7 +107,7 @@ def cacheable(body: ApiRequest, policy: CachePolicy) -> bool:
 
 
 def entry_key(body: ApiRequest, target: Target, tenant_id: int) -> str:
-    """The entry's Redis key: a hash of the normalised request, the endpoint, the route and (unless shared) the tenant."""
+    """The entry's key: a hash of the normalised request, the endpoint, the route and (unless shared) the tenant."""
     data = {name: value for name, value in body.data.items() if name not in LEFT_OUT}
     try:
         normal = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)  # sorts nested objects too, no whitespace

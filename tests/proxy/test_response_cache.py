@@ -376,3 +376,18 @@ def test_an_operator_sets_a_keys_response_cache_in_the_admin(admin_client: Any, 
     assert admin_client.post(f"/admin/accounts/apikey/{alice.key.pk}/change/", form).status_code == 302
     alice.key.refresh_from_db()
     assert alice.key.response_cache == "on"
+
+
+def test_an_http_providers_stream_is_kept_and_served_to_both_kinds_of_request(
+        alice: Party, mock_upstream_url: str, calls: list[str]) -> None:
+    make_route("mock", upstream_model="mock", base_url=f"{mock_upstream_url}/v1", provider_name="mock", cache_enabled=True)
+    routing.invalidate()
+    body = {"model": "mock", "messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}
+    live, replayed = events(send(alice, body)), events(send(alice, body))
+    whole = send(alice, {"model": "mock", "messages": HELLO})
+    assert whole["x-tollgate-cache"] == "hit" and calls == ["stream"]
+    text = streamed_text(live)
+    assert streamed_text(replayed) == text and whole.json()["choices"][0]["message"]["content"] == text
+    assert replayed[-1]["usage"] == live[-1]["usage"]
+    assert whole.json()["usage"]["completion_tokens"] == live[-1]["usage"]["completion_tokens"]
+    assert [r.usage_source for r in rows(alice)] == ["provider", "cache", "cache"]
