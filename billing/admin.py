@@ -304,6 +304,9 @@ class UsageRollupAdmin(admin.ModelAdmin):
     ordering = ["-bucket", "tenant", "model", "provider"]
     list_per_page = 100
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[UsageRollup]:
+        return super().get_queryset(request).defer("sketch")  # a few KB per hour row, read only by the day rollups
+
     def get_urls(self) -> list[URLPattern]:
         export_view = self.admin_site.admin_view(self.export_view)
         return [path("export/", export_view, name="billing_usagerollup_export"), *super().get_urls()]
