@@ -142,3 +142,26 @@ def test_the_list_reads_the_fleets_breaker_from_redis(admin_client: Client, mock
         assert "open: " in listing and "(this process)" not in listing
     finally:
         breaker.reset(deployment.pk)
+
+
+def test_with_redis_unreachable_the_admin_shows_this_processs_breakers_and_resets_them(
+        admin_client: Client, mock_upstream_url: str, settings: Any) -> None:
+    from ..live import free_port
+
+    settings.TOLLGATE_MONEY_REDIS_URL = f"redis://127.0.0.1:{free_port()}/2"  # nothing listens there
+    breaker.reset_breaker()
+    breaker._clients.clear()
+    deployment = deployment_on(f"{mock_upstream_url}/v1", "mock-500")
+    for _ in range(settings.TOLLGATE_BREAKER_FAILURES):
+        breaker.get().report(deployment.pk, ok=False)  # no event loop: decided in this process alone
+    try:
+        listing = admin_client.get("/admin/proxy/deployment/")
+        assert listing.status_code == 200 and "failures, half-open at" in listing.content.decode()
+        assert "(this process)" in listing.content.decode()
+        response = admin_client.post("/admin/proxy/deployment/", {"action": "reset_circuit_breaker",
+                                                                  "_selected_action": [deployment.pk]}, follow=True)
+        assert response.status_code == 200 and "reset in this process only" in response.content.decode()
+        assert breaker.get().state(deployment.pk) == breaker.CLOSED
+    finally:
+        breaker.reset_breaker()
+        breaker._clients.clear()
