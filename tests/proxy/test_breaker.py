@@ -425,3 +425,18 @@ def test_the_breaker_runs_on_a_redis_cluster(cluster_url: str, settings: Any) ->
         breaker.reset_breaker()
         breaker._clients.clear()
         breaker.scripts._connections.clear()
+
+
+def test_the_upkeep_refreshes_the_mirror_every_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy import upkeep
+
+    refreshed: list[int] = []
+
+    async def refresh() -> None:
+        refreshed.append(1)
+
+    b = Breaker(None)
+    monkeypatch.setattr(breaker, "_breaker", b)
+    monkeypatch.setattr(b, "refresh", refresh)
+    asyncio.run(upkeep.every_second())
+    assert refreshed == [1]
