@@ -62,7 +62,7 @@ def hinted(error: ProviderError) -> float | None:
 def backoff(retry: int) -> float:
     """Seconds before the ``retry``-th retry of one deployment: full jitter over an exponential bound."""
     base, cap = settings.TOLLGATE_RETRY_BACKOFF_MS / 1000, settings.TOLLGATE_RETRY_BACKOFF_MAX_MS / 1000
-    return random.uniform(0, min(cap, base * 2 ** (retry - 1)))
+    return random.uniform(0, min(cap, base * 2 ** min(retry - 1, 30)))  # a huge exponent would overflow a float
 
 
 def delay(error: ProviderError, retry: int) -> float:
