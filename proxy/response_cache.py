@@ -8,8 +8,9 @@ Redis at TOLLGATE_CACHE_REDIS_URL with the route's TTL, or in a bounded memory o
 
 Only complete answers with status 200 and the provider's usage are kept. A hit has passed the gate like any
 request (it takes a rate limit slot and its hold) and leaves its own ledger row: usage source "cache", the cached
-answer's tokens, free or at full price as the route says. The cache is best effort: when its Redis is down a
-lookup is a miss and a store is skipped, never an error.
+answer's tokens, free or at full price as the route says. The lookup comes after the journal's begin line, as the
+provider call would: a process killed while it waits on the cache's Redis still has its hold and slot settled by the
+recovery. The cache is best effort: when its Redis is down a lookup is a miss and a store is skipped, never an error.
 """
 
 from __future__ import annotations
