@@ -34,11 +34,12 @@ FINISH_SECONDS = 5.0  # after the grace: for cancelled requests to write their r
 TICK = 0.05
 
 draining = False  # read on every request: a plain global, no lock (only the event loop's thread writes it)
+grace_over = False  # the requests still running are being ended
 active = 0  # HTTP requests being served, probes and /metrics aside (asgi.py counts them)
 _tasks: set[asyncio.Task[Any]] = set()  # the /v1 requests' tasks (proxy/asgi.py), cancelled when the grace ends
 _previous: Any = None  # the handler ours replaced (uvicorn's)
 _loop: asyncio.AbstractEventLoop | None = None
-_grace_over: asyncio.Event | None = None
+_second_signal: asyncio.Event | None = None
 _runner: asyncio.Task[None] | None = None
 
 
@@ -59,24 +60,26 @@ def on_sigterm(sig: int, frame: Any) -> None:
 
 def begin() -> None:
     """Start draining (the first SIGTERM), or end the grace period now (a second one)."""
-    global draining, _grace_over, _runner
+    global draining, _second_signal, _runner
     if draining:
-        if _grace_over is not None:
-            _grace_over.set()
+        if _second_signal is not None:
+            _second_signal.set()
         return
     from django.conf import settings
 
     draining = True
-    _grace_over = asyncio.Event()
+    _second_signal = asyncio.Event()
     logger.warning("SIGTERM: draining (%d requests in flight, up to %d s), then exiting",
                    active, settings.TOLLGATE_DRAIN_SECONDS)
-    _runner = asyncio.ensure_future(run(settings.TOLLGATE_DRAIN_SECONDS, _grace_over))
+    _runner = asyncio.ensure_future(run(settings.TOLLGATE_DRAIN_SECONDS, _second_signal))
 
 
-async def run(grace: float, grace_over: asyncio.Event) -> None:
-    await wait_idle(grace, grace_over)
+async def run(grace: float, second_signal: asyncio.Event) -> None:
+    global grace_over
+    await wait_idle(grace, second_signal)
     if active:
         logger.warning("drain: grace period over, ending %d requests", active)
+        grace_over = True
         for task in list(_tasks):
             task.cancel(CANCEL_MESSAGE)
         await wait_idle(FINISH_SECONDS, asyncio.Event())

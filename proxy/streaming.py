@@ -111,6 +111,8 @@ async def relay_stream(stream: Upstream, body: ApiRequest, meter: Meter) -> Asyn
         end_reason, status, code = error.end_reason, error.status, error.code
         yield error.sse_event()
     finally:
+        if end_reason == "client_gone" and drain.grace_over:  # the drain's cancel reached us while sending
+            end_reason, status, code = Draining.end_reason, Draining.status, Draining.code
         # On a client disconnect Django cancels us here; close the upstream first, then write the row.
         await stream.aclose()
         await meter.record(end_reason=end_reason, status=status, error_code=code)

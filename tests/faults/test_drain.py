@@ -172,3 +172,26 @@ def test_after_the_grace_period_a_stream_ends_with_an_error_event_and_its_row(al
     assert took < 1 + 5
     check_ledger(alice, rows=2, end_reasons={"drained"})
     assert set(UsageRecord.objects.values_list("status_code", flat=True)) == {503}
+
+
+def test_a_second_sigterm_ends_the_grace_period_at_once(alice: Party, tmp_path: Path) -> None:
+    env = {"TOLLGATE_JOURNAL_DIR": str(tmp_path / "journal"), "TOLLGATE_DRAIN_SECONDS": "60"}
+    with tollgate_process(connection.settings_dict["NAME"], tmp_path / "server.log", **env) as (url, process):
+
+        async def scenario() -> list[str]:
+            async with httpx.AsyncClient(timeout=30) as http:
+                first = asyncio.Event()
+                stream = asyncio.ensure_future(read_stream(http, url, alice, "mock-long", first))  # 8 s long
+                await asyncio.wait_for(first.wait(), 10)
+                os.kill(process.pid, signal.SIGTERM)
+                await asyncio.sleep(0.5)
+                os.kill(process.pid, signal.SIGTERM)
+                return await stream
+
+        started = time.monotonic()
+        lines = asyncio.run(scenario())
+        assert exit_code(process, 10) == 0
+        took = time.monotonic() - started
+    assert json.loads(lines[-1])["error"]["code"] == "draining"
+    assert took < 5  # not the 8 s the stream would take, nor the 60 s grace period
+    check_ledger(alice, rows=1, end_reasons={"drained"})
