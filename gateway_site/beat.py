@@ -97,9 +97,10 @@ class RedisLock:
     kind = "redis"
 
     def __init__(self, url: str) -> None:
-        import redis
+        from billing import scripts
 
-        self.client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        # A cluster client on a Redis Cluster: the lock is one key, so it lives on one node like any other.
+        self.client = scripts.sync_client(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.token = f"{identity()} {secrets.token_hex(8)}"
         self.held = False
         self.outage = Outage()
@@ -254,9 +255,9 @@ def status() -> dict[str, Any]:
     """
     kind = lock_kind()
     if kind == "redis":
-        import redis
+        from billing import scripts
 
-        client = redis.Redis.from_url(settings.TOLLGATE_MONEY_REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0)
+        client = scripts.sync_client(settings.TOLLGATE_MONEY_REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0)
         try:
             token, left_ms = client.get(REDIS_KEY), client.pttl(REDIS_KEY)
         finally:

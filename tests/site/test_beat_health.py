@@ -87,3 +87,19 @@ def test_a_lock_store_that_does_not_answer_means_nobody_sends_and_is_logged_once
         assert not lock.hold() and not lock.hold()
     assert [r.getMessage() for r in caplog.records].count(
         "beat: the lock in Redis cannot be reached (ConnectionError); not sending until it can") == 1
+
+
+def test_the_beat_lock_works_on_a_redis_cluster(tmp_path: Path, settings: Any) -> None:
+    from .. import redis_servers
+
+    if reason := redis_servers.available():
+        pytest.skip(reason)
+    with redis_servers.cluster(tmp_path / "cluster") as url:
+        settings.TOLLGATE_MONEY_REDIS_URL, settings.TOLLGATE_MONEY_REDIS_CLUSTER = url, True
+        first, second = beat.RedisLock(url), beat.RedisLock(url)
+        assert first.hold() and first.hold() and not second.hold()
+        assert beat.status()["holder"] == beat.identity()
+        first.release()
+        assert second.hold() and not first.hold()
+        second.release()
+        assert beat.status()["holder"] is None
