@@ -213,8 +213,15 @@ def fallback_groups(current: Table, caller: Caller, model: str, names: tuple[str
         if canonical in seen or caller.refused_by(name, *current.names_of(name)) is not None:
             continue
         seen.add(canonical)
-        groups.append(group_of(canonical, tuple(order(choices)), current.policies.get(canonical, DEFAULT_POLICY)))
+        groups.append(group_of(canonical, by_weight(choices), current.policies.get(canonical, DEFAULT_POLICY)))
     return tuple(groups)
+
+
+def by_weight(choices: tuple[Choice, ...]) -> tuple[Target, ...]:
+    """The deployments, a weighted pick first, without asking their health: asking lets a half-open breaker's one
+    probe through, so proxy/retries.py asks only of the deployment it is about to try."""
+    first = random.choices(choices, weights=[c.weight for c in choices])[0]
+    return (first.target, *(c.target for c in choices if c is not first))
 
 
 def order(choices: tuple[Choice, ...]) -> list[Target]:

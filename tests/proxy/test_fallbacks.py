@@ -136,3 +136,18 @@ def test_a_fallback_without_a_price_is_skipped_where_unpriced_models_are_denied(
     row = row_of(allowed)
     assert allowed.status_code == 200 and (row.public_model, row.price, row.cost_picos) == ("unpriced", None, 0)
     assert "unpriced" not in row.gate  # the model asked for has a price
+
+
+def test_planning_fallbacks_asks_no_health_of_them(client: Client, alice: Party, mock_upstream_url: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Asking a half-open breaker lets its one probe through: the gate's plan must not spend it on a fallback that
+    # the request then never reaches.
+    backup = deploy(mock_upstream_url, "spare", "mock")
+    deploy(mock_upstream_url, "healthy", "mock", fallbacks=["spare"])
+    Price.objects.create(model="healthy", input_per_million=Decimal("1"), output_per_million=Decimal("1"))
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("5"), period="day")  # the gate plans the fallbacks
+    asked: list[int] = []
+    monkeypatch.setattr(routing, "is_healthy", lambda deployment_id: asked.append(deployment_id) or True)
+    response = chat(client, alice, "healthy")
+    assert response.status_code == 200 and row_of(response).gate["held_micros"] > 0
+    assert asked and backup.deployments.get().pk not in asked
