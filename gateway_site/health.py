@@ -3,7 +3,7 @@ DJANGO_ALLOWED_HOSTS says), no HTTPS redirect, no sign-in, no log line.
 
 - ``GET /health/live`` (and its older name ``/healthz``): 200 "ok" while the process serves HTTP. Touches nothing.
 - ``GET /health/ready``: 200 when this process can serve requests: PostgreSQL answers, Redis answers (when
-  REDIS_URL is set), no migration is unapplied, the ledger is not backed up, and (when configured) beat is not
+  REDIS_URL is set; and the money Redis, when TOLLGATE_MONEY_REDIS_URL names another one), no migration is unapplied, the ledger is not backed up, and (when configured) beat is not
   silent, and it has not got SIGTERM (it drains: gateway_site/drain.py); else 503. The JSON body names each check.
   The checks run in threads with a deadline, so a dead database gives 503 within CHECK_TIMEOUT seconds and never
   blocks the event loop; the answer is reused for CACHE_SECONDS.
@@ -53,7 +53,9 @@ def describe(error: BaseException) -> str:
     from django.conf import settings
 
     text = f"{type(error).__name__}: {error}"
-    secrets = [settings.DATABASES["default"].get("PASSWORD") or "", urlsplit(settings.REDIS_URL or "").password or "",
+    urls = [settings.REDIS_URL, settings.TOLLGATE_MONEY_REDIS_URL, settings.TOLLGATE_CACHE_REDIS_URL,
+            settings.TOLLGATE_BROKER_URL, settings.TOLLGATE_CHANNELS_REDIS_URL]
+    secrets = [settings.DATABASES["default"].get("PASSWORD") or "", *[urlsplit(url or "").password or "" for url in urls],
                settings.SECRET_KEY, getattr(settings, "TOLLGATE_OPS_TOKEN", "")]
     for secret in secrets:
         if secret and len(secret) >= 3:
@@ -123,6 +125,13 @@ def check_redis() -> Check:
     from django.conf import settings
 
     redis_client(settings.REDIS_URL).ping()
+    return {"ok": True}
+
+
+def check_money_redis() -> Check:
+    from django.conf import settings
+
+    redis_client(settings.TOLLGATE_MONEY_REDIS_URL).ping()  # a cluster's node answers PING like any Redis
     return {"ok": True}
 
 
@@ -205,6 +214,8 @@ def readiness_checks() -> dict[str, Callable[[], Check]]:
     checks: dict[str, Callable[[], Check]] = {"database": check_database}
     if settings.REDIS_URL:
         checks["redis"] = check_redis
+    if settings.TOLLGATE_MONEY_REDIS_URL and settings.TOLLGATE_MONEY_REDIS_URL != settings.REDIS_URL:
+        checks["money_redis"] = check_money_redis  # budgets and rate limits cannot be enforced without it
     checks["migrations"] = check_migrations
     checks["ledger"] = check_ledger
     if settings.TOLLGATE_READY_BEAT_MAX_AGE_SECONDS:

@@ -162,6 +162,17 @@ def test_ready_is_503_naming_redis_when_it_does_not_answer(settings: Any, free_p
 
 
 @pytest.mark.django_db
+def test_ready_is_503_naming_the_money_redis_when_it_is_another_one_and_does_not_answer(
+    settings: Any, free_port: int
+) -> None:
+    settings.REDIS_URL = None
+    settings.TOLLGATE_MONEY_REDIS_URL = f"redis://:money-password@127.0.0.1:{free_port}/2"
+    status, body = probe()
+    assert status == 503 and body["checks"]["money_redis"]["ok"] is False and "redis" not in body["checks"]
+    assert "money-password" not in json.dumps(body)
+
+
+@pytest.mark.django_db
 def test_a_hung_check_gives_503_within_the_deadline_and_is_not_started_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
     calls = counting(monkeypatch, "check_database", lambda: release.wait(10) and {"ok": True})
