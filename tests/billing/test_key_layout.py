@@ -98,3 +98,11 @@ def test_keys_name_their_tenant() -> None:
     hold = Hold("r", 1, [], True, ["tg:budget:1:0"])
     with pytest.raises(ValueError):
         RedisBackend("redis://unused").settlement(hold, 0)
+
+
+@pytest.mark.parametrize("deployment_id", [1, 42, 99999])
+def test_the_circuit_breakers_scripts_touch_one_slot_each(deployment_id: int) -> None:
+    from proxy import breaker_scripts
+
+    assert len(slots(breaker_scripts.keys(deployment_id))) == 1  # FAIL, SUCCEED, CLAIM (state and probe)
+    assert len(slots([breaker_scripts.INDEX])) == 1  # the INDEX_* scripts
