@@ -94,8 +94,7 @@ class Meter:
                 headers["x-ratelimit-reset-tokens"] = reset
         if self.hold is not None and (left := self.hold.remaining_micros()) is not None:
             headers["x-tollgate-budget-remaining-usd"] = str(micros_to_dollars(max(left, 0)))  # exact, never a float
-        if self.cache is not None:
-            headers["x-tollgate-cache"] = "hit" if self.cache.hit else "miss"
+        headers["x-tollgate-cache"] = "hit" if self.cache is not None and self.cache.hit else "miss"
         return headers
 
     def observe(self, chunk: Chunk) -> None:

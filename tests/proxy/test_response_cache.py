@@ -205,7 +205,7 @@ def test_a_request_with_a_user_is_not_cached_when_the_route_is_per_user(
 
 def test_a_key_opts_in_on_any_route_or_out_of_a_cached_one(alice: Party, demo: ModelRoute, calls: list[str]) -> None:
     configure(demo, cache_enabled=False)
-    assert "x-tollgate-cache" not in send(alice, chat()).headers  # nothing configured: no header, no lookup
+    assert send(alice, chat())["x-tollgate-cache"] == "miss" and calls == ["complete"]  # nothing configured: no lookup
     ApiKey.objects.filter(pk=alice.key.pk).update(response_cache="on")
     alice.key.refresh_from_db()
     from accounts import keys
@@ -228,7 +228,10 @@ def test_the_plain_path_never_consults_the_cache(alice: Party, monkeypatch: pyte
 
     monkeypatch.setattr(response_cache, "consult", refuse)
     monkeypatch.setattr(response_cache, "entry_key", refuse)
-    assert send(alice, chat()).status == 200 and send(alice, chat(stream=True)).status == 200
+    whole, streamed = send(alice, chat()), send(alice, chat(stream=True))
+    assert whole.status == 200 and streamed.status == 200
+    # Every answer says whether it came from the cache, on routes without one too.
+    assert whole["x-tollgate-cache"] == "miss" and streamed["x-tollgate-cache"] == "miss"
 
 
 @override_settings(TOLLGATE_CACHE_REDIS_URL=None)
