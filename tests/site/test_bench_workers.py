@@ -21,12 +21,16 @@ def test_cpu_of_a_server_counts_every_worker_process() -> None:
                                "[child.wait() for child in children]"])
     try:
         deadline = time.monotonic() + 20
-        while len(workers.workers_of(parent.pid)) < 2 or workers.tree_cpu_seconds(parent.pid) < 0.6:
+        # /proc counts in clock ticks: 0.3 s of burning may read as 0.29 s. The parent is read before the tree, so
+        # whatever the parent adds in between only makes the tree larger.
+        while True:
+            own = workers.process_cpu_seconds(parent.pid)
+            if len(workers.workers_of(parent.pid)) >= 2 and workers.tree_cpu_seconds(parent.pid) >= own + 0.55:
+                break
             assert time.monotonic() < deadline, "the children never burned their CPU"
             time.sleep(0.05)
         tree = list(workers.process_tree(parent.pid))
         assert len(tree) == 3 and tree[0] == parent.pid
-        assert workers.tree_cpu_seconds(parent.pid) >= workers.process_cpu_seconds(parent.pid) + 0.6
     finally:
         for pid in workers.children_of(parent.pid):
             subprocess.run(["kill", str(pid)], check=False)

@@ -201,12 +201,15 @@ def scrape(url: str) -> str:
     return r.text
 
 
-def scrape_counting(url: str, requests: int) -> str:
-    """A scrape once it counts ``requests`` /v1 requests: each process writes its /v1 values once a second."""
+def scrape_counting(url: str, requests: int, rows: int = 0) -> str:
+    """A scrape once it counts ``requests`` /v1 requests and ``rows`` ledger rows: each process writes its /v1 values
+    once a second, and a row is counted when its write returns, a little after the request itself."""
     deadline = time.monotonic() + 5
     while True:
         text = scrape(url)
-        if total(samples(text), "tollgate_requests_total") >= requests or time.monotonic() > deadline:
+        found = samples(text)
+        if (total(found, "tollgate_requests_total") >= requests and
+                total(found, "tollgate_ledger_write_seconds_count") >= rows) or time.monotonic() > deadline:
             return text
         time.sleep(0.2)
 
@@ -248,7 +251,7 @@ def test_a_scrape_of_two_workers_adds_up_to_the_ledger(routed: None, tmp_path: P
     with tollgate(tmp_path / "tollgate.log", directory, workers=2, TOLLGATE_METRICS_TENANT_LABEL="on") as url:
         answered = send_traffic(url, alice, bob, carol, directory)
         rows_settle(answered - 1)  # the request with a bad key leaves no row
-        text = scrape_counting(url, answered)
+        text = scrape_counting(url, answered, answered - 1)
 
     found = samples(text)
     rows = UsageRecord.objects.all()
