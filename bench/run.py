@@ -8,7 +8,7 @@ Run from the repository root, with PostgreSQL and Redis up (nothing is fetched f
     .venv/bin/python bench/run.py --reference      # also streams through a bare Django forwarder
     .venv/bin/python bench/run.py --large-prompt   # also plain latency while 8 MB prompts go through the gate
     .venv/bin/python bench/run.py --metrics        # also CPU per request with Prometheus metrics on vs off
-    .venv/bin/python bench/run.py --workers 2      # also the same load through uvicorn --workers 2, side by side
+    .venv/bin/python bench/run.py --workers 2      # also the same load through two uvicorn workers, side by side
 
 It starts the mock upstream (bench/mock_upstream.py) and ONE uvicorn worker of Tollgate with production
 settings (DEBUG off, throwaway secrets made per run) and full bookkeeping on PostgreSQL

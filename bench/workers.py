@@ -1,7 +1,7 @@
 """``bench/run.py --workers N``: the same load through one uvicorn worker and through N, side by side, in one run.
 
-A second Tollgate server runs ``uvicorn --workers N`` (unpinned: the kernel hands each connection to whichever worker
-accepts it) with the first one's environment, so it serves the same keys. At each concurrency the plain and the
+A second Tollgate server runs N uvicorn workers (unpinned; each with its own SO_REUSEPORT socket on one port, see
+LAUNCH) with the first one's environment, so it serves the same keys. At each concurrency the plain and the
 gated key go to the one-worker server and to the N-worker one in turn; CPU per request counts every worker (the
 CPU of the server's whole process tree), and each worker's share of it shows that all of them served. Then the
 exactness checks across workers: a fresh key limited to RATE_LIMIT requests per minute gets RATE_SENT requests in
@@ -41,6 +41,32 @@ RATE_LIMIT = 60  # requests per minute on the rate-limited key
 RATE_SENT = 3 * RATE_LIMIT
 RATE_CONCURRENCY = 16
 RATE_MARGIN_SECONDS = 10.0  # the burst starts with at least this much of its minute window left
+
+# N uvicorn servers on one port, each with its own SO_REUSEPORT socket, under one supervisor. `uvicorn --workers N`
+# shares one listening socket instead, and hands the 16 keep-alive connections a phase opens at once to whichever
+# worker wakes first: in this bench one worker took every connection (its CPU share read [0, 100]), so two workers
+# measured one. With a socket each, the kernel spreads new connections over the servers by their address hash.
+LAUNCH = """
+import signal, subprocess, sys
+
+port, workers = sys.argv[1], int(sys.argv[2])
+serve = '''
+import socket, sys
+import uvicorn
+
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+sock.bind(("127.0.0.1", int(sys.argv[1])))
+sock.listen(2048)
+config = uvicorn.Config("gateway_site.asgi:application", lifespan="off", access_log=False, log_level="info")
+uvicorn.Server(config).run(sockets=[sock])
+'''
+children = [subprocess.Popen([sys.executable, "-c", serve, port]) for _ in range(workers)]
+signal.signal(signal.SIGTERM, lambda *_: [child.terminate() for child in children])
+for child in children:
+    child.wait()
+"""
 
 RATE_SEED = """
 import json, os, sys
@@ -89,12 +115,12 @@ def process_tree(pid: int) -> Iterator[int]:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of the process and its descendants: with ``uvicorn --workers N``, the supervisor and its workers."""
+    """utime + stime of the process and its descendants: the supervisor and its N workers."""
     return sum(process_cpu_seconds(p) for p in process_tree(pid))
 
 
 def workers_of(pid: int) -> list[int]:
-    """The serving workers of a ``uvicorn --workers N`` supervisor (multiprocessing's helpers left out)."""
+    """The serving workers of a supervisor (multiprocessing's helpers left out, for ``uvicorn --workers N``)."""
     found = []
     for child in children_of(pid):
         try:
@@ -123,7 +149,7 @@ class Fleet:
 
 
 def start(children: Children, env: dict[str, str], tollgate: Server, gated: Server, workers: int) -> Fleet:
-    """Seed the rate-limited key, start ``uvicorn --workers N`` with ``env`` (the one-worker server's secrets) and
+    """Seed the rate-limited key, start N uvicorn workers with ``env`` (the one-worker server's secrets) and
     wait until every worker has started."""
     key, tenant_id = seed_rate_limited(env)
     with socket.socket() as s:
@@ -131,9 +157,7 @@ def start(children: Children, env: dict[str, str], tollgate: Server, gated: Serv
         port = int(s.getsockname()[1])
     journal_dir = children.log_dir / "journal-workers"  # its own: each worker's begin lines are read from it
     # Info level for the "Started server process" line of each worker; the access log stays off.
-    children.start(NAME, [PYTHON, "-m", "uvicorn", "gateway_site.asgi:application", "--port", str(port),
-                          "--workers", str(workers), "--lifespan", "off", "--no-access-log", "--log-level", "info"],
-                   {**env, "TOLLGATE_JOURNAL_DIR": str(journal_dir)})
+    children.start(NAME, [PYTHON, "-c", LAUNCH, str(port), str(workers)], {**env, "TOLLGATE_JOURNAL_DIR": str(journal_dir)})
     base = f"http://127.0.0.1:{port}"
     children.wait_until_up(NAME, f"{base}/v1/models")
     wait_for_workers(children, workers)
