@@ -106,6 +106,10 @@ class Breaker:
         self.probe_out[deployment_id] = now + self.probe_seconds()
         return True
 
+    def probing(self, deployment_id: int) -> bool:
+        """Whether the deployment is not closed: if is_healthy() just let a request through, that request is its probe."""
+        return deployment_id in self.mirror
+
     def report(self, deployment_id: int, *, ok: bool) -> None:
         """Note one attempt's outcome; any Redis work runs in a task of its own."""
         if ok:

@@ -227,7 +227,11 @@ def by_weight(choices: tuple[Choice, ...]) -> tuple[Target, ...]:
 def order(choices: tuple[Choice, ...]) -> list[Target]:
     healthy = [c for c in choices if is_healthy(c.target.deployment_id)]
     pool = healthy or list(choices)  # all tripped: try them anyway rather than fail without asking
-    first = random.choices(pool, weights=[c.weight for c in pool])[0]
+    current = breaker.get()
+    # A half-open deployment that let this request through made it the fleet's one probe: send it there first, or
+    # nobody probes that deployment until the claim lapses (another cool-down). Nothing to look at when all are closed.
+    probes = [c for c in healthy if current.probing(c.target.deployment_id)] if current.mirror else []
+    first = probes[0] if probes else random.choices(pool, weights=[c.weight for c in pool])[0]
     rest = [c for c in pool if c is not first] + [c for c in choices if c not in pool]
     return [first.target, *(c.target for c in rest)]
 

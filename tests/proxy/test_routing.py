@@ -58,3 +58,16 @@ def test_all_tripped_are_still_tried() -> None:
         for _ in range(3):
             routing.report(c.target, ok=False)
     assert {t.deployment_id for t in routing.order(choices)} == {1, 2}
+
+
+def test_the_request_a_half_open_deployment_lets_through_goes_there_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Deployment 1 weighs almost nothing: were the probe left to the weighted choice, it would rarely be sent, and
+    # nobody would probe deployment 1 until the claim lapsed.
+    choices = (choice(1, 1), choice(2, 1000))
+    for _ in range(3):
+        routing.report(choices[0].target, ok=False)
+    now = breaker.get().clock()
+    monkeypatch.setattr(breaker.get(), "clock", lambda: now + 31)  # the cool-down is over: half-open
+    first = routing.order(choices)
+    assert [t.deployment_id for t in first] == [1, 2]  # the one probe
+    assert all(routing.order(choices)[0].deployment_id == 2 for _ in range(20))  # nobody else while it is out
