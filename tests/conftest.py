@@ -37,6 +37,17 @@ def make_party(slug: str) -> Party:
     return Party(tenant=tenant, user=user, key=key, secret=secret)
 
 
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real three-node Redis Cluster started for the test module (skipped where redis-server cannot run)."""
+    from . import redis_servers
+
+    if reason := redis_servers.available():
+        pytest.skip(reason)
+    with redis_servers.cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url
+
+
 @pytest.fixture
 def alice(db: None) -> Party:
     return make_party("alice")

@@ -24,16 +24,7 @@ from billing.models import Budget, Price, UsageRecord
 from proxy import ratelimits, routing
 from proxy.services import ensure_demo_route
 
-from .. import redis_servers
 from ..conftest import Party, make_party
-
-
-@pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if reason := redis_servers.available():
-        pytest.skip(reason)
-    with redis_servers.cluster(tmp_path_factory.mktemp("cluster")) as url:
-        yield url
 
 
 @pytest.fixture

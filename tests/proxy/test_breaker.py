@@ -375,16 +375,6 @@ def test_requests_never_fail_because_the_breakers_redis_is_down(redis_url: str, 
     routing.invalidate()
 
 
-@pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from .. import redis_servers
-
-    if reason := redis_servers.available():
-        pytest.skip(reason)
-    with redis_servers.cluster(tmp_path_factory.mktemp("breaker-cluster")) as url:
-        yield url
-
-
 def test_the_breaker_runs_on_a_redis_cluster(cluster_url: str, settings: Any) -> None:
     """Every script, the admin's reads and the reset on a real cluster, with deployments whose keys live on
     different nodes than the index."""
