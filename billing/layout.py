@@ -95,7 +95,8 @@ def rate_tenants() -> tuple[dict[str, int], dict[str, int]]:
 
 def migrate(client: Any, *, lease_seconds: int, now: float | None = None) -> dict[str, int]:
     """Move every money key of the old layout (see above). Returns how many of each kind moved."""
-    from .holds import REGISTER, REGISTERED_SECONDS
+    from .hold_scripts import REGISTER
+    from .holds import REGISTERED_SECONDS
 
     moved = {"counters": 0, "holds": 0, "rate_limits": 0}
     if (client.get(keyspace.LAYOUT) or b"").decode() == keyspace.VERSION:
