@@ -18,12 +18,28 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 OVERHEAD_HEADER = "x-tollgate-overhead-ms"
 TIMEOUT = 30.0
 # What a failed request raises: refused or reset connections, early EOF, timeouts, unparsable answers.
 REQUEST_ERRORS = (OSError, EOFError, asyncio.LimitOverrunError, TimeoutError, ValueError)
+
+
+def mean(values: list[Any]) -> float | None:
+    present = [v for v in values if isinstance(v, (int, float))]
+    return round(sum(present) / len(present), 3) if present else None
+
+
+def averaged(phases: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """For each label, the mean of its phases' figures and the sum of their errors (phases run alternately)."""
+    results: dict[str, dict[str, Any]] = {}
+    for label, runs in phases.items():
+        results[label] = {name: mean([run[name] for run in runs])
+                          for name in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "overhead_p50_ms")}
+        results[label]["errors"] = sum(run["errors"] for run in runs)
+    return results
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -71,10 +71,10 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script, Python puts bench/ on sys.path but not the repository root
-from bench.load import Phase, Pool, Request, hammer, overlapping, repeat_until, stream_rounds  # noqa: E402
+from bench.load import Phase, Pool, Request, averaged, hammer, overlapping, repeat_until, stream_rounds  # noqa: E402
 from bench.data import BenchError, Seeded, check_money, count_ledger, ensure_database, run_django, seed  # noqa: E402
 from bench.report import LARGE_PROMPT_CONCURRENCY, SOAK_CONCURRENCY, STREAM_CONCURRENCY, table  # noqa: E402
-from bench import workers  # noqa: E402
+from bench import cached, workers  # noqa: E402
 
 PYTHON = sys.executable
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/tollgate_bench"
@@ -87,8 +87,6 @@ STREAM_BODY = json.dumps(
 ).encode()
 LARGE_PROMPT_BYTES = 8 * 1024 * 1024  # under TOLLGATE_MAX_BODY_BYTES (10 MiB by default)
 METRICS_CONCURRENCY, METRICS_ROUNDS = 16, 4  # --metrics: off and on, alternating, this many phases each
-CACHED_BODY = json.dumps({"model": "mock-cached", "messages": MESSAGES}).encode()
-CACHE_CONCURRENCY, CACHE_ROUNDS = 16, 2  # plain requests and cache hits, alternating, this many phases each
 LARGE_PROMPT_PAUSE_SECONDS = 0.25  # between one 8 MB prompt's answer and the next, in the "one at a time" part
 # One "word" with no spaces is a single pre-token to BPE, its slowest input.
 LARGE_BODY = json.dumps(
@@ -266,31 +264,11 @@ class Bench:
         for _ in range(METRICS_ROUNDS):
             for label, server in (("off", self.tollgate), ("on", metered.server)):
                 phases[label].append(await self.phase(server, METRICS_CONCURRENCY))
-        results: dict[str, object] = {"concurrency": METRICS_CONCURRENCY, "rounds": METRICS_ROUNDS}
-        for label, runs in phases.items():
-            results[label] = {name: mean([run[name] for run in runs])
-                              for name in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "overhead_p50_ms")}
-            results[label]["errors"] = sum(run["errors"] for run in runs)  # type: ignore[index]
+        results: dict[str, object] = {"concurrency": METRICS_CONCURRENCY, "rounds": METRICS_ROUNDS, **averaged(phases)}
         await asyncio.sleep(1.5)  # a process writes its /v1 values once a second (proxy/metrics.py Tally)
         results["counted"] = await asyncio.to_thread(scraped_requests, metered)
         results["answered"] = self.metered_answers
         progress(f"metrics  {results['counted']} requests counted by the scrape for {self.metered_answers} answered")
-        return results
-
-    async def cache_hits(self) -> dict[str, object]:
-        """Plain requests and cache hits (one request sent again and again on a route with the response cache on) at
-        c=16 through the same process, alternating: the CPU per request of a hit beside the plain path's."""
-        await asyncio.to_thread(confirm_hit, self.tollgate)
-        self.tollgate_answers += 2
-        phases: dict[str, list[dict[str, Any]]] = {"plain": [], "hits": []}
-        for _ in range(CACHE_ROUNDS):
-            phases["plain"].append(await self.phase(self.tollgate, CACHE_CONCURRENCY))
-            phases["hits"].append(await self.phase(self.tollgate, CACHE_CONCURRENCY, CACHED_BODY))
-        results: dict[str, object] = {"concurrency": CACHE_CONCURRENCY, "rounds": CACHE_ROUNDS}
-        for label, runs in phases.items():
-            results[label] = {name: mean([run[name] for run in runs])
-                              for name in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "overhead_p50_ms")}
-            results[label]["errors"] = sum(run["errors"] for run in runs)  # type: ignore[index]
         return results
 
     async def soak(self) -> dict[str, object]:
@@ -323,7 +301,7 @@ class Bench:
             self.results["large_prompt"] = await self.large_prompt()
         if self.metered is not None:
             self.results["metrics"] = await self.metrics_cost(self.metered)
-        self.results["cached"] = await self.cache_hits()
+        self.results["cached"] = await cached.measure(self)
         if self.fleet is not None:
             self.results["workers"] = await workers.measure(self, self.fleet)
         if self.opts.soak:
@@ -342,11 +320,6 @@ class Metered:
     token: str
 
 
-def mean(values: list[Any]) -> float | None:
-    present = [v for v in values if isinstance(v, (int, float))]
-    return round(sum(present) / len(present), 3) if present else None
-
-
 def scraped_requests(metered: Metered) -> int:
     """The sum of tollgate_requests_total in one scrape of the process with metrics on."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -356,16 +329,6 @@ def scraped_requests(metered: Metered) -> int:
         text = response.read().decode()
     return round(sum(sample.value for family in text_string_to_metric_families(text)
                      for sample in family.samples if sample.name == "tollgate_requests_total"))
-
-
-def confirm_hit(server: Server) -> None:
-    """Send the cached phase's request twice: the second must be answered from the cache."""
-    for _ in range(2):
-        request = urllib.request.Request(server.url, data=CACHED_BODY, headers=server.headers, method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            state = response.headers.get("x-tollgate-cache")
-    if state != "hit":
-        raise BenchError(f"the cached phase's request was not answered from the cache (x-tollgate-cache: {state})")
 
 
 def progress(message: str) -> None:
