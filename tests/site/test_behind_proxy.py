@@ -37,6 +37,10 @@ def statuses_from_two_addresses(url: str) -> tuple[list[int], int]:
     """Fail to sign in as alice past the limit from one forwarded address, then once from another."""
     with httpx.Client(timeout=10) as http:
         first = [sign_in_attempt(http, url, "203.0.113.7") for _ in range(ADDRESS_ACCOUNT_LIMIT + 1)]
+        if 429 not in first:
+            # The limit's one-minute window (django-ratelimit staggers it per key) ended during the burst, which
+            # then counted in two windows: send it again, wholly inside the next one.
+            first = [sign_in_attempt(http, url, "203.0.113.7") for _ in range(ADDRESS_ACCOUNT_LIMIT + 1)]
         return first, sign_in_attempt(http, url, "198.51.100.9")
 
 
