@@ -60,6 +60,15 @@ class Tenant(models.Model):
         help_text="Public model names this tenant may call; empty means every routed model. Keys can only narrow it.")
     created_at = models.DateTimeField(default=tz.now)
 
+    class Tier(models.TextChoices):
+        HIGH = "high"
+        DEFAULT = "default"
+        LOW = "low"
+
+    batch_tier = models.CharField(
+        max_length=8, choices=Tier.choices, default=Tier.DEFAULT,
+        help_text="Which queue runs this tenant's batches (TOLLGATE_QUEUE_HIGH / _DEFAULT / _LOW name them).")
+
     class Meta:
         ordering = ["name"]
 

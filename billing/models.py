@@ -5,6 +5,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Max, Min, Q
 from django.utils import timezone
@@ -54,6 +55,10 @@ class Price(models.Model):
         help_text="USD per million cached prompt tokens; empty means the input price.")
     per_request = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal(0),
                                       help_text="USD per request, for providers that charge so.")
+    batch_discount_percent = models.DecimalField(
+        max_digits=5, decimal_places=2, default=Decimal(0),
+        validators=[MinValueValidator(Decimal(0)), MaxValueValidator(Decimal(100))],
+        help_text="Discount on batch lines' cost, e.g. 50 for half price. A route may set its own.")
     note = models.CharField(max_length=200, blank=True)
 
     class Meta:
@@ -280,10 +285,17 @@ class UsageRecord(models.Model):
     unpriced = models.BooleanField(default=False, help_text="The model had no price when the request ran.")
     gate = models.JSONField(default=dict, blank=True, help_text="Why the request was admitted or denied.")
     created_at = models.DateTimeField(default=timezone.now)
+    # A batch line's row names its batch and line: one row per line, whatever replays or recoveries happen.
+    batch_id = models.CharField(max_length=40, blank=True, default="")
+    custom_id = models.CharField(max_length=200, blank=True, default="")
 
     objects = UsageRecordQuerySet.as_manager()
 
     class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch_id", "custom_id"], condition=~Q(batch_id=""),
+                                    name="usage_one_row_per_batch_line"),
+        ]
         indexes = [
             # The tenant pages and rollups read a tenant's (or a key's) rows by time.
             models.Index(fields=["tenant", "created_at"], name="usage_tenant_time"),

@@ -251,9 +251,9 @@ def _insert_sql() -> tuple[str, str, str, tuple[Field[Any, Any], ...]]:
     fields = tuple(f for f in UsageRecord._meta.concrete_fields if not f.primary_key)
     table = connection.ops.quote_name(UsageRecord._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    # A row whose request id is in the ledger already is skipped: writing a batch again (a retry, a journal
-    # replayed after a crash) never bills a request twice. PostgreSQL and SQLite (3.24+) both read this.
-    tail = f" ON CONFLICT ({connection.ops.quote_name('request_id')}) DO NOTHING"
+    # A row whose request id (or batch line) is in the ledger already is skipped: writing a batch again (a retry, a
+    # journal replayed after a crash) never bills a request twice. PostgreSQL and SQLite (3.24+) both read this.
+    tail = " ON CONFLICT DO NOTHING"
     return f"INSERT INTO {table} ({columns}) VALUES ", "(" + ", ".join(["%s"] * len(fields)) + ")", tail, fields
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -78,6 +79,37 @@ def env_secret(name: str, *, dev_default: str | None = None, debug: bool = False
 
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_queue_numbers(name: str, default: str, queues: dict[str, str], *, minimum: int = 0) -> dict[str, int]:
+    """A number per Celery queue, "high=64,default=32,low=8": by tier (high, default, low) or by queue name.
+
+    Returns the numbers by queue name; a queue not named keeps the default's number, if it has one."""
+    numbers: dict[str, int] = {}
+    for raw in (default, os.environ.get(name, "")):
+        for item in raw.split(","):
+            if not item.strip():
+                continue
+            queue, _, value = item.partition("=")
+            queue, value = queue.strip(), value.strip()
+            if not queue or not value.isdigit() or int(value) < minimum:
+                raise ImproperlyConfigured(f"{name} must be queue=number pairs (each at least {minimum}), "
+                                           f"separated by commas; got {item.strip()!r}")
+            numbers[queues.get(queue, queue)] = int(value)
+    return numbers
+
+
+def env_json_object(name: str) -> dict[str, Any]:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object")
+    return value
 
 
 def env_proxy_ssl_header(name: str) -> tuple[str, str] | None:

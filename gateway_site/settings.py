@@ -15,9 +15,11 @@ from gateway_site.env import (  # noqa: F401 (the helpers stay importable from h
     database_from_url,
     env_bool,
     env_int,
+    env_json_object,
     env_list,
     env_micros,
     env_proxy_ssl_header,
+    env_queue_numbers,
     env_secret,
     redis_url,
     sqlite_database,
@@ -58,6 +60,7 @@ INSTALLED_APPS = [
     "accounts",
     "proxy",
     "billing",
+    "batches",  # the Files and Batches API; its lines run on Celery workers
 ]
 
 MIDDLEWARE = [
@@ -153,6 +156,50 @@ else:
         "control_folder": str(DATA_DIR / "celery" / "control"),  # default: ./control in the working directory
         "store_processed": False,
     }
+# Batches (README, "Batches and queues"). The three tiers' Celery queues; a tenant's tier picks one, and a route may
+# name a queue of its own so a model's workers scale separately. Beat and housekeeping jobs stay on "celery".
+TOLLGATE_QUEUES = {
+    "high": os.environ.get("TOLLGATE_QUEUE_HIGH", "").strip() or "high",
+    "default": os.environ.get("TOLLGATE_QUEUE_DEFAULT", "").strip() or "default",
+    "low": os.environ.get("TOLLGATE_QUEUE_LOW", "").strip() or "low",
+}
+if len(set(TOLLGATE_QUEUES.values())) != 3 or "celery" in TOLLGATE_QUEUES.values():
+    raise ImproperlyConfigured("TOLLGATE_QUEUE_HIGH, _DEFAULT and _LOW must be three different names, none of them 'celery'")
+# Lines in flight at once per worker process, per queue ("queue=count,..."; the tiers' defaults below).
+TOLLGATE_BATCH_CONCURRENCY = env_queue_numbers("TOLLGATE_BATCH_CONCURRENCY", "high=64,default=32,low=8",
+                                               TOLLGATE_QUEUES, minimum=1)
+# Lines started per minute per queue, across every worker ("queue=count,..."; a queue not named has no limit).
+TOLLGATE_BATCH_RATES = env_queue_numbers("TOLLGATE_BATCH_RATES", "", TOLLGATE_QUEUES, minimum=1)
+# The share (percent) of a key's and a tenant's rate limits that its batches may take: interactive /v1 keeps the rest.
+TOLLGATE_BATCH_RATE_SHARE = env_int("TOLLGATE_BATCH_RATE_SHARE", 50, minimum=1)
+if TOLLGATE_BATCH_RATE_SHARE > 100:
+    raise ImproperlyConfigured("TOLLGATE_BATCH_RATE_SHARE is a percentage: 1 to 100")
+# Lines per part: a part is what one worker runs at a time; several workers share a large batch by parts.
+TOLLGATE_BATCH_PART_LINES = env_int("TOLLGATE_BATCH_PART_LINES", 1000, minimum=1)
+# A worker renews the lease of the part it runs; a part whose lease ran out this long ago goes to another worker.
+TOLLGATE_BATCH_LEASE_SECONDS = env_int("TOLLGATE_BATCH_LEASE_SECONDS", 30, minimum=5)
+TOLLGATE_BATCH_MAX_LINES = env_int("TOLLGATE_BATCH_MAX_LINES", 50_000, minimum=1)
+# Uploads to /v1/files: the largest accepted file, streamed to storage (never held in memory).
+TOLLGATE_FILE_MAX_BYTES = env_int("TOLLGATE_FILE_MAX_BYTES", 200 * 1024 * 1024, minimum=1024)
+# Where file contents live: a Django storage class and its options as JSON (e.g. django-storages' S3 backend);
+# the embedded default keeps them under the data folder.
+TOLLGATE_FILES_STORAGE = os.environ.get("TOLLGATE_FILES_STORAGE", "").strip() or "django.core.files.storage.FileSystemStorage"
+TOLLGATE_FILES_STORAGE_OPTIONS = env_json_object("TOLLGATE_FILES_STORAGE_OPTIONS")
+if TOLLGATE_FILES_STORAGE == "django.core.files.storage.FileSystemStorage":
+    TOLLGATE_FILES_STORAGE_OPTIONS.setdefault("location", str(DATA_DIR / "files"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "tollgate_files": {"BACKEND": TOLLGATE_FILES_STORAGE, "OPTIONS": TOLLGATE_FILES_STORAGE_OPTIONS},
+}
+# Uploads spill to a temporary file past this size, so a large file never sits in memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+CELERY_TASK_CREATE_MISSING_QUEUES = True
+if (TOLLGATE_BROKER_URL or "").startswith("redis"):
+    # A worker consuming several queues takes from the first non-empty one in the order given (-Q high,default,low):
+    # high before default before low, instead of Redis's default round robin.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"queue_order_strategy": "priority"}
+
 if TOLLGATE_CHANNELS_REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer",

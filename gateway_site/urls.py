@@ -13,6 +13,7 @@ from . import health_views
 from . import views as site
 
 urlpatterns = [
+    path("v1/", include("batches.urls")),  # /v1/files and /v1/batches; everything else under /v1/ is the proxy's
     path("v1/", include("proxy.urls")),
     path("admin/login/", site.admin_sign_in),
     path("admin/", admin.site.urls),

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import os
 import re
+from decimal import Decimal
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -110,6 +111,14 @@ class ModelRoute(models.Model):
 
     cache_cost = models.CharField(max_length=8, choices=CacheCost.choices, default=CacheCost.FREE,
                                   help_text="What a cache hit costs the tenant.")
+    # Batches (the /v1/batches API): an optional queue of this model's own, so its workers scale separately.
+    batch_queue = models.CharField(
+        max_length=64, blank=True,
+        help_text="Run batch lines for this model on this Celery queue instead of the tenant tier's queue.")
+    batch_discount_percent = models.DecimalField(
+        max_digits=5, decimal_places=2, null=True, blank=True,
+        validators=[MinValueValidator(Decimal(0)), MaxValueValidator(Decimal(100))],
+        help_text="Discount on batch lines' cost, e.g. 50. Empty means the price's batch discount.")
 
     class Meta:
         ordering = ["name"]

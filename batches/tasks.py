@@ -1,0 +1,29 @@
+"""Celery tasks of the queued path. Each takes ids and calls one service; the work happens in the worker only."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+
+@shared_task(name="batches.validate_batch")
+def validate_batch(batch_id: int) -> None:
+    """Check a new batch's input file; a valid batch is split into parts, each sent to the batch's queue."""
+    from . import validation
+
+    validation.validate_batch(batch_id)
+
+
+@shared_task(name="batches.run_batch_part")
+def run_batch_part(part_id: int) -> None:
+    """Run one part's lines concurrently on this worker's event loop, under the part's lease."""
+    from . import runner
+
+    runner.run_part(part_id)
+
+
+@shared_task(name="batches.tend_batches")
+def tend_batches() -> None:
+    """Beat job: hand parts of dead workers to others, expire batches past their window, finish done batches."""
+    from . import runner
+
+    runner.tend()
