@@ -325,7 +325,11 @@ def check_completion_tokens(data: JSONDict, endpoint: str) -> int | None:
 
 def parse(request: HttpRequest, endpoint: str) -> ApiRequest:
     """Return the validated body of a /v1 request. Raises a 4xx GatewayError naming the bad parameter."""
-    data = read_json(request)
+    return parse_data(read_json(request), endpoint)
+
+
+def parse_data(data: JSONDict, endpoint: str) -> ApiRequest:
+    """Return the validated body from already decoded JSON (a batch line's body). Raises a 4xx GatewayError."""
     model = check_model(data)
     if endpoint == CHAT:
         check_messages(field(data, "messages", list, "an array", required=True))
