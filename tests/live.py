@@ -88,16 +88,17 @@ def tollgate_process(database_name: str, log_path: Path, *, workers: int = 1,
 
 
 @contextmanager
-def celery_worker(database_name: str, log_path: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a Celery worker with embedded beat in its own process, on the test database."""
+def celery_worker(database_name: str, log_path: Path, *, queues: str = "",
+                  **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a Celery worker with embedded beat in its own process, on the test database; ``queues`` as for -Q."""
     environment = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "gateway_site.settings_test",
         "TOLLGATE_LIVE_TEST_DATABASE": database_name,
         **env,
     }
-    with celery_process(["worker", "--beat", "--loglevel", "INFO", "--concurrency", "1", "--without-gossip",
-                         "--without-mingle"], environment, log_path) as process:
+    args = ["worker", "--beat", "--loglevel", "INFO", "--concurrency", "1", "--without-gossip", "--without-mingle"]
+    with celery_process(args + (["--queues", queues] if queues else []), environment, log_path) as process:
         yield process
 
 
