@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import ApiKeyViewSet, TenantViewSet
+from batches.api import QueueViewSet
 from billing.api import BudgetViewSet, PriceViewSet, UsageViewSet
 from proxy.api import DeploymentViewSet, ProviderViewSet, RouteViewSet
 
@@ -21,6 +22,7 @@ router.register("usage", UsageViewSet, basename="usage")
 router.register("providers", ProviderViewSet, basename="provider")
 router.register("routes", RouteViewSet, basename="route")
 router.register("deployments", DeploymentViewSet, basename="deployment")
+router.register("queues", QueueViewSet, basename="queue")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
