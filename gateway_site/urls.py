@@ -6,6 +6,7 @@ from django.contrib.auth import views as auth
 from django.urls import include, path, re_path
 
 from accounts import views as accounts
+from batches import pages as batches
 from billing import views as billing
 from proxy import pages as proxy
 
@@ -36,6 +37,8 @@ urlpatterns = [
     path("budgets/<int:budget_id>/thresholds/", billing.budget_thresholds, name="budget_thresholds"),
     path("requests/", billing.request_log, name="requests"),
     path("requests/export.csv", billing.request_export, name="requests_export"),
+    path("batches/", batches.batch_list, name="batches"),
+    path("batches/files/<str:file_id>/", batches.batch_file, name="batch_file"),
     path("playground/", proxy.playground, name="playground"),
     path("playground/chat", proxy.playground_chat, name="playground_chat"),
     path("live/", proxy.live, name="live"),
