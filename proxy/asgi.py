@@ -16,7 +16,8 @@ import gc
 import logging
 import tempfile
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
@@ -32,6 +33,11 @@ from .errors import GatewayError, NotFound, PayloadTooLarge, ServerError
 STARTED = "tollgate.started"  # scope key: when the request reached Tollgate, for x-tollgate-overhead-ms
 # Scope key: the client stopped sending its body; proxy/parsing.py answers 408 once the caller is known.
 BODY_TIMED_OUT = "tollgate.body_timed_out"
+# Scope key: the body was larger than the view's limit, so it was not read (or not to its end); the view answers 413.
+BODY_TOO_LARGE = "tollgate.body_too_large"
+UPLOAD_FRAMING_BYTES = 64 * 1024  # room for the multipart boundaries, part headers and small fields around a file
+
+View = TypeVar("View", bound=Callable[..., Any])
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +46,29 @@ logger = logging.getLogger(__name__)
 def resolve(path: str) -> ResolverMatch:
     # /v1 has a handful of paths (plus /v1/models/<id>): resolve each once, not on every request.
     return get_resolver().resolve(path)
+
+
+def accepts_uploads(limit_setting: str) -> Callable[[View], View]:
+    """Let a /v1 view take bodies up to ``settings.<limit_setting>`` (plus multipart framing), spooled to disk.
+
+    Other /v1 views keep TOLLGATE_MAX_BODY_BYTES and an in-memory body. The handler finds the mark on the resolved
+    view before it reads the body; the view must refuse a request whose scope says BODY_TOO_LARGE or BODY_TIMED_OUT.
+    """
+
+    def mark(view: View) -> View:
+        view.tollgate_upload_limit = limit_setting  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def upload_limit(scope: dict[str, Any]) -> int | None:
+    """The body limit of the view serving this path when it accepts uploads, else None."""
+    try:
+        setting = getattr(resolve(scope["path"]).func, "tollgate_upload_limit", None)
+    except Resolver404:
+        return None
+    return None if setting is None else int(getattr(settings, setting)) + UPLOAD_FRAMING_BYTES
 
 
 class ApiHandler(ASGIHandler):
@@ -115,8 +144,13 @@ class ApiHandler(ASGIHandler):
         limit, idle = settings.TOLLGATE_MAX_BODY_BYTES, settings.TOLLGATE_BODY_TIMEOUT_SECONDS
         # In memory up to the largest accepted body (plus the chunk that crosses it): the view reads it all into
         # memory anyway, and a spill to a temporary file would write and read back every large prompt.
-        body_file = tempfile.SpooledTemporaryFile(max_size=limit + 1024 * 1024, mode="w+b")
+        in_memory = limit + 1024 * 1024
+        if (larger := upload_limit(scope)) is not None:
+            # An upload is parsed from the file in a thread and never needed whole in memory.
+            limit, in_memory = larger, settings.FILE_UPLOAD_MAX_MEMORY_SIZE
+        body_file = tempfile.SpooledTemporaryFile(max_size=in_memory, mode="w+b")
         if declared_length(scope) > limit:
+            scope[BODY_TOO_LARGE] = True
             return body_file
         loop, size = asyncio.get_running_loop(), 0
         try:
@@ -128,7 +162,10 @@ class ApiHandler(ASGIHandler):
                     chunk = message.get("body", b"")
                     body_file.write(chunk)
                     size += len(chunk)
-                    if not message.get("more_body", False) or size > limit:
+                    if size > limit:
+                        scope[BODY_TOO_LARGE] = True
+                        break
+                    if not message.get("more_body", False):
                         break
                     deadline.reschedule(loop.time() + idle)  # a client still sending is not stalled
         except TimeoutError:
