@@ -181,3 +181,53 @@ def test_run_announces_only_its_own_server_and_a_second_run_leaves_the_first_alo
     finally:
         for run in runs:
             run.stop()
+
+
+def session_command_lines(session: int) -> list[list[str]]:
+    """The command lines of the processes in a session: the script run with start_new_session, and its children."""
+    lines = []
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat, cmdline = stat_path.read_text(), (stat_path.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # ended meanwhile
+        sid = stat.rpartition(")")[2].split()[3]  # state, ppid, pgrp, session: after the name, which may hold spaces
+        if int(sid) == session and cmdline:
+            lines.append(cmdline.decode().split("\0")[:-1])
+    return lines
+
+
+def worker_queues(session: int) -> list[str]:
+    """The --queues argument of every Celery worker process of the session (pool and beat children included)."""
+    return [line[line.index("--queues") + 1] for line in session_command_lines(session)
+            if "worker" in line and "--queues" in line and any(part.endswith("/celery") for part in line[:2])]
+
+
+def celery_call(env: dict[str, str], task: str, *options: str) -> str:
+    """Send a task as the README does from a plain shell; returns its id."""
+    sent = subprocess.run([str(BASE_DIR / ".venv" / "bin" / "celery"), "-A", "gateway_site", "call", task, *options],
+                          cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    return sent.stdout.strip()
+
+
+def test_run_starts_one_worker_on_the_housekeeping_queue_and_every_tier_queue_highest_first(tmp_path: Path) -> None:
+    # The low tier renamed: the names come from the settings, not from the script.
+    env = plain_shell(tmp_path / "data", TOLLGATE_PORT=str(free_port()), TOLLGATE_QUEUE_LOW="bulk")
+    run = Run(env, tmp_path, "queues")
+    try:
+        run.wait_for(lambda: RUNNING in run.output(), 120)
+        run.wait_for(lambda: worker_queues(run.process.pid), 30)
+        # One worker (its pool and embedded beat share its command line), in priority order: on Redis a worker takes
+        # from the first non-empty queue in this order (settings: queue_order_strategy).
+        assert set(worker_queues(run.process.pid)) == {"celery,high,default,bulk"}
+        # On the embedded filesystem broker, a batch task sent to each tier's queue is picked up, and beat's jobs too.
+        received = [celery_call(env, "batches.tend_batches", "--queue", queue) for queue in ("high", "default", "bulk")]
+        housekeeping = celery_call(env, "billing.tasks.reap_expired_holds")  # no queue named: "celery"
+        expected = [f"Task batches.tend_batches[{task_id}] received" for task_id in received]
+        expected.append(f"Task billing.tasks.reap_expired_holds[{housekeeping}] succeeded")
+        run.wait_for(lambda: all(line in run.err.read_text() for line in expected), 60)
+        assert run.stop() in (0, 130, 143)
+        assert worker_queues(run.process.pid) == []  # stopping still ends the worker
+    finally:
+        run.stop()
