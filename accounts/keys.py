@@ -236,8 +236,27 @@ def check(record: KeyRecord | str, presented: str, now: datetime) -> Caller:
 
 def load_record(prefix: str) -> KeyRecord | None:
     key = ApiKey.objects.select_related("tenant").filter(prefix=prefix).first()
+    return None if key is None else record_of(key)
+
+
+def caller_by_id(key_id: int, *, now: datetime | None = None) -> Caller:
+    """The Caller of a key known by its id, for work the key started earlier (a batch's lines): no secret is
+    presented, but the key must still be usable now. Raises KeyRejected (unknown, revoked, expired, tenant inactive)."""
+    key = ApiKey.objects.select_related("tenant").filter(pk=key_id).first()
     if key is None:
-        return None
+        raise KeyRejected(KeyRejected.UNKNOWN)
+    # The same refusals as check(), in the same order, without the digest: no secret is presented.
+    now = now or timezone.now()
+    if key.revoked_at is not None:
+        raise KeyRejected(KeyRejected.REVOKED)
+    if key.expires_at is not None and key.expires_at <= now:
+        raise KeyRejected(KeyRejected.EXPIRED)
+    if not key.tenant.is_active:
+        raise KeyRejected(KeyRejected.TENANT_INACTIVE)
+    return record_of(key).caller
+
+
+def record_of(key: ApiKey) -> KeyRecord:
     caller = Caller(
         key_id=key.pk,
         key_prefix=key.prefix,

@@ -57,6 +57,8 @@ def lost_entry(lost: Lost) -> UsageEntry:
         gate={**(begin.get("gate") or {}), "recovered": True},
         ttfb_ms=0,  # the provider was called: what it took is billed even if nothing reached the client
         created_at=datetime.fromtimestamp(begin["at"], tz=UTC) if "at" in begin else None,
+        batch_id=begin.get("batch_id") or "",
+        custom_id=begin.get("custom_id") or "",
     )
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.db import (
@@ -64,6 +65,8 @@ class UsageEntry:
     gate: dict[str, Any] = field(default_factory=dict)
     from_cache: bool = False  # answered from the response cache: the provider was not asked
     free: bool = False  # the row costs nothing (a cache hit on a route whose hits are free)
+    batch_id: str = ""  # a batch line's batch (public id) and custom_id; the ledger keeps one row per line
+    custom_id: str = ""
 
 
 def carry_key_budgets(*, old: ApiKey, new: ApiKey) -> int:
@@ -147,6 +150,8 @@ def build_record(entry: UsageEntry) -> UsageRecord:
         ttfb_ms=entry.ttfb_ms,
         gate=entry.gate,
         created_at=entry.created_at or timezone.now(),
+        batch_id=entry.batch_id,
+        custom_id=entry.custom_id,
     )
     if entry.request_id:
         record.request_id = uuid.UUID(str(entry.request_id))
@@ -192,6 +197,26 @@ def price_record(record: UsageRecord) -> None:
     record.price = price
     record.cost_picos = price.cost_picos(prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
                                          cached_tokens=record.cached_tokens)
+    if record.batch_id:
+        record.cost_picos = discounted(record.cost_picos, batch_discount(record, price))
+
+
+def batch_discount(record: UsageRecord, price: Any) -> Decimal:
+    """A batch line's discount in percent: its route's (noted in the row's gate when the route sets one), else the
+    price's. Kept in the gate so a replayed or recovered row prices exactly as the first one did."""
+    noted = record.gate.get("batch_discount_percent") if isinstance(record.gate, dict) else None
+    try:
+        return Decimal(str(noted)) if noted is not None else Decimal(price.batch_discount_percent or 0)
+    except ArithmeticError:
+        return Decimal(0)
+
+
+def discounted(cost_picos: int, percent: Decimal) -> int:
+    """The cost less ``percent`` (0-100, two decimals): in whole picos, rounded half up, as integer arithmetic."""
+    hundredths = min(max(int(percent * 100), 0), 10_000)
+    if not hundredths:
+        return cost_picos
+    return (cost_picos * (10_000 - hundredths) * 2 + 10_000) // 20_000
 
 
 def text(value: object, length: int) -> str:
@@ -220,6 +245,7 @@ def minimal_record(source: UsageEntry | UsageRecord) -> UsageRecord:
         error_code=text(get("error_code", ""), 64), latency_ms=whole(get("latency_ms", 0)),
         ttfb_ms=whole(get("ttfb_ms", None)) if get("ttfb_ms", None) is not None else None,
         gate=storable_gate(get("gate", None)),
+        batch_id=text(get("batch_id", ""), 40), custom_id=text(get("custom_id", ""), 200),
     )
     created = get("created_at", None)
     record.created_at = created if isinstance(created, datetime) else timezone.now()

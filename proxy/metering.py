@@ -56,6 +56,8 @@ class Meter:
     upstream_span_id = 0  # the span id sent to providers when tracing is on
     trace_sampled = False  # tracing keeps this request's spans
     cache: Any = None  # proxy.response_cache.Ask when the response cache applies to this request
+    batch_id = ""  # a batch line's batch (its public id) and custom_id: its row is unique by the two
+    custom_id = ""
 
     def __init__(self, endpoint: str, started: float | None = None) -> None:
         self.endpoint = endpoint
@@ -133,6 +135,8 @@ class Meter:
             fields["prompt_texts"] = body.prompt_texts()
         if self.hold is not None and self.hold.keys:
             fields["hold"] = {"keys": self.hold.keys, "amount": self.hold.amount_micros}
+        if self.batch_id:
+            fields["batch_id"], fields["custom_id"] = self.batch_id, self.custom_id
         slots = limiter().slot_keys(self.scopes)
         if slots:
             fields["slots"] = slots
@@ -154,7 +158,7 @@ class Meter:
         sent = target is not None and end_reason != "rejected"
         now = self.ended or time.perf_counter()
         hit = self.cache is not None and self.cache.hit
-        return UsageEntry(
+        entry = UsageEntry(
             request_id=self.request_id,
             tenant_id=caller.tenant_id,
             key_id=caller.key_id,
@@ -179,6 +183,9 @@ class Meter:
             from_cache=hit,
             free=hit and self.cache.policy.free,
         )
+        if self.batch_id:
+            entry.batch_id, entry.custom_id = self.batch_id, self.custom_id
+        return entry
 
     @staticmethod
     def keep(task: asyncio.Future[Any]) -> asyncio.Future[Any]:

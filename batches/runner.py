@@ -1,0 +1,283 @@
+"""Running a batch on Celery workers: parts under leases, lines concurrently on one event loop per part.
+
+``send_parts`` sends each part of a validated batch to the batch's queue. ``run_part`` (the task) takes the part's
+lease, then runs its lines on an event loop: at most TOLLGATE_BATCH_CONCURRENCY[queue] in flight, each claimed (its
+BatchLine inserted) before it runs, so no line runs twice, each executed as /v1 executes a request (batches/lines.py).
+The worker's own housekeeping (proxy/upkeep.py: leases of holds and slots, journal recovery of dead processes)
+runs on that loop meanwhile. ``tend`` (beat, every 10 s) hands the parts of dead workers to others and finalizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.keys import KeyRejected, caller_by_id
+from proxy import limits, metering, routing, upkeep
+from proxy.auth import rejection
+from proxy.db import db_step
+from proxy.models import ModelRoute
+from proxy.providers import http
+
+from . import finalize, leases, pace, storage
+from .lines import ENDPOINTS, LineContext, batch_caller, output_line, run_line, unrun_line
+from .models import Batch, BatchLine, BatchPart, File
+
+logger = logging.getLogger(__name__)
+
+WATCH_SECONDS = 1.0  # how often a running part reads its batch's status (a cancel is seen within this)
+CALLER_SECONDS = 5.0  # how often it reads its key again (revoked, expired, tenant deactivated)
+READ_LINES = 200  # input lines read per step, in a worker thread
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def requests(row: File, start: int) -> Iterator[tuple[int, bytes]]:
+    """(index, line) of the input file's requests from ``start`` on; blank lines are not requests and have no index."""
+    with storage.open_content(row) as f:
+        index = 0
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            if index >= start:
+                yield index, line
+            index += 1
+
+
+def send_parts(batch: Batch) -> None:
+    """Send run_batch_part for each part of the batch to its queue. Call once the parts are committed."""
+    for part in BatchPart.objects.filter(batch_id=batch.pk, state=BatchPart.State.PENDING).order_by("number"):
+        send_part(part.pk, batch.queue)
+
+
+def send_part(part_id: int, queue: str) -> None:
+    from .tasks import run_batch_part
+
+    BatchPart.objects.filter(pk=part_id).update(sent_at=timezone.now())
+    run_batch_part.apply_async(args=[part_id], queue=queue)
+
+
+def run_part(part_id: int) -> None:
+    """Run a part under its lease, then finish it and, when it was the last, the batch. Returns at once when another
+    worker holds the part."""
+    worker = worker_name()
+    part = leases.take_part(part_id, worker)
+    if part is None:
+        return
+    run = PartRun(part, worker)
+    async_to_sync(run.run)()
+    if run.reason == "lease_lost":
+        return  # tend() gave the part to another worker: it is theirs to finish
+    leases.finish_part(part.pk, worker)
+    finalize.maybe_finalize(part.batch_id)
+
+
+class PartRun:
+    """One part being run on this worker's event loop."""
+
+    def __init__(self, part: BatchPart, worker: str) -> None:
+        self.part, self.worker, self.batch = part, worker, part.batch
+        self.reason: str | None = None  # why no new line may start: batch_cancelled, batch_expired, lease_lost
+        self.context: LineContext | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def stopped(self) -> str | None:
+        return self.reason
+
+    async def run(self) -> None:
+        started = start_upkeep()
+        try:
+            self.context = await self.load_context()
+            await self.check_batch()
+            watcher = asyncio.ensure_future(self.watch())
+            try:
+                await self.start_lines()
+                while self.tasks:
+                    await asyncio.wait(list(self.tasks))
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+        finally:
+            await wind_down(started)
+
+    async def load_context(self) -> LineContext:
+        batch = self.batch
+        try:
+            caller = batch_caller(await db_step(caller_by_id)(batch.key_id))
+            refusal = None
+        except KeyRejected as e:
+            caller, refusal = None, rejection(e.reason)
+        choices = (await routing.table()).routes.get(batch.model)
+        discount = None
+        if choices:
+            route = choices[0].target.public_model
+            discount = await db_step(lambda: ModelRoute.objects.filter(name=route).values_list(
+                "batch_discount_percent", flat=True).first())()
+        return LineContext(batch.public_id, ENDPOINTS[batch.endpoint], caller, refusal, discount)
+
+    async def check_batch(self) -> None:
+        status, expires_at = await db_step(leases.batch_state)(self.batch.pk)
+        self.reason = self.reason or leases.stop_reason(status, expires_at, timezone.now())
+
+    async def watch(self) -> None:
+        """Every second: has the batch been cancelled or expired? Every third of a lease: renew it."""
+        renewed = checked_key = time.monotonic()
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            try:
+                await self.check_batch()
+                if time.monotonic() - renewed >= settings.TOLLGATE_BATCH_LEASE_SECONDS / 3:
+                    if not await db_step(leases.renew)(self.part.pk, self.worker):
+                        self.reason = "lease_lost"  # the lease ran out and went to another worker: start nothing
+                    renewed = time.monotonic()
+                if time.monotonic() - checked_key >= CALLER_SECONDS:
+                    self.context = await self.load_context()
+                    checked_key = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("batch %s part %s: status check failed; trying again", self.batch.public_id,
+                                 self.part.number)
+
+    async def start_lines(self) -> None:
+        """Start each unclaimed line of the part, at most the queue's concurrency in flight, until the part ends or
+        the batch stops."""
+        part, batch = self.part, self.batch
+        done = await db_step(leases.claimed)(batch.pk, part.first_line, part.last_line)
+        slots = asyncio.Semaphore(settings.TOLLGATE_BATCH_CONCURRENCY.get(batch.queue, 1))
+        if batch.input_file is None or self.reason:
+            return
+        reader = requests(batch.input_file, part.first_line)
+        try:
+            while chunk := await asyncio.to_thread(lambda: list(itertools.islice(reader, READ_LINES))):
+                for index, raw in chunk:
+                    if index >= part.last_line or self.reason:
+                        return
+                    if index in done:
+                        continue
+                    await slots.acquire()
+                    await pace.wait_turn(batch.queue, self.stopped)
+                    if self.reason:
+                        slots.release()
+                        return
+                    task = await self.start(index, raw)
+                    if task is None:
+                        slots.release()
+                        continue
+                    task.add_done_callback(lambda _: slots.release())
+        finally:
+            await asyncio.to_thread(reader.close)
+
+    async def start(self, index: int, raw: bytes) -> asyncio.Task[None] | None:
+        """Claim the line and start it. None: it was claimed already (it must not run again)."""
+        try:
+            line = json.loads(raw)
+            custom_id, body = str(line["custom_id"]), line.get("body")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            custom_id, body = f"line-{index + 1}", None  # validation lets no such line through; fail it, never skip
+        line_id = await db_step(leases.claim)(self.batch.pk, self.batch.tenant_id, index, custom_id)
+        if line_id is None:
+            return None
+        task = asyncio.ensure_future(self.execute(line_id, custom_id, body if isinstance(body, dict) else {}, len(raw)))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def execute(self, line_id: int, custom_id: str, body: dict[str, object], size: int) -> None:
+        assert self.context is not None
+        outcome = await run_line(self.context, custom_id, body, size, self.stopped)
+        if outcome is None:  # stopped while it waited for a rate limit: it never ran
+            code = "batch_worker_lost" if self.reason == "lease_lost" else (self.reason or "batch_cancelled")
+            result, succeeded, status, request_id = unrun_line(custom_id, code), False, None, ""
+        else:
+            result, succeeded = output_line(custom_id, outcome), outcome.status == 200
+            status, request_id = outcome.status, outcome.request_id
+        try:
+            await db_step(leases.save_result)(line_id, self.batch.pk, succeeded=succeeded, status_code=status,
+                                              request_id=request_id, result=result)
+        except Exception:
+            # The line ran and its ledger row is written; its result could not be saved. It stays running, and is
+            # reported as lost with its worker when the batch finishes.
+            logger.exception("batch %s line %s: result not saved", self.batch.public_id, custom_id)
+
+
+def start_upkeep() -> bool:
+    """Start this loop's upkeep (proxy/upkeep.py) unless it runs already. Returns whether this call started it."""
+    loop = asyncio.get_running_loop()
+    running = upkeep._tasks.get(loop)
+    if not settings.TOLLGATE_UPKEEP or (running is not None and not running.done()):
+        return False
+    upkeep.start()
+    return True
+
+
+async def wind_down(started_upkeep: bool) -> None:
+    """Before the part's event loop closes: settle what an outage deferred, stop the upkeep this part started, close
+    the loop's upstream connections."""
+    await metering.settle_deferred()
+    await limits.give_back_taken()
+    if started_upkeep:
+        await upkeep.stop()
+    session = http._sessions.pop(asyncio.get_running_loop(), None)
+    if session is not None:
+        await session.close()
+
+
+def tend(now: datetime | None = None) -> None:
+    """Beat job: give the parts of dead workers to others, re-send parts nobody took, finalize what is ready."""
+    now = now or timezone.now()
+    for part in BatchPart.objects.filter(state=BatchPart.State.RUNNING, lease_expires_at__lt=now).select_related("batch"):
+        if release_part(part, now):
+            send_if_running(part.pk, part.batch)
+    stale = now - timedelta(seconds=settings.TOLLGATE_BATCH_LEASE_SECONDS)
+    unsent = Q(sent_at__isnull=True) | Q(sent_at__lt=stale)
+    for part in BatchPart.objects.filter(unsent, state=BatchPart.State.PENDING,
+                                         batch__status=Batch.Status.IN_PROGRESS).select_related("batch"):
+        send_if_running(part.pk, part.batch)
+    for batch_id in finalize.unfinished(now):
+        try:
+            finalize.maybe_finalize(batch_id, now)
+        except Exception:
+            logger.exception("batch %s could not be finalized; the next run tries again", batch_id)
+
+
+def release_part(part: BatchPart, now: datetime) -> bool:
+    """Take back a dead worker's part: its lines still running are failed (batch_worker_lost; their ledger rows come
+    from the dead process's journal) and the part is pending again. False: someone else did it first."""
+    with transaction.atomic():
+        taken = BatchPart.objects.filter(pk=part.pk, state=BatchPart.State.RUNNING, lease_expires_at__lt=now).update(
+            state=BatchPart.State.PENDING, worker="", lease_expires_at=None)
+        if not taken:
+            return False
+        lost = BatchLine.objects.filter(batch_id=part.batch_id, state=BatchLine.State.RUNNING,
+                                        index__gte=part.first_line, index__lt=part.last_line)
+        count = 0
+        for line in lost:
+            count += BatchLine.objects.filter(pk=line.pk, state=BatchLine.State.RUNNING).update(
+                state=BatchLine.State.FAILED, result=unrun_line(line.custom_id, "batch_worker_lost"), finished_at=now)
+        if count:
+            Batch.objects.filter(pk=part.batch_id).update(failed=F("failed") + count)
+    logger.warning("batch %s part %s: worker %s lost its lease; %d lines given up, the rest goes to another worker",
+                   part.batch.public_id, part.number, part.worker, count)
+    return True
+
+
+def send_if_running(part_id: int, batch: Batch) -> None:
+    if batch.status == Batch.Status.IN_PROGRESS:
+        send_part(part_id, batch.queue)
