@@ -9,8 +9,9 @@ RUN pip install --no-cache-dir -r requirements/base.txt
 
 COPY . .
 # collectstatic needs settings but no secrets or database: DEBUG supplies throwaway ones for this step only.
+# The volumes' mount points exist, owned by tollgate, so a new named volume takes that owner (docker-compose.yml).
 RUN DJANGO_DEBUG=1 python manage.py collectstatic --noinput -v0 \
-    && useradd --system --home /app tollgate && mkdir -p var/journal && chown -R tollgate var
+    && useradd --system --home /app tollgate && mkdir -p var/journal var/files && chown -R tollgate var
 USER tollgate
 
 EXPOSE 8000

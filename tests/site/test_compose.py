@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from gateway_site.settings import BASE_DIR
 from ..live import tollgate_server
 from .test_settings import start_with
 
-APP_SERVICES = ("web", "migrate", "worker", "beat")
+BATCH_WORKERS = {"high": "worker-high", "default": "worker-default", "low": "worker-low"}  # tier -> service
+WORKERS = ("worker", *BATCH_WORKERS.values())
+APP_SERVICES = ("web", "migrate", *WORKERS, "beat")
 # Exact versions: PostgreSQL's are major.minor, the others' major.minor.patch.
 PINNED_IMAGES = {
     "postgres": r"postgres:\d+\.\d+",
@@ -24,6 +27,7 @@ PINNED_IMAGES = {
     "prometheus": r"prom/prometheus:v\d+\.\d+\.\d+",
     "grafana": r"grafana/grafana:\d+\.\d+\.\d+",
     "lb": r"nginx:\d+\.\d+\.\d+-alpine",
+    "flower": r"mher/flower:\d+\.\d+\.\d+",
 }
 NGINX_CONFIG = BASE_DIR / "deploy" / "nginx" / "nginx.conf"
 
@@ -45,12 +49,12 @@ def interpolate(value: str) -> str:
 
 def test_services_healthchecks_and_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "mailpit", "prometheus", "grafana", "lb", *APP_SERVICES}
+    assert set(services) == {"postgres", "redis", "mailpit", "prometheus", "grafana", "lb", "flower", *APP_SERVICES}
     for name in ("postgres", "redis", "web"):
         assert services[name]["healthcheck"]["test"]
     assert services["web"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["web"]["depends_on"]["redis"]["condition"] == "service_healthy"
-    for name in ("worker", "beat"):
+    for name in (*WORKERS, "beat"):
         assert services[name]["depends_on"]["web"]["condition"] == "service_healthy"  # migrations ran first
     assert "migrate" in " ".join(services["web"]["command"])
     assert "uvicorn" in " ".join(services["web"]["command"])  # ASGI, never WSGI
@@ -119,15 +123,21 @@ def test_the_web_server_runs_the_lifespan_that_starts_and_flushes_the_upkeep(com
     assert "--lifespan off" not in (BASE_DIR / "README.md").read_text()
 
 
-def test_the_worker_serves_its_own_metrics_on_the_internal_network_only(compose: dict[str, Any]) -> None:
+def mount_targets(service: dict[str, Any]) -> list[str]:
+    return [str(volume).split(":")[1] for volume in service.get("volumes", [])]
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_the_worker_serves_its_own_metrics_on_the_internal_network_only(compose: dict[str, Any], name: str) -> None:
     # Its task metrics are in its own container's directory, which web's scrape never reads (README, Metrics).
     services = compose["services"]
-    worker = services["worker"]
+    worker = services[name]
     assert worker["environment"]["TOLLGATE_METRICS_BIND"] == "0.0.0.0:9101"
     assert "9101" in [str(port) for port in worker["expose"]] and "ports" not in worker  # never published
     # Not on a volume: files are named by process id, and ids repeat across containers.
     directory = worker["environment"]["TOLLGATE_METRICS_DIR"]
-    assert directory.startswith("/") and "volumes" not in worker
+    assert directory.startswith("/")
+    assert not any(directory.startswith(target) or target.startswith(directory) for target in mount_targets(worker))
     for name in ("web", "beat"):
         assert "TOLLGATE_METRICS_BIND" not in services[name]["environment"]
         assert "TOLLGATE_METRICS_DIR" not in services[name]["environment"]
@@ -197,3 +207,79 @@ def test_the_readme_fleet_section_names_real_settings_services_and_sections(comp
                 for line in (BASE_DIR / "README.md").read_text().splitlines() if line.startswith("#")}
     for anchor in re.findall(r"\]\(#([a-z0-9-]+)\)", section):
         assert anchor in headings, f"#{anchor} is not a heading of the README"
+
+
+def command_option(command: list[str], option: str) -> str:
+    return command[command.index(option) + 1]
+
+
+def test_one_worker_service_per_queue_and_the_housekeeping_worker_on_celery(compose: dict[str, Any]) -> None:
+    from django.conf import settings
+
+    services = compose["services"]
+    worker = services["worker"]["command"]
+    assert worker[:4] == ["celery", "-A", "gateway_site", "worker"] and command_option(worker, "--queues") == "celery"
+    settings_source = (BASE_DIR / "gateway_site" / "settings.py").read_text()
+    for tier, name in BATCH_WORKERS.items():
+        command = services[name]["command"]
+        assert command[:4] == ["celery", "-A", "gateway_site", "worker"] and "--beat" not in command
+        # The queue's name is the one the settings read from .env (compose reads .env for ${...} too).
+        variable = f"TOLLGATE_QUEUE_{tier.upper()}"
+        assert command_option(command, "--queues") == f"${{{variable}:-{tier}}}" and f'"{variable}"' in settings_source
+        assert interpolate(command_option(command, "--queues")) == settings.TOLLGATE_QUEUES[tier]
+        assert int(command_option(command, "--concurrency")) >= 1
+        assert command_option(command, "--hostname") == f"{tier}@%h"  # named by tier in Flower and `celery inspect`
+        # Celery's warm shutdown lets the parts running end their lines before Docker kills the container.
+        assert int(services[name]["stop_grace_period"].removesuffix("s")) >= 30
+    concurrency = [int(command_option(services[name]["command"], "--concurrency")) for name in BATCH_WORKERS.values()]
+    assert concurrency == sorted(concurrency, reverse=True)  # high gets the most processes
+
+
+def data_paths(env: dict[str, str]) -> tuple[str, str]:
+    """The journal directory and the files storage's location, as the settings build them in the image."""
+    dockerfile = (BASE_DIR / "Dockerfile").read_text()
+    [data_dir] = re.findall(r"^ENV .*\bTOLLGATE_DATA_DIR=(\S+)", dockerfile, re.MULTILINE)
+    skip = ("DJANGO_", "TOLLGATE_", "DATABASE_URL", "REDIS_URL")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
+    clean.update({**env, "DJANGO_SETTINGS_MODULE": "gateway_site.settings", "TOLLGATE_DATA_DIR": data_dir})
+    code = ("from django.conf import settings; "
+            "print(settings.TOLLGATE_JOURNAL_DIR); print(settings.STORAGES['tollgate_files']['OPTIONS']['location'])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=clean, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    journal, files = result.stdout.split()
+    return journal, files
+
+
+def test_web_and_the_batch_workers_share_the_journal_and_every_worker_the_files(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    env = {name: interpolate(str(value)) for name, value in services["web"]["environment"].items()}
+    journal, files = data_paths(env)
+    # Batch lines go through the journal as /v1 requests do: on one host, the processes that share the directory
+    # replay a dead one's file (README, "Running a fleet"). The batch upkeep (worker) writes result files.
+    for name in ("web", *BATCH_WORKERS.values()):
+        assert f"journal:{journal}" in services[name]["volumes"], name
+    for name in ("web", *WORKERS):
+        assert f"files:{files}" in services[name]["volumes"], name
+    assert {"journal", "files"} <= set(compose["volumes"])
+    # The mount points exist in the image, owned by its user, so new named volumes are writable by it.
+    dockerfile = (BASE_DIR / "Dockerfile").read_text()
+    assert re.search(r"mkdir -p var/journal var/files && chown -R tollgate var", dockerfile)
+    assert (journal, files) == ("/app/var/journal", "/app/var/files")
+    for name in ("migrate", "beat"):
+        assert "volumes" not in services[name]
+
+
+def test_flower_is_optional_pinned_on_the_workers_broker_and_on_localhost_only(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    flower = services["flower"]
+    assert flower["profiles"] == ["flower"]  # `docker compose up` leaves it out
+    assert [name for name, service in services.items() if "profiles" in service] == ["flower"]
+    assert re.fullmatch(PINNED_IMAGES["flower"], flower["image"])
+    # The broker URL the workers use: TOLLGATE_BROKER_URL when .env sets one, else REDIS_URL, as the settings do.
+    broker = flower["environment"]["CELERY_BROKER_URL"]
+    assert broker.startswith("${TOLLGATE_BROKER_URL:-")
+    assert interpolate(broker) == interpolate(services["worker"]["environment"]["REDIS_URL"])
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]  # it can stop workers and revoke tasks
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "env_file" not in flower  # the secrets in .env stay out of a third-party image

@@ -299,8 +299,12 @@ def test_prometheus_scrapes_the_worker_on_its_bind_address_without_a_token(compo
     worker_job = jobs["tollgate-worker"]
     assert worker_job.get("metrics_path", "/metrics") == "/metrics"
     assert "authorization" not in worker_job  # the bind address is the protection: compose's network only
-    port = compose["services"]["worker"]["environment"]["TOLLGATE_METRICS_BIND"].rpartition(":")[2]
-    assert worker_job["static_configs"] == [{"targets": [f"worker:{port}"]}]
+    # Every worker service, each container on its own (compose's DNS gives one address per container).
+    workers = [name for name in compose["services"] if name == "worker" or name.startswith("worker-")]
+    [port] = {compose["services"][name]["environment"]["TOLLGATE_METRICS_BIND"].rpartition(":")[2] for name in workers}
+    [sd] = worker_job["dns_sd_configs"]
+    assert sorted(sd["names"]) == sorted(workers) and len(workers) == 4
+    assert (sd["type"], sd["port"]) == ("A", int(port)) and "static_configs" not in worker_job
 
 
 def test_the_celery_panels_add_up_the_web_and_worker_jobs(dashboard: dict[str, Any]) -> None:
