@@ -49,7 +49,8 @@ def not_allowed(request: HttpRequest, allowed: str) -> JsonResponse:
     return response
 
 
-@accepts_uploads("TOLLGATE_FILE_MAX_BYTES")
+# The key is checked before the body is read too: no one without a key makes Tollgate receive an upload.
+@accepts_uploads("TOLLGATE_FILE_MAX_BYTES", admit=authenticate)
 @csrf_exempt
 async def files(request: HttpRequest) -> HttpResponseBase:
     try:

@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import io
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.core.exceptions import RequestAborted
+from django.core.exceptions import RequestAborted, RequestDataTooBig
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponseBase
@@ -48,27 +50,40 @@ def resolve(path: str) -> ResolverMatch:
     return get_resolver().resolve(path)
 
 
-def accepts_uploads(limit_setting: str) -> Callable[[View], View]:
+@dataclass(frozen=True)
+class Uploads:
+    """What a view marked with accepts_uploads takes: its body limit's setting, and a check run before the body."""
+
+    limit_setting: str
+    admit: Callable[[HttpRequest], Awaitable[object]] | None
+
+    def limit(self) -> int:
+        return int(getattr(settings, self.limit_setting)) + UPLOAD_FRAMING_BYTES
+
+
+def accepts_uploads(limit_setting: str, *,
+                    admit: Callable[[HttpRequest], Awaitable[object]] | None = None) -> Callable[[View], View]:
     """Let a /v1 view take bodies up to ``settings.<limit_setting>`` (plus multipart framing), spooled to disk.
 
     Other /v1 views keep TOLLGATE_MAX_BODY_BYTES and an in-memory body. The handler finds the mark on the resolved
     view before it reads the body; the view must refuse a request whose scope says BODY_TOO_LARGE or BODY_TIMED_OUT.
+    ``admit(request)`` (headers only, the body not read yet) may raise a GatewayError: it is answered at once, so
+    a caller without a valid key cannot make the server receive and spool a large body.
     """
 
     def mark(view: View) -> View:
-        view.tollgate_upload_limit = limit_setting  # type: ignore[attr-defined]
+        view.tollgate_uploads = Uploads(limit_setting, admit)  # type: ignore[attr-defined]
         return view
 
     return mark
 
 
-def upload_limit(scope: dict[str, Any]) -> int | None:
-    """The body limit of the view serving this path when it accepts uploads, else None."""
+def uploads_of(scope: dict[str, Any]) -> Uploads | None:
+    """The mark of the view serving this path when it accepts uploads, else None."""
     try:
-        setting = getattr(resolve(scope["path"]).func, "tollgate_upload_limit", None)
+        return getattr(resolve(scope["path"]).func, "tollgate_uploads", None)
     except Resolver404:
         return None
-    return None if setting is None else int(getattr(settings, setting)) + UPLOAD_FRAMING_BYTES
 
 
 class ApiHandler(ASGIHandler):
@@ -108,8 +123,11 @@ class ApiHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        uploads = uploads_of(scope)
+        if uploads is not None and uploads.admit is not None and not await self.admitted(scope, uploads.admit, send):
+            return
         try:
-            body_file = await self.read_api_body(scope, receive)
+            body_file = await self.read_api_body(scope, receive, uploads)
         except RequestAborted:
             return
         try:
@@ -134,7 +152,23 @@ class ApiHandler(ASGIHandler):
         finally:
             body_file.close()
 
-    async def read_api_body(self, scope: dict[str, Any], receive: Any) -> tempfile.SpooledTemporaryFile[bytes]:
+    async def admitted(self, scope: dict[str, Any], admit: Callable[[HttpRequest], Awaitable[object]], send: Any) -> bool:
+        """Run an upload view's check on the request's headers; False when it refused (its answer is sent)."""
+        try:
+            request = self.request_class(scope, io.BytesIO())
+        except (UnicodeDecodeError, RequestDataTooBig):
+            return True  # what create_request refuses: the normal path answers it
+        try:
+            await admit(request)
+        except GatewayError as e:
+            await self.send_response(e.response(), send)
+            return False
+        except Exception:
+            return True  # e.g. the database is down: the view meets it again and answers in the envelope
+        return True
+
+    async def read_api_body(self, scope: dict[str, Any], receive: Any,
+                            uploads: Uploads | None = None) -> tempfile.SpooledTemporaryFile[bytes]:
         """Return the body as a file, read until complete, larger than TOLLGATE_MAX_BODY_BYTES, or stalled.
 
         A body that would be refused anyway is not waited for: one declared too large is not read at all, and
@@ -145,9 +179,9 @@ class ApiHandler(ASGIHandler):
         # In memory up to the largest accepted body (plus the chunk that crosses it): the view reads it all into
         # memory anyway, and a spill to a temporary file would write and read back every large prompt.
         in_memory = limit + 1024 * 1024
-        if (larger := upload_limit(scope)) is not None:
+        if uploads is not None:
             # An upload is parsed from the file in a thread and never needed whole in memory.
-            limit, in_memory = larger, settings.FILE_UPLOAD_MAX_MEMORY_SIZE
+            limit, in_memory = uploads.limit(), settings.FILE_UPLOAD_MAX_MEMORY_SIZE
         body_file = tempfile.SpooledTemporaryFile(max_size=in_memory, mode="w+b")
         if declared_length(scope) > limit:
             scope[BODY_TOO_LARGE] = True

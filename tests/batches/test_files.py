@@ -80,6 +80,11 @@ def test_upload_is_not_bound_by_the_json_body_limit(alice: Party, files_dir: Pat
     reply = upload(alice, content, chunk=65536)
     assert reply.status == 200, reply.content
     assert [p.read_bytes() for p in stored(files_dir)] == [content]
+    # The other /v1 paths keep their own limit.
+    chat = json.dumps({"model": "demo", "messages": [{"role": "user", "content": "x" * 5000}]}).encode()
+    refused = asgi("/v1/chat/completions", chunks=[chat], headers={**alice.auth, "Content-Type": "application/json",
+                                                                   "Content-Length": str(len(chat))})
+    assert_asgi_envelope(refused, 413, None, "request_too_large")
 
 
 @pytest.mark.parametrize("length", [True, False])
@@ -165,6 +170,17 @@ def test_upload_needs_a_key(alice: Party, files_dir: Path) -> None:
     reply = asgi("/v1/files", chunks=[body], headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
     assert_asgi_envelope(reply, 401, None, "invalid_api_key")
     assert not File.objects.exists()
+
+
+def test_upload_without_a_valid_key_is_refused_before_its_body(alice: Party, files_dir: Path) -> None:
+    # The client sends a first chunk of a large upload and then nothing: the answer does not wait for the rest.
+    headers = {"Authorization": "Bearer tg-000000000000-" + "a" * 40, "Content-Length": str(100 * 1024 * 1024),
+               "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    reply = asgi("/v1/files", chunks=[b"--" + BOUNDARY.encode() + b"\r\n"], finished=False, headers=headers)
+    assert_asgi_envelope(reply, 401, None, "invalid_api_key")
+    too_large = {**headers, **alice.auth, "Content-Length": str(300 * 1024 * 1024)}
+    stalled = asgi("/v1/files", chunks=[b"--"], finished=False, headers=too_large)
+    assert stalled.status == 413  # a valid key: the body is declared larger than the limit, so it is not read
 
 
 def test_list_newest_first_with_filter_and_cursor(alice: Party, files_dir: Path) -> None:
