@@ -111,24 +111,24 @@ def create_batch(*, caller: Caller, new: NewBatch, now: datetime | None = None) 
     )
 
 
-def send_validation(batch: Batch) -> bool:
-    """Send the batch's validation to its queue; False (and the batch failed) when the broker cannot take it.
+def send_validation(batch: Batch) -> None:
+    """Send the batch's validation to its queue. Raises whatever the broker raises when it cannot take it.
 
     Call it after the batch's row is committed: a worker may pick the task up at once. With eager Celery (tests)
-    the validation runs here, in the caller's thread.
+    the validation runs here, in the caller's thread. It touches no database itself (the web process calls it off
+    the ORM's thread).
     """
     from . import tasks
 
-    try:
-        tasks.validate_batch.apply_async(args=[batch.pk], queue=batch.queue)
-    except Exception:
-        logger.exception("could not queue the validation of batch %s", batch.public_id)
-        error = {"code": "queue_unavailable", "message": "The batch could not be queued. Create it again.",
-                 "param": None, "line": None}
-        Batch.objects.filter(pk=batch.pk, status=Batch.Status.VALIDATING).update(
-            status=Batch.Status.FAILED, failed_at=timezone.now(), errors=[error])
-        return False
-    return True
+    tasks.validate_batch.apply_async(args=[batch.pk], queue=batch.queue)
+
+
+def fail_unqueued(batch: Batch, now: datetime | None = None) -> None:
+    """Fail a batch whose validation could not be sent, so it is not left validating with nobody to validate it."""
+    error = {"code": "queue_unavailable", "message": "The batch could not be queued. Create it again.",
+             "param": None, "line": None}
+    Batch.objects.filter(pk=batch.pk, status=Batch.Status.VALIDATING).update(
+        status=Batch.Status.FAILED, failed_at=now or timezone.now(), errors=[error])
 
 
 def get_batch(*, tenant_id: int, batch_id: str) -> Batch:

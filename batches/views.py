@@ -47,14 +47,20 @@ def cancel(caller: Caller, batch_id: str) -> dict[str, Any]:
 
 
 acreate, aread, apage, acancel = db_step(create), db_step(read), db_step(page), db_step(cancel)
+afail_unqueued = db_step(services.fail_unqueued)
 
 
-async def send_validation(batch: Batch) -> bool:
+async def send_validation(batch: Batch) -> None:
     # A publish blocks (a broker round trip, longer while the broker is down), so it must not hold the thread that
     # runs every /v1 ORM step. Eager Celery (tests) runs the validation right here, with the ORM: that needs the
     # ORM's thread and connection, where the test's transaction is.
     eager = bool(getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False))
-    return await sync_to_async(services.send_validation, thread_sensitive=eager)(batch)
+    try:
+        await sync_to_async(services.send_validation, thread_sensitive=eager)(batch)
+    except Exception:
+        logger.exception("could not queue the validation of batch %s", batch.public_id)
+        await afail_unqueued(batch)
+        raise ServiceUnavailable("The batch queue is unavailable right now; the batch was not started. Retry.") from None
 
 
 class NotAllowed(MethodNotAllowed):
@@ -91,8 +97,7 @@ async def batches(request: HttpRequest) -> HttpResponseBase:
             # In a thread: the body may be megabytes of JSON (up to TOLLGATE_MAX_BODY_BYTES), not for the event loop.
             new = await asyncio.to_thread(parse_new_batch, request)
             batch = await acreate(caller, new)
-            if not await send_validation(batch):
-                raise ServiceUnavailable("The batch queue is unavailable right now; the batch was not started. Retry.")
+            await send_validation(batch)
             return batch_object(batch)
         if request.method == "GET":
             limit, after = services.page_params(request.GET.get("limit"), request.GET.get("after"))

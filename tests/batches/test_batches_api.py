@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -100,6 +101,26 @@ def test_a_broker_that_refuses_the_task_fails_the_batch_with_503(
     assert_envelope(r, 503, None, "service_unavailable")
     row = Batch.objects.get()
     assert row.status == Batch.Status.FAILED and row.errors[0]["code"] == "queue_unavailable"
+
+
+def test_without_eager_celery_the_publish_runs_off_the_orm_thread(
+        client: Client, alice: Party, input_file: File, apply_async: mock.MagicMock, settings: Any) -> None:
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    threads: list[threading.Thread] = []
+    apply_async.side_effect = lambda **_: threads.append(threading.current_thread())
+    r = create(client, alice, new(input_file))
+    assert r.status_code == 200 and Batch.objects.get().status == Batch.Status.VALIDATING
+    assert threads and threads[0] is not threading.main_thread()  # the test's ORM steps run on the main thread
+
+
+def test_reads_cost_one_query_with_a_warm_key(client: Client, alice: Party, files_dir: Any,
+                                              django_assert_num_queries: Any) -> None:
+    batch = make_batch(alice, b"")
+    client.get("/v1/batches", headers=alice.auth)  # warms the key cache
+    with django_assert_num_queries(1):  # the batch, with its output and error files joined
+        assert client.get(f"/v1/batches/{batch.public_id}", headers=alice.auth).status_code == 200
+    with django_assert_num_queries(1):  # the page, likewise
+        assert client.get("/v1/batches", headers=alice.auth).status_code == 200
 
 
 def test_create_works_through_the_v1_handler(alice: Party, input_file: File, apply_async: mock.MagicMock) -> None:
