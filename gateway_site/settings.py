@@ -165,6 +165,10 @@ TOLLGATE_QUEUES = {
 }
 if len(set(TOLLGATE_QUEUES.values())) != 3 or "celery" in TOLLGATE_QUEUES.values():
     raise ImproperlyConfigured("TOLLGATE_QUEUE_HIGH, _DEFAULT and _LOW must be three different names, none of them 'celery'")
+for _tier, _queue in TOLLGATE_QUEUES.items():
+    # Names go into a worker's comma-separated --queues and into "queue=number" settings: plain words only.
+    if not _queue.replace("-", "").replace("_", "").replace(".", "").isalnum() or not _queue.isascii():
+        raise ImproperlyConfigured(f"TOLLGATE_QUEUE_{_tier.upper()} must be letters, digits, '-', '_' or '.', got {_queue!r}")
 # Lines in flight at once per worker process, per queue ("queue=count,..."; the tiers' defaults below).
 TOLLGATE_BATCH_CONCURRENCY = env_queue_numbers("TOLLGATE_BATCH_CONCURRENCY", "high=64,default=32,low=8",
                                                TOLLGATE_QUEUES, minimum=1)

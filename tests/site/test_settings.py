@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -121,6 +122,19 @@ def start_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"DJANGO_DEBUG": "1", "DJANGO_SECURE_SSL_REDIRECT": "always"}, "DJANGO_SECURE_SSL_REDIRECT"),
         ({"DJANGO_DEBUG": "1", "DJANGO_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https"}, "DJANGO_SECURE_PROXY_SSL_HEADER"),
         ({"DJANGO_DEBUG": "1", "TOLLGATE_WEBHOOK_ALLOW_PRIVATE": "sometimes"}, "TOLLGATE_WEBHOOK_ALLOW_PRIVATE"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_QUEUE_HIGH": "celery"}, "TOLLGATE_QUEUE_HIGH"),  # beat's housekeeping queue
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_QUEUE_LOW": "default"}, "TOLLGATE_QUEUE_HIGH, _DEFAULT and _LOW"),  # twice
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_QUEUE_LOW": "bulk,slow"}, "TOLLGATE_QUEUE_LOW"),  # breaks --queues a,b,c
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_QUEUE_DEFAULT": "normal jobs"}, "TOLLGATE_QUEUE_DEFAULT"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_BATCH_CONCURRENCY": "high=many"}, "TOLLGATE_BATCH_CONCURRENCY"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_BATCH_CONCURRENCY": "high=0"}, "TOLLGATE_BATCH_CONCURRENCY"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_BATCH_CONCURRENCY": "64"}, "TOLLGATE_BATCH_CONCURRENCY"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_BATCH_RATES": "default=-5"}, "TOLLGATE_BATCH_RATES"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_BATCH_RATES": "=600"}, "TOLLGATE_BATCH_RATES"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_BATCH_RATE_SHARE": "101"}, "TOLLGATE_BATCH_RATE_SHARE"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_BATCH_LEASE_SECONDS": "1"}, "TOLLGATE_BATCH_LEASE_SECONDS"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_FILES_STORAGE_OPTIONS": "{bucket_name: 'x'}"}, "TOLLGATE_FILES_STORAGE_OPTIONS"),
+        ({"DJANGO_DEBUG": "1", "TOLLGATE_FILES_STORAGE_OPTIONS": '["tollgate-files"]'}, "TOLLGATE_FILES_STORAGE_OPTIONS"),
     ],
 )
 def test_bad_configuration_stops_startup_naming_the_variable(env: dict[str, str], variable: str) -> None:
@@ -161,3 +175,48 @@ def test_server_side_cursors_can_be_turned_off_for_pgbouncer_in_transaction_mode
     url = "postgres://tollgate@pgbouncer:6432/tollgate"
     assert database_settings({"DATABASE_URL": url}) == "False"
     assert database_settings({"DATABASE_URL": url, "TOLLGATE_DB_SERVER_SIDE_CURSORS": "off"}) == "True"
+
+
+def batch_settings(env: dict[str, str]) -> dict[str, object]:
+    """The queues, batch numbers and files storage as the real settings build them in a fresh interpreter."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "TOLLGATE_", "DATABASE_URL", "REDIS_URL"))}
+    clean.update({"DJANGO_SETTINGS_MODULE": "gateway_site.settings", "TOLLGATE_DATA_DIR": "/tmp/tollgate-settings-test",
+                  "DJANGO_DEBUG": "1", **env})
+    code = ("import json; from django.conf import settings as s; print(json.dumps({'queues': s.TOLLGATE_QUEUES, "
+            "'concurrency': s.TOLLGATE_BATCH_CONCURRENCY, 'rates': s.TOLLGATE_BATCH_RATES, "
+            "'share': s.TOLLGATE_BATCH_RATE_SHARE, 'files': s.STORAGES['tollgate_files']}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=BASE_DIR, env=clean, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    parsed: dict[str, object] = json.loads(result.stdout)
+    return parsed
+
+
+def test_batch_queues_and_their_numbers_default_by_tier() -> None:
+    parsed = batch_settings({})
+    assert parsed["queues"] == {"high": "high", "default": "default", "low": "low"}
+    assert parsed["concurrency"] == {"high": 64, "default": 32, "low": 8}
+    assert parsed["rates"] == {} and parsed["share"] == 50  # no per-queue rate unless set
+    assert parsed["files"] == {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                               "OPTIONS": {"location": "/tmp/tollgate-settings-test/files"}}
+
+
+def test_batch_numbers_are_named_by_tier_or_by_queue_name() -> None:
+    parsed = batch_settings({"TOLLGATE_QUEUE_HIGH": "urgent", "TOLLGATE_QUEUE_LOW": "bulk",
+                             # a tier (high), the renamed low tier's queue (bulk), a route's own queue (gpu-a)
+                             "TOLLGATE_BATCH_CONCURRENCY": "high=10, bulk=3,gpu-a=2",
+                             "TOLLGATE_BATCH_RATES": "default=600,urgent=1200", "TOLLGATE_BATCH_RATE_SHARE": "25"})
+    assert parsed["queues"] == {"high": "urgent", "default": "default", "low": "bulk"}
+    assert parsed["concurrency"] == {"urgent": 10, "default": 32, "bulk": 3, "gpu-a": 2}  # the rest keep the defaults
+    assert parsed["rates"] == {"default": 600, "urgent": 1200}
+    assert parsed["share"] == 25
+
+
+def test_files_storage_options_are_a_json_object_passed_to_the_backend() -> None:
+    options = {"bucket_name": "tollgate-files", "region_name": "eu-central-1", "default_acl": None}
+    parsed = batch_settings({"TOLLGATE_FILES_STORAGE": "storages.backends.s3.S3Storage",
+                             "TOLLGATE_FILES_STORAGE_OPTIONS": json.dumps(options)})
+    assert parsed["files"] == {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}  # no location added
+    # The filesystem's location may be set too; then it is kept.
+    parsed = batch_settings({"TOLLGATE_FILES_STORAGE_OPTIONS": '{"location": "/srv/tollgate-files"}'})
+    assert parsed["files"] == {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                               "OPTIONS": {"location": "/srv/tollgate-files"}}
