@@ -65,10 +65,13 @@ def maybe_finalize(batch_id: int, now: datetime | None = None) -> bool:
     return True
 
 
-def final_status(batch: Batch, unrun: int) -> str:
+def final_status(batch: Batch, unrun: int, now: datetime) -> tuple[str, str]:
+    """The batch's final status, and the error code of the lines that never ran."""
     if batch.cancelling_at is not None:
-        return Batch.Status.CANCELLED
-    return Batch.Status.EXPIRED if unrun else Batch.Status.COMPLETED
+        return Batch.Status.CANCELLED, "batch_cancelled"
+    if unrun and batch.expires_at is not None and batch.expires_at <= now:
+        return Batch.Status.EXPIRED, "batch_expired"
+    return Batch.Status.COMPLETED, "batch_worker_lost"  # unrun lines here would be a part's worker stopping early
 
 
 def finish(batch: Batch, claimed_at: datetime) -> None:
@@ -80,8 +83,7 @@ def finish(batch: Batch, claimed_at: datetime) -> None:
     succeeded = lines.filter(state=BatchLine.State.SUCCEEDED).count()
     ran = lines.count()
     unrun = max(batch.total - ran, 0)
-    status = final_status(batch, unrun)
-    reason = "batch_cancelled" if status == Batch.Status.CANCELLED else "batch_expired"
+    status, reason = final_status(batch, unrun, claimed_at)
     output = error = None
     if succeeded:
         output = storage.write_lines(tenant_id=batch.tenant_id, purpose=File.Purpose.BATCH_OUTPUT,

@@ -10,14 +10,16 @@ runs on that loop meanwhile. ``tend`` (beat, every 10 s) hands the parts of dead
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
@@ -26,7 +28,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.keys import KeyRejected, caller_by_id
-from proxy import limits, metering, routing, upkeep
+from proxy import limits, metering, outages, routing, upkeep
 from proxy.auth import rejection
 from proxy.db import db_step
 from proxy.models import ModelRoute
@@ -37,6 +39,7 @@ from .lines import ENDPOINTS, LineContext, batch_caller, output_line, run_line, 
 from .models import Batch, BatchLine, BatchPart, File
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WATCH_SECONDS = 1.0  # how often a running part reads its batch's status (a cancel is seen within this)
 CALLER_SECONDS = 5.0  # how often it reads its key again (revoked, expired, tenant deactivated)
@@ -108,9 +111,10 @@ class PartRun:
             watcher = asyncio.ensure_future(self.watch())
             try:
                 await self.start_lines()
+            finally:
+                # Whatever ended the loop above, lines in flight finish and are recorded before the loop closes.
                 while self.tasks:
                     await asyncio.wait(list(self.tasks))
-            finally:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
         finally:
@@ -159,7 +163,9 @@ class PartRun:
         """Start each unclaimed line of the part, at most the queue's concurrency in flight, until the part ends or
         the batch stops."""
         part, batch = self.part, self.batch
-        done = await db_step(leases.claimed)(batch.pk, part.first_line, part.last_line)
+        done = await self.retrying(db_step(leases.claimed), batch.pk, part.first_line, part.last_line)
+        if done is None:
+            return
         slots = asyncio.Semaphore(settings.TOLLGATE_BATCH_CONCURRENCY.get(batch.queue, 1))
         if batch.input_file is None or self.reason:
             return
@@ -172,7 +178,7 @@ class PartRun:
                     if index in done:
                         continue
                     await slots.acquire()
-                    await pace.wait_turn(batch.queue, self.stopped)
+                    await self.retrying(pace.wait_turn, batch.queue, self.stopped)
                     if self.reason:
                         slots.release()
                         return
@@ -191,9 +197,9 @@ class PartRun:
             custom_id, body = str(line["custom_id"]), line.get("body")
         except (ValueError, KeyError, TypeError, AttributeError):
             custom_id, body = f"line-{index + 1}", None  # validation lets no such line through; fail it, never skip
-        line_id = await db_step(leases.claim)(self.batch.pk, self.batch.tenant_id, index, custom_id)
+        line_id = await self.retrying(db_step(leases.claim), self.batch.pk, self.batch.tenant_id, index, custom_id)
         if line_id is None:
-            return None
+            return None  # claimed by someone else, or the batch stopped while the database was away
         task = asyncio.ensure_future(self.execute(line_id, custom_id, body if isinstance(body, dict) else {}, len(raw)))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -208,13 +214,29 @@ class PartRun:
         else:
             result, succeeded = output_line(custom_id, outcome), outcome.status == 200
             status, request_id = outcome.status, outcome.request_id
-        try:
-            await db_step(leases.save_result)(line_id, self.batch.pk, succeeded=succeeded, status_code=status,
-                                              request_id=request_id, result=result)
-        except Exception:
-            # The line ran and its ledger row is written; its result could not be saved. It stays running, and is
-            # reported as lost with its worker when the batch finishes.
-            logger.exception("batch %s line %s: result not saved", self.batch.public_id, custom_id)
+        save = functools.partial(db_step(leases.save_result), line_id, self.batch.pk, succeeded=succeeded,
+                                 status_code=status, request_id=request_id, result=result)
+        # Kept trying through a database outage, unless the lease is lost meanwhile (the line is then given up as
+        # lost with its worker; its ledger row is written either way).
+        if await self.retrying(save, until=lambda: self.reason == "lease_lost") is None:
+            logger.error("batch %s line %s: result not saved; reported as lost with its worker", self.batch.public_id,
+                         custom_id)
+
+    async def retrying(self, step: Callable[..., Awaitable[T]], *args: Any,
+                       until: Callable[[], object] | None = None) -> T | None:
+        """Run the step, again every second while the database or Redis is away; None once ``until()`` (by default:
+        the batch stopped). Other errors are raised."""
+        until = until or self.stopped
+        while True:
+            try:
+                return await step(*args)
+            except Exception as e:
+                if (dependency := outages.dependency_of(e)) is None:
+                    raise
+                outages.note(dependency, e)
+            if until():
+                return None
+            await asyncio.sleep(1.0)
 
 
 def start_upkeep() -> bool:
