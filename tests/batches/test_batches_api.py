@@ -329,3 +329,15 @@ def test_a_revoked_key_can_no_longer_read_batches(client: Client, alice: Party, 
     batch = make_batch(alice, b"")
     ApiKey.objects.filter(pk=alice.key.pk).update(revoked_at=timezone.now())
     assert_envelope(client.get(f"/v1/batches/{batch.public_id}", headers=alice.auth), 401, None, "invalid_api_key")
+
+
+@pytest.mark.django_db(transaction=True)  # the runner's lines run on threads of their own: rows must be committed
+def test_with_eager_celery_a_created_batch_runs_to_completed(client: Client, alice: Party, files_dir: Any) -> None:
+    from proxy.services import ensure_demo_route
+
+    ensure_demo_route()
+    file = store_jsonl(alice, [chat_line("a"), chat_line("b")])
+    assert create(client, alice, new(file)).status_code == 200
+    found = sdk(client.get("/v1/batches", headers=alice.auth).json()["data"][0])
+    assert found.status == "completed" and found.output_file_id is not None and found.model == "demo"
+    assert found.request_counts is not None and (found.request_counts.total, found.request_counts.completed) == (2, 2)
