@@ -12,6 +12,8 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -117,6 +119,8 @@ async def upload(request: HttpRequest, tenant_id: int, key_id: int) -> File:
     try:
         row = File(tenant_id=tenant_id, key_id=key_id, purpose=received.purpose, filename=received.filename,
                    bytes=received.size)
+        if received.expires_after is not None:
+            row.expires_at = row.created_at + received.expires_after
         name = storage.name_for(tenant_id, row.public_id)
         row.storage_name = await asyncio.to_thread(storage.storage().save, name, received.file)
     finally:
@@ -146,15 +150,20 @@ def list_options(request: HttpRequest) -> dict[str, Any]:
     return {"limit": int(limit_text), "order": order, "purpose": purpose, "after": after}
 
 
+def live_files(tenant_id: int) -> QuerySet[File]:
+    # An expired file reads as deleted (its content is removed by whoever cleans up expired files).
+    return File.objects.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()), tenant_id=tenant_id)
+
+
 def list_files(tenant_id: int, *, limit: int, order: str, purpose: str | None,
                after: str | None) -> tuple[list[File], bool]:
     """Return up to ``limit`` of the tenant's files after the cursor, and whether more follow. Raises a 400."""
-    rows = File.objects.filter(tenant_id=tenant_id)
+    rows = live_files(tenant_id)
     if purpose is not None:
         rows = rows.filter(purpose=purpose)
     newest_first = order == "desc"
     if after is not None:
-        cursor = File.objects.filter(tenant_id=tenant_id, public_id=after).values("created_at", "pk").first()
+        cursor = live_files(tenant_id).filter(public_id=after).values("created_at", "pk").first()
         if cursor is None:
             raise GatewayError(f"'after' must be the id of one of your files: no such File object: {after}.",
                                param="after", code="invalid_value")
@@ -172,7 +181,7 @@ def list_files(tenant_id: int, *, limit: int, order: str, purpose: str | None,
 
 def get_file(tenant_id: int, file_id: str) -> File:
     """Return the tenant's file. Raises NotFound (for another tenant's file too)."""
-    row = File.objects.filter(tenant_id=tenant_id, public_id=file_id).first()
+    row = live_files(tenant_id).filter(public_id=file_id).first()
     if row is None:
         raise no_such_file(file_id)
     return row
@@ -182,7 +191,7 @@ def delete_file(tenant_id: int, file_id: str) -> File:
     """Delete the tenant's file row and return it (the caller removes its content). Raises NotFound or Conflict."""
     with transaction.atomic():
         # Locked, so a batch created from this file at the same moment waits for the delete and finds no file.
-        row = File.objects.select_for_update().filter(tenant_id=tenant_id, public_id=file_id).first()
+        row = live_files(tenant_id).select_for_update().filter(public_id=file_id).first()
         if row is None:
             raise no_such_file(file_id)
         busy = Batch.objects.filter(tenant_id=tenant_id, input_file=row, status__in=UNFINISHED).first()

@@ -6,6 +6,7 @@ Runs in a worker thread (the parse reads and writes up to TOLLGATE_FILE_MAX_BYTE
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -18,6 +19,7 @@ from django.http.multipartparser import MultiPartParser, MultiPartParserError
 from proxy.errors import GatewayError, PayloadTooLarge
 
 FILENAME_CHARS = 255  # File.filename's length
+EXPIRY_SECONDS = (3600, 30 * 24 * 3600)  # OpenAI's bounds for expires_after[seconds]
 
 
 class FileTooLarge(Exception):
@@ -34,6 +36,7 @@ class Upload:
     filename: str
     file: TemporaryUploadedFile
     size: int
+    expires_after: timedelta | None
 
 
 def too_large() -> PayloadTooLarge:
@@ -110,8 +113,26 @@ def read_upload(request: HttpRequest) -> Upload:
                                code="invalid_value")
         if upload.size == 0:
             raise GatewayError("The file is empty.", param="file", code="invalid_value")
+        expires_after = expiry(fields)
     except GatewayError:
         if upload is not None:
             upload.close()
         raise
-    return Upload(purpose=purpose, filename=handler.original_name, file=upload, size=upload.size)
+    return Upload(purpose=purpose, filename=handler.original_name, file=upload, size=upload.size,
+                  expires_after=expires_after)
+
+
+def expiry(fields: Any) -> timedelta | None:
+    """The form's expires_after (the SDK sends expires_after[anchor] and [seconds]), checked. Raises a 400."""
+    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise GatewayError("'expires_after.anchor' must be 'created_at'.", param="expires_after.anchor",
+                           code="invalid_value")
+    low, high = EXPIRY_SECONDS
+    if not (seconds is not None and seconds.isascii() and seconds.isdigit() and len(seconds) <= 8
+            and low <= int(seconds) <= high):
+        raise GatewayError(f"'expires_after.seconds' must be an integer between {low} and {high}.",
+                           param="expires_after.seconds", code="invalid_value")
+    return timedelta(seconds=int(seconds))

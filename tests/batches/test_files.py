@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.utils import timezone
 from openai import NotFoundError, OpenAI
 
 from batches.models import Batch, File
@@ -131,6 +133,28 @@ def test_upload_bad_bodies_are_400(alice: Party, files_dir: Path, body: bytes, c
     assert reply.status == 400, reply.content
     assert reply["content-type"] == "application/json" and set(reply.json()["error"]) == {"message", "type", "param", "code"}
     assert not File.objects.exists()
+
+
+def test_upload_with_an_expiry(alice: Party, files_dir: Path) -> None:
+    body = form(("purpose", b"batch", None), ("expires_after[anchor]", b"created_at", None),
+                ("expires_after[seconds]", b"3600", None), ("file", JSONL, "a.jsonl"))
+    data = post_form(alice, body).json()
+    assert data["expires_at"] == data["created_at"] + 3600
+    for anchor, seconds, param in ((b"uploaded_at", b"3600", "expires_after.anchor"),
+                                   (b"created_at", b"59", "expires_after.seconds"),
+                                   (b"created_at", b"2592001", "expires_after.seconds"),
+                                   (b"created_at", b"1e4", "expires_after.seconds")):
+        body = form(("purpose", b"batch", None), ("expires_after[anchor]", anchor, None),
+                    ("expires_after[seconds]", seconds, None), ("file", JSONL, "a.jsonl"))
+        assert_asgi_envelope(post_form(alice, body), 400, param, "invalid_value")
+    assert File.objects.count() == 1
+
+
+def test_an_expired_file_reads_as_missing(alice: Party, alice_file: File) -> None:
+    File.objects.filter(pk=alice_file.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert call(alice, "/v1/files").json()["data"] == []
+    for method, suffix in (("GET", ""), ("GET", "/content"), ("DELETE", "")):
+        assert_asgi_envelope(call(alice, f"/v1/files/{alice_file.public_id}{suffix}", method=method), 404, "id")
 
 
 def test_upload_filenames_are_cleaned(alice: Party, files_dir: Path) -> None:
@@ -288,9 +312,11 @@ def test_the_sdk_uploads_lists_reads_and_deletes(live_server_url: str, transacti
     source = tmp_path / "requests.jsonl"
     source.write_bytes(JSONL)
     with source.open("rb") as handle:
-        created = client.files.create(file=handle, purpose="batch")
+        created = client.files.create(file=handle, purpose="batch",
+                                      expires_after={"anchor": "created_at", "seconds": 86400})
     assert (created.purpose, created.bytes, created.filename, created.status) == ("batch", len(JSONL), "requests.jsonl",
                                                                                    "processed")
+    assert created.expires_at == created.created_at + 86400
     assert [f.id for f in client.files.list()] == [created.id]
     assert [f.id for f in client.files.list(purpose="batch", limit=1)] == [created.id]
     assert client.files.retrieve(created.id).bytes == len(JSONL)
