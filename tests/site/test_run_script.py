@@ -3,6 +3,7 @@ listen, announces "Tollgate is running" only once its own server answers, and le
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from openai import OpenAI
 
 from gateway_site.settings import BASE_DIR
 
@@ -227,6 +229,21 @@ def test_run_starts_one_worker_on_the_housekeeping_queue_and_every_tier_queue_hi
         expected = [f"Task batches.tend_batches[{task_id}] received" for task_id in received]
         expected.append(f"Task billing.tasks.reap_expired_holds[{housekeeping}] succeeded")
         run.wait_for(lambda: all(line in run.err.read_text() for line in expected), 60)
+        # The README's batch, end to end on this worker: the demo tenant's tier is default.
+        client = OpenAI(base_url=f"http://127.0.0.1:{env['TOLLGATE_PORT']}/v1", api_key=demo_key(run.output()))
+        requests = "".join(json.dumps({"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions", "body": {
+            "model": "demo", "messages": [{"role": "user", "content": f"Question {i}"}]}}) + "\n" for i in range(3))
+        uploaded = client.files.create(file=("requests.jsonl", requests.encode()), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        deadline = time.monotonic() + 60
+        while batch.status not in ("completed", "failed", "expired", "cancelled") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            batch = client.batches.retrieve(batch.id)
+        assert batch.status == "completed" and batch.request_counts.completed == 3, batch  # type: ignore[union-attr]
+        output = client.files.content(batch.output_file_id).text  # type: ignore[arg-type]
+        assert [json.loads(line)["custom_id"] for line in output.splitlines()] == ["q0", "q1", "q2"]
+        assert "Task batches.validate_batch[" in run.err.read_text()  # validated by the worker, not by the server
         assert run.stop() in (0, 130, 143)
         assert worker_queues(run.process.pid) == []  # stopping still ends the worker
     finally:
