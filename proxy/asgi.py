@@ -169,7 +169,10 @@ class ApiHandler(ASGIHandler):
 
     async def read_api_body(self, scope: dict[str, Any], receive: Any,
                             uploads: Uploads | None = None) -> tempfile.SpooledTemporaryFile[bytes]:
-        """Return the body as a file, read until complete, larger than TOLLGATE_MAX_BODY_BYTES, or stalled.
+        """Return the body as a file, read until complete, larger than its limit, or stalled.
+
+        The limit is TOLLGATE_MAX_BODY_BYTES, or the upload limit of a view marked with accepts_uploads (whose body
+        spools to disk past FILE_UPLOAD_MAX_MEMORY_SIZE); a body past it sets BODY_TOO_LARGE in the scope.
 
         A body that would be refused anyway is not waited for: one declared too large is not read at all, and
         reading stops once one sent without a length passes the limit; the view answers 413 from what it has.
