@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from bench import workers
+from bench import batch, workers
 
 STREAM_CONCURRENCY = 16
 SOAK_CONCURRENCY = 16
@@ -64,6 +64,40 @@ def metrics_lines(metrics: dict[str, Any]) -> list[str]:
             line("overhead header p50 ms", "overhead_p50_ms", 2),
             f"  {'errors':<26}{off['errors']:>12}{on['errors']:>14}",
             f"  scrape: tollgate_requests_total {metrics['counted']} for {metrics['answered']} answered  {verdict}"]
+
+
+def batch_lines(results: dict[str, Any]) -> list[str]:
+    """The table's part: lines/s, worker CPU per line, interactive latency without and with, rows and money."""
+    n, rate, inter = results["lines"], results["lines_per_second"], results["interactive"]
+    without, beside = inter["without"], inter["with"]
+    rise = results["p50_rise_percent"]
+    verdict = "" if rise is None else "  OK" if rise <= batch.P50_TARGET_PERCENT else "  ABOVE TARGET"
+    counts, money = results["request_counts"], results["money"]
+    out = [f"batch: {n} chat lines on one Celery worker process (1 prefork child, {results['in_flight']} lines in flight, "
+           f"queue {results['queue']}), interactive plain requests at c={batch.CONCURRENCY} throughout",
+           f"  {'lines/s':<26}{fmt(rate['run'], 1):>12} from first line claimed to last finished "
+           f"({fmt(results['line_seconds'])} s); {fmt(rate['end_to_end'], 1)} created to completed "
+           f"({fmt(results['end_to_end_seconds'])} s)",
+           f"  {'worker CPU ms/line':<26}{fmt(results['worker_cpu_ms_per_line'], 3):>12} (its process tree, created to completed)",
+           f"  {'interactive c=' + str(batch.CONCURRENCY):<26}{'no batch':>12}{'batch runs':>14}{'change':>16}"]
+    for label, name, digits in (("requests/s", "rps", 1), ("p50 latency ms", "p50_ms", 2), ("p99 latency ms", "p99_ms", 2),
+                                ("web CPU ms/request", "web_cpu_ms_per_request", 3)):
+        a, b = without[name], beside[name]
+        change = f"{(b - a) / a * 100:+.1f} %" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else ""
+        out.append(f"  {'  ' + label:<26}{fmt(a, digits):>12}{fmt(b, digits):>14}{change:>16}"
+                   + (f"{verdict} (target <= {batch.P50_TARGET_PERCENT:g} %)" if name == "p50_ms" and verdict else ""))
+    counted = [f"{phase['requests']}, {phase['errors']}" for phase in (without, beside)]
+    out += [f"  {'  requests, errors':<26}{counted[0]:>12}{counted[1]:>14}",
+            f"  batch {results['status']}: {counts['completed']} completed, {counts['failed']} failed of {counts['total']}; "
+            f"ledger {results['rows']} rows with its id ({results['custom_ids']} custom ids, {results['rows_200']} of them 200, "
+            f"{results['tenant_rows']} rows of the tenant); output file {results['output_lines']} lines"
+            f"  {'OK' if batch.rows_exact(results) else 'MISMATCH'}",
+            f"  batch spend ({results['discount_percent']} % batch discount, {results['cost_picos_per_line']} picos a line): "
+            f"ledger {money['ledger_micros']} micro-USD, budget totals {money['counter_micros']}; still reserved "
+            f"{money['reserved_micros']}, open holds {money['open_holds']}  {'OK' if batch.money_exact(money) else 'MISMATCH'}"]
+    if without["first_error"] or beside["first_error"]:
+        out.append(f"  first interactive error: {without['first_error'] or beside['first_error']}")
+    return out
 
 
 def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
@@ -130,6 +164,8 @@ def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
                   row("errors", plain["errors"], hits["errors"], ratio=False)]
     if fleet := results.get("workers"):
         lines += workers.lines(fleet)
+    if queued := results.get("batch"):
+        lines += batch_lines(queued)
     rss = results["rss_mb"]
     lines.append(f"Tollgate RSS: {rss['after_warmup']:.1f} MB after warm-up, {rss['end']:.1f} MB at the end")
     if soak := results.get("soak"):

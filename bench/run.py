@@ -35,6 +35,8 @@ request is what the metrics cost; a scrape of the second process must count ever
 With ``--workers N`` a server of N uvicorn workers serves the same keys, and the plain and gated load at each
 concurrency goes to it and to the one-worker server in turn (bench/workers.py); then a key limited to 60 requests
 per minute must get exactly 60 of 180 requests admitted across the N workers.
+With ``--batch N`` a batch of N chat lines runs on one Celery worker process while plain requests at concurrency 16
+go on, against the same requests before and after it; its lines/s, CPU per line, rows and money (bench/batch.py).
 Then plain requests and hits of the response cache (one request sent again and again to ``mock-cached``, a route with
 the cache on) alternate twice at concurrency 16 through the same process: the CPU per request of a hit beside the
 plain path's.
@@ -74,7 +76,7 @@ sys.path.insert(0, str(ROOT))  # run as a script, Python puts bench/ on sys.path
 from bench.load import Phase, Pool, Request, averaged, hammer, overlapping, repeat_until, stream_rounds  # noqa: E402
 from bench.data import BenchError, Seeded, check_money, count_ledger, ensure_database, run_django, seed  # noqa: E402
 from bench.report import LARGE_PROMPT_CONCURRENCY, SOAK_CONCURRENCY, STREAM_CONCURRENCY, table  # noqa: E402
-from bench import cached, workers  # noqa: E402
+from bench import batch, cached, workers  # noqa: E402
 
 PYTHON = sys.executable
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/tollgate_bench"
@@ -189,9 +191,9 @@ class Bench:
 
     def __init__(self, opts: argparse.Namespace, mock: Server, tollgate: Server, gated: Server,
                  reference: Server | None = None, metered: Metered | None = None,
-                 fleet: workers.Fleet | None = None) -> None:
+                 fleet: workers.Fleet | None = None, rig: batch.Rig | None = None) -> None:
         self.opts, self.mock, self.tollgate, self.gated, self.reference = opts, mock, tollgate, gated, reference
-        self.metered, self.fleet = metered, fleet
+        self.metered, self.fleet, self.rig = metered, fleet, rig
         self.tollgate_answers = 0  # every answered request through Tollgate, warm-ups included: one ledger row each
         self.metered_answers = 0  # of those, the ones the process with metrics on answered
         self.results: dict[str, Any] = {"phases": [], "streams": [], "rss_mb": {}}
@@ -304,6 +306,8 @@ class Bench:
         self.results["cached"] = await cached.measure(self)
         if self.fleet is not None:
             self.results["workers"] = await workers.measure(self, self.fleet)
+        if self.rig is not None:
+            self.results["batch"] = await batch.measure(self, self.rig)
         if self.opts.soak:
             progress(f"soak: {self.opts.soak:.0f} s at concurrency {SOAK_CONCURRENCY} through Tollgate")
             self.results["soak"] = await self.soak()
@@ -350,6 +354,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also compare CPU per request at concurrency 16 with TOLLGATE_METRICS on and off")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="also run the same load through N uvicorn workers beside one, and check a rate limit across them")
+    parser.add_argument("--batch", type=int, default=0, metavar="N",
+                        help="also run a batch of N chat lines on one Celery worker beside interactive load")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
@@ -357,8 +363,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     opts.concurrency = [int(c) for c in opts.concurrency.split(",") if c.strip()]
     if not opts.concurrency or min(opts.concurrency) < 1:
         parser.error("--concurrency needs whole numbers of at least 1, e.g. 1,16,64")
-    if opts.workers < 1:
-        parser.error("--workers needs a whole number of at least 1")
+    if opts.workers < 1 or opts.batch < 0:
+        parser.error("--workers needs a whole number of at least 1, --batch one of at least 0")
     if opts.quick:
         opts.seconds, opts.stream_rounds = 3.0, 1
     return opts
@@ -421,9 +427,10 @@ def main(argv: list[str] | None = None) -> int:
             reference = start_reference(children, mock) if opts.reference else None
             metered = start_metered(children, env, tollgate) if opts.metrics else None
             fleet = workers.start(children, env, tollgate, gated, opts.workers) if opts.workers > 1 else None
-            bench = Bench(opts, mock, tollgate, gated, reference, metered, fleet)
+            rig = batch.start(children, env, tollgate, opts.batch) if opts.batch else None
+            bench = Bench(opts, mock, tollgate, gated, reference, metered, fleet, rig)
             results = asyncio.run(bench.run())
-            for name in ("mock", "tollgate", "tollgate-metrics", workers.NAME):
+            for name in ("mock", "tollgate", "tollgate-metrics", workers.NAME, batch.NAME):
                 if name in children.procs and children.procs[name].poll() is not None:
                     raise BenchError(f"{name} died during the run:\n{children.tail(name)}")
             tenants = [seeded.tenant_id, seeded.gated_tenant_id, *([fleet.rate_tenant_id] if fleet else [])]
@@ -433,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
             results["money"] = check_money(opts, seeded)
             results["tollgate_log_errors"] = [*children.errors_logged("tollgate"),
                                               *(children.errors_logged("tollgate-metrics") if opts.metrics else []),
-                                              *(children.errors_logged(workers.NAME) if fleet else [])]
+                                              *(children.errors_logged(workers.NAME) if fleet else []),
+                                              *(children.errors_logged(batch.NAME) if rig else [])]
         except BenchError as e:
             print(f"bench: {e}", file=sys.stderr)
             return 1
@@ -444,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             children.stop()
     results["config"] = {"concurrency": opts.concurrency, "seconds": opts.seconds, "stream_rounds": opts.stream_rounds,
                          "soak": opts.soak, "large_prompt": opts.large_prompt, "metrics": opts.metrics,
-                         "workers": opts.workers,
+                         "workers": opts.workers, "batch": opts.batch,
                          "cpus": os.cpu_count(),
                          "python": sys.version.split()[0]}
     print(table(results, opts))
@@ -462,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         counted != money["ledger_micros"] for counted in money["counter_micros"])
     metrics_wrong = bool(metered) and metered["counted"] != metered["answered"]
     failed = failed or ("workers" in results and workers.failed(results["workers"]))
+    failed = failed or ("batch" in results and batch.failed(results["batch"]))
     return 2 if failed or money_wrong or metrics_wrong or results["ledger"]["rows"] != results["ledger"]["requests"] else 0
 
 
