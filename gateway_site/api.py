@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import ApiKeyViewSet, TenantViewSet
-from batches.api import QueueViewSet
+from batches.api import QueuesView
 from billing.api import BudgetViewSet, PriceViewSet, UsageViewSet
 from proxy.api import DeploymentViewSet, ProviderViewSet, RouteViewSet
 
@@ -22,12 +22,12 @@ router.register("usage", UsageViewSet, basename="usage")
 router.register("providers", ProviderViewSet, basename="provider")
 router.register("routes", RouteViewSet, basename="route")
 router.register("deployments", DeploymentViewSet, basename="deployment")
-router.register("queues", QueueViewSet, basename="queue")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves Swagger UI's start-up script as a file: the inline one breaks the Content-Security-Policy.
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
+    path("queues/", QueuesView.as_view(), name="queues"),
     path("", include(router.urls)),
     # Any other path ending in a slash (one without still gets APPEND_SLASH's redirect), e.g. a slug with a dot.
     re_path(r"^.*/$", not_found),
