@@ -59,6 +59,14 @@ class TenantForm(AllowedModelsForm):
     allowed_models_help = ("Models this tenant may call, separated by commas or on separate lines; empty means "
                            "every routed model. Its keys and playground can only narrow it.")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "batch_tier" in self.fields:
+            self.fields["batch_tier"].required = False  # left out of a submission: the tenant keeps its tier
+
+    def clean_batch_tier(self) -> str:
+        return str(self.cleaned_data.get("batch_tier") or self.instance.batch_tier)
+
 
 class ApiKeyForm(AllowedModelsForm):
     allowed_models_help = ("Models this key may call, separated by commas or on separate lines; empty means every "
@@ -151,6 +159,8 @@ class TenantAdmin(admin.ModelAdmin):
                                    "the webhook, signed with its secret (see the README)."}),
         ("Models", {"fields": ["allowed_models"]}),
         ("Rate limits", {"fields": LIMITS, "description": LIMITS_HELP}),
+        ("Batches", {"fields": ["batch_tier"],
+                     "description": "The tier picks the Celery queue that runs this tenant's batches."}),
     ]
 
     @admin.display(description="spend, last 30 days")

@@ -47,8 +47,10 @@ class TenantSerializer(serializers.ModelSerializer):
     class Meta:
         model = Tenant
         fields = ["id", "name", "slug", "timezone", "contact_emails", "is_active", "alert_webhook_url",
-                  "requests_per_minute", "tokens_per_minute", "max_concurrent", "created_at"]
+                  "requests_per_minute", "tokens_per_minute", "max_concurrent", "batch_tier", "created_at"]
         read_only_fields = ["created_at"]
+        extra_kwargs = {"batch_tier": {"help_text": "Which queue runs the tenant's batches (high, default, low); "
+                                                    "operators set it."}}
 
 
 class TenantViewSet(viewsets.ModelViewSet):

@@ -132,8 +132,20 @@ class UsageRecordAdmin(admin.ModelAdmin):
         return False
 
 
+class PriceForm(ModelForm):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "batch_discount_percent" in self.fields:
+            self.fields["batch_discount_percent"].required = False  # left empty: the price keeps its discount
+
+    def clean_batch_discount_percent(self) -> Decimal:
+        value = self.cleaned_data.get("batch_discount_percent")
+        return self.instance.batch_discount_percent if value is None else value
+
+
 @admin.register(Price)
 class PriceAdmin(admin.ModelAdmin):
+    form = PriceForm
     list_display = ["model", "provider", "effective_from", "input_per_million", "output_per_million",
                     "cached_input_per_million", "per_request"]
     list_select_related = ["provider"]
@@ -141,7 +153,7 @@ class PriceAdmin(admin.ModelAdmin):
     search_fields = ["model"]
     ordering = ["-effective_from", "model"]
     fields = ["model", "provider", "effective_from", "input_per_million", "output_per_million",
-              "cached_input_per_million", "per_request", "note", "history"]
+              "cached_input_per_million", "per_request", "batch_discount_percent", "note", "history"]
     readonly_fields = ["history"]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:

@@ -120,9 +120,10 @@ class PriceSerializer(serializers.ModelSerializer):
     class Meta:
         model = Price
         fields = ["id", "model", "provider", "effective_from", "input_per_million", "output_per_million",
-                  "cached_input_per_million", "per_request", "note"]
+                  "cached_input_per_million", "per_request", "batch_discount_percent", "note"]
         extra_kwargs = {name: {"min_value": Decimal(0)} for name in (
             "input_per_million", "output_per_million", "cached_input_per_million", "per_request")}
+        extra_kwargs["batch_discount_percent"] = {"min_value": Decimal(0), "max_value": Decimal(100)}
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         # One price per model (or per provider's model) and day: the database's constraints, as a 400 that says so.

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
 from . import breaker, probe
@@ -21,6 +23,16 @@ PRESET_LABELS = {
 
 def preset_label(preset: str) -> str:
     return PRESET_LABELS.get(preset, preset)
+
+
+BATCH_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_batch_queue(name: str) -> None:
+    """Raise ValidationError unless ``name`` is empty or a plain Celery queue name other than beat's "celery"."""
+    if name and (not BATCH_QUEUE_NAME.fullmatch(name) or name == "celery"):
+        raise ValidationError("A queue name: letters, digits, '.', '_' and '-', starting with a letter or digit; "
+                              "not 'celery', which runs the scheduled jobs.")
 
 
 def routed_names() -> dict[str, str]:
@@ -122,7 +134,7 @@ class ModelRouteForm(forms.ModelForm):
         model = ModelRoute
         fields = ["name", "aliases", "strip_prefix", "is_active", "max_attempts", "retry_budget_seconds", "fallbacks",
                   "context_window_fallbacks", "cache_enabled", "cache_ttl_seconds", "cache_shared", "cache_per_user",
-                  "cache_sampled", "cache_cost"]
+                  "cache_sampled", "cache_cost", "batch_queue", "batch_discount_percent"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -137,6 +149,11 @@ class ModelRouteForm(forms.ModelForm):
 
     def clean_cache_cost(self) -> str:
         return str(self.cleaned_data.get("cache_cost") or ModelRoute.CacheCost.FREE)
+
+    def clean_batch_queue(self) -> str:
+        name = str(self.cleaned_data.get("batch_queue") or "").strip()
+        check_batch_queue(name)
+        return name
 
     def clean(self) -> dict[str, Any]:
         cleaned: dict[str, Any] = super().clean() or {}
@@ -168,6 +185,8 @@ class ModelRouteAdmin(admin.ModelAdmin):
         ("Fallbacks", {"fields": ["fallbacks", "context_window_fallbacks"]}),
         ("Response cache", {"fields": ["cache_enabled", "cache_ttl_seconds", "cache_shared", "cache_per_user",
                                        "cache_sampled", "cache_cost"]}),
+        ("Batches", {"fields": ["batch_queue", "batch_discount_percent"],
+                     "description": "Empty fields use the tenant tier's queue and the price's batch discount."}),
     ]
     readonly_fields = ["created_at"]
     inlines = [DeploymentInline]

@@ -13,6 +13,7 @@ from accounts.api import StaffOnly
 from gateway_site.api_errors import still_referenced
 
 from . import routing
+from .admin import check_batch_queue
 from .models import Deployment, ModelRoute, Provider
 
 
@@ -62,8 +63,16 @@ class RouteSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ModelRoute
-        fields = ["id", "name", "aliases", "strip_prefix", "is_active", "created_at", "deployments"]
+        fields = ["id", "name", "aliases", "strip_prefix", "is_active", "created_at", "batch_queue",
+                  "batch_discount_percent", "deployments"]
         read_only_fields = ["created_at"]
+
+    def validate_batch_queue(self, value: str) -> str:
+        try:
+            check_batch_queue(value.strip())
+        except DjangoValidationError as e:
+            raise serializers.ValidationError(e.messages) from None
+        return value.strip()
 
 
 class RoutingViewSet(viewsets.ModelViewSet):
