@@ -210,12 +210,23 @@ def beat_heartbeat_age() -> float | None:
     return beat_heartbeat_age()
 
 
+def batch_queues() -> dict[str, Any]:
+    """Per batch queue: lines waiting, running, succeeded and failed, and batches per status (two grouped queries)."""
+    from batches import stats
+
+    found = stats.queue_stats().queues
+    return {"lines": {queue: {"waiting": c.depth, "running": c.running, "succeeded": c.done, "failed": c.failed}
+                      for queue, c in found.items()},
+            "batches": {queue: c.batches for queue, c in found.items()}}
+
+
 SOURCES = {
     "journal": Source("journal", journal_backlog_bytes),
     "holds": Source("holds", holds_outstanding),
     "celery": Source("celery", celery_queue_depths, ttl=10.0),
     "budgets": Source("budgets", budgets_near_limit, ttl=30.0),
     "beat": Source("beat", beat_heartbeat_age, ttl=10.0),
+    "batches": Source("batches", batch_queues, ttl=10.0),
 }
 
 
@@ -253,6 +264,25 @@ class SourceCollector:
             for threshold, count in near.items():
                 family.add_metric([threshold], count)
             yield family
+        yield from batch_families(SOURCES["batches"].get())
+
+
+def batch_families(queues: dict[str, Any] | None) -> Iterator[Any]:
+    from prometheus_client.core import GaugeMetricFamily
+
+    if queues is None:
+        return
+    lines = GaugeMetricFamily("tollgate_batch_lines", "Batch lines per queue: waiting (not claimed yet), running, "
+                              "and succeeded or failed over every batch kept.", labels=["queue", "state"])
+    for queue, states in sorted(queues["lines"].items()):
+        for state, count in states.items():
+            lines.add_metric([queue, state], count)
+    yield lines
+    batches = GaugeMetricFamily("tollgate_batches", "Batches per queue and status.", labels=["queue", "status"])
+    for queue, statuses in sorted(queues["batches"].items()):
+        for status, count in statuses.items():
+            batches.add_metric([queue, status], count)
+    yield batches
 
 
 _source_errors: Any = None

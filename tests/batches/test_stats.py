@@ -97,3 +97,30 @@ def test_the_schema_documents_the_queues_endpoint(db: None) -> None:
     assert {"200", "401", "403"} <= set(get["responses"])
     counts = schema["components"]["schemas"]["QueueCounts"]["properties"]
     assert {"queue", "tier", "depth", "running", "done", "failed", "waiting_batches", "batches"} <= set(counts)
+
+
+def test_metrics_give_lines_and_batches_per_queue(fleet: None) -> None:
+    from gateway_site import metrics
+
+    families = {family.name: family for family in metrics.batch_families(metrics.batch_queues())}
+    lines = {(s.labels["queue"], s.labels["state"]): s.value for s in families["tollgate_batch_lines"].samples}
+    assert lines[("default", "waiting")] == 7 and lines[("default", "running")] == 3
+    assert lines[("default", "succeeded")] == 7 and lines[("default", "failed")] == 2
+    assert lines[("high", "waiting")] == 5 and lines[("low", "waiting")] == 0 and lines[("gpu", "succeeded")] == 2
+    batches = {(s.labels["queue"], s.labels["status"]): s.value for s in families["tollgate_batches"].samples}
+    assert batches[("default", "validating")] == 1 and batches[("high", "cancelled")] == 1
+    assert batches[("low", "in_progress")] == 0
+    assert list(metrics.batch_families(None)) == []  # a failed reading leaves the families out of the scrape
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_scrape_carries_the_batch_gauges(alice: Party) -> None:
+    from gateway_site import metrics
+
+    if not metrics.enabled():
+        pytest.skip("TOLLGATE_METRICS is off in this test run")
+    make_batch(alice, queue="scrape-test", total=3, running=1)
+    metrics.SOURCES["batches"].read_at = float("-inf")  # no reading cached by an earlier test
+    text = metrics.render().decode()
+    assert 'tollgate_batch_lines{queue="scrape-test",state="waiting"} 2.0' in text
+    assert 'tollgate_batches{queue="scrape-test",status="in_progress"} 1.0' in text
