@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -283,3 +284,33 @@ def test_flower_is_optional_pinned_on_the_workers_broker_and_on_localhost_only(c
     assert flower["ports"] == ["127.0.0.1:5555:5555"]  # it can stop workers and revoke tasks
     assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "env_file" not in flower  # the secrets in .env stay out of a third-party image
+
+
+def test_the_readme_batches_section_names_real_settings_services_commands_and_sections(compose: dict[str, Any]) -> None:
+    from django.conf import settings
+
+    readme = (BASE_DIR / "README.md").read_text()
+    section = readme[readme.index("\n## Batches and queues\n"):readme.index("\n## Configuration\n")]
+    settings_source = (BASE_DIR / "gateway_site" / "settings.py").read_text()
+    for name in set(re.findall(r"\bTOLLGATE_[A-Z_]+\b", section)):
+        assert f'"{name}"' in settings_source, f"{name} is not a setting"
+    services = compose["services"]
+    for service in set(re.findall(r"`(worker[\w-]*)`", section)) | set(re.findall(r"--scale ([\w-]+)=", section)):
+        assert service in services, service
+    [profile] = re.findall(r"docker compose --profile (\w+) up -d", section)
+    assert services["flower"]["profiles"] == [profile] and f"`{services['flower']['image']}`" in section
+    # The worker commands name queues the settings define, with their default names.
+    queues = {"celery", *settings.TOLLGATE_QUEUES.values()}
+    for names in re.findall(r"^\.venv/bin/celery -A gateway_site worker --queues (\S+)", section, re.MULTILINE):
+        assert set(names.split(",")) <= queues, names
+    # The SDK snippet is Python, and the storage example works as written in a shell (and parses as the settings do).
+    [snippet] = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    compile(snippet, "README.md", "exec")
+    [options] = re.findall(r"^TOLLGATE_FILES_STORAGE_OPTIONS=.*$", section, re.MULTILINE)
+    shell = subprocess.run(["bash", "-c", f'{options}; printf %s "$TOLLGATE_FILES_STORAGE_OPTIONS"'],
+                           capture_output=True, text=True, timeout=10)
+    assert isinstance(json.loads(shell.stdout), dict), shell
+    headings = {re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+                for line in readme.splitlines() if line.startswith("#")}
+    for anchor in re.findall(r"\]\(#([a-z0-9-]+)\)", section):
+        assert anchor in headings, f"#{anchor} is not a heading of the README"
