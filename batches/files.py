@@ -7,6 +7,7 @@ file answers exactly as a missing one. Bytes move in worker threads, in chunks, 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import IO, Any
 
@@ -25,6 +26,8 @@ from proxy.errors import GatewayError, MethodNotAllowed, NotFound, RequestTimeou
 from . import storage
 from .models import Batch, File
 from .uploads import read_upload, too_large
+
+logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
 LIST_MOST = 10000
@@ -75,7 +78,7 @@ async def file_detail(request: HttpRequest, file_id: str) -> HttpResponseBase:
         caller = await authenticate(request)
         if request.method == "DELETE":
             row = await adelete_file(caller.tenant_id, file_id)
-            await asyncio.to_thread(storage.storage().delete, row.storage_name)
+            await remove_content(row)
             return JsonResponse({"id": row.public_id, "object": "file", "deleted": True})
         if request.method != "GET":
             return not_allowed(request, "GET, DELETE")
@@ -97,6 +100,14 @@ async def file_content(request: HttpRequest, file_id: str) -> HttpResponseBase:
     # The SDK's files.content() reads the raw bytes whatever the type says; OpenAI sends octet-stream.
     return StreamingHttpResponse(chunks(handle), content_type="application/octet-stream",
                                  headers={"Content-Length": str(row.bytes)})
+
+
+async def remove_content(row: File) -> None:
+    try:
+        await asyncio.to_thread(storage.storage().delete, row.storage_name)
+    except Exception:
+        # The row is gone, so the file is deleted for the client; stray bytes are only the operator's concern.
+        logger.exception("could not remove the content of deleted file %s (%s)", row.public_id, row.storage_name)
 
 
 async def chunks(handle: IO[bytes]) -> AsyncIterator[bytes]:

@@ -329,3 +329,16 @@ def test_the_sdk_uploads_lists_reads_and_deletes(live_server_url: str, transacti
     deleted = client.files.delete(created.id)
     assert deleted.deleted is True and deleted.id == created.id
     assert list(client.files.list()) == []
+
+
+def test_delete_answers_deleted_when_the_content_cannot_be_removed(alice: Party, alice_file: File,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core.files.storage import FileSystemStorage
+
+    def broken(self: FileSystemStorage, name: str) -> None:
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(FileSystemStorage, "delete", broken)
+    reply = call(alice, f"/v1/files/{alice_file.public_id}", method="DELETE")
+    assert reply.status == 200 and reply.json()["deleted"] is True
+    assert not File.objects.exists()
