@@ -90,7 +90,8 @@ def batch_lines(results: dict[str, Any]) -> list[str]:
     out += [f"  {'  requests, errors':<26}{counted[0]:>12}{counted[1]:>14}",
             f"  batch {results['status']}: {counts['completed']} completed, {counts['failed']} failed of {counts['total']}; "
             f"ledger {results['rows']} rows with its id ({results['custom_ids']} custom ids, {results['rows_200']} of them 200, "
-            f"{results['tenant_rows']} rows of the tenant); output file {results['output_lines']} lines"
+            f"{results['tenant_rows']} rows of the tenant, {results['warmup_rows']} of them the {results['warmup_lines']}-line "
+            f"warm-up batch's); output file {results['output_lines']} lines"
             f"  {'OK' if batch.rows_exact(results) else 'MISMATCH'}",
             f"  batch spend ({results['discount_percent']} % batch discount, {results['cost_picos_per_line']} picos a line): "
             f"ledger {money['ledger_micros']} micro-USD, budget totals {money['counter_micros']}; still reserved "

@@ -29,6 +29,7 @@ def database_url() -> str:
 def test_a_small_batch_runs_beside_interactive_load_with_a_row_per_line(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(batch, "STALL_SECONDS", 20.0)  # a stuck batch fails the test soon, with the worker's log
+    monkeypatch.setattr(batch, "WARMUP_LINES", 5)
     monkeypatch.setattr(run, "run_django", lambda *_: "")  # its one use is `migrate`: pytest-django migrated already
     opts = run.parse_args(["--concurrency", "16", "--seconds", "0.3", "--batch", str(LINES),
                            "--database-url", database_url(), "--redis-url", os.environ["REDIS_URL"]])
@@ -43,7 +44,8 @@ def test_a_small_batch_runs_beside_interactive_load_with_a_row_per_line(tmp_path
         children.stop()
     assert results["status"] == "completed", results
     assert results["request_counts"] == {"total": LINES, "completed": LINES, "failed": 0}
-    assert results["rows"] == results["custom_ids"] == results["tenant_rows"] == results["output_lines"] == LINES
+    assert results["rows"] == results["custom_ids"] == results["output_lines"] == LINES
+    assert results["warmup_rows"] == 5 and results["tenant_rows"] == LINES + 5
     assert results["money"]["agrees"] and results["money"]["ledger_picos"] > 0 and not results["money"]["open_holds"]
     assert results["lines_per_second"]["end_to_end"] and results["worker_cpu_ms_per_line"]
     assert results["interactive"]["without"]["p50_ms"] and results["interactive"]["with"]["requests"] > 0
@@ -60,7 +62,7 @@ def results(**changes: Any) -> dict[str, Any]:
     money = {"ledger_micros": 100, "counter_micros": [100, 100], "reserved_micros": 0, "open_holds": 0, "agrees": True}
     out = {"lines": 10, "queue": "default", "in_flight": 32, "status": "completed", "error_file": False,
            "request_counts": {"total": 10, "completed": 10, "failed": 0}, "line_seconds": 0.5, "end_to_end_seconds": 1.0,
-           "rows": 10, "custom_ids": 10, "rows_200": 10, "tenant_rows": 10, "cost_picos_per_line": [10**7],
+           "rows": 10, "custom_ids": 10, "rows_200": 10, "tenant_rows": 12, "warmup_lines": 2, "warmup_rows": 2, "cost_picos_per_line": [10**7],
            "discount_percent": 50, "output_lines": 10, "output_complete": True, "money": money,
            "interactive": {"without": phase, "with": {**phase, "p50_ms": 33.0}}, "p50_rise_percent": 10.0,
            "lines_per_second": {"run": 20.0, "end_to_end": 10.0}, "worker_cpu_ms_per_line": 5.0}
@@ -73,7 +75,8 @@ def test_the_run_fails_unless_every_line_has_its_row_and_the_money_adds_up() -> 
     assert not batch.failed(results())
     assert batch.failed(results(rows=9))  # a line without its ledger row
     assert batch.failed(results(rows=11, custom_ids=10))  # a line charged twice
-    assert batch.failed(results(tenant_rows=11))  # a row of the tenant outside the batch
+    assert batch.failed(results(tenant_rows=13))  # a row of the tenant outside its batches
+    assert batch.failed(results(warmup_rows=1, tenant_rows=11))  # a line of the warm-up batch without its row
     assert batch.failed(results(request_counts={"total": 10, "completed": 9, "failed": 1}))
     assert batch.failed(results(status="expired"))
     assert batch.failed(results(output_complete=False))
