@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 
 from accounts.keys import Caller, Limits
+from gateway_site import logs
 from proxy import observe, outages, routing
 from proxy.errors import GatewayError, RateLimited, ServerError
 from proxy.limits import check_limits
@@ -82,6 +83,7 @@ async def run_line(context: LineContext, custom_id: str, data: JSONDict, size: i
     named a reason while it waited for a rate limit). Never raises but CancelledError."""
     meter = Meter(context.endpoint)
     meter.batch_id, meter.custom_id = context.batch_public_id, custom_id
+    logs.request_context.set(meter)  # this line's task only: log lines name its request
     observe.request_started(meter)
     try:
         if context.caller is None:

@@ -155,9 +155,12 @@ class PartRun:
                     checked_key = time.monotonic()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("batch %s part %s: status check failed; trying again", self.batch.public_id,
-                                 self.part.number)
+            except Exception as e:
+                if (dependency := outages.dependency_of(e)) is not None:
+                    outages.note(dependency, e)  # once per outage; lines keep running, new ones wait for the database
+                else:
+                    logger.exception("batch %s part %s: status check failed; trying again", self.batch.public_id,
+                                     self.part.number)
 
     async def start_lines(self) -> None:
         """Start each unclaimed line of the part, at most the queue's concurrency in flight, until the part ends or
@@ -166,7 +169,7 @@ class PartRun:
         done = await self.retrying(db_step(leases.claimed), batch.pk, part.first_line, part.last_line)
         if done is None:
             return
-        slots = asyncio.Semaphore(settings.TOLLGATE_BATCH_CONCURRENCY.get(batch.queue, 1))
+        slots = asyncio.Semaphore(concurrency(batch.queue))
         if batch.input_file is None or self.reason:
             return
         reader = requests(batch.input_file, part.first_line)
@@ -237,6 +240,13 @@ class PartRun:
             if until():
                 return None
             await asyncio.sleep(1.0)
+
+
+def concurrency(queue: str) -> int:
+    """Lines in flight per worker process on the queue; a route's own queue not named in the setting gets the default
+    tier's."""
+    per_queue = settings.TOLLGATE_BATCH_CONCURRENCY
+    return per_queue.get(queue) or per_queue.get(settings.TOLLGATE_QUEUES["default"]) or 1
 
 
 def start_upkeep() -> bool:

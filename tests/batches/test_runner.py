@@ -323,3 +323,74 @@ def test_counts_add_up_and_no_hold_or_slot_stays_open(mock: Party) -> None:
     from proxy import metering
 
     assert metering.in_flight() == [] and not metering._unsettled
+
+
+def test_the_lease_is_renewed_while_the_part_runs(mock: Party, settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings.TOLLGATE_BATCH_LEASE_SECONDS = 0.3  # renewed every 0.1 s
+    monkeypatch.setattr(runner, "WATCH_SECONDS", 0.05)
+    leases_seen: list[Any] = []
+    real = runner.run_line
+
+    async def slow(context: Any, *args: Any, **kwargs: Any) -> Any:
+        for _ in range(4):
+            await asyncio.sleep(0.2)
+            leases_seen.append(await db_step(lambda: BatchPart.objects.get(batch__public_id=context.batch_public_id)
+                                             .lease_expires_at)())
+        return await real(context, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_line", slow)
+    batch = running_batch(mock, [line("a")])
+    runner.send_parts(batch)
+    assert len(set(leases_seen)) >= 3 and leases_seen == sorted(leases_seen)  # moved on while the line ran
+    assert Batch.objects.get(pk=batch.pk).status == Batch.Status.COMPLETED
+
+
+def test_a_worker_that_lost_its_lease_starts_nothing_more_and_leaves_the_part(mock: Party, settings: Any,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    settings.TOLLGATE_BATCH_LEASE_SECONDS = 0.3
+    settings.TOLLGATE_BATCH_CONCURRENCY = {**settings.TOLLGATE_BATCH_CONCURRENCY, "default": 1}
+    monkeypatch.setattr(runner, "WATCH_SECONDS", 0.05)
+    started: list[str] = []
+    real = runner.run_line
+
+    async def taken_over(context: Any, custom_id: str, *args: Any, **kwargs: Any) -> Any:
+        started.append(custom_id)
+        if len(started) == 1:  # meanwhile the upkeep job gave the part to another worker
+            await db_step(lambda: BatchPart.objects.filter(batch__public_id=context.batch_public_id).update(
+                worker="other:2", lease_expires_at=timezone.now() + timedelta(seconds=30)))()
+            await asyncio.sleep(0.5)
+        return await real(context, custom_id, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_line", taken_over)
+    batch = running_batch(mock, [line("a"), line("b"), line("c")])
+    runner.send_parts(batch)
+    assert started == ["a"]
+    part = BatchPart.objects.get(batch=batch)
+    assert (part.state, part.worker) == ("running", "other:2")  # not marked done: the other worker finishes it
+    assert Batch.objects.get(pk=batch.pk).status == Batch.Status.IN_PROGRESS
+
+
+def test_a_worker_running_a_part_recovers_a_dead_processs_journal(mock: Party, settings: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    settings.TOLLGATE_UPKEEP = True
+    begin = {"t": "b", "id": "d" * 32, "tenant_id": mock.tenant.pk, "key_id": mock.key.pk, "endpoint": "chat",
+             "public_model": "mock", "provider": "mock", "upstream_model": "mock", "at": time.time(), "gate": {},
+             "prompt_tokens": 10, "batch_id": "batch_of_the_dead", "custom_id": "lost-1"}
+    dead = settings.TOLLGATE_JOURNAL_DIR / "deadhost-4242-0000dead-000001.journal"  # nobody holds its lock
+    dead.write_text(json.dumps(begin) + "\n")
+    real = runner.run_line
+
+    async def waiting(*args: Any, **kwargs: Any) -> Any:
+        rows = UsageRecord.objects.filter(batch_id="batch_of_the_dead")
+        for _ in range(100):  # the upkeep's first pass replays dead journals at once
+            if await db_step(rows.exists)():
+                break
+            await asyncio.sleep(0.05)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_line", waiting)
+    runner.send_parts(running_batch(mock, [line("a")]))
+    row = UsageRecord.objects.get(batch_id="batch_of_the_dead")
+    assert (row.custom_id, row.end_reason) == ("lost-1", "gateway_lost") and not dead.exists()
