@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from gateway_site.celery import app
@@ -24,8 +25,9 @@ def _connection(timeout: float) -> Any:
 
 
 def queue_names() -> list[str]:
-    """The queues this app's tasks go to (the default "celery" queue unless task_queues says otherwise)."""
-    return sorted(app.amqp.queues)
+    """The queues this app's tasks go to: "celery" (beat's jobs) and the batch tiers' queues, whether or not this
+    process has sent anything to them yet (Celery declares a queue on its first use), and any other it sent to."""
+    return sorted(set(app.amqp.queues) | set(settings.TOLLGATE_QUEUES.values()))
 
 
 def queue_depths() -> dict[str, int]:

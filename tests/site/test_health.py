@@ -506,6 +506,25 @@ def test_queue_depths_count_waiting_messages_on_the_configured_broker(broker: st
     assert celery_status.queue_depths()["celery"] == before + 2
 
 
+def test_queue_depths_include_the_batch_tiers_queues_before_anything_was_sent_to_them(broker: str) -> None:
+    from django.conf import settings
+
+    from gateway_site import celery_status
+    from gateway_site.celery import app
+
+    low = settings.TOLLGATE_QUEUES["low"]
+    depths = celery_status.queue_depths()
+    assert {"celery", *settings.TOLLGATE_QUEUES.values()} <= set(depths)
+    with app.connection_for_write() as conn:
+        queue = conn.SimpleQueue(low)
+        queue.put({"probe": 1})
+        queue.close()
+        try:
+            assert celery_status.queue_depths()[low] == depths[low] + 1
+        finally:
+            conn.default_channel.queue_purge(low)
+
+
 def test_queue_depths_and_workers_raise_when_the_broker_is_down(broker: str, free_port: int) -> None:
     from gateway_site import celery_status
     from gateway_site.celery import app
