@@ -84,6 +84,13 @@ with open(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as ha
 """
 
 
+def run_queues() -> dict[str, str]:
+    """The tier queues' names for one run (settings TOLLGATE_QUEUE_*): a batch task that an interrupted run left in
+    the broker never reaches this run's worker."""
+    run_id = secrets.token_hex(3)
+    return {f"TOLLGATE_QUEUE_{tier}": f"bench-{run_id}-{tier.lower()}" for tier in ("HIGH", "DEFAULT", "LOW")}
+
+
 @dataclass(frozen=True)
 class Rig:
     """The batch tenant, its key, and the worker that runs its lines."""

@@ -182,6 +182,7 @@ def tollgate_env(database_url: str, redis_url: str) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="gateway_site.settings", DATABASE_URL=database_url, REDIS_URL=redis_url,
         DJANGO_SECRET_KEY=secrets.token_urlsafe(50), TOLLGATE_KEY_PEPPER=secrets.token_urlsafe(32),
         TOLLGATE_METRICS="off",  # as before metrics existed, so earlier figures stay comparable (see --metrics)
+        **batch.run_queues(),
     )
     return env
 
