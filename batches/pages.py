@@ -32,7 +32,7 @@ def row(batch: Batch) -> dict[str, Any]:
 @tenant_page()
 def batch_list(request: HttpRequest) -> HttpResponse:
     tenant = request.tenant  # type: ignore[attr-defined]
-    batches = (Batch.objects.filter(tenant=tenant).select_related("output_file", "error_file", "key")
+    batches = (Batch.objects.filter(tenant=tenant).select_related("output_file", "error_file")
                .order_by("-id"))  # newest first; the id is the page cursor
     before = request.GET.get("before", "")
     if before.isascii() and before.isdigit() and len(before) < 19:  # a bigint, not a 500
@@ -46,11 +46,12 @@ def batch_list(request: HttpRequest) -> HttpResponse:
 @tenant_page()
 def batch_file(request: HttpRequest, file_id: str) -> FileResponse:
     """A file of the current tenant's batches, streamed from storage; another tenant's is as unknown as none."""
-    row = File.objects.filter(tenant=request.tenant, public_id=file_id).first() if FILE_ID.fullmatch(file_id) else None  # type: ignore[attr-defined]
-    if row is None:
+    mine = File.objects.filter(tenant=request.tenant)  # type: ignore[attr-defined]
+    found = mine.filter(public_id=file_id).first() if FILE_ID.fullmatch(file_id) else None
+    if found is None:
         raise Http404("No such file.")
     try:
-        content = storage.open_content(row)
+        content = storage.open_content(found)
     except FileNotFoundError:
         raise Http404("This file's content is no longer stored.") from None
-    return FileResponse(content, as_attachment=True, filename=row.filename, content_type="application/jsonl")
+    return FileResponse(content, as_attachment=True, filename=found.filename, content_type="application/jsonl")

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from batches.models import Batch, File
 
-from ..conftest import Party
+from ..browser.test_browser import PASSWORD, chromium, sign_in, site  # noqa: F401 (fixtures)
+from ..browser.test_csp import Watched
+from ..conftest import Party, make_party
 from .batch_rows import make_batch, make_file
 
 pytestmark = pytest.mark.django_db
@@ -68,6 +74,24 @@ def test_bob_cannot_see_alices_batches_or_download_her_files(alice: Party, bob: 
     assert signed_in(alice).get(f"/batches/files/{output.public_id}/").status_code == 200
 
 
+def test_the_page_queries_do_not_grow_with_its_batches(alice: Party) -> None:
+    def queries() -> int:
+        client = signed_in(alice)
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get("/batches/").status_code == 200
+        return len(captured)
+
+    def finished() -> None:
+        make_batch(alice, status=Batch.Status.COMPLETED, total=1, succeeded=1, output_file=make_file(alice, b"x\n"),
+                   error_file=make_file(alice, b"y\n"))
+
+    finished()
+    one = queries()
+    for _ in range(5):
+        finished()
+    assert queries() == one
+
+
 @pytest.mark.parametrize("file_id", ["file-missing", "nope", "file-" + "a" * 200, "file-%00", "file-%C3%A9", "..%2F..%2Fx"])
 def test_bad_file_ids_are_404(alice: Party, file_id: str) -> None:
     assert signed_in(alice).get(f"/batches/files/{file_id}/").status_code == 404
@@ -98,3 +122,20 @@ def test_older_batches_page(alice: Party) -> None:
 def test_signed_out_visitors_go_to_sign_in(db: None) -> None:
     assert Client().get("/batches/").status_code == 302
     assert Client().get("/batches/files/file-abc/").status_code == 302
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_the_page_and_the_queues_admin_report_no_csp_violation(chromium: Any, site: str) -> None:  # noqa: F811
+    alice = make_party("alice")
+    alice.user.set_password(PASSWORD)
+    alice.user.save()
+    User.objects.create_superuser("ops", password=PASSWORD)
+    make_batch(alice, total=10, succeeded=3, failed=1, running=2)
+    make_batch(alice, status=Batch.Status.VALIDATING)
+    owner = Watched(sign_in(chromium, site, "alice"))
+    assert owner.visit(f"{site}/batches/") == []
+    assert owner.page.locator("progress").first.evaluate("p => p.position") == pytest.approx(0.4)
+    operator = Watched(sign_in(chromium, site, "ops"))
+    for path in ("/admin/batches/batch/", "/admin/batches/batch/queues/"):
+        assert operator.visit(f"{site}{path}") == [], path
