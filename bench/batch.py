@@ -7,18 +7,18 @@ worker process (one prefork child; the lines run concurrently on its event loop,
 queue in flight) consumes the three tier queues, highest first.
 
 First a warm-up batch of WARMUP_LINES lines runs to the end (the worker's child imports, connects and fills its
-caches on its first lines). Then interactive plain requests at c=16 run through Tollgate for a phase before the
-measured batch is created, all the time it
-runs, and for a phase after it ends: the requests in flight while the batch ran (created to completed) against
-those of the phases before and after it (which cancel out a drift of the machine). The issue's target is a p50
-rise of at most 15 %; it is reported, not asserted, as for every timing of the bench. Lines/s is measured while
-the interactive load runs, from the first line claimed to the last finished (the lines' rows) and end to end
-(created to completed, polled); CPU ms per line is the worker's process tree (utime+stime, created to completed,
-validation and the output file included). PostgreSQL's and Redis's own CPU are not in it.
+caches on its first lines). Then interactive plain requests at c=16 go through Tollgate for a phase before the
+measured batch is created, all the time it runs, and for a phase after it ends: the requests in flight while the
+batch ran (created to completed) against those of the phases before and after it together (equally long, so a
+steady drift of the machine cancels out). The issue's target is a p50 rise of at most 15 %; it is reported, not asserted, as every timing of
+the bench. Lines/s is measured under that interactive load, from the first line claimed to the last one finished
+(the BatchLine rows' times) and end to end (created to completed, polled); CPU ms per line is the worker's process
+tree (utime+stime from created to completed: validation and the output file included). PostgreSQL's and Redis's
+own CPU are not in it.
 
 Afterwards the run fails unless the batch completed with every line succeeded, the ledger holds exactly one row per
-line with the batch's id (and no other row of the tenant than the two batches'), the output file has every custom id once, and each
-budget's running total equals the ledger's cost with nothing reserved or held. The files are deleted at the end.
+line with the batch's id (and the tenant no rows but its two batches'), the output file has every custom id once,
+and each budget's running total equals the ledger's cost with nothing reserved or held. The files are deleted.
 """
 
 from __future__ import annotations
