@@ -9,6 +9,7 @@ Run from the repository root, with PostgreSQL and Redis up (nothing is fetched f
     .venv/bin/python bench/run.py --large-prompt   # also plain latency while 8 MB prompts go through the gate
     .venv/bin/python bench/run.py --metrics        # also CPU per request with Prometheus metrics on vs off
     .venv/bin/python bench/run.py --workers 2      # also the same load through two uvicorn workers, side by side
+    .venv/bin/python bench/run.py --batch 10000    # also a 10,000-line batch on one Celery worker beside c=16 requests
 
 It starts the mock upstream (bench/mock_upstream.py) and ONE uvicorn worker of Tollgate with production
 settings (DEBUG off, throwaway secrets made per run) and full bookkeeping on PostgreSQL
@@ -35,11 +36,11 @@ request is what the metrics cost; a scrape of the second process must count ever
 With ``--workers N`` a server of N uvicorn workers serves the same keys, and the plain and gated load at each
 concurrency goes to it and to the one-worker server in turn (bench/workers.py); then a key limited to 60 requests
 per minute must get exactly 60 of 180 requests admitted across the N workers.
-With ``--batch N`` a batch of N chat lines runs on one Celery worker process while plain requests at concurrency 16
-go on, against the same requests before and after it; its lines/s, CPU per line, rows and money (bench/batch.py).
 Then plain requests and hits of the response cache (one request sent again and again to ``mock-cached``, a route with
 the cache on) alternate twice at concurrency 16 through the same process: the CPU per request of a hit beside the
 plain path's.
+With ``--batch N`` a batch of N chat lines runs on one Celery worker process while plain requests at concurrency 16
+go on, against the same requests before and after it; its lines/s, CPU per line, rows and money (bench/batch.py).
 It reports Tollgate's resident memory, optionally over a concurrency-16 soak,
 and checks that the ledger holds one ``billing_usagerecord`` row per answered Tollgate request, and that
 each gated budget's running total in Redis equals the gated tenant's ledger cost with nothing left reserved.
