@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.utils import timezone
 from openai import NotFoundError, OpenAI
 
 from batches.models import Batch, File
-from proxy.asgi import UPLOAD_FRAMING_BYTES
+from proxy.asgi import UPLOAD_FRAMING_BYTES, uploads_of
 
 from ..conftest import Party, make_party
-from ..proxy.v1_client import AsgiReply, asgi, assert_asgi_envelope
+from ..proxy.v1_client import AsgiReply, api_handler, asgi, assert_asgi_envelope
 from .conftest import chat_line, store_jsonl
 
 BOUNDARY = "tollgateboundary"
@@ -342,3 +343,20 @@ def test_delete_answers_deleted_when_the_content_cannot_be_removed(alice: Party,
     reply = call(alice, f"/v1/files/{alice_file.public_id}", method="DELETE")
     assert reply.status == 200 and reply.json()["deleted"] is True
     assert not File.objects.exists()
+
+
+@pytest.mark.parametrize("path,on_disk", [("/v1/files", True), ("/v1/chat/completions", False)])
+def test_only_upload_bodies_spool_to_disk(path: str, on_disk: bool) -> None:
+    size = 2 * 1024 * 1024  # past FILE_UPLOAD_MAX_MEMORY_SIZE, within TOLLGATE_MAX_BODY_BYTES
+    messages = [{"type": "http.request", "body": b"x" * 65536, "more_body": True} for _ in range(size // 65536)]
+    messages[-1]["more_body"] = False
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    scope = {"path": path, "headers": []}
+    body = async_to_sync(api_handler().read_api_body)(scope, receive, uploads_of(scope))
+    try:
+        assert body._rolled is on_disk and body.seek(0, 2) == size  # type: ignore[attr-defined]
+    finally:
+        body.close()
