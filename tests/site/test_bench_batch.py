@@ -31,6 +31,8 @@ def test_a_small_batch_runs_beside_interactive_load_with_a_row_per_line(tmp_path
     monkeypatch.setattr(batch, "STALL_SECONDS", 20.0)  # a stuck batch fails the test soon, with the worker's log
     monkeypatch.setattr(batch, "WARMUP_LINES", 5)
     monkeypatch.setattr(run, "run_django", lambda *_: "")  # its one use is `migrate`: pytest-django migrated already
+    monkeypatch.setenv("TOLLGATE_DATA_DIR", str(tmp_path / "data"))  # the servers' files and journals: this test's own
+    monkeypatch.delenv("TOLLGATE_JOURNAL_DIR", raising=False)
     opts = run.parse_args(["--concurrency", "16", "--seconds", "0.3", "--batch", str(LINES),
                            "--database-url", database_url(), "--redis-url", os.environ["REDIS_URL"]])
     children = run.Children(tmp_path)
