@@ -19,7 +19,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 from openai import OpenAI
-from openai.types import CreateEmbeddingResponse
+from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 
 from batches.models import BatchLine
@@ -193,6 +193,44 @@ def test_cancel_stops_new_lines_and_lists_the_unrun_ones_in_the_error_file(
     assert client.batches.cancel(batch.id).status == "cancelled"  # a retried cancel succeeds, changing nothing
 
 
+def test_legacy_completions_batch_completes(url: str, alice: Party, routes: None, worker_log: Path) -> None:
+    client = sdk(url, alice)
+    lines = [{"custom_id": f"c-{i}", "method": "POST", "url": "/v1/completions",
+              "body": {"model": "mock", "prompt": "Say hello", "max_tokens": 5}} for i in range(5)]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint="/v1/completions",
+                                  completion_window="24h")
+    done = wait_for(client, batch.id, {"completed"}, timeout=30, log=worker_log)
+    output = parse_jsonl(client.files.content(done.output_file_id).read())  # type: ignore[arg-type]
+    assert [line["custom_id"] for line in output] == [f"c-{i}" for i in range(5)]
+    assert {Completion.model_validate(line["response"]["body"]).choices[0].text for line in output} == {
+        "Hello from the mock."}
+    assert [r.endpoint for r in assert_one_row_per_line(batch.id, [f"c-{i}" for i in range(5)], output)] == [
+        "completions"] * 5
+
+
+def test_lines_the_upstream_refuses_go_to_the_error_file_with_the_v1_answer(
+    url: str, alice: Party, routes: None, mock_upstream_url: str, worker_log: Path
+) -> None:
+    make_route("refusing", upstream_model="mock-400", base_url=f"{mock_upstream_url}/v1", provider_name="mock")
+    client = sdk(url, alice)
+    custom_ids = [f"bad-{i}" for i in range(4)]
+    batch = client.batches.create(input_file_id=upload(client, [chat_line(c, model="refusing") for c in custom_ids]),
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait_for(client, batch.id, {"completed"}, timeout=30, log=worker_log)
+    counts = done.request_counts
+    assert counts is not None and (counts.total, counts.completed, counts.failed) == (4, 0, 4)
+    assert done.output_file_id is None and done.error_file_id is not None
+    content = client.files.content(done.error_file_id).read()
+    assert mock_upstream.SECRET_BODY_MARKER.encode() not in content and b"127.0.0.1" not in content
+    errors = parse_jsonl(content)
+    assert [line["custom_id"] for line in errors] == custom_ids
+    for line in errors:
+        assert line["error"] is None and line["response"]["status_code"] == 400, line
+        assert set(line["response"]["body"]["error"]) >= {"message", "type", "code"}, line
+    rows = assert_one_row_per_line(batch.id, custom_ids, [])
+    assert {(r.status_code, r.end_reason) for r in rows} == {(400, "upstream_error")}
+
+
 def key_for_other_model(party: Party) -> str:
     return make_key(party.tenant, allowed_models=["slow"])[1]
 
@@ -204,31 +242,45 @@ INVALID = {
     "unknown model": ([chat_line("a", model="no-such-model"), chat_line("b", model="no-such-model")],
                       [("model_not_found", 1), ("model_not_found", 2)]),
     "model the key may not use": ([chat_line("a"), chat_line("b")], [("model_not_found", 1), ("model_not_found", 2)]),
+    "method GET": ([chat_line("a"), {**chat_line("b"), "method": "GET"}], [("invalid_method", 2)]),
+    "no custom_id": ([{k: v for k, v in chat_line("a").items() if k != "custom_id"}],
+                     [("missing_required_parameter", 1)]),
+    "two models": ([chat_line("a"), chat_line("b", model="slow")], [("mismatched_model", 2)]),
+    "stream": ([chat_line("a"), {**chat_line("b"), "body": {**chat_line("b")["body"], "stream": True}}],
+               [("invalid_value", 2)]),
+    "empty messages": ([{**chat_line("a"), "body": {"model": "mock", "messages": []}}], [("invalid_value", 1)]),
 }
 
 
-@pytest.mark.parametrize("case", list(INVALID))
 def test_invalid_input_fails_the_batch_with_openais_errors_and_runs_nothing(
-    url: str, alice: Party, routes: None, worker_log: Path, case: str
+    url: str, alice: Party, routes: None, worker_log: Path
 ) -> None:
-    lines, expected = INVALID[case]
-    secret = key_for_other_model(alice) if case == "model the key may not use" else alice.secret
-    client = sdk(url, secret)
-    data = b"".join(line + b"\n" if isinstance(line, bytes) else jsonl([line]) for line in lines)
+    """Every case at once (one batch each), so the worker validates them together; all mismatches are reported."""
     upstream_before = len(mock_upstream.peers)
-    batch = client.batches.create(input_file_id=upload(client, data), endpoint="/v1/chat/completions",
-                                  completion_window="24h")
-    failed = wait_for(client, batch.id, {"failed"}, timeout=30, log=worker_log)
-    assert failed.failed_at is not None and failed.output_file_id is None and failed.error_file_id is None
-    assert failed.errors is not None and failed.errors.data is not None
-    found = [(e.code, e.line) for e in failed.errors.data]
-    if case.endswith("model") or case.endswith("not use"):
-        assert found[0] == expected[0] and {code for code, _ in found} == {"model_not_found"}, found
-    else:
-        assert found == expected, found
-    assert all(e.message for e in failed.errors.data)
+    other_key = key_for_other_model(alice)
+    batches = {}
+    for case, (lines, _) in INVALID.items():
+        client = sdk(url, other_key if case == "model the key may not use" else alice.secret)
+        data = b"".join(line + b"\n" if isinstance(line, bytes) else jsonl([line]) for line in lines)
+        batches[case] = client.batches.create(input_file_id=upload(client, data), endpoint="/v1/chat/completions",
+                                              completion_window="24h").id
+    client = sdk(url, alice)
+    mismatches = {}
+    for case, batch_id in batches.items():
+        failed = wait_for(client, batch_id, {"failed"}, timeout=30, log=worker_log)
+        assert failed.failed_at is not None and failed.output_file_id is None and failed.error_file_id is None
+        assert failed.errors is not None and failed.errors.data and all(e.message for e in failed.errors.data)
+        found = [(e.code, e.line) for e in failed.errors.data]
+        expected = INVALID[case][1]
+        if case in ("unknown model", "model the key may not use"):  # one error per line, or only the first
+            ok = found[0] == expected[0] and {code for code, _ in found} == {"model_not_found"}
+        else:
+            ok = found == expected
+        if not ok:
+            mismatches[case] = found
+    assert mismatches == {}
     assert not UsageRecord.objects.filter(tenant=alice.tenant).exists()
-    assert not BatchLine.objects.filter(batch__public_id=batch.id).exists()
+    assert not BatchLine.objects.filter(batch__public_id__in=batches.values()).exists()
     assert len(mock_upstream.peers) == upstream_before
 
 
@@ -237,6 +289,7 @@ def test_files_of_a_batch_through_the_sdk_and_bob_sees_none_of_alices(
 ) -> None:
     client, other = sdk(url, alice), sdk(url, bob)
     file_id = upload(client, [chat_line("one"), chat_line("two")], name="two-lines.jsonl")
+    assert client.files.content(file_id).read() == jsonl([chat_line("one"), chat_line("two")])
     batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
     done = wait_for(client, batch.id, {"completed"}, timeout=60, log=worker_log)
     assert done.output_file_id is not None
