@@ -80,7 +80,8 @@ queue = settings.TOLLGATE_QUEUES[Tenant.objects.get(pk=tenant.pk).batch_tier]
 queues = [settings.TOLLGATE_QUEUES[tier] for tier in ("high", "default", "low")]
 with open(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handoff:
     json.dump({"key": secret, "tenant_id": tenant.pk, "budget_ids": [b.pk for b in budgets], "queue": queue,
-               "queues": queues, "in_flight": settings.TOLLGATE_BATCH_CONCURRENCY[queue]}, handoff)
+               "queues": queues, "in_flight": settings.TOLLGATE_BATCH_CONCURRENCY[queue],
+               "per_minute": settings.TOLLGATE_BATCH_RATES.get(queue)}, handoff)
 """
 
 
@@ -102,6 +103,7 @@ class Rig:
     budget_ids: list[int]
     queue: str  # the tenant's tier queue
     in_flight: int  # lines in flight per worker process on that queue
+    per_minute: int | None  # lines started per minute on that queue (None: no pace)
     worker: subprocess.Popen[bytes]
     worker_log: Path
 
@@ -125,7 +127,7 @@ def start(children: Children, env: dict[str, str], tollgate: Server, lines: int)
         time.sleep(0.1)
     root = urlsplit(tollgate.url)
     return Rig(lines, f"{root.scheme}://{root.netloc}", seeded["key"], int(seeded["tenant_id"]), seeded["budget_ids"],
-               seeded["queue"], int(seeded["in_flight"]), worker, children.log_dir / f"{NAME}.log")
+               seeded["queue"], int(seeded["in_flight"]), seeded["per_minute"], worker, children.log_dir / f"{NAME}.log")
 
 
 def api(rig: Rig, method: str, path: str, body: bytes | None = None, content_type: str = "application/json") -> Any:
@@ -303,7 +305,7 @@ def outcome(bench: Bench, rig: Rig, watch: Watch, file_id: str) -> dict[str, Any
             api(rig, "DELETE", f"/v1/files/{used}")
     money = check_money(bench.opts, Seeded(key="", tenant_id=0, gated_key="", gated_tenant_id=rig.tenant_id,
                                            budget_ids=rig.budget_ids))
-    return {"lines": rig.lines, "warmup_lines": WARMUP_LINES, "queue": rig.queue, "in_flight": rig.in_flight, "status": batch["status"],
+    return {"lines": rig.lines, "warmup_lines": WARMUP_LINES, "queue": rig.queue, "in_flight": rig.in_flight, "per_minute": rig.per_minute, "status": batch["status"],
             "request_counts": batch["request_counts"], "error_file": bool(batch.get("error_file_id")),
             "line_seconds": float(span[0]) if span and span[0] is not None else None,
             "end_to_end_seconds": round(watch.ended - watch.started, 3),

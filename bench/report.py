@@ -73,8 +73,9 @@ def batch_lines(results: dict[str, Any]) -> list[str]:
     rise = results["p50_rise_percent"]
     verdict = "" if rise is None else "  OK" if rise <= batch.P50_TARGET_PERCENT else "  ABOVE TARGET"
     counts, money = results["request_counts"], results["money"]
+    pace = f"at most {results['per_minute']} started a minute" if results["per_minute"] else "no pace"
     out = [f"batch: {n} chat lines on one Celery worker process (1 prefork child, {results['in_flight']} lines in flight, "
-           f"queue {results['queue']}), interactive plain requests at c={batch.CONCURRENCY} throughout",
+           f"{pace}, queue {results['queue']}), interactive plain requests at c={batch.CONCURRENCY} throughout",
            f"  {'lines/s':<26}{fmt(rate['run'], 1):>12} from first line claimed to last finished "
            f"({fmt(results['line_seconds'])} s); {fmt(rate['end_to_end'], 1)} created to completed "
            f"({fmt(results['end_to_end_seconds'])} s)",

@@ -62,7 +62,7 @@ def results(**changes: Any) -> dict[str, Any]:
     phase = {"rps": 400.0, "p50_ms": 30.0, "p99_ms": 60.0, "web_cpu_ms_per_request": 1.5, "requests": 4000,
              "errors": 0, "first_error": ""}
     money = {"ledger_micros": 100, "counter_micros": [100, 100], "reserved_micros": 0, "open_holds": 0, "agrees": True}
-    out = {"lines": 10, "queue": "default", "in_flight": 32, "status": "completed", "error_file": False,
+    out = {"lines": 10, "queue": "default", "in_flight": 32, "per_minute": None, "status": "completed", "error_file": False,
            "request_counts": {"total": 10, "completed": 10, "failed": 0}, "line_seconds": 0.5, "end_to_end_seconds": 1.0,
            "rows": 10, "custom_ids": 10, "rows_200": 10, "tenant_rows": 12, "warmup_lines": 2, "warmup_rows": 2, "cost_picos_per_line": [10**7],
            "discount_percent": 50, "output_lines": 10, "output_complete": True, "money": money,
