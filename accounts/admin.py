@@ -146,8 +146,8 @@ class ApiKeyInline(admin.TabularInline):
 class TenantAdmin(admin.ModelAdmin):
     form = TenantForm
     actions = [send_test_alert]
-    list_display = ["name", "slug", "timezone", "is_active", "created_at"]
-    list_filter = ["is_active"]
+    list_display = ["name", "slug", "timezone", "is_active", "batch_tier", "created_at"]
+    list_filter = ["is_active", "batch_tier"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["created_at", "spend_last_30_days", "alert_webhook_secret"]

@@ -116,6 +116,9 @@ def test_the_batch_settings_are_in_the_admin_forms(admin_client: Client, alice: 
     route = ModelRoute.objects.create(name="demo")
     price = Price.objects.create(model="demo", input_per_million=1, output_per_million=2)
     assert 'name="batch_tier"' in admin_client.get(f"/admin/accounts/tenant/{alice.tenant.pk}/change/").content.decode()
+    Tenant.objects.filter(pk=alice.tenant.pk).update(batch_tier="high")
+    assert "Alice" in admin_client.get("/admin/accounts/tenant/?batch_tier__exact=high").content.decode()
+    assert "Alice" not in admin_client.get("/admin/accounts/tenant/?batch_tier__exact=low").content.decode()
     route_page = admin_client.get(f"/admin/proxy/modelroute/{route.pk}/change/").content.decode()
     assert 'name="batch_queue"' in route_page and 'name="batch_discount_percent"' in route_page
     assert 'name="batch_discount_percent"' in admin_client.get(f"/admin/billing/price/{price.pk}/change/").content.decode()
