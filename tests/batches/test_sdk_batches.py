@@ -166,6 +166,8 @@ def test_cancel_stops_new_lines_and_lists_the_unrun_ones_in_the_error_file(
         assert time.monotonic() < deadline, worker_log.read_text(errors="replace")[-3000:]
         time.sleep(0.05)
 
+    with pytest.raises(openai.ConflictError):
+        client.files.delete(batch.input_file_id)  # a running batch still reads its input file
     cancelling = client.batches.cancel(batch.id)
     asked_at = time.monotonic()
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
@@ -302,6 +304,8 @@ def test_files_of_a_batch_through_the_sdk_and_bob_sees_none_of_alices(
     assert [f.id for f in listed.data] == [done.output_file_id, file_id]  # newest first
     assert [f.id for f in client.files.list(purpose="batch").data] == [file_id]
     assert [b.id for b in client.batches.list().data] == [batch.id]
+    assert [f.id for f in client.files.list(limit=1)] == [done.output_file_id, file_id]  # the SDK pages with after
+    assert [f.id for f in client.files.list(order="asc")] == [file_id, done.output_file_id]
 
     assert other.files.list().data == [] and other.batches.list().data == []
     for attempt in (lambda: other.batches.retrieve(batch.id), lambda: other.batches.cancel(batch.id),
@@ -352,3 +356,17 @@ def test_a_budget_refusal_fails_its_line_into_the_error_file_and_the_batch_goes_
     assert {rows[line["custom_id"]].status_code for line in output} == {200}
     spent = sum(r.cost_picos for r in rows.values())
     assert spent == settled(budget).spent_picos <= budget.amount_micros * 10**6
+
+
+def test_bad_create_requests_are_refused_with_the_parameter_named(url: str, alice: Party, routes: None) -> None:
+    client = sdk(url, alice)
+    file_id = upload(client, [chat_line("a")])
+    good = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    for change, param in [({"completion_window": "1h"}, "completion_window"), ({"endpoint": "/v1/responses"}, "endpoint"),
+                          ({"input_file_id": "file-doesnotexist"}, "input_file_id"),
+                          ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+                          ({"metadata": {"k": "v" * 513}}, "metadata")]:
+        with pytest.raises((openai.BadRequestError, openai.NotFoundError)) as refused:
+            client.batches.create(**{**good, **change})  # type: ignore[arg-type]
+        assert refused.value.body["param"].startswith(param), (change, refused.value.body)  # type: ignore[index]
+    assert client.batches.list().data == []
