@@ -3,10 +3,11 @@ transaction (or one statement), run on the worker's database thread."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -49,29 +50,65 @@ def claimed(batch_id: int, first: int, last: int) -> set[int]:
 
 
 def claim(batch_id: int, tenant_id: int, index: int, custom_id: str) -> int | None:
-    """Claim a line before it runs: its row is inserted, unique by batch and custom_id (and index). Returns the row's
-    id, or None when it was claimed already: then it must not run, so no line ever runs twice."""
-    try:
-        with transaction.atomic():
-            return BatchLine.objects.create(batch_id=batch_id, tenant_id=tenant_id, index=index,
-                                            custom_id=custom_id).pk
-    except IntegrityError:
-        return None
+    """Claim one line (see claim_lines). Returns its row's id, or None when it was claimed already."""
+    return claim_lines(batch_id, tenant_id, [(index, custom_id)]).get(index)
+
+
+def claim_lines(batch_id: int, tenant_id: int, lines: list[tuple[int, str]]) -> dict[int, int]:
+    """Claim lines before they run: their rows are inserted, unique by batch and custom_id (and by index), in one
+    statement. Returns {index: row id} of the lines this call claimed; a line missing was claimed already and must not
+    run, so no line ever runs twice. (INSERT ... ON CONFLICT DO NOTHING RETURNING: PostgreSQL, SQLite 3.35+.)"""
+    if not lines:
+        return {}
+    now = timezone.now()
+    fields = [f for f in BatchLine._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    values: list[object] = []
+    for index, custom_id in lines:
+        row = BatchLine(batch_id=batch_id, tenant_id=tenant_id, index=index, custom_id=custom_id, created_at=now)
+        values += [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
+    one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    sql = (f"INSERT INTO {quote(BatchLine._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+           f"VALUES {', '.join([one] * len(lines))} ON CONFLICT DO NOTHING RETURNING {quote('id')}, {quote('index')}")
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        return {index: line_id for line_id, index in cursor.fetchall()}
+
+
+@dataclass(frozen=True)
+class Result:
+    """How a line ended, as its row keeps it."""
+
+    line_id: int
+    succeeded: bool
+    status_code: int | None
+    request_id: str
+    result: str
 
 
 def save_result(line_id: int, batch_id: int, *, succeeded: bool, status_code: int | None, request_id: str,
                 result: str, now: datetime | None = None) -> bool:
-    """Record how a line ended and count it on the batch, in one transaction. False: the line was no longer running
-    (the upkeep job had given it up as its worker's lease ran out), so it is not counted twice."""
-    state = BatchLine.State.SUCCEEDED if succeeded else BatchLine.State.FAILED
+    """Record how one line ended (see save_results)."""
+    return save_results(batch_id, [Result(line_id, succeeded, status_code, request_id, result)], now)[0]
+
+
+def save_results(batch_id: int, results: list[Result], now: datetime | None = None) -> list[bool]:
+    """Record how lines ended and count them on the batch, in one transaction. False for a line no longer running
+    (the upkeep job gave it up as its worker's lease ran out): it is not counted twice."""
+    now = now or timezone.now()
     with transaction.atomic():
-        changed = BatchLine.objects.filter(pk=line_id, state=BatchLine.State.RUNNING).update(
-            state=state, status_code=status_code, request_id=request_id[:32], result=result,
-            finished_at=now or timezone.now())
-        if changed:
-            counter = "completed" if succeeded else "failed"
-            Batch.objects.filter(pk=batch_id).update(**{counter: F(counter) + 1})
-    return bool(changed)
+        # Locked until commit: the upkeep job giving a part up waits, so a line is counted once, here or there.
+        running = set(BatchLine.objects.select_for_update().filter(
+            pk__in=[r.line_id for r in results], state=BatchLine.State.RUNNING).values_list("pk", flat=True))
+        rows = [BatchLine(pk=r.line_id, state=BatchLine.State.SUCCEEDED if r.succeeded else BatchLine.State.FAILED,
+                          status_code=r.status_code, request_id=r.request_id[:32], result=r.result, finished_at=now)
+                for r in results if r.line_id in running]
+        if rows:
+            BatchLine.objects.bulk_update(rows, ["state", "status_code", "request_id", "result", "finished_at"])
+            succeeded = sum(1 for r in results if r.line_id in running and r.succeeded)
+            Batch.objects.filter(pk=batch_id).update(completed=F("completed") + succeeded,
+                                                     failed=F("failed") + len(rows) - succeeded)
+    return [r.line_id in running for r in results]
 
 
 def batch_state(batch_id: int) -> tuple[str, datetime | None]:

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.keys import KeyRejected, caller_by_id
+from billing.batching import GroupCommit
 from proxy import limits, metering, outages, routing, upkeep
 from proxy.auth import rejection
 from proxy.db import db_step
@@ -44,6 +45,7 @@ T = TypeVar("T")
 WATCH_SECONDS = 1.0  # how often a running part reads its batch's status (a cancel is seen within this)
 CALLER_SECONDS = 5.0  # how often it reads its key again (revoked, expired, tenant deactivated)
 READ_LINES = 200  # input lines read per step, in a worker thread
+CLAIM_LINES = 50  # lines claimed in one INSERT at most
 
 
 def worker_name() -> str:
@@ -99,6 +101,7 @@ class PartRun:
         self.reason: str | None = None  # why no new line may start: batch_cancelled, batch_expired, lease_lost
         self.context: LineContext | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.results = ResultWriter(part.batch_id)
 
     def stopped(self) -> str | None:
         return self.reason
@@ -164,49 +167,51 @@ class PartRun:
 
     async def start_lines(self) -> None:
         """Start each unclaimed line of the part, at most the queue's concurrency in flight, until the part ends or
-        the batch stops."""
+        the batch stops. Lines are claimed together when several slots are free at once (one INSERT for them all)."""
         part, batch = self.part, self.batch
         done = await self.retrying(db_step(leases.claimed), batch.pk, part.first_line, part.last_line)
-        if done is None:
+        if done is None or batch.input_file is None or self.reason:
             return
         slots = asyncio.Semaphore(concurrency(batch.queue))
-        if batch.input_file is None or self.reason:
-            return
         reader = requests(batch.input_file, part.first_line)
+        source = unclaimed(reader, part.last_line, done)
+        # A paced queue starts each line as its turn comes: claimed one by one.
+        most = 1 if batch.queue in settings.TOLLGATE_BATCH_RATES else CLAIM_LINES
         try:
-            while chunk := await asyncio.to_thread(lambda: list(itertools.islice(reader, READ_LINES))):
-                for index, raw in chunk:
-                    if index >= part.last_line or self.reason:
-                        return
-                    if index in done:
-                        continue
+            while not self.reason:
+                await slots.acquire()
+                free = 1
+                while free < most and not slots.locked():
                     await slots.acquire()
+                    free += 1
+                group = await take(source, free)
+                paced = []
+                for item in group:
                     await self.retrying(pace.wait_turn, batch.queue, self.stopped)
                     if self.reason:
-                        slots.release()
-                        return
-                    task = await self.start(index, raw)
-                    if task is None:
-                        slots.release()
-                        continue
-                    task.add_done_callback(lambda _: slots.release())
+                        break
+                    paced.append(item)
+                started = await self.start(paced, slots) if paced else 0
+                for _ in range(free - started):
+                    slots.release()
+                if len(group) < free:
+                    return  # the part's lines are all started
         finally:
             await asyncio.to_thread(reader.close)
 
-    async def start(self, index: int, raw: bytes) -> asyncio.Task[None] | None:
-        """Claim the line and start it. None: it was claimed already (it must not run again)."""
-        try:
-            line = json.loads(raw)
-            custom_id, body = str(line["custom_id"]), line.get("body")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            custom_id, body = f"line-{index + 1}", None  # validation lets no such line through; fail it, never skip
-        line_id = await self.retrying(db_step(leases.claim), self.batch.pk, self.batch.tenant_id, index, custom_id)
-        if line_id is None:
-            return None  # claimed by someone else, or the batch stopped while the database was away
-        task = asyncio.ensure_future(self.execute(line_id, custom_id, body if isinstance(body, dict) else {}, len(raw)))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+    async def start(self, group: list[Line], slots: asyncio.Semaphore) -> int:
+        """Claim the lines and start those this worker claimed (each frees its slot when done). Returns how many
+        started; the others were claimed already (they must not run again) or the batch stopped meanwhile."""
+        claim = db_step(leases.claim_lines)
+        claimed = await self.retrying(claim, self.batch.pk, self.batch.tenant_id, [(i, c) for i, c, _, _ in group])
+        for index, custom_id, body, size in group:
+            if claimed is None or index not in claimed:
+                continue
+            task = asyncio.ensure_future(self.execute(claimed[index], custom_id, body, size))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            task.add_done_callback(lambda _: slots.release())
+        return len(claimed or ())
 
     async def execute(self, line_id: int, custom_id: str, body: dict[str, object], size: int) -> None:
         assert self.context is not None
@@ -217,8 +222,7 @@ class PartRun:
         else:
             result, succeeded = output_line(custom_id, outcome), outcome.status == 200
             status, request_id = outcome.status, outcome.request_id
-        save = functools.partial(db_step(leases.save_result), line_id, self.batch.pk, succeeded=succeeded,
-                                 status_code=status, request_id=request_id, result=result)
+        save = functools.partial(self.results.submit, leases.Result(line_id, succeeded, status, request_id, result))
         # Kept trying through a database outage, unless the lease is lost meanwhile (the line is then given up as
         # lost with its worker; its ledger row is written either way).
         if await self.retrying(save, until=lambda: self.reason == "lease_lost") is None:
@@ -247,6 +251,49 @@ def concurrency(queue: str) -> int:
     tier's."""
     per_queue = settings.TOLLGATE_BATCH_CONCURRENCY
     return per_queue.get(queue) or per_queue.get(settings.TOLLGATE_QUEUES["default"]) or 1
+
+
+Line = tuple[int, str, dict[str, Any], int]  # index, custom_id, body, size of the line in bytes
+
+
+def parse_line(index: int, raw: bytes) -> Line:
+    try:
+        line = json.loads(raw)
+        custom_id, body = str(line["custom_id"]), line.get("body")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        custom_id, body = f"line-{index + 1}", None  # validation lets no such line through; fail it, never skip
+    return index, custom_id, body if isinstance(body, dict) else {}, len(raw)
+
+
+async def unclaimed(reader: Iterator[tuple[int, bytes]], last: int, done: set[int]) -> AsyncIterator[Line]:
+    """The part's lines not claimed when it started, read from storage in a worker thread, a few hundred at a time."""
+    while chunk := await asyncio.to_thread(lambda: list(itertools.islice(reader, READ_LINES))):
+        for index, raw in chunk:
+            if index >= last:
+                return
+            if index not in done:
+                yield parse_line(index, raw)
+
+
+async def take(source: AsyncIterator[Line], count: int) -> list[Line]:
+    group: list[Line] = []
+    while len(group) < count:
+        try:
+            group.append(await anext(source))
+        except StopAsyncIteration:
+            break
+    return group
+
+
+class ResultWriter(GroupCommit[leases.Result]):
+    """Saves lines' results together: those that end while a save runs go in the next one (one transaction)."""
+
+    def __init__(self, batch_id: int) -> None:
+        super().__init__()
+        self.batch_id = batch_id
+
+    async def flush(self, items: list[leases.Result]) -> list[Any]:
+        return await db_step(leases.save_results)(self.batch_id, items)
 
 
 def start_upkeep() -> bool:
