@@ -95,20 +95,30 @@ def save_result(line_id: int, batch_id: int, *, succeeded: bool, status_code: in
 def save_results(batch_id: int, results: list[Result], now: datetime | None = None) -> list[bool]:
     """Record how lines ended and count them on the batch, in one transaction. False for a line no longer running
     (the upkeep job gave it up as its worker's lease ran out): it is not counted twice."""
-    now = now or timezone.now()
+    quote = connection.ops.quote_name
+    table = quote(BatchLine._meta.db_table)
+    # One UPDATE ... FROM (VALUES ...) for every line, only where still running (PostgreSQL, SQLite 3.33+): Django's
+    # bulk_update builds a CASE per column and row, and compiling it cost more than the lines' own work.
+    one = "(%s, %s, %s, %s, %s)"
+    sql = (f"UPDATE {table} SET {quote('state')} = v.column2, {quote('status_code')} = CAST(v.column3 AS integer), "
+           f"{quote('request_id')} = v.column4, {quote('result')} = v.column5, {quote('finished_at')} = %s "
+           f"FROM (VALUES {', '.join([one] * len(results))}) AS v WHERE {table}.{quote('id')} = v.column1 "
+           f"AND {table}.{quote('state')} = %s RETURNING {table}.{quote('id')}")
+    finished = BatchLine._meta.get_field("finished_at").get_db_prep_save(now or timezone.now(), connection)
+    values: list[object] = [finished]
+    for r in results:
+        state = BatchLine.State.SUCCEEDED if r.succeeded else BatchLine.State.FAILED
+        values += [r.line_id, str(state), r.status_code, r.request_id[:32], r.result]
+    values.append(str(BatchLine.State.RUNNING))
     with transaction.atomic():
-        # Locked until commit: the upkeep job giving a part up waits, so a line is counted once, here or there.
-        running = set(BatchLine.objects.select_for_update().filter(
-            pk__in=[r.line_id for r in results], state=BatchLine.State.RUNNING).values_list("pk", flat=True))
-        rows = [BatchLine(pk=r.line_id, state=BatchLine.State.SUCCEEDED if r.succeeded else BatchLine.State.FAILED,
-                          status_code=r.status_code, request_id=r.request_id[:32], result=r.result, finished_at=now)
-                for r in results if r.line_id in running]
-        if rows:
-            BatchLine.objects.bulk_update(rows, ["state", "status_code", "request_id", "result", "finished_at"])
-            succeeded = sum(1 for r in results if r.line_id in running and r.succeeded)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+            changed = {line_id for (line_id,) in cursor.fetchall()}
+        if changed:
+            succeeded = sum(1 for r in results if r.line_id in changed and r.succeeded)
             Batch.objects.filter(pk=batch_id).update(completed=F("completed") + succeeded,
-                                                     failed=F("failed") + len(rows) - succeeded)
-    return [r.line_id in running for r in results]
+                                                     failed=F("failed") + len(changed) - succeeded)
+    return [r.line_id in changed for r in results]
 
 
 def batch_state(batch_id: int) -> tuple[str, datetime | None]:
