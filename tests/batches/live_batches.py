@@ -59,13 +59,20 @@ def upload(client: OpenAI, lines: list[dict[str, Any]] | bytes, name: str = "inp
 
 
 def wait_for(client: OpenAI, batch_id: str, statuses: set[str], *, timeout: float, log: Path | None = None) -> Batch:
-    """Poll the batch until its status is one of ``statuses``; fails with the worker's log tail after ``timeout``."""
+    """Poll the batch until its status is one of ``statuses``; fails with the worker's log tail after ``timeout``.
+
+    On the way, its request counts never go down and never pass the total."""
     deadline = time.monotonic() + timeout
-    seen = []
+    seen: list[str] = []
+    done = (0, 0)
     while True:
         batch = client.batches.retrieve(batch_id)
         if not seen or seen[-1] != batch.status:
             seen.append(batch.status)
+        if (counts := batch.request_counts) is not None:
+            assert counts.completed >= done[0] and counts.failed >= done[1], (done, counts)
+            assert counts.completed + counts.failed <= counts.total, counts
+            done = (counts.completed, counts.failed)
         if batch.status in statuses:
             return batch
         if time.monotonic() > deadline or batch.status in TERMINAL:
