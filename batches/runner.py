@@ -22,12 +22,14 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync
+from celery import signals
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.keys import KeyRejected, caller_by_id
+from billing import journal
 from billing.batching import GroupCommit
 from proxy import limits, metering, outages, routing, upkeep
 from proxy.auth import rejection
@@ -316,6 +318,16 @@ async def wind_down(started_upkeep: bool) -> None:
     session = http._sessions.pop(asyncio.get_running_loop(), None)
     if session is not None:
         await session.close()
+
+
+def close_journal(**_: Any) -> None:
+    """A pool process that ends (warm shutdown, max tasks per child) closes its ledger journal: a file whose requests
+    are all done is deleted, one with requests still open is left for another process's recovery."""
+    journal.close_journal()
+
+
+# Sent in the pool process itself as it exits; connected when it first runs a part (the module is imported then).
+signals.worker_process_shutdown.connect(close_journal, weak=False, dispatch_uid="tollgate-batch-journal")
 
 
 def tend(now: datetime | None = None) -> None:
