@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from . import storage
 from .lines import unrun_line
+from .reading import requests
 from .models import Batch, BatchLine, BatchPart, File
 
 logger = logging.getLogger(__name__)
@@ -138,8 +139,6 @@ def unclaimed_lines(batch: Batch, claimed: set[int]) -> Iterator[tuple[int, str]
     """(index, custom_id) of each input line nobody claimed."""
     if len(claimed) >= batch.total or batch.input_file is None:
         return
-    from .runner import requests
-
     for index, raw in requests(batch.input_file, 0):
         if index >= batch.total:
             return

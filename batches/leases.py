@@ -3,6 +3,7 @@ transaction (or one statement), run on the worker's database thread."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -11,7 +12,10 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from .lines import unrun_line
 from .models import Batch, BatchLine, BatchPart
+
+logger = logging.getLogger(__name__)
 
 STOPPING = (Batch.Status.CANCELLING, Batch.Status.CANCELLED)
 
@@ -136,3 +140,24 @@ def stop_reason(status: str, expires_at: datetime | None, now: datetime) -> str 
     if status != Batch.Status.IN_PROGRESS:
         return "batch_cancelled"  # failed or finished meanwhile: nothing more runs
     return None
+
+
+def release_part(part: BatchPart, now: datetime) -> bool:
+    """Take back a dead worker's part: its lines still running are failed (batch_worker_lost; their ledger rows come
+    from the dead process's journal) and the part is pending again. False: someone else did it first."""
+    with transaction.atomic():
+        taken = BatchPart.objects.filter(pk=part.pk, state=BatchPart.State.RUNNING, lease_expires_at__lt=now).update(
+            state=BatchPart.State.PENDING, worker="", lease_expires_at=None)
+        if not taken:
+            return False
+        lost = BatchLine.objects.filter(batch_id=part.batch_id, state=BatchLine.State.RUNNING,
+                                        index__gte=part.first_line, index__lt=part.last_line)
+        count = 0
+        for line in lost:
+            count += BatchLine.objects.filter(pk=line.pk, state=BatchLine.State.RUNNING).update(
+                state=BatchLine.State.FAILED, result=unrun_line(line.custom_id, "batch_worker_lost"), finished_at=now)
+        if count:
+            Batch.objects.filter(pk=part.batch_id).update(failed=F("failed") + count)
+    logger.warning("batch %s part %s: worker %s lost its lease; %d lines given up, the rest goes to another worker",
+                   part.batch.public_id, part.number, part.worker, count)
+    return True

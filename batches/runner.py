@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
-import json
 import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync
 from celery import signals
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.keys import KeyRejected, caller_by_id
@@ -37,34 +34,21 @@ from proxy.db import db_step
 from proxy.models import ModelRoute
 from proxy.providers import http
 
-from . import finalize, leases, pace, storage
+from . import finalize, leases, pace
 from .lines import ENDPOINTS, LineContext, batch_caller, output_line, run_line, unrun_line
-from .models import Batch, BatchLine, BatchPart, File
+from .models import Batch, BatchPart
+from .reading import Line, requests, take, unclaimed
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WATCH_SECONDS = 1.0  # how often a running part reads its batch's status (a cancel is seen within this)
 CALLER_SECONDS = 5.0  # how often it reads its key again (revoked, expired, tenant deactivated)
-READ_LINES = 200  # input lines read per step, in a worker thread
 CLAIM_LINES = 50  # lines claimed in one INSERT at most
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def requests(row: File, start: int) -> Iterator[tuple[int, bytes]]:
-    """(index, line) of the input file's requests from ``start`` on; blank lines are not requests and have no index."""
-    with storage.open_content(row) as f:
-        index = 0
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            if index >= start:
-                yield index, line
-            index += 1
 
 
 def send_parts(batch: Batch) -> None:
@@ -255,38 +239,6 @@ def concurrency(queue: str) -> int:
     return per_queue.get(queue) or per_queue.get(settings.TOLLGATE_QUEUES["default"]) or 1
 
 
-Line = tuple[int, str, dict[str, Any], int]  # index, custom_id, body, size of the line in bytes
-
-
-def parse_line(index: int, raw: bytes) -> Line:
-    try:
-        line = json.loads(raw)
-        custom_id, body = str(line["custom_id"]), line.get("body")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        custom_id, body = f"line-{index + 1}", None  # validation lets no such line through; fail it, never skip
-    return index, custom_id, body if isinstance(body, dict) else {}, len(raw)
-
-
-async def unclaimed(reader: Iterator[tuple[int, bytes]], last: int, done: set[int]) -> AsyncIterator[Line]:
-    """The part's lines not claimed when it started, read from storage in a worker thread, a few hundred at a time."""
-    while chunk := await asyncio.to_thread(lambda: list(itertools.islice(reader, READ_LINES))):
-        for index, raw in chunk:
-            if index >= last:
-                return
-            if index not in done:
-                yield parse_line(index, raw)
-
-
-async def take(source: AsyncIterator[Line], count: int) -> list[Line]:
-    group: list[Line] = []
-    while len(group) < count:
-        try:
-            group.append(await anext(source))
-        except StopAsyncIteration:
-            break
-    return group
-
-
 class ResultWriter(GroupCommit[leases.Result]):
     """Saves lines' results together: those that end while a save runs go in the next one (one transaction)."""
 
@@ -334,7 +286,7 @@ def tend(now: datetime | None = None) -> None:
     """Beat job: give the parts of dead workers to others, re-send parts nobody took, finalize what is ready."""
     now = now or timezone.now()
     for part in BatchPart.objects.filter(state=BatchPart.State.RUNNING, lease_expires_at__lt=now).select_related("batch"):
-        if release_part(part, now):
+        if leases.release_part(part, now):
             send_if_running(part.pk, part.batch)
     stale = now - timedelta(seconds=settings.TOLLGATE_BATCH_LEASE_SECONDS)
     unsent = Q(sent_at__isnull=True) | Q(sent_at__lt=stale)
@@ -346,27 +298,6 @@ def tend(now: datetime | None = None) -> None:
             finalize.maybe_finalize(batch_id, now)
         except Exception:
             logger.exception("batch %s could not be finalized; the next run tries again", batch_id)
-
-
-def release_part(part: BatchPart, now: datetime) -> bool:
-    """Take back a dead worker's part: its lines still running are failed (batch_worker_lost; their ledger rows come
-    from the dead process's journal) and the part is pending again. False: someone else did it first."""
-    with transaction.atomic():
-        taken = BatchPart.objects.filter(pk=part.pk, state=BatchPart.State.RUNNING, lease_expires_at__lt=now).update(
-            state=BatchPart.State.PENDING, worker="", lease_expires_at=None)
-        if not taken:
-            return False
-        lost = BatchLine.objects.filter(batch_id=part.batch_id, state=BatchLine.State.RUNNING,
-                                        index__gte=part.first_line, index__lt=part.last_line)
-        count = 0
-        for line in lost:
-            count += BatchLine.objects.filter(pk=line.pk, state=BatchLine.State.RUNNING).update(
-                state=BatchLine.State.FAILED, result=unrun_line(line.custom_id, "batch_worker_lost"), finished_at=now)
-        if count:
-            Batch.objects.filter(pk=part.batch_id).update(failed=F("failed") + count)
-    logger.warning("batch %s part %s: worker %s lost its lease; %d lines given up, the rest goes to another worker",
-                   part.batch.public_id, part.number, part.worker, count)
-    return True
 
 
 def send_if_running(part_id: int, batch: Batch) -> None:
