@@ -281,6 +281,8 @@ def test_invalid_input_fails_the_batch_with_openais_errors_and_runs_nothing(
         if not ok:
             mismatches[case] = found
     assert mismatches == {}
+    # Any key of the tenant lists its batches, newest first; the SDK pages through them with `after`.
+    assert [b.id for b in client.batches.list(limit=3)] == list(reversed(batches.values()))
     assert not UsageRecord.objects.filter(tenant=alice.tenant).exists()
     assert not BatchLine.objects.filter(batch__public_id__in=batches.values()).exists()
     assert len(mock_upstream.peers) == upstream_before
