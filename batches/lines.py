@@ -22,7 +22,7 @@ from django.conf import settings
 from accounts.keys import Caller, Limits
 from gateway_site import logs
 from proxy import observe, outages, routing
-from proxy.errors import GatewayError, RateLimited, ServerError
+from proxy.errors import GatewayError, RateLimited, ServerError, ServiceUnavailable
 from proxy.limits import check_limits
 from proxy.metering import Meter
 from proxy.parsing import parse_data
@@ -33,6 +33,7 @@ from .models import public_id
 
 logger = logging.getLogger(__name__)
 
+OUTAGE_SECONDS = 30  # how long a line waits at the gate for Redis or the database to come back
 ENDPOINTS = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS, "/v1/embeddings": EMBEDDINGS}
 UNRUN = {
     "batch_cancelled": "The batch was cancelled before this request ran.",
@@ -119,17 +120,23 @@ async def run_line(context: LineContext, custom_id: str, data: JSONDict, size: i
 
 
 async def admit(meter: Meter, targets: list[Any], context: LineContext, stopped: Callable[[], str | None]) -> bool:
-    """Pass the gate. A rate limit refusal waits and asks again (it leaves no row); False if the batch stopped
-    meanwhile. Raises the gate's other refusals (a budget's, a request too large for the limits)."""
+    """Pass the gate. A rate limit refusal waits and asks again (it leaves no row), and so does an outage of Redis or
+    the database for up to OUTAGE_SECONDS (no client is waiting); False if the batch stopped meanwhile. Raises the
+    gate's other refusals (a budget's, a request too large for the limits) and a longer outage's 503."""
+    outage_until = time.monotonic() + OUTAGE_SECONDS
     while True:
         meter.gate = {} if context.discount is None else {"batch_discount_percent": str(context.discount)}
         meter.gate_started = time.perf_counter()
         try:
             await check_limits(meter, targets)
-        except RateLimited as e:
-            # Nothing was taken for a refused request; the next attempt is a new request for the gate and its holds.
+        except (RateLimited, ServiceUnavailable) as e:
+            if isinstance(e, ServiceUnavailable) and time.monotonic() > outage_until:
+                raise
+            # Nothing is kept for a refused request (what a failed call may have taken is given back under its id):
+            # the next attempt is a new request for the gate and its holds.
             meter.request_id, meter.plan, meter.verdict = uuid.uuid4().hex, None, None
-            for _ in range(max(int(e.retry_after), 1) * 4):
+            wait = e.retry_after if isinstance(e, RateLimited) else 1
+            for _ in range(max(int(wait), 1) * 4):
                 if stopped() is not None:
                     return False
                 await asyncio.sleep(0.25)

@@ -123,3 +123,33 @@ def test_a_routes_discount_noted_in_the_gate_prices_a_recovered_row_alike(alice:
     row = UsageRecord.objects.get(batch_id="batch_r")
     assert row.cost_picos == discounted(row.price.cost_picos(prompt_tokens=row.prompt_tokens,
                                                              completion_tokens=row.completion_tokens), Decimal("10"))
+
+
+def test_an_outage_at_the_gate_waits_and_asks_again_then_gives_its_503(alice: Party,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.errors import ServiceUnavailable
+
+    ensure_demo_route()
+    real, calls = lines.check_limits, []
+
+    async def down_once(meter: Any, targets: Any) -> None:
+        calls.append(meter.request_id)
+        if len(calls) == 1:
+            raise ServiceUnavailable("Redis is down")
+        await real(meter, targets)
+
+    monkeypatch.setattr(lines, "check_limits", down_once)
+    context = lines.LineContext("batch_o", "chat", caller_by_id(alice.key.pk))
+    body = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+    outcome = async_to_sync(lines.run_line)(context, "a", body)
+    assert outcome is not None and outcome.status == 200 and len(set(calls)) == 2  # a new request id for the retry
+    assert list(UsageRecord.objects.filter(batch_id="batch_o").values_list("status_code", flat=True)) == [200]
+
+    async def down(meter: Any, targets: Any) -> None:
+        raise ServiceUnavailable("Redis is down")
+
+    monkeypatch.setattr(lines, "OUTAGE_SECONDS", 0)  # an outage longer than a line waits for
+    monkeypatch.setattr(lines, "check_limits", down)
+    outcome = async_to_sync(lines.run_line)(context, "b", body)
+    assert outcome is not None and outcome.status == 503
+    assert outcome.body["error"]["code"] == "service_unavailable"
