@@ -394,3 +394,22 @@ def test_a_worker_running_a_part_recovers_a_dead_processs_journal(mock: Party, s
     runner.send_parts(running_batch(mock, [line("a")]))
     row = UsageRecord.objects.get(batch_id="batch_of_the_dead")
     assert (row.custom_id, row.end_reason) == ("lost-1", "gateway_lost") and not dead.exists()
+
+
+@pytest.mark.needs_redis
+def test_the_queue_pace_is_counted_in_redis_for_every_worker(settings: Any) -> None:
+    import random
+
+    import redis
+    from asgiref.sync import async_to_sync
+
+    window = random.randrange(10**9, 2 * 10**9)  # a window of its own: nothing else counts in it
+
+    async def three() -> list[int]:
+        return [await pace.count("default", window) for _ in range(3)]
+
+    assert async_to_sync(three)() == [1, 2, 3]
+    client = redis.Redis.from_url(settings.TOLLGATE_MONEY_REDIS_URL)
+    key = pace.window_key("default", window)
+    assert int(client.get(key)) == 3 and 0 < client.ttl(key) <= 2 * pace.WINDOW
+    client.delete(key)
