@@ -413,3 +413,16 @@ def test_the_queue_pace_is_counted_in_redis_for_every_worker(settings: Any) -> N
     key = pace.window_key("default", window)
     assert int(client.get(key)) == 3 and 0 < client.ttl(key) <= 2 * pace.WINDOW
     client.delete(key)
+
+
+def test_batch_lines_count_on_the_same_rate_counters_as_interactive_requests(mock: Party, client: Any) -> None:
+    ApiKey.objects.filter(pk=mock.key.pk).update(requests_per_minute=10)  # a batch may start 5 a minute
+    if time.time() % 60 > 50:  # all in one minute's window
+        time.sleep(61 - time.time() % 60)
+    batch = running_batch(mock, [line(f"r{i}") for i in range(3)])
+    runner.send_parts(batch)
+    answer = client.post("/v1/chat/completions", line("direct")["body"], content_type="application/json",
+                         headers=mock.auth)
+    assert answer.status_code == 200
+    assert answer.headers["x-ratelimit-limit-requests"] == "10"
+    assert answer.headers["x-ratelimit-remaining-requests"] == "6"  # the batch's 3 lines and this request
