@@ -426,3 +426,16 @@ def test_batch_lines_count_on_the_same_rate_counters_as_interactive_requests(moc
     assert answer.status_code == 200
     assert answer.headers["x-ratelimit-limit-requests"] == "10"
     assert answer.headers["x-ratelimit-remaining-requests"] == "6"  # the batch's 3 lines and this request
+
+
+def test_the_tend_job_is_scheduled_every_ten_seconds(db: None) -> None:
+    import importlib
+
+    from django.apps import apps
+    from django_celery_beat.models import PeriodicTask
+
+    migration = importlib.import_module("batches.migrations.0002_tend_schedule")
+    migration.create_schedule(apps, None)  # a transactional test may have emptied the tables; it is idempotent
+    migration.create_schedule(apps, None)
+    (task,) = PeriodicTask.objects.filter(task="batches.tend_batches")
+    assert (task.name, task.interval.every, task.interval.period, task.enabled) == ("Tend batches", 10, "seconds", True)
