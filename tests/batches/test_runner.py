@@ -439,3 +439,19 @@ def test_the_tend_job_is_scheduled_every_ten_seconds(db: None) -> None:
     migration.create_schedule(apps, None)
     (task,) = PeriodicTask.objects.filter(task="batches.tend_batches")
     assert (task.name, task.interval.every, task.interval.period, task.enabled) == ("Tend batches", 10, "seconds", True)
+
+
+@pytest.mark.parametrize(("url", "body", "kind"), [
+    ("/v1/embeddings", {"model": "mock", "input": "some text"}, "list"),
+    ("/v1/completions", {"model": "mock", "prompt": "Say hello", "max_tokens": 5}, "text_completion"),
+])
+def test_embeddings_and_completions_lines_run_on_their_endpoints(mock: Party, url: str, body: dict[str, Any],
+                                                                 kind: str) -> None:
+    batch = running_batch(mock, [{"custom_id": "e1", "method": "POST", "url": url, "body": body}])
+    runner.send_parts(batch)
+    batch.refresh_from_db()
+    assert (batch.status, batch.completed) == (Batch.Status.COMPLETED, 1)
+    (answer,) = read_file(batch.output_file)
+    assert answer["response"]["body"]["object"] == kind
+    (row,) = rows_of(batch)
+    assert row.endpoint == url.removeprefix("/v1/") and row.custom_id == "e1"
