@@ -98,6 +98,10 @@ class Batch(models.Model):
     expired_at = models.DateTimeField(null=True, blank=True)
     cancelling_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    validation_sent_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the upkeep job last sent its validation again (empty: sent once, "
+        "when it was created).")
+    validation_resends = models.PositiveIntegerField(default=0, help_text="How many times its validation was sent again.")
 
     class Meta:
         verbose_name_plural = "batches"
@@ -130,6 +134,9 @@ class BatchPart(models.Model):
     worker = models.CharField(max_length=200, blank=True, help_text="Who holds the lease.")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True, help_text="When its task was last sent to the queue.")
+    resends = models.PositiveIntegerField(default=0, help_text="How many times its task was sent again since it was "
+                                          "last sent for a worker to take (each wait is longer when the queue's "
+                                          "length cannot be read).")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["batch", "number"], name="batch_part_unique")]

@@ -16,13 +16,12 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync
 from celery import signals
 from django.conf import settings
-from django.db.models import Q
 from django.utils import timezone
 
 from accounts.keys import KeyRejected, caller_by_id
@@ -34,7 +33,7 @@ from proxy.db import db_step
 from proxy.models import ModelRoute
 from proxy.providers import http
 
-from . import finalize, leases, pace
+from . import finalize, leases, pace, resending
 from .lines import ENDPOINTS, LineContext, batch_caller, output_line, run_line, unrun_line
 from .models import Batch, BatchPart
 from .reading import Line, requests, take, unclaimed
@@ -58,9 +57,14 @@ def send_parts(batch: Batch) -> None:
 
 
 def send_part(part_id: int, queue: str) -> None:
+    """Send the part's task for a worker to take (its first send, or after its worker was lost)."""
+    BatchPart.objects.filter(pk=part_id).update(sent_at=timezone.now(), resends=0)
+    publish_part(part_id, queue)
+
+
+def publish_part(part_id: int, queue: str) -> None:
     from .tasks import run_batch_part
 
-    BatchPart.objects.filter(pk=part_id).update(sent_at=timezone.now())
     run_batch_part.apply_async(args=[part_id], queue=queue)
 
 
@@ -283,16 +287,13 @@ signals.worker_process_shutdown.connect(close_journal, weak=False, dispatch_uid=
 
 
 def tend(now: datetime | None = None) -> None:
-    """Beat job: give the parts of dead workers to others, re-send parts nobody took, finalize what is ready."""
+    """Beat job: give the parts of dead workers to others, send again the tasks whose messages may be lost (parts
+    nobody took, validations that never ended), finalize what is ready."""
     now = now or timezone.now()
     for part in BatchPart.objects.filter(state=BatchPart.State.RUNNING, lease_expires_at__lt=now).select_related("batch"):
         if leases.release_part(part, now):
             send_if_running(part.pk, part.batch)
-    stale = now - timedelta(seconds=settings.TOLLGATE_BATCH_LEASE_SECONDS)
-    unsent = Q(sent_at__isnull=True) | Q(sent_at__lt=stale)
-    for part in BatchPart.objects.filter(unsent, state=BatchPart.State.PENDING,
-                                         batch__status=Batch.Status.IN_PROGRESS).select_related("batch"):
-        send_if_running(part.pk, part.batch)
+    resending.resend_lost(now, publish_part)
     for batch_id in finalize.unfinished(now):
         try:
             finalize.maybe_finalize(batch_id, now)

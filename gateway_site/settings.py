@@ -182,6 +182,9 @@ if TOLLGATE_BATCH_RATE_SHARE > 100:
 TOLLGATE_BATCH_PART_LINES = env_int("TOLLGATE_BATCH_PART_LINES", 1000, minimum=1)
 # A worker renews the lease of the part it runs; a part whose lease ran out this long ago goes to another worker.
 TOLLGATE_BATCH_LEASE_SECONDS = env_int("TOLLGATE_BATCH_LEASE_SECONDS", 30, minimum=5)
+# A batch still validating this long after its validation was sent has its validation sent again (the message or
+# the task may have been lost); a validation raced by its copy still splits the batch once.
+TOLLGATE_BATCH_VALIDATION_RESEND_SECONDS = env_int("TOLLGATE_BATCH_VALIDATION_RESEND_SECONDS", 300, minimum=10)
 TOLLGATE_BATCH_MAX_LINES = env_int("TOLLGATE_BATCH_MAX_LINES", 50_000, minimum=1)
 # Uploads to /v1/files: the largest accepted file, streamed to storage (never held in memory).
 TOLLGATE_FILE_MAX_BYTES = env_int("TOLLGATE_FILE_MAX_BYTES", 200 * 1024 * 1024, minimum=1024)
