@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from . import storage
+from . import expiry, storage
 from .lines import unrun_line
 from .reading import requests
 from .models import Batch, BatchLine, BatchPart, File
@@ -101,6 +101,8 @@ def finish(batch: Batch, claimed_at: datetime) -> None:
         for row in (output, error):
             if row is not None:
                 storage.delete(row)
+    elif (expires_at := expiry.output_expiry(now)) is not None:
+        File.objects.filter(pk__in=[row.pk for row in (output, error) if row is not None]).update(expires_at=expires_at)
 
 
 def results(batch: Batch, state: str) -> Iterator[bytes]:

@@ -27,3 +27,11 @@ def tend_batches() -> None:
     from . import runner
 
     runner.tend()
+
+
+@shared_task(name="batches.delete_expired_files")
+def delete_expired_files() -> None:
+    """Beat job (hourly): delete expired files' content and rows, except the inputs of unfinished batches."""
+    from . import expiry
+
+    expiry.delete_expired_files()

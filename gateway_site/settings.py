@@ -188,6 +188,9 @@ TOLLGATE_BATCH_VALIDATION_RESEND_SECONDS = env_int("TOLLGATE_BATCH_VALIDATION_RE
 TOLLGATE_BATCH_MAX_LINES = env_int("TOLLGATE_BATCH_MAX_LINES", 50_000, minimum=1)
 # Uploads to /v1/files: the largest accepted file, streamed to storage (never held in memory).
 TOLLGATE_FILE_MAX_BYTES = env_int("TOLLGATE_FILE_MAX_BYTES", 200 * 1024 * 1024, minimum=1024)
+# Days a batch's output and error files are kept after it ends (0: until their tenant deletes them). Expired files,
+# these and uploads with expires_after, are deleted by the hourly "Delete expired files" job.
+TOLLGATE_BATCH_OUTPUT_EXPIRY_DAYS = env_int("TOLLGATE_BATCH_OUTPUT_EXPIRY_DAYS", 0, minimum=0)
 # Where file contents live: a Django storage class and its options as JSON (e.g. django-storages' S3 backend);
 # the embedded default keeps them under the data folder.
 TOLLGATE_FILES_STORAGE = os.environ.get("TOLLGATE_FILES_STORAGE", "").strip() or "django.core.files.storage.FileSystemStorage"

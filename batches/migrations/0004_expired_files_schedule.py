@@ -1,0 +1,26 @@
+"""The expired files job's beat schedule, created once: operators change or disable it in the admin (Periodic tasks)."""
+
+from django.db import migrations
+
+NAME, TASK, EVERY = "Delete expired files", "batches.delete_expired_files", 1
+
+
+def create_schedule(apps, schema_editor):
+    IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
+    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
+    interval, _ = IntervalSchedule.objects.get_or_create(every=EVERY, period="hours")
+    PeriodicTask.objects.get_or_create(name=NAME, defaults={"task": TASK, "interval": interval})
+
+
+def remove_schedule(apps, schema_editor):
+    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
+    PeriodicTask.objects.filter(name=NAME).delete()
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("batches", "0003_resends"),
+        ("django_celery_beat", "0019_alter_periodictasks_options"),
+    ]
+
+    operations = [migrations.RunPython(create_schedule, remove_schedule)]
