@@ -47,6 +47,17 @@ def finish_part(part_id: int, worker: str) -> bool:
                 .update(state=BatchPart.State.DONE, lease_expires_at=None))
 
 
+def give_back(part_id: int, worker: str) -> bool:
+    """Hand the part back, pending, for another worker to take now (this one shuts down). False: not ours anymore."""
+    return bool(BatchPart.objects.filter(pk=part_id, worker=worker, state=BatchPart.State.RUNNING)
+                .update(state=BatchPart.State.PENDING, worker="", lease_expires_at=None))
+
+
+def unclaim(line_id: int) -> bool:
+    """Drop the claim of a line that never ran (its worker shuts down), so the part's next worker runs it."""
+    return bool(BatchLine.objects.filter(pk=line_id, state=BatchLine.State.RUNNING).delete()[0])
+
+
 def claimed(batch_id: int, first: int, last: int) -> set[int]:
     """Indexes of the part's lines that were claimed already (by this part's earlier worker)."""
     return set(BatchLine.objects.filter(batch_id=batch_id, index__gte=first, index__lt=last)

@@ -33,7 +33,7 @@ from proxy.db import db_step
 from proxy.models import ModelRoute
 from proxy.providers import http
 
-from . import finalize, leases, pace, resending
+from . import finalize, leases, pace, resending, shutdown
 from .lines import ENDPOINTS, LineContext, batch_caller, output_line, run_line, unrun_line
 from .models import Batch, BatchPart
 from .reading import Line, requests, take, unclaimed
@@ -79,6 +79,12 @@ def run_part(part_id: int) -> None:
     async_to_sync(run.run)()
     if run.reason == "lease_lost":
         return  # tend() gave the part to another worker: it is theirs to finish
+    if run.reason == "worker_stopping" and not run.all_started:
+        # This worker shuts down (batches/shutdown.py): the lines it started are recorded; another worker resumes
+        # the part now, not after the lease.
+        if leases.give_back(part.pk, worker):
+            send_part(part.pk, part.batch.queue)
+        return
     leases.finish_part(part.pk, worker)
     finalize.maybe_finalize(part.batch_id)
 
@@ -88,7 +94,9 @@ class PartRun:
 
     def __init__(self, part: BatchPart, worker: str) -> None:
         self.part, self.worker, self.batch = part, worker, part.batch
-        self.reason: str | None = None  # why no new line may start: batch_cancelled, batch_expired, lease_lost
+        # Why no new line may start: batch_cancelled, batch_expired, lease_lost, worker_stopping.
+        self.reason: str | None = None
+        self.all_started = False  # every line of the part was started (or had been by an earlier worker)
         self.context: LineContext | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.results = ResultWriter(part.batch_id)
@@ -130,7 +138,8 @@ class PartRun:
 
     async def check_batch(self) -> None:
         status, expires_at = await db_step(leases.batch_state)(self.batch.pk)
-        self.reason = self.reason or leases.stop_reason(status, expires_at, timezone.now())
+        self.reason = self.reason or leases.stop_reason(status, expires_at, timezone.now()) or (
+            "worker_stopping" if shutdown.stopping() else None)
 
     async def watch(self) -> None:
         """Every second: has the batch been cancelled or expired? Every third of a lease: renew it."""
@@ -160,7 +169,10 @@ class PartRun:
         the batch stops. Lines are claimed together when several slots are free at once (one INSERT for them all)."""
         part, batch = self.part, self.batch
         done = await self.retrying(db_step(leases.claimed), batch.pk, part.first_line, part.last_line)
-        if done is None or batch.input_file is None or self.reason:
+        if done is None or self.reason:
+            return
+        if batch.input_file is None:
+            self.all_started = True  # nothing left to read
             return
         slots = asyncio.Semaphore(concurrency(batch.queue))
         reader = requests(batch.input_file, part.first_line)
@@ -185,7 +197,8 @@ class PartRun:
                 for _ in range(free - started):
                     slots.release()
                 if len(group) < free:
-                    return  # the part's lines are all started
+                    self.all_started = True
+                    return
         finally:
             await asyncio.to_thread(reader.close)
 
@@ -206,6 +219,10 @@ class PartRun:
     async def execute(self, line_id: int, custom_id: str, body: dict[str, object], size: int) -> None:
         assert self.context is not None
         outcome = await run_line(self.context, custom_id, body, size, self.stopped)
+        if outcome is None and self.reason == "worker_stopping":
+            # It never ran: unclaimed, so the worker that resumes the part runs it.
+            await self.retrying(db_step(leases.unclaim), line_id)
+            return
         if outcome is None:  # stopped while it waited for a rate limit: it never ran
             code = "batch_worker_lost" if self.reason == "lease_lost" else (self.reason or "batch_cancelled")
             result, succeeded, status, request_id = unrun_line(custom_id, code), False, None, ""
