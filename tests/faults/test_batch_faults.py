@@ -31,7 +31,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -66,6 +66,7 @@ LEASE = 5  # the part lease (TOLLGATE_BATCH_LEASE_SECONDS' minimum): a dead work
 HOLD_LEASE = 8  # budget holds and in-flight slots of a dead process heal within about this
 CUT = 2.0  # seconds a blip lasts
 FINISHED = {"completed", "failed", "cancelled", "expired"}
+T = TypeVar("T")
 
 
 def redis_client() -> Any:
@@ -82,7 +83,6 @@ class Recorder:
     """An OpenAI-compatible chat upstream answering after 100-200 ms, counting requests per prompt (custom_id)."""
 
     seen: Counter[str] = field(default_factory=Counter)
-    answered: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -94,8 +94,6 @@ class Recorder:
             self.seen[marker] += 1
         await asyncio.sleep(0.1 + zlib.crc32(marker.encode()) % 100 / 1000)
         await mock_upstream.send_json(send, 200, mock_upstream.CHAT_RESPONSE)
-        with self.lock:
-            self.answered[marker] += 1
 
     def counts(self) -> Counter[str]:
         with self.lock:
@@ -179,6 +177,15 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str = "") ->
         assert time.monotonic() - started < timeout, f"not within {timeout} s: {what}"
         time.sleep(0.1)
     return time.monotonic() - started
+
+
+def first_found(find: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Ask ``find`` until it finds something, and return it."""
+    deadline = time.monotonic() + timeout
+    while (found := find()) is None:
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.1)
+    return found
 
 
 def pid_of(part: BatchPart) -> int:
@@ -397,10 +404,8 @@ def test_a_worker_killed_mid_batch_loses_no_line_and_runs_none_twice(alice: Part
               worker("first", tmp_path, env, beat=victim == "child") as first,
               worker("second", tmp_path, env, beat=True) if victim == "main" else nullcontext() as second):
             batch = create_batch(url, alice)
-            found: list[BatchPart] = []
-            wait_for(lambda: found.extend(filter(None, [part_of(children(first.pid), batch)])) or found, 60,
-                     "the first worker a part under way\n" + tails(tmp_path))
-            part = found[0]
+            part = first_found(lambda: part_of(children(first.pid), batch), 60,
+                               "the first worker a part under way\n" + tails(tmp_path))
             child = pid_of(part)
             os.kill(first.pid if victim == "main" else child, signal.SIGKILL)
             wait_for(lambda: gone(child), 10, "the pool child gone")
