@@ -69,12 +69,19 @@ def claim(batch_id: int, tenant_id: int, index: int, custom_id: str) -> int | No
     return claim_lines(batch_id, tenant_id, [(index, custom_id)]).get(index)
 
 
-def claim_lines(batch_id: int, tenant_id: int, lines: list[tuple[int, str]]) -> dict[int, int]:
+def claim_lines(batch_id: int, tenant_id: int, lines: list[tuple[int, str]],
+                retake_for: tuple[int, str] | None = None) -> dict[int, int]:
     """Claim lines before they run: their rows are inserted, unique by batch and custom_id (and by index), in one
     statement. Returns {index: row id} of the lines this call claimed; a line missing was claimed already and must not
-    run, so no line ever runs twice. (INSERT ... ON CONFLICT DO NOTHING RETURNING: PostgreSQL, SQLite 3.35+.)"""
+    run, so no line ever runs twice. (INSERT ... ON CONFLICT DO NOTHING RETURNING: PostgreSQL, SQLite 3.35+.)
+
+    ``retake_for`` (part id, worker) repeats a claim whose answer was lost (the connection broke after the commit):
+    lines of the group still running are then this worker's own, as long as it still holds the part's lease, since
+    handing a part to another worker fails every line it left running (release_part)."""
     if not lines:
         return {}
+    if retake_for is not None:
+        return reclaim_lines(batch_id, tenant_id, lines, *retake_for)
     now = timezone.now()
     fields = [f for f in BatchLine._meta.concrete_fields if not f.primary_key]
     quote = connection.ops.quote_name
@@ -88,6 +95,21 @@ def claim_lines(batch_id: int, tenant_id: int, lines: list[tuple[int, str]]) -> 
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, values)
         return {index: line_id for line_id, index in cursor.fetchall()}
+
+
+def reclaim_lines(batch_id: int, tenant_id: int, lines: list[tuple[int, str]], part_id: int,
+                  worker: str) -> dict[int, int]:
+    now = timezone.now()
+    with transaction.atomic():
+        held = BatchPart.objects.select_for_update().filter(
+            pk=part_id, worker=worker, state=BatchPart.State.RUNNING, lease_expires_at__gt=now).exists()
+        if not held:
+            return {}  # the part went to another worker meanwhile: none of these lines is ours to run
+        claimed = claim_lines(batch_id, tenant_id, lines)
+        indexes = [index for index, _ in lines if index not in claimed]
+        ours = BatchLine.objects.filter(batch_id=batch_id, index__in=indexes, state=BatchLine.State.RUNNING)
+        claimed.update(dict(ours.values_list("index", "id")))
+        return claimed
 
 
 @dataclass(frozen=True)

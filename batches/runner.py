@@ -205,8 +205,16 @@ class PartRun:
     async def start(self, group: list[Line], slots: asyncio.Semaphore) -> int:
         """Claim the lines and start those this worker claimed (each frees its slot when done). Returns how many
         started; the others were claimed already (they must not run again) or the batch stopped meanwhile."""
-        claim = db_step(leases.claim_lines)
-        claimed = await self.retrying(claim, self.batch.pk, self.batch.tenant_id, [(i, c) for i, c, _, _ in group])
+        lines, attempts = [(i, c) for i, c, _, _ in group], 0
+
+        async def claim() -> dict[int, int]:
+            nonlocal attempts
+            attempts += 1
+            # After a failed attempt its INSERT may have committed all the same: take back what it claimed.
+            retake = (self.part.pk, self.worker) if attempts > 1 else None
+            return await db_step(leases.claim_lines)(self.batch.pk, self.batch.tenant_id, lines, retake)
+
+        claimed = await self.retrying(claim)
         for index, custom_id, body, size in group:
             if claimed is None or index not in claimed:
                 continue

@@ -504,9 +504,6 @@ def test_a_database_blip_mid_batch_bills_every_line_once(alice: Party, tmp_path:
 # --- 3. A claim whose answer was lost.
 
 
-@pytest.mark.xfail(strict=True, reason="a claim committed before the connection broke is retried, conflicts with "
-                                       "itself and its lines are taken for another worker's: they never run and are "
-                                       "reported batch_worker_lost")
 def test_a_claim_committed_just_before_the_connection_broke_still_runs_its_lines(
         alice: Party, mock_upstream_url: str, settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The one window a short blip can hit that the live test above meets about once in twenty runs: PostgreSQL
