@@ -66,7 +66,7 @@ class Tenant(models.Model):
         LOW = "low"
 
     batch_tier = models.CharField(
-        max_length=8, choices=Tier.choices, default=Tier.DEFAULT,
+        max_length=8, choices=Tier.choices, default=Tier.DEFAULT, db_default=Tier.DEFAULT,
         help_text="Which queue runs this tenant's batches (TOLLGATE_QUEUE_HIGH / _DEFAULT / _LOW name them).")
 
     class Meta:

@@ -56,7 +56,7 @@ class Price(models.Model):
     per_request = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal(0),
                                       help_text="USD per request, for providers that charge so.")
     batch_discount_percent = models.DecimalField(
-        max_digits=5, decimal_places=2, default=Decimal(0),
+        max_digits=5, decimal_places=2, default=Decimal(0), db_default=Decimal(0),
         validators=[MinValueValidator(Decimal(0)), MaxValueValidator(Decimal(100))],
         help_text="Discount on batch lines' cost, e.g. 50 for half price. A route may set its own.")
     note = models.CharField(max_length=200, blank=True)
@@ -286,8 +286,10 @@ class UsageRecord(models.Model):
     gate = models.JSONField(default=dict, blank=True, help_text="Why the request was admitted or denied.")
     created_at = models.DateTimeField(default=timezone.now)
     # A batch line's row names its batch and line: one row per line, whatever replays or recoveries happen.
-    batch_id = models.CharField(max_length=40, blank=True, default="")
-    custom_id = models.CharField(max_length=200, blank=True, default="")
+    # Database defaults too: rows inserted by SQL of their own, or by a process of the previous version during an
+    # upgrade, still fit.
+    batch_id = models.CharField(max_length=40, blank=True, default="", db_default="")
+    custom_id = models.CharField(max_length=200, blank=True, default="", db_default="")
 
     objects = UsageRecordQuerySet.as_manager()
 

@@ -113,7 +113,7 @@ class ModelRoute(models.Model):
                                   help_text="What a cache hit costs the tenant.")
     # Batches (the /v1/batches API): an optional queue of this model's own, so its workers scale separately.
     batch_queue = models.CharField(
-        max_length=64, blank=True,
+        max_length=64, blank=True, default="", db_default="",
         help_text="Run batch lines for this model on this Celery queue instead of the tenant tier's queue.")
     batch_discount_percent = models.DecimalField(
         max_digits=5, decimal_places=2, null=True, blank=True,
