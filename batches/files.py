@@ -7,8 +7,9 @@ file answers exactly as a missing one. Bytes move in worker threads, in chunks, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import IO, Any
 
 from django.conf import settings
@@ -18,10 +19,11 @@ from django.utils import timezone
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from proxy import outages
 from proxy.asgi import BODY_TIMED_OUT, BODY_TOO_LARGE, accepts_uploads
 from proxy.auth import authenticate
 from proxy.db import db_step
-from proxy.errors import GatewayError, MethodNotAllowed, NotFound, RequestTimeout
+from proxy.errors import GatewayError, MethodNotAllowed, NotFound, RequestTimeout, ServerError
 
 from . import storage
 from .models import Batch, File
@@ -48,6 +50,27 @@ def no_such_file(file_id: str) -> NotFound:
     return NotFound(f"No such File object: {file_id[:100]}", param="id")
 
 
+View = Callable[..., Awaitable[HttpResponseBase]]
+
+
+def in_envelope(view: View) -> View:
+    """Answer an error the view did not expect in OpenAI's envelope too: a database or Redis outage is a 503 the SDKs
+    retry, anything else a logged 500."""
+
+    @functools.wraps(view)
+    async def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        try:
+            return await view(request, *args, **kwargs)
+        except Exception as e:
+            error = outages.unavailable(e)
+            if error is None:
+                logger.exception("unexpected error on %s %s", request.method, request.path)
+                error = ServerError("Tollgate failed to handle the request. It has been logged.")
+            return error.response()
+
+    return answer
+
+
 def not_allowed(request: HttpRequest, allowed: str) -> JsonResponse:
     response = MethodNotAllowed(f"Use {' or '.join(allowed.split(', '))} for {request.path[:200]}.").response()
     response["Allow"] = allowed
@@ -57,6 +80,7 @@ def not_allowed(request: HttpRequest, allowed: str) -> JsonResponse:
 # The key is checked before the body is read too: no one without a key makes Tollgate receive an upload.
 @accepts_uploads("TOLLGATE_FILE_MAX_BYTES", admit=authenticate)
 @csrf_exempt
+@in_envelope
 async def files(request: HttpRequest) -> HttpResponseBase:
     try:
         caller = await authenticate(request)
@@ -73,6 +97,7 @@ async def files(request: HttpRequest) -> HttpResponseBase:
 
 
 @csrf_exempt
+@in_envelope
 async def file_detail(request: HttpRequest, file_id: str) -> HttpResponseBase:
     try:
         caller = await authenticate(request)
@@ -88,6 +113,7 @@ async def file_detail(request: HttpRequest, file_id: str) -> HttpResponseBase:
 
 
 @csrf_exempt
+@in_envelope
 async def file_content(request: HttpRequest, file_id: str) -> HttpResponseBase:
     try:
         caller = await authenticate(request)
@@ -96,7 +122,11 @@ async def file_content(request: HttpRequest, file_id: str) -> HttpResponseBase:
         row = await aget_file(caller.tenant_id, file_id)
     except GatewayError as e:
         return e.response()
-    handle = await asyncio.to_thread(storage.open_content, row)
+    try:
+        handle = await asyncio.to_thread(storage.open_content, row)
+    except FileNotFoundError:
+        logger.error("the content of file %s is missing from storage (%s)", row.public_id, row.storage_name)
+        return no_such_file(file_id).response()
     # The SDK's files.content() reads the raw bytes whatever the type says; OpenAI sends octet-stream.
     return StreamingHttpResponse(chunks(handle), content_type="application/octet-stream",
                                  headers={"Content-Length": str(row.bytes)})

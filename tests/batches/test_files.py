@@ -360,3 +360,31 @@ def test_only_upload_bodies_spool_to_disk(path: str, on_disk: bool) -> None:
         assert body._rolled is on_disk and body.seek(0, 2) == size  # type: ignore[attr-defined]
     finally:
         body.close()
+
+
+
+def test_an_outage_answers_503_and_missing_content_404_never_500(alice: Party, alice_file: File,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database blip while a file is read is OpenAI's 503, which the SDKs retry; content gone from storage is a 404."""
+    from django.db import OperationalError
+
+    from batches import files, storage as file_storage
+
+    path = f"/v1/files/{alice_file.public_id}"
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(files, "aget_file", broken)
+    for url in (path, path + "/content"):
+        reply = call(alice, url)
+        assert reply.status == 503, (url, reply.content)
+        assert "unavailable" in reply.json()["error"]["message"]
+    monkeypatch.undo()
+
+    def gone(row: File) -> None:
+        raise FileNotFoundError(row.storage_name)
+
+    monkeypatch.setattr(file_storage, "open_content", gone)
+    error = assert_asgi_envelope(call(alice, path + "/content"), 404, "id", "not_found")
+    assert error["message"] == f"No such File object: {alice_file.public_id}"
