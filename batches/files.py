@@ -7,9 +7,8 @@ file answers exactly as a missing one. Bytes move in worker threads, in chunks, 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import IO, Any
 
 from django.conf import settings
@@ -19,13 +18,13 @@ from django.utils import timezone
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from proxy import outages
 from proxy.asgi import BODY_TIMED_OUT, BODY_TOO_LARGE, accepts_uploads
 from proxy.auth import authenticate
 from proxy.db import db_step
-from proxy.errors import GatewayError, MethodNotAllowed, NotFound, RequestTimeout, ServerError
+from proxy.errors import GatewayError, MethodNotAllowed, NotFound, RequestTimeout
 
 from . import storage
+from .errors import in_envelope
 from .models import Batch, File
 from .uploads import read_upload, too_large
 
@@ -48,27 +47,6 @@ def file_object(row: File) -> dict[str, Any]:
 
 def no_such_file(file_id: str) -> NotFound:
     return NotFound(f"No such File object: {file_id[:100]}", param="id")
-
-
-View = Callable[..., Awaitable[HttpResponseBase]]
-
-
-def in_envelope(view: View) -> View:
-    """Answer an error the view did not expect in OpenAI's envelope too: a database or Redis outage is a 503 the SDKs
-    retry, anything else a logged 500."""
-
-    @functools.wraps(view)
-    async def answer(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        try:
-            return await view(request, *args, **kwargs)
-        except Exception as e:
-            error = outages.unavailable(e)
-            if error is None:
-                logger.exception("unexpected error on %s %s", request.method, request.path)
-                error = ServerError("Tollgate failed to handle the request. It has been logged.")
-            return error.response()
-
-    return answer
 
 
 def not_allowed(request: HttpRequest, allowed: str) -> JsonResponse:

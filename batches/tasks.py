@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
-# Imported here, in the worker's main process before its pool forks: see the module.
-from . import shutdown  # noqa: F401
+# Imported here, in the worker's main process before its pool forks: see the modules.
+from . import priority, shutdown  # noqa: F401
 
 
 @shared_task(name="batches.validate_batch")

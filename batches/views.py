@@ -16,13 +16,13 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.keys import Caller
-from proxy import outages
 from proxy.auth import authenticate
 from proxy.db import db_step
-from proxy.errors import GatewayError, MethodNotAllowed, ServerError, ServiceUnavailable
+from proxy.errors import GatewayError, MethodNotAllowed, ServiceUnavailable
 from proxy.parsing import read_json
 
 from . import services
+from .errors import in_envelope
 from .models import Batch
 from .objects import batch_list, batch_object
 
@@ -82,15 +82,10 @@ async def answer(request: HttpRequest, handle: Callable[[Caller], Awaitable[dict
         return JsonResponse(await handle(await authenticate(request)))
     except GatewayError as e:
         return e.response()
-    except Exception as e:
-        error = outages.unavailable(e)
-        if error is None:
-            logger.exception("unexpected error on %s %s", request.method, request.path)
-            error = ServerError("Tollgate failed to handle the request. It has been logged.")
-        return error.response()
 
 
 @csrf_exempt
+@in_envelope
 async def batches(request: HttpRequest) -> HttpResponseBase:
     async def handle(caller: Caller) -> dict[str, Any]:
         if request.method == "POST":
@@ -108,6 +103,7 @@ async def batches(request: HttpRequest) -> HttpResponseBase:
 
 
 @csrf_exempt
+@in_envelope
 async def batch_detail(request: HttpRequest, batch_id: str) -> HttpResponseBase:
     async def handle(caller: Caller) -> dict[str, Any]:
         if request.method != "GET":
@@ -118,6 +114,7 @@ async def batch_detail(request: HttpRequest, batch_id: str) -> HttpResponseBase:
 
 
 @csrf_exempt
+@in_envelope
 async def batch_cancel(request: HttpRequest, batch_id: str) -> HttpResponseBase:
     async def handle(caller: Caller) -> dict[str, Any]:
         if request.method != "POST":

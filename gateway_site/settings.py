@@ -186,6 +186,11 @@ TOLLGATE_BATCH_LEASE_SECONDS = env_int("TOLLGATE_BATCH_LEASE_SECONDS", 30, minim
 # the task may have been lost); a validation raced by its copy still splits the batch once.
 TOLLGATE_BATCH_VALIDATION_RESEND_SECONDS = env_int("TOLLGATE_BATCH_VALIDATION_RESEND_SECONDS", 300, minimum=10)
 TOLLGATE_BATCH_MAX_LINES = env_int("TOLLGATE_BATCH_MAX_LINES", 50_000, minimum=1)
+# A worker consuming a batch queue runs at this CPU niceness (0-19; 0 turns it off), below the web processes on the
+# same host: interactive /v1 keeps priority, and a batch takes the cores the web processes leave (batches/priority.py).
+TOLLGATE_BATCH_NICE = env_int("TOLLGATE_BATCH_NICE", 10)
+if TOLLGATE_BATCH_NICE > 19:
+    raise ImproperlyConfigured("TOLLGATE_BATCH_NICE is a niceness: 0 (off) to 19")
 # Uploads to /v1/files: the largest accepted file, streamed to storage (never held in memory).
 TOLLGATE_FILE_MAX_BYTES = env_int("TOLLGATE_FILE_MAX_BYTES", 200 * 1024 * 1024, minimum=1024)
 # Days a batch's output and error files are kept after it ends (0: until their tenant deletes them). Expired files,

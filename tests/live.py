@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -41,8 +42,15 @@ def wait_for_port(port: int, *, timeout: float = 30.0, process: subprocess.Popen
 @contextmanager
 def mock_upstream_server() -> Iterator[str]:
     """Run the mock provider in a thread; yields its root URL."""
+    with serve_app(mock_upstream.app) as url:
+        yield url
+
+
+@contextmanager
+def serve_app(app: Any) -> Iterator[str]:
+    """Run an ASGI app (a test's own upstream) under uvicorn in a thread; yields its root URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(mock_upstream.app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for_port(port)

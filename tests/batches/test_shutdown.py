@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from django.conf import settings
 from django.db import connection
 
@@ -30,7 +29,7 @@ from bench import mock_upstream
 
 from ..conftest import Party, make_party
 from ..factories import make_route
-from ..live import celery_process, free_port, wait_for_port
+from ..live import celery_process, serve_app
 from .running import line, read_file, rows_of, running_batch
 
 
@@ -128,16 +127,8 @@ class SlowUpstream:
 
 @contextmanager
 def serving(app: Any) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port(port)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(5)
+    with serve_app(app) as url:
+        yield url
 
 
 @contextmanager

@@ -36,7 +36,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from django.apps import apps
 from django.conf import settings
 from django.db import OperationalError, connection
@@ -50,7 +49,7 @@ from billing.models import Budget, Price, UsageRecord
 
 from ..conftest import Party, make_party
 from ..factories import make_route
-from ..live import celery_process, free_port, tollgate_server, wait_for_port
+from ..live import celery_process, serve_app, tollgate_server
 from .tcp_proxy import FaultProxy
 
 pytestmark = [
@@ -102,16 +101,8 @@ class Recorder:
 
 @contextmanager
 def upstream(recorder: Recorder) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(recorder, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port(port)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(5)
+    with serve_app(recorder) as url:
+        yield url
 
 
 # --- Processes.

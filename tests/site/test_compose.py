@@ -232,6 +232,8 @@ def test_one_worker_service_per_queue_and_the_housekeeping_worker_on_celery(comp
         assert command_option(command, "--hostname") == f"{tier}@%h"  # named by tier in Flower and `celery inspect`
         # Celery's warm shutdown lets the parts running end their lines before Docker kills the container.
         assert int(services[name]["stop_grace_period"].removesuffix("s")) >= 30
+        # Below the web replicas' default share of 1024: interactive /v1 keeps the cores when both compete.
+        assert services[name]["cpu_shares"] < services["web"].get("cpu_shares", 1024)
     concurrency = [int(command_option(services[name]["command"], "--concurrency")) for name in BATCH_WORKERS.values()]
     assert concurrency == sorted(concurrency, reverse=True)  # high gets the most processes
 
