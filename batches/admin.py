@@ -62,11 +62,7 @@ class FileAdmin(ReadOnly):
         row = File.objects.filter(pk=file_pk).first()
         if row is None:
             raise Http404("No such file.")
-        try:
-            content = storage.open_content(row)
-        except FileNotFoundError:
-            raise Http404("This file's content is no longer stored.") from None
-        return FileResponse(content, as_attachment=True, filename=row.filename, content_type="application/jsonl")
+        return storage.download(row)
 
 
 class PartInline(admin.TabularInline):

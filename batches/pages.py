@@ -50,8 +50,4 @@ def batch_file(request: HttpRequest, file_id: str) -> FileResponse:
     found = mine.filter(public_id=file_id).first() if FILE_ID.fullmatch(file_id) else None
     if found is None:
         raise Http404("No such file.")
-    try:
-        content = storage.open_content(found)
-    except FileNotFoundError:
-        raise Http404("This file's content is no longer stored.") from None
-    return FileResponse(content, as_attachment=True, filename=found.filename, content_type="application/jsonl")
+    return storage.download(found)

@@ -9,6 +9,7 @@ from typing import IO
 
 from django.core.files import File as DjangoFile
 from django.core.files.storage import Storage, storages
+from django.http import FileResponse, Http404
 
 from .models import File
 
@@ -51,3 +52,13 @@ def delete(row: File) -> None:
     """Remove the content and the row."""
     storage().delete(row.storage_name)
     row.delete()
+
+
+def download(row: File) -> FileResponse:
+    """The file as an attachment for the admin and the tenant pages, streamed from storage. Raises Http404 when its
+    content is no longer stored."""
+    try:
+        content = open_content(row)
+    except FileNotFoundError:
+        raise Http404("This file's content is no longer stored.") from None
+    return FileResponse(content, as_attachment=True, filename=row.filename, content_type="application/jsonl")
