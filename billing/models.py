@@ -53,6 +53,12 @@ class Price(models.Model):
     cached_input_per_million = models.DecimalField(
         max_digits=14, decimal_places=6, null=True, blank=True,
         help_text="USD per million cached prompt tokens; empty means the input price.")
+    cache_write_per_million = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True,
+        help_text="USD per million prompt tokens written to the provider's prompt cache (Anthropic charges more for "
+                  "these); empty means the input price.")
+    per_image = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal(0), db_default=Decimal(0),
+                                    help_text="USD per input image, for providers that charge so.")
     per_request = models.DecimalField(max_digits=14, decimal_places=6, default=Decimal(0),
                                       help_text="USD per request, for providers that charge so.")
     batch_discount_percent = models.DecimalField(
@@ -262,6 +268,8 @@ class UsageRecord(models.Model):
         CHAT = "chat"
         COMPLETIONS = "completions"
         EMBEDDINGS = "embeddings"
+        MESSAGES = "messages"  # Anthropic's Messages API, inbound
+        RESPONSES = "responses"  # OpenAI's Responses API
 
     request_id = models.UUIDField(default=uuid.uuid4, unique=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
@@ -274,6 +282,9 @@ class UsageRecord(models.Model):
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
+    # Prompt tokens written to the provider's prompt cache (part of prompt_tokens), priced at the cache-write price.
+    cache_write_tokens = models.PositiveIntegerField(default=0, db_default=0)
+    images = models.PositiveSmallIntegerField(default=0, db_default=0, help_text="Input images, for per-image prices.")
     usage_source = models.CharField(max_length=16, choices=Source.choices, default=Source.PROVIDER)
     end_reason = models.CharField(max_length=24, choices=EndReason.choices)
     error_code = models.CharField(max_length=64, blank=True)

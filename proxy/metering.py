@@ -19,7 +19,7 @@ from billing.services import UsageEntry
 
 from . import observe, outages
 from .db import db_step
-from .providers.base import CHAT, ApiRequest, Chunk, Target, Usage
+from .providers.base import ApiRequest, Chunk, Target, Usage
 from .ratelimits import RedisLimiter, limiter
 from .traceparent import TraceParent
 
@@ -126,7 +126,7 @@ class Meter:
         fields: dict[str, Any] = {
             "tenant_id": caller.tenant_id, "key_id": caller.key_id, "endpoint": self.endpoint,
             "public_model": target.public_model, "provider": target.provider_name,
-            "upstream_model": target.upstream_model, "stream": body.stream, "chat": body.endpoint == CHAT,
+            "upstream_model": target.upstream_model, "stream": body.stream, "chat": body.is_chat,
             "at": time.time(), "gate": self.gate,
         }
         if self.prompt_tokens is not None:
@@ -176,7 +176,7 @@ class Meter:
             cached_tokens=usage.cached_tokens if usage else 0,
             prompt_texts=body.prompt_texts() if (body and sent and not usage) else [],
             completion_text="".join(self.texts) if (sent and not usage) else "",
-            chat=bool(body and body.endpoint == CHAT),
+            chat=bool(body and body.is_chat),
             gate=self.gate,
             latency_ms=round((now - self.started) * 1000),
             ttfb_ms=round((self.first_byte - self.started) * 1000) if self.first_byte else None,

@@ -22,6 +22,8 @@ class Provider(models.Model):
     class Kind(models.TextChoices):
         OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible"
         ANTHROPIC = "anthropic", "Anthropic"
+        AZURE = "azure", "Azure OpenAI"
+        BEDROCK = "bedrock", "AWS Bedrock"
         DEMO = "demo", "Built-in demo model"
 
     name = models.SlugField(max_length=64, unique=True)
@@ -36,6 +38,12 @@ class Provider(models.Model):
     credential_env = models.CharField(
         max_length=128, blank=True, help_text="Or: the name of an environment variable holding the API key."
     )
+    api_version = models.CharField(
+        max_length=32, blank=True, default="", db_default="",
+        help_text="Azure OpenAI: the api-version to send, e.g. 2024-10-21. Empty means the kind's default.")
+    region = models.CharField(
+        max_length=32, blank=True, default="", db_default="",
+        help_text="AWS Bedrock: the region, e.g. us-east-1 (the credential is ACCESS_KEY_ID:SECRET[:SESSION_TOKEN]).")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -144,3 +152,36 @@ class Deployment(models.Model):
     def clean(self) -> None:
         if self.provider_id and self.provider.kind not in providers.KINDS:
             raise ValidationError({"provider": "Unknown provider kind."})
+
+
+class StoredResponse(models.Model):
+    """One Responses API answer kept for its tenant: read back, continued with previous_response_id, or run in the
+    background. Only the tenant's own keys can see it; it is deleted after TOLLGATE_RESPONSES_RETENTION_DAYS."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        IN_PROGRESS = "in_progress"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        INCOMPLETE = "incomplete"
+
+    id = models.CharField(max_length=64, primary_key=True)
+    tenant = models.ForeignKey("accounts.Tenant", on_delete=models.CASCADE, related_name="+")
+    key = models.ForeignKey("accounts.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+")
+    model = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETED)
+    background = models.BooleanField(default=False)
+    previous_response_id = models.CharField(max_length=64, blank=True, default="")
+    request = models.JSONField(default=dict, help_text="The create body as sent (a background run reads it).")
+    input_items = models.JSONField(default=list, help_text="This turn's input, as items.")
+    response = models.JSONField(default=dict, help_text="The Response object as last returned.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "created_at"], name="stored_response_tenant_time")]
+
+    def __str__(self) -> str:
+        return self.id

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
 
+from . import dialects
 from .asgi import BODY_TIMED_OUT
 from .errors import GatewayError, PayloadTooLarge, RequestTimeout
 from .providers.base import CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, JSONDict
@@ -330,6 +331,8 @@ def parse(request: HttpRequest, endpoint: str) -> ApiRequest:
 
 def parse_data(data: JSONDict, endpoint: str) -> ApiRequest:
     """Return the validated body from already decoded JSON (a batch line's body). Raises a 4xx GatewayError."""
+    if endpoint in dialects.DIALECTS:
+        return dialects.get_dialect(endpoint).parse(data)
     model = check_model(data)
     if endpoint == CHAT:
         check_messages(field(data, "messages", list, "an array", required=True))

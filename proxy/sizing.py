@@ -16,6 +16,7 @@ from django.conf import settings
 
 from billing import tokens
 
+from . import dialects
 from .providers.base import CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, JSONDict
 
 # OpenAI's image rule (https://platform.openai.com/docs/guides/images-vision#calculating-costs): detail "low"
@@ -69,6 +70,8 @@ class Parts:
 
 def worst_case(body: ApiRequest, model: str) -> Worst:
     """Return the request's prompt tokens (every billable input part) and the completion tokens it may use at most."""
+    if body.endpoint in dialects.DIALECTS:
+        body = dialects.chat_form(body)  # a dialect request is held as the same chat request would be
     data = body.data if isinstance(body.data, dict) else {}
     parts = Parts(model=model)
     if body.endpoint == CHAT:

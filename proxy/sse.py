@@ -8,3 +8,8 @@ DONE = b"data: [DONE]\n\n"
 
 def frame(data: bytes) -> bytes:
     return b"data: " + data + b"\n\n"
+
+
+def event(name: str, data: bytes) -> bytes:
+    """A named event, as Anthropic's Messages and OpenAI's Responses streams send them."""
+    return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"

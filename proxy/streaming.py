@@ -14,10 +14,10 @@ from asgiref.sync import sync_to_async
 from billing import tokens
 from gateway_site import drain
 
-from . import retries, routing, sse, upstream
-from .errors import Draining, ProviderError, ServerError
+from . import dialects, retries, routing, sse, upstream
+from .errors import Draining, GatewayError, ProviderError, ServerError
 from .metering import Meter
-from .providers.base import CHAT, ApiRequest, Completion, Target, Upstream, Usage
+from .providers.base import ApiRequest, Completion, Target, Upstream, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -82,40 +82,48 @@ async def relay_stream(stream: Upstream, body: ApiRequest, meter: Meter) -> Asyn
     """Forward each upstream event as it arrives; always end with [DONE] or an in-band error."""
     meter.streaming = True
     end_reason, status, code = "client_gone", 499, ""  # unless the stream reaches one of its own ends
+    dialect = dialects.get(body.endpoint)  # Messages and Responses name their events and end differently
     try:
         async for chunk in stream:
             meter.observe(chunk)
             if chunk.data is None or (chunk.usage_only and not body.include_usage):
                 continue
-            yield sse.frame(chunk.data)
+            yield sse.frame(chunk.data) if chunk.event is None else sse.event(chunk.event, chunk.data)
         if body.include_usage and meter.usage is None:
             yield sse.frame(await estimated_usage_chunk(body, meter))
         assert meter.target is not None
         routing.report(meter.target, ok=True)
         end_reason, status = "complete", 200
-        yield sse.DONE
+        if dialect is None:
+            yield sse.DONE
+        elif dialect.done:
+            yield dialect.done
     except ProviderError as e:
         # Headers are gone already: report the failure in-band and stop, never with a clean [DONE].
         end_reason, status, code = e.end_reason, e.status, e.code or ""
-        yield e.sse_event()
+        yield in_band(e, body, dialect)
     except Exception:
         logger.exception("unexpected error while streaming (request %s)", meter.request_id)
         error = ServerError("Tollgate failed while streaming the answer. It has been logged.")
         end_reason, status, code = error.end_reason, 500, error.code
-        yield error.sse_event()
+        yield in_band(error, body, dialect)
     except asyncio.CancelledError as e:
         if not drain.cancelled_by_drain(e):
             raise  # the client went away
         drain.absorb()  # SIGTERM's grace period is over: end in-band, as for an upstream failure
         error = Draining("This Tollgate process is shutting down; the answer was cut short.")
         end_reason, status, code = error.end_reason, error.status, error.code
-        yield error.sse_event()
+        yield in_band(error, body, dialect)
     finally:
         if end_reason == "client_gone" and drain.grace_over:  # the drain's cancel reached us while sending
             end_reason, status, code = Draining.end_reason, Draining.status, Draining.code
         # On a client disconnect Django cancels us here; close the upstream first, then write the row.
         await stream.aclose()
         await meter.record(end_reason=end_reason, status=status, error_code=code)
+
+
+def in_band(error: GatewayError, body: ApiRequest, dialect: dialects.Dialect | None) -> bytes:
+    return error.sse_event() if dialect is None else dialect.error_event(body, error)
 
 
 async def estimated_usage_chunk(body: ApiRequest, meter: Meter) -> bytes:
@@ -131,5 +139,5 @@ async def estimated_usage_chunk(body: ApiRequest, meter: Meter) -> bytes:
 
 def estimate(body: ApiRequest, text: str, target: Target | None) -> Usage:
     model = target.upstream_model if target else body.model
-    prompt, completion = tokens.estimate(body.prompt_texts(), text, model=model, chat=body.endpoint == CHAT)
+    prompt, completion = tokens.estimate(body.prompt_texts(), text, model=model, chat=body.is_chat)
     return Usage(prompt_tokens=prompt, completion_tokens=completion)

@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from . import providers
+from . import dialects, providers
 from .errors import ProviderError
 from .providers import http
 from .providers.base import ApiRequest, Chunk, Completion, StreamTranslator, Target, Upstream, UpstreamRequest
@@ -52,9 +52,28 @@ async def build(provider: Any, target: Target, body: ApiRequest) -> UpstreamRequ
     return request
 
 
+async def provider_for(target: Target, body: ApiRequest) -> tuple[Any, ApiRequest, dialects.Dialect | None]:
+    """The provider to ask, the body it gets, and the dialect to translate its answer back to (None: as it is)."""
+    dialect = dialects.get(body.endpoint)
+    if dialect is None:
+        return providers.get(target.kind), body, None
+    native = dialects.native(target, body.endpoint)
+    if native is not None:
+        return native, body, None
+    if body.translated is None and body.is_large:  # translating megabytes of prompt would stall the loop
+        await asyncio.to_thread(dialects.chat_form, body)
+    return providers.get(target.kind), dialects.chat_form(body), dialect
+
+
 async def open_stream(target: Target, body: ApiRequest) -> Upstream:
     """Return the opened upstream stream. Raises ProviderError before any byte reaches the client."""
-    provider = providers.get(target.kind)
+    provider, sent, dialect = await provider_for(target, body)
+    if dialect is not None:
+        return dialect.stream(body, await open_with(provider, target, sent))
+    return await open_with(provider, target, body)
+
+
+async def open_with(provider: Any, target: Target, body: ApiRequest) -> Upstream:
     if hasattr(provider, "open_stream"):
         return await provider.open_stream(target, body)
     # Opened inside the view, before the response starts, so an upstream 4xx/5xx keeps its status code.
@@ -67,7 +86,13 @@ async def open_stream(target: Target, body: ApiRequest) -> Upstream:
 
 async def complete(target: Target, body: ApiRequest) -> Completion:
     """Return the provider's whole answer. Raises ProviderError."""
-    provider = providers.get(target.kind)
+    provider, sent, dialect = await provider_for(target, body)
+    if dialect is not None:
+        return dialect.completion(body, await complete_with(provider, target, sent))
+    return await complete_with(provider, target, body)
+
+
+async def complete_with(provider: Any, target: Target, body: ApiRequest) -> Completion:
     if hasattr(provider, "complete"):
         return await provider.complete(target, body)
     answer = await http.reply(await http.send(await build(provider, target, body)))

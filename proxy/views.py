@@ -13,17 +13,18 @@ from django.views.decorators.csrf import csrf_exempt
 from accounts.keys import Caller
 from gateway_site import drain, logs
 
-from . import observe, outages, response_cache, routing, sse, traceparent, upkeep
+from . import background, dialects, observe, outages, response_cache, routing, sse, traceparent, upkeep
 from .asgi import STARTED
 from .auth import authenticate
 from .errors import Draining, GatewayError, MethodNotAllowed, NotFound, ServerError
 from .limits import check_limits
 from .metering import Meter
 from .parsing import parse
-from .providers.base import CHAT, COMPLETIONS, EMBEDDINGS, LARGE_BODY_BYTES
+from .providers.base import CHAT, COMPLETIONS, EMBEDDINGS, LARGE_BODY_BYTES, MESSAGES, RESPONSES
 from .streaming import first_completion, guarded_relay, open_first
 
 logger = logging.getLogger(__name__)
+PATHS = {CHAT: "chat/completions"}
 
 
 async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = None) -> HttpResponseBase:
@@ -33,19 +34,24 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
     follow_trace(request, meter)
     observe.request_started(meter)
     upkeep.start()
+    dialect = dialects.get(endpoint)  # None on the chat, completions and embeddings paths
+    render = GatewayError.response if dialect is None else dialect.error_response
     try:
         meter.caller = caller or await authenticate(request)
         meter.authenticated = time.perf_counter()
         if request.method != "POST":
-            raise MethodNotAllowed(f"Use POST for /v1/{'chat/completions' if endpoint == CHAT else endpoint}.")
+            raise MethodNotAllowed(f"Use POST for /v1/{PATHS.get(endpoint, endpoint)}.")
         size = body_size(request)
         # A large body is parsed in a worker thread: decoding megabytes of JSON would stall every other request.
         big = size > LARGE_BODY_BYTES
         meter.body = body = await asyncio.to_thread(parse, request, endpoint) if big else parse(request, endpoint)
         body.size = size
+        if dialect is not None:
+            await dialect.prepare(body, meter.caller)
         targets = await routing.route(meter.caller, body.model)
-        # Two attribute reads when neither the route nor the key asks for the response cache.
-        if targets[0].cache.enabled or meter.caller.response_cache != "route":
+        # Two attribute reads when neither the route nor the key asks for the response cache. Dialect answers are
+        # not cached: the cache keeps chat answers.
+        if dialect is None and (targets[0].cache.enabled or meter.caller.response_cache != "route"):
             meter.cache = response_cache.Ask(targets[0].cache)
         meter.gate_started = time.perf_counter()
         await check_limits(meter, targets)
@@ -67,7 +73,7 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
         completion = await first_completion(targets, body, meter)
     except GatewayError as e:
         await meter.record(end_reason=e.end_reason, status=e.status, error_code=e.code or "")
-        return with_ids(e.response(), meter)
+        return with_ids(render(e), meter)
     except asyncio.CancelledError as e:
         if not drain.cancelled_by_drain(e):
             await meter.record(end_reason="client_gone", status=499)  # left before the provider answered
@@ -75,14 +81,14 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
         drain.absorb()  # SIGTERM's grace period is over: answer 503 rather than vanish
         error = Draining("This Tollgate process is shutting down. Retry the request.")
         await meter.record(end_reason=error.end_reason, status=error.status, error_code=error.code or "")
-        return with_ids(error.response(), meter)
+        return with_ids(render(error), meter)
     except Exception as e:
         error = outages.unavailable(e)
         if error is None:
             logger.exception("unexpected error on /v1/%s (request %s)", endpoint, meter.request_id)
             error = ServerError("Tollgate failed to handle the request. It has been logged.")
         await meter.record(end_reason=error.end_reason, status=error.status, error_code=error.code or "")
-        return with_ids(error.response(), meter)
+        return with_ids(render(error), meter)
     await meter.record(end_reason="complete", status=200)
     if meter.cache is not None:
         await response_cache.keep(meter, completion)
@@ -138,6 +144,20 @@ async def completions(request: HttpRequest) -> HttpResponseBase:
 @csrf_exempt
 async def embeddings(request: HttpRequest) -> HttpResponseBase:
     return await relay(request, EMBEDDINGS)
+
+
+@csrf_exempt
+async def messages(request: HttpRequest) -> HttpResponseBase:
+    """Anthropic's Messages API: what ANTHROPIC_BASE_URL=<Tollgate> sends."""
+    return await relay(request, MESSAGES)
+
+
+@csrf_exempt
+async def responses(request: HttpRequest) -> HttpResponseBase:
+    """OpenAI's Responses API (create). Background requests are queued, not run here (proxy/responses_background)."""
+    if request.method == "POST" and background.asked(request):
+        return await background.create(request)
+    return await relay(request, RESPONSES)
 
 
 def model_object(name: str) -> dict[str, object]:

@@ -19,6 +19,8 @@ from ..errors import ProviderError
 JSONDict = dict[str, Any]
 
 CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
+# Inbound dialects (proxy/dialects): sent natively to a provider that speaks them, else translated to CHAT and back.
+MESSAGES, RESPONSES = "messages", "responses"
 # Bodies larger than this are parsed, sized, journaled and re-encoded in worker threads, never on the event loop.
 LARGE_BODY_BYTES = 256 * 1024
 
@@ -36,13 +38,21 @@ def encode_json(payload: JSONDict) -> bytes:
 class ApiRequest:
     """A validated /v1 request body. ``data`` is the client's JSON, forwarded as far as the provider allows."""
 
-    endpoint: str  # CHAT, COMPLETIONS or EMBEDDINGS
+    endpoint: str  # CHAT, COMPLETIONS, EMBEDDINGS, or a dialect: MESSAGES, RESPONSES
     model: str
     data: JSONDict
     stream: bool = False
     include_usage: bool = False  # the client asked for stream_options.include_usage
     max_tokens: int | None = None
     size: int = 0  # bytes of the client's body
+    # A dialect request's CHAT form, made once (proxy/dialects.chat_form) for sizing and for providers that need it.
+    translated: ApiRequest | None = field(default=None, repr=False)
+    state: JSONDict = field(default_factory=dict, repr=False)  # what a dialect keeps for the request (e.g. history)
+
+    @property
+    def is_chat(self) -> bool:
+        """Chat-shaped: messages with roles (token estimates count each message's overhead)."""
+        return self.endpoint not in (COMPLETIONS, EMBEDDINGS)
 
     @property
     def is_large(self) -> bool:
@@ -50,6 +60,10 @@ class ApiRequest:
 
     def prompt_texts(self) -> list[str]:
         """The text the prompt is made of, for token estimates when a provider reports no usage."""
+        if self.endpoint in (MESSAGES, RESPONSES):
+            from .. import dialects  # the dialects import this module
+
+            return dialects.chat_form(self).prompt_texts()
         if self.endpoint == CHAT:
             texts = []
             for message in self.data.get("messages", []):
@@ -100,9 +114,10 @@ class Target:
 
 @dataclass
 class Usage:
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # every prompt token, cached and cache writes included
     completion_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # read from the provider's prompt cache
+    cache_write_tokens: int = 0  # written to the provider's prompt cache (Anthropic prices them above input)
 
 
 @dataclass
@@ -114,6 +129,7 @@ class Chunk:
     usage: Usage | None = None
     usage_only: bool = False  # a `choices: []` usage chunk, stripped unless the client asked for usage
     finished: bool = False  # the upstream said the answer is complete
+    event: str | None = None  # the SSE event name, for dialects whose streams name their events (Messages, Responses)
 
 
 @dataclass

@@ -99,7 +99,7 @@ def test_openai_stream_ends_with_a_finish_chunk_then_a_usage_only_chunk() -> Non
     assert finish.finished and not finish.usage_only and finish.usage is None
     assert usage.usage_only and not usage.finished and usage.text == ""
     assert usage.usage is not None
-    assert dataclasses.astuple(usage.usage) == (1033, 14, 1024)  # prompt, completion, cached
+    assert dataclasses.astuple(usage.usage) == (1033, 14, 1024, 0)  # prompt, completion, cached, cache writes
     assert not any(chunk.finished or chunk.usage_only or chunk.usage for chunk in content)
 
 
@@ -223,7 +223,7 @@ def test_parse_response_reads_usage_and_text() -> None:
     completion = OpenAICompatibleProvider().parse_response(TARGET, chat(stream=False), data)
     assert completion.payload is data
     assert completion.text == "Hello! How can I help?"
-    assert completion.usage is not None and dataclasses.astuple(completion.usage) == (1030, 7, 1024)
+    assert completion.usage is not None and dataclasses.astuple(completion.usage) == (1030, 7, 1024, 0)
 
 
 def test_parse_response_reads_legacy_completions_and_missing_usage() -> None:
@@ -238,7 +238,7 @@ def test_parse_response_reads_embedding_usage() -> None:
             "usage": {"prompt_tokens": 3, "total_tokens": 3}}
     completion = OpenAICompatibleProvider().parse_response(TARGET, chat(endpoint="embeddings", stream=False), data)
     assert completion.text == ""
-    assert completion.usage is not None and dataclasses.astuple(completion.usage) == (3, 0, 0)
+    assert completion.usage is not None and dataclasses.astuple(completion.usage) == (3, 0, 0, 0)
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
