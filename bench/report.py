@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from bench import batch, workers
+from bench import batch, dialects, workers
 
 STREAM_CONCURRENCY = 16
 SOAK_CONCURRENCY = 16
@@ -164,6 +164,8 @@ def table(results: dict[str, Any], opts: argparse.Namespace) -> str:
                   row("p50 latency ms", plain["p50_ms"], hits["p50_ms"], latency=True),
                   row("CPU ms/request", plain["cpu_ms_per_request"], hits["cpu_ms_per_request"], digits=3),
                   row("errors", plain["errors"], hits["errors"], ratio=False)]
+    if spoken := results.get("dialects"):
+        lines += dialects.lines(spoken)
     if fleet := results.get("workers"):
         lines += workers.lines(fleet)
     if queued := results.get("batch"):

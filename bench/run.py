@@ -10,6 +10,7 @@ Run from the repository root, with PostgreSQL and Redis up (nothing is fetched f
     .venv/bin/python bench/run.py --metrics        # also CPU per request with Prometheus metrics on vs off
     .venv/bin/python bench/run.py --workers 2      # also the same load through two uvicorn workers, side by side
     .venv/bin/python bench/run.py --batch 10000    # also a 10,000-line batch on one Celery worker beside c=16 requests
+    .venv/bin/python bench/run.py --no-dialects    # without the Responses/Messages phase (on by default)
 
 It starts the mock upstream (bench/mock_upstream.py) and ONE uvicorn worker of Tollgate with production
 settings (DEBUG off, throwaway secrets made per run) and full bookkeeping on PostgreSQL
@@ -39,6 +40,8 @@ per minute must get exactly 60 of 180 requests admitted across the N workers.
 Then plain requests and hits of the response cache (one request sent again and again to ``mock-cached``, a route with
 the cache on) alternate twice at concurrency 16 through the same process: the CPU per request of a hit beside the
 plain path's.
+Then the same question as a chat, a Responses and a Messages request to ``mock`` (both dialects translated to chat
+and back), whole and streamed, at concurrency 16: each dialect's CPU per request beside chat's (bench/dialects.py).
 With ``--batch N`` a batch of N chat lines runs on one Celery worker process while plain requests at concurrency 16
 go on, against the same requests before and after it; its lines/s, CPU per line, rows and money (bench/batch.py).
 It reports Tollgate's resident memory, optionally over a concurrency-16 soak,
@@ -77,7 +80,7 @@ sys.path.insert(0, str(ROOT))  # run as a script, Python puts bench/ on sys.path
 from bench.load import Phase, Pool, Request, averaged, hammer, overlapping, repeat_until, stream_rounds  # noqa: E402
 from bench.data import BenchError, Seeded, check_money, count_ledger, ensure_database, run_django, seed  # noqa: E402
 from bench.report import LARGE_PROMPT_CONCURRENCY, SOAK_CONCURRENCY, STREAM_CONCURRENCY, table  # noqa: E402
-from bench import batch, cached, workers  # noqa: E402
+from bench import batch, cached, dialects, workers  # noqa: E402
 
 PYTHON = sys.executable
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/tollgate_bench"
@@ -197,11 +200,13 @@ class Bench:
         self.opts, self.mock, self.tollgate, self.gated, self.reference = opts, mock, tollgate, gated, reference
         self.metered, self.fleet, self.rig = metered, fleet, rig
         self.tollgate_answers = 0  # every answered request through Tollgate, warm-ups included: one ledger row each
+        self.also_tollgate: list[Server] = []  # the plain key's other endpoints (bench/dialects.py)
         self.metered_answers = 0  # of those, the ones the process with metrics on answered
         self.results: dict[str, Any] = {"phases": [], "streams": [], "rss_mb": {}}
 
     def count(self, result: Phase, server: Server) -> None:
-        if server is self.tollgate or server is self.gated or (self.fleet is not None and server in self.fleet.servers):
+        if (server is self.tollgate or server is self.gated or server in self.also_tollgate
+                or (self.fleet is not None and server in self.fleet.servers)):
             self.tollgate_answers += result.answered
         if self.metered is not None and server is self.metered.server:
             self.tollgate_answers += result.answered
@@ -306,6 +311,8 @@ class Bench:
         if self.metered is not None:
             self.results["metrics"] = await self.metrics_cost(self.metered)
         self.results["cached"] = await cached.measure(self)
+        if not self.opts.no_dialects:
+            self.results["dialects"] = await dialects.measure(self)
         if self.fleet is not None:
             self.results["workers"] = await workers.measure(self, self.fleet)
         if self.rig is not None:
@@ -358,6 +365,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also run the same load through N uvicorn workers beside one, and check a rate limit across them")
     parser.add_argument("--batch", type=int, default=0, metavar="N",
                         help="also run a batch of N chat lines on one Celery worker beside interactive load")
+    parser.add_argument("--no-dialects", action="store_true",
+                        help="skip the Responses and Messages phase (for comparing with versions that lack them)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
@@ -466,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = any(p["errors"] for p in [*results["phases"], *results["streams"], results.get("soak") or {"errors": 0},
                                        *(metered.get(name, {"errors": 0}) for name in ("off", "on")),
                                        *(results["cached"][name] for name in ("plain", "hits")),
+                                       *(figures for kind in ("whole", "streamed")
+                                         for figures in (results.get("dialects") or {}).get(kind, {}).values()),
                                        *(large.get(name, {"errors": 0}) for name in ("alone", "paced", "paced_large", "loaded", "large"))])
     money = results["money"]
     money_wrong = money["open_holds"] or money["reserved_micros"] or any(
