@@ -196,6 +196,12 @@ TOLLGATE_FILE_MAX_BYTES = env_int("TOLLGATE_FILE_MAX_BYTES", 200 * 1024 * 1024, 
 # Days a batch's output and error files are kept after it ends (0: until their tenant deletes them). Expired files,
 # these and uploads with expires_after, are deleted by the hourly "Delete expired files" job.
 TOLLGATE_BATCH_OUTPUT_EXPIRY_DAYS = env_int("TOLLGATE_BATCH_OUTPUT_EXPIRY_DAYS", 0, minimum=0)
+# Stored Responses API answers (store: true, the default) are kept this many days, then deleted by the "Tend stored
+# responses" job. A conversation continued with previous_response_id may be at most this many turns long (400 past it).
+TOLLGATE_RESPONSES_RETENTION_DAYS = env_int("TOLLGATE_RESPONSES_RETENTION_DAYS", 30, minimum=1)
+TOLLGATE_RESPONSES_MAX_TURNS = env_int("TOLLGATE_RESPONSES_MAX_TURNS", 100, minimum=1)
+# A background response still in progress this long after it started is marked failed (its worker was lost).
+TOLLGATE_RESPONSES_LOST_SECONDS = env_int("TOLLGATE_RESPONSES_LOST_SECONDS", 3600, minimum=60)
 # Where file contents live: a Django storage class and its options as JSON (e.g. django-storages' S3 backend);
 # the embedded default keeps them under the data folder.
 TOLLGATE_FILES_STORAGE = os.environ.get("TOLLGATE_FILES_STORAGE", "").strip() or "django.core.files.storage.FileSystemStorage"

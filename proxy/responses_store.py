@@ -1,0 +1,124 @@
+"""Stored Responses API answers: a conversation's history for previous_response_id, and the write after each answer.
+
+Everything here is tenant-scoped: a response id another tenant holds is "not found", exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from accounts.keys import Caller
+
+from .db import db_step
+from .errors import GatewayError, NotFound
+from .models import StoredResponse
+from .providers.base import ApiRequest, JSONDict
+
+logger = logging.getLogger(__name__)
+
+PARAM = "previous_response_id"
+# Statuses a conversation can go on from. A queued or running background response has no output yet.
+UNFINISHED = (StoredResponse.Status.QUEUED, StoredResponse.Status.IN_PROGRESS)
+
+
+def new_id() -> str:
+    """A fresh Response id, as OpenAI shapes them: resp_ and 48 hex characters."""
+    return "resp_" + secrets.token_hex(24)
+
+
+def expiry(now: datetime | None = None) -> datetime:
+    """When a response stored now is deleted."""
+    return (now or timezone.now()) + timedelta(days=settings.TOLLGATE_RESPONSES_RETENTION_DAYS)
+
+
+def not_found(response_id: str) -> NotFound:
+    return NotFound(f"Previous response with id '{response_id}' not found.", param=PARAM,
+                    code="previous_response_not_found")
+
+
+def load_history(tenant_id: int, previous_response_id: str, now: datetime | None = None) -> list[JSONDict]:
+    """Every earlier turn's input items then output items, oldest first. Raises NotFound or a 400 GatewayError."""
+    now = now or timezone.now()
+    limit = settings.TOLLGATE_RESPONSES_MAX_TURNS
+    turns: list[JSONDict] = []
+    seen: set[str] = set()
+    current = previous_response_id
+    while current:
+        if len(turns) >= limit:
+            raise GatewayError(f"This conversation is longer than {limit} turns, the most Tollgate continues. "
+                               "Start a new conversation, with the context you need in its input.", param=PARAM)
+        if current in seen:  # a loop can only come from edited rows; refuse it rather than walk forever
+            raise not_found(current)
+        seen.add(current)
+        row = (StoredResponse.objects.filter(pk=current, tenant_id=tenant_id, expires_at__gt=now)
+               .values("status", "previous_response_id", "input_items", "response").first())
+        if row is None:
+            raise not_found(current)
+        if row["status"] in UNFINISHED:
+            raise GatewayError(f"Response '{current}' is still {row['status']}: a conversation can go on from it "
+                               "once it has completed. Poll GET /v1/responses/{id} until it has.", param=PARAM)
+        if row["status"] != StoredResponse.Status.COMPLETED:
+            raise not_found(current)
+        turns.append(row)
+        current = row["previous_response_id"]
+    items: list[JSONDict] = []
+    for row in reversed(turns):
+        items.extend(item for item in row["input_items"] or [] if isinstance(item, dict))
+        output = row["response"].get("output") if isinstance(row["response"], dict) else None
+        items.extend(item for item in output or [] if isinstance(item, dict))
+    return items
+
+
+aload_history = db_step(load_history, retry=True)
+
+
+async def history(caller: Caller, previous_response_id: str) -> list[JSONDict]:
+    """The items of every earlier turn of the conversation, oldest first. Raises a 404 or 400 GatewayError."""
+    if not isinstance(previous_response_id, str) or not previous_response_id or len(previous_response_id) > 64:
+        raise not_found(str(previous_response_id)[:64])
+    return await aload_history(caller.tenant_id, previous_response_id)
+
+
+def write(*, response_id: str, tenant_id: int, key_id: int | None, model: str, status: str, background: bool,
+          previous_response_id: str, request: JSONDict, input_items: list[JSONDict], response: JSONDict,
+          now: datetime | None = None) -> bool:
+    """Insert or update a stored response. A cancelled one is never overwritten. Returns whether a row was written."""
+    now = now or timezone.now()
+    values = {"status": status, "response": response, "updated_at": now, "expires_at": expiry(now)}
+    updated = (StoredResponse.objects.filter(pk=response_id, tenant_id=tenant_id)
+               .exclude(status=StoredResponse.Status.CANCELLED).update(**values))
+    if updated:
+        return True
+    if StoredResponse.objects.filter(pk=response_id).exists():
+        return False  # cancelled meanwhile (or, impossibly, another tenant's id): leave it as it is
+    StoredResponse.objects.create(
+        id=response_id, tenant_id=tenant_id, key_id=key_id, model=model[:200], background=background,
+        previous_response_id=previous_response_id or "", request=request, input_items=input_items,
+        created_at=now, **values,
+    )
+    return True
+
+
+awrite = db_step(write, retry=True)
+
+
+async def save(body: ApiRequest, response: JSONDict) -> None:
+    """Store the answer when the request asked to (store, the default). Never raises: the client keeps its answer."""
+    state = body.state
+    if not state.get("store"):
+        return
+    try:
+        previous = body.data.get(PARAM)
+        await awrite(
+            response_id=str(response["id"]), tenant_id=state["tenant_id"], key_id=state.get("key_id"),
+            model=body.model, status=str(response.get("status") or StoredResponse.Status.COMPLETED),
+            background=bool(body.data.get("background")), previous_response_id=previous if isinstance(previous, str) else "",
+            request=body.data, input_items=list(state.get("input_items") or []), response=response,
+        )
+    except Exception:
+        logger.exception("could not store response %s", response.get("id"))
