@@ -12,6 +12,7 @@ from typing import Any
 
 
 from ..errors import GatewayError, ProviderError
+from . import anthropic_content as content
 from .base import CHAT, ApiRequest, Chunk, Completion, JSONDict, StreamTranslator, Target, UpstreamReply, UpstreamRequest, Usage
 from .http import status_error
 
@@ -22,67 +23,16 @@ FINISH_REASONS = {
     "end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
     "refusal": "content_filter", "model_context_window_exceeded": "length",
 }
-UNSUPPORTED_PARAMS = ("tools", "tool_choice", "functions", "function_call")
 
 
 def _finish_reason(stop_reason: Any) -> str:
     return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
 
 
-def _text_blocks(content: Any, param: str) -> list[JSONDict]:
-    """Return Anthropic text blocks for OpenAI message content; raise GatewayError for anything but text."""
-    if content is None or content == "":
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if isinstance(content, list):
-        blocks: list[JSONDict] = []
-        for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise GatewayError("Only text content is supported for this model.", param=param)
-            # Anthropic rejects empty text blocks, and an empty part carries nothing.
-            if part["text"]:
-                blocks.append({"type": "text", "text": part["text"]})
-        return blocks
-    raise GatewayError("Message content must be a string or a list of text parts.", param=param)
-
-
-def _translate_messages(messages: Any) -> tuple[str, list[JSONDict]]:
-    """Return the joined system prompt and strictly alternating user/assistant turns."""
-    if not isinstance(messages, list) or not messages:
-        raise GatewayError("messages must be a non-empty list.", param="messages")
-    system: list[str] = []
-    turns: list[JSONDict] = []
-    for i, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, dict) else None
-        param = f"messages[{i}].content"
-        if role in ("system", "developer"):
-            system.extend(block["text"] for block in _text_blocks(message.get("content"), param))
-            continue
-        if role not in ("user", "assistant"):
-            message_text = f"Messages with role {role!r} are not supported for this model."
-            raise GatewayError(message_text, param=f"messages[{i}].role")
-        if message.get("tool_calls") or message.get("function_call"):
-            raise GatewayError("Tool calls are not supported for this model.", param=f"messages[{i}].tool_calls")
-        blocks = _text_blocks(message.get("content"), param)
-        if not blocks:
-            continue
-        # Anthropic requires user and assistant turns to alternate, so same-role neighbours become one turn.
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-    return "\n\n".join(system), turns
-
-
 def _payload(target: Target, body: ApiRequest) -> JSONDict:
     data = body.data
-    for param in UNSUPPORTED_PARAMS:
-        if data.get(param):
-            raise GatewayError("Tools are not supported for this model.", param=param)
-    if data.get("n") not in (None, 1):
-        raise GatewayError("Only n=1 is supported for this model.", param="n")
-    system, messages = _translate_messages(data.get("messages"))
+    content.check_unsupported(data)
+    system, messages = content.translate_messages(data.get("messages"))
     max_tokens = data.get("max_completion_tokens") or data.get("max_tokens") or body.max_tokens
     payload: JSONDict = {"model": target.upstream_model, "messages": messages,
                          "max_tokens": max_tokens or DEFAULT_MAX_TOKENS, "stream": body.stream}
@@ -94,6 +44,13 @@ def _payload(target: Target, body: ApiRequest) -> JSONDict:
     stop = data.get("stop")
     if stop:
         payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if data.get("tools"):
+        payload["tools"] = content.tools(data["tools"])
+    choice = content.tool_choice(data.get("tool_choice"), data.get("parallel_tool_calls"))
+    if choice is not None and payload.get("tools"):
+        payload["tool_choice"] = choice
+    elif data.get("tool_choice") not in (None, "auto", "none"):
+        raise GatewayError("tool_choice needs tools.", param="tool_choice")
     return payload
 
 
@@ -101,11 +58,13 @@ def _usage(raw: Any) -> Usage:
     """Return Usage for an Anthropic usage object; prompt tokens include cache reads and writes."""
     raw = raw if isinstance(raw, dict) else {}
     cache_read = raw.get("cache_read_input_tokens") or 0
-    prompt = (raw.get("input_tokens") or 0) + cache_read + (raw.get("cache_creation_input_tokens") or 0)
-    return Usage(prompt_tokens=prompt, completion_tokens=raw.get("output_tokens") or 0, cached_tokens=cache_read)
+    cache_write = raw.get("cache_creation_input_tokens") or 0
+    return Usage(prompt_tokens=(raw.get("input_tokens") or 0) + cache_read + cache_write,
+                 completion_tokens=raw.get("output_tokens") or 0, cached_tokens=cache_read, cache_write_tokens=cache_write)
 
 
 def _openai_usage(usage: Usage) -> JSONDict:
+    # OpenAI's usage has no field for cache writes: they are in prompt_tokens, and the ledger row keeps them apart.
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -114,18 +73,30 @@ def _openai_usage(usage: Usage) -> JSONDict:
     }
 
 
+def _tool_call(block: JSONDict, index: int | None = None, arguments: str | None = None) -> JSONDict:
+    """An OpenAI tool call for a tool_use block: its input as JSON text (or the given start of it, when streaming)."""
+    call: JSONDict = {} if index is None else {"index": index}
+    text = json.dumps(block.get("input") or {}, ensure_ascii=False) if arguments is None else arguments
+    return {**call, "id": block.get("id") or "", "type": "function",
+            "function": {"name": block.get("name") or "", "arguments": text}}
+
+
 class _StreamTranslator:
-    """Turns one Anthropic event stream into OpenAI chunks; holds the id, model and usage seen so far."""
+    """Turns one Anthropic event stream into OpenAI chunks; holds the id, model, usage and tool calls seen so far."""
 
     def __init__(self, target: Target) -> None:
         self.model = target.public_model
         self.created = int(time.time())
         self.id = ""
         self.usage: JSONDict = {}
+        self.tools: dict[int, int] = {}  # Anthropic content block index -> OpenAI tool call index
 
     def _chunk(self, choices: list[JSONDict], **extra: Any) -> bytes:
         obj = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
         return json.dumps({**obj, "choices": choices, **extra}, separators=(",", ":")).encode()
+
+    def _delta(self, delta: JSONDict, text: str = "") -> list[Chunk]:
+        return [Chunk(self._chunk([{"index": 0, "delta": delta, "finish_reason": None}]), text=text)]
 
     def __call__(self, payload: str) -> list[Chunk]:
         try:
@@ -137,21 +108,28 @@ class _StreamTranslator:
             message = event.get("message") or {}
             self.id = message.get("id") or ""
             self.usage = dict(message.get("usage") or {})
-            delta = {"role": "assistant", "content": ""}
-            return [Chunk(self._chunk([{"index": 0, "delta": delta, "finish_reason": None}]))]
+            return self._delta({"role": "assistant", "content": ""})
+        if kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") != "tool_use":
+                return []
+            index = self.tools[event.get("index", -1)] = len(self.tools)
+            return self._delta({"tool_calls": [_tool_call(block, index, "")]}, text=block.get("name") or "")
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
-            # Thinking and tool-input deltas have no OpenAI chat equivalent here; only text is forwarded.
-            if delta.get("type") != "text_delta" or not delta.get("text"):
-                return []
-            choice = {"index": 0, "delta": {"content": delta["text"]}, "finish_reason": None}
-            return [Chunk(self._chunk([choice]), text=delta["text"])]
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                return self._delta({"content": delta["text"]}, text=delta["text"])
+            index = self.tools.get(event.get("index", -1))
+            if delta.get("type") == "input_json_delta" and index is not None and delta.get("partial_json"):
+                call = {"index": index, "function": {"arguments": delta["partial_json"]}}
+                return self._delta({"tool_calls": [call]}, text=delta["partial_json"])
+            return []  # thinking and signature deltas have no OpenAI chat equivalent: not forwarded
         if kind == "message_delta":
             return self._finish(event)
         if kind == "error":
             # The upstream message can quote the prompt; only the fact of failure is passed on.
             raise _mid_stream_error()
-        return []  # ping, content_block_start/stop, message_stop and future event types
+        return []  # ping, content_block_stop, message_stop and future event types
 
     def _finish(self, event: JSONDict) -> list[Chunk]:
         # message_delta usage is cumulative; newer API versions repeat the input counts there too.
@@ -171,7 +149,8 @@ class AnthropicProvider:
     name = "anthropic"
 
     def build_request(self, target: Target, body: ApiRequest) -> UpstreamRequest:
-        """Return the POST /v1/messages request. Raises GatewayError for other endpoints or non-text content."""
+        """Return the POST /v1/messages request. Raises GatewayError (400 naming the param) for what Anthropic cannot
+        take: other endpoints, n > 1, legacy functions, response_format json, unsupported content."""
         if body.endpoint != CHAT:
             raise GatewayError(
                 f"The {body.endpoint} endpoint is not supported for this model's provider.",
@@ -187,13 +166,19 @@ class AnthropicProvider:
 
     def parse_response(self, target: Target, body: ApiRequest, data: JSONDict) -> Completion:
         """Return the OpenAI chat.completion for an Anthropic message."""
-        blocks = data.get("content") or []
-        text = "".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+        blocks = [b for b in data.get("content") or [] if isinstance(b, dict)]
+        text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+        calls = [_tool_call(b) for b in blocks if b.get("type") == "tool_use"]
         usage = _usage(data.get("usage"))
-        message = {"role": "assistant", "content": text}
+        # OpenAI sends null content with tool calls and no text.
+        message: JSONDict = {"role": "assistant", "content": text or (None if calls else "")}
+        if calls:
+            message["tool_calls"] = calls
         choice = {"index": 0, "message": message, "finish_reason": _finish_reason(data.get("stop_reason"))}
         payload = {"id": data.get("id", ""), "object": "chat.completion", "created": int(time.time()),
                    "model": target.public_model, "choices": [choice], "usage": _openai_usage(usage)}
+        # The arguments count as generated text for a token estimate, as the text does.
+        text = "".join([text, *(c["function"]["arguments"] for c in calls)]) if calls else text
         return Completion(payload=payload, usage=usage, text=text)
 
     def error_for(self, response: UpstreamReply) -> ProviderError:
