@@ -79,8 +79,10 @@ aload_history = db_step(load_history, retry=True)
 
 async def history(caller: Caller, previous_response_id: str) -> list[JSONDict]:
     """The items of every earlier turn of the conversation, oldest first. Raises a 404 or 400 GatewayError."""
-    if not isinstance(previous_response_id, str) or not previous_response_id or len(previous_response_id) > 64:
-        raise not_found(str(previous_response_id)[:64])
+    # NUL is refused by PostgreSQL text; a longer id is none of ours. Either is simply unknown.
+    if not isinstance(previous_response_id, str) or not previous_response_id or len(previous_response_id) > 64 \
+            or "\x00" in previous_response_id:
+        raise not_found(str(previous_response_id)[:64].replace("\x00", ""))
     return await aload_history(caller.tenant_id, previous_response_id)
 
 
