@@ -1,0 +1,162 @@
+"""The official Anthropic Python SDK's Messages API against a live Tollgate (ANTHROPIC_BASE_URL=<tollgate>).
+
+``demo`` and ``fake-chat`` speak chat completions, so requests to them are translated Messages → chat and the answer
+back; ``fake-claude`` is an Anthropic deployment, so requests to it are relayed natively.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from anthropic.types import Message, ToolUseBlock
+
+from proxy.providers.demo import tokens
+
+from ..conftest import Party
+from .conftest import (IMAGE_ANSWER, RED_PIXEL_PNG, WEATHER_ANSWER, WEATHER_SCHEMA, WEATHER_TOOL_RESULT, FakeLLM,
+                       check_row, ledger, text_of, tool_calls_of)
+from .messages_checks import PICTURE, WEATHER_TOOL, anthropic_sdk, check_events, tool_use, usage_pair
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the server process must see committed rows
+
+QUESTION = {"role": "user", "content": "What is the weather in Paris?"}
+
+
+def tool_turns(first: Message, use: ToolUseBlock) -> list[Any]:
+    """The conversation after a tool call, as the SDK's docs send it: question, the answer as it came, the result."""
+    return [QUESTION, {"role": "assistant", "content": first.content},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": WEATHER_TOOL_RESULT}]}]
+
+
+def test_demo_non_streaming(live_server_url: str, alice: Party, routes: None) -> None:
+    message = anthropic_sdk(live_server_url, alice).messages.create(
+        model="demo", max_tokens=200, messages=[{"role": "user", "content": "Say hello to the gateway"}])
+    assert message.id.startswith("msg_") and (message.type, message.role, message.model) == ("message", "assistant", "demo")
+    assert [block.type for block in message.content] == ["text"] and message.stop_reason == "end_turn"
+    assert message.content[0].text.startswith("Hello from Tollgate's demo model! You said: “Say hello to the gateway")
+    usage = usage_pair(message)
+    assert usage == (len(tokens("Say hello to the gateway")), len(tokens(message.content[0].text)))
+    [row] = ledger(alice, 1)
+    check_row(row, endpoint="messages", model="demo", stream=False, usage=usage)
+
+
+def test_demo_streaming_and_image(live_server_url: str, alice: Party, routes: None) -> None:
+    client = anthropic_sdk(live_server_url, alice)
+    with client.messages.stream(model="demo", max_tokens=200, system="Be brief.",
+                                messages=[{"role": "user", "content": PICTURE}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == final.content[0].text and text.startswith("Hello from Tollgate's demo model!")
+    assert final.model == "demo" and final.stop_reason == "end_turn"
+    usage = usage_pair(final)
+    assert usage == (len(tokens("Be brief.")) + len(tokens("Please describe the picture.")), len(tokens(text)))
+    [row] = ledger(alice, 1)
+    check_row(row, endpoint="messages", model="demo", stream=True, usage=usage, images=1)
+
+
+def test_fakellm_over_chat_tool_round_trip_and_image(live_server_url: str, alice: Party, routes: None,
+                                                     fakellm: FakeLLM) -> None:
+    client = anthropic_sdk(live_server_url, alice)
+    first = client.messages.create(model="fake-chat", max_tokens=300, tools=[WEATHER_TOOL], messages=[QUESTION])
+    assert first.model == "fake-chat"
+    use = tool_use(first)
+    sent = fakellm.exchanges()[0]
+    assert use.id == tool_calls_of(sent)[0]["id"]
+    assert sent.request["model"] == "fakellm-gpt" and sent.request["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city now.", "parameters": WEATHER_SCHEMA}}]
+    assert sent.request["max_tokens"] == 300 or sent.request.get("max_completion_tokens") == 300
+
+    second = client.messages.create(model="fake-chat", max_tokens=300, tools=[WEATHER_TOOL],
+                                    messages=tool_turns(first, use))
+    assert [b.type for b in second.content] == ["text"] and second.content[0].text == WEATHER_ANSWER
+    history = fakellm.exchanges()[1].request["messages"]
+    assert history[-2]["role"] == "assistant" and history[-2]["tool_calls"][0]["id"] == use.id
+    assert json.loads(history[-2]["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
+    assert (history[-1]["role"], history[-1]["tool_call_id"], text_of(history[-1])) == ("tool", use.id,
+                                                                                         WEATHER_TOOL_RESULT)
+
+    picture = client.messages.create(model="fake-chat", max_tokens=300, messages=[{"role": "user", "content": PICTURE}])
+    assert picture.content[0].text == IMAGE_ANSWER
+    parts = fakellm.exchanges()[2].request["messages"][-1]["content"]
+    assert {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{RED_PIXEL_PNG}"}} in [
+        {"type": p["type"], "image_url": {"url": p["image_url"]["url"]}} for p in parts if p["type"] == "image_url"]
+
+    rows = ledger(alice, 3)
+    for row, message, exchange, images in zip(rows, (first, second, picture), fakellm.exchanges(), (0, 0, 1)):
+        assert usage_pair(message) == exchange.usage()  # tokens as the upstream reported them
+        check_row(row, endpoint="messages", model="fake-chat", stream=False, usage=exchange.usage(), images=images)
+
+
+def test_fakellm_over_chat_streamed_tool_call(live_server_url: str, alice: Party, routes: None,
+                                              fakellm: FakeLLM) -> None:
+    client = anthropic_sdk(live_server_url, alice)
+    events = list(client.messages.create(model="fake-chat", max_tokens=300, tools=[WEATHER_TOOL], messages=[QUESTION],
+                                         stream=True))
+    summary = check_events(events, "fake-chat")
+    [block] = [b for b in summary["blocks"] if b["type"] == "tool_use"]
+    assert block["name"] == "get_weather" and json.loads(block["json"]) == {"city": "Paris"}
+    assert block["id"] == tool_calls_of(fakellm.exchanges()[0])[0]["id"] and summary["stop_reason"] == "tool_use"
+
+    with client.messages.stream(model="fake-chat", max_tokens=300, tools=[WEATHER_TOOL], messages=[
+            QUESTION, {"role": "assistant", "content": [{"type": "tool_use", "id": block["id"], "name": "get_weather",
+                                                         "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block["id"],
+                                          "content": [{"type": "text", "text": WEATHER_TOOL_RESULT}]}]}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == WEATHER_ANSWER and final.stop_reason == "end_turn"
+
+    # fakellm sends no usage in its chat streams (it ignores stream_options): Tollgate estimates, and the ledger
+    # holds exactly what the client was told.
+    assert [e.usage() for e in fakellm.exchanges()] == [None, None]
+    rows = ledger(alice, 2)
+    for row, usage in zip(rows, (summary["usage"], usage_pair(final))):
+        assert usage[0] > 0 and usage[1] > 0
+        check_row(row, endpoint="messages", model="fake-chat", stream=True, usage=usage, source="estimated")
+
+
+def test_fakellm_native_tool_round_trip_and_image(live_server_url: str, alice: Party, routes: None,
+                                                  fakellm: FakeLLM) -> None:
+    client = anthropic_sdk(live_server_url, alice)
+    first = client.messages.create(model="fake-claude", max_tokens=300, tools=[WEATHER_TOOL], messages=[QUESTION])
+    assert first.model == "fake-claude"
+    use = tool_use(first)
+    sent = fakellm.exchanges()[0]
+    assert sent.path == "/v1/messages" and use.id == tool_calls_of(sent)[0]["id"]
+    assert (sent.request["model"], sent.request["tools"], sent.request["messages"]) == ("fakellm-claude", [WEATHER_TOOL],
+                                                                                         [QUESTION])
+
+    second = client.messages.create(model="fake-claude", max_tokens=300, tools=[WEATHER_TOOL],
+                                    messages=tool_turns(first, use))
+    assert second.content[0].text == WEATHER_ANSWER and second.stop_reason == "end_turn"
+    assert fakellm.exchanges()[1].request["messages"][-1]["content"][0] == {
+        "type": "tool_result", "tool_use_id": use.id, "content": WEATHER_TOOL_RESULT}
+
+    picture = client.messages.create(model="fake-claude", max_tokens=300, messages=[{"role": "user", "content": PICTURE}])
+    assert picture.content[0].text == IMAGE_ANSWER
+    assert fakellm.exchanges()[2].request["messages"] == [{"role": "user", "content": PICTURE}]
+
+    rows = ledger(alice, 3)
+    for row, message, exchange, images in zip(rows, (first, second, picture), fakellm.exchanges(), (0, 0, 1)):
+        assert usage_pair(message) == exchange.usage()
+        check_row(row, endpoint="messages", model="fake-claude", stream=False, usage=exchange.usage(), images=images)
+
+
+def test_fakellm_native_streaming(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM) -> None:
+    client = anthropic_sdk(live_server_url, alice)
+    with client.messages.stream(model="fake-claude", max_tokens=300, tools=[WEATHER_TOOL], messages=[QUESTION]) as stream:
+        first = stream.get_final_message()
+    use = tool_use(first)
+    assert first.model == "fake-claude" and use.id == tool_calls_of(fakellm.exchanges()[0])[0]["id"]
+
+    events = list(client.messages.create(model="fake-claude", max_tokens=300, tools=[WEATHER_TOOL], stream=True,
+                                         messages=tool_turns(first, use)))
+    summary = check_events(events, "fake-claude")
+    assert [b["text"] for b in summary["blocks"]] == [WEATHER_ANSWER] and summary["stop_reason"] == "end_turn"
+
+    rows = ledger(alice, 2)
+    for row, usage, exchange in zip(rows, (usage_pair(first), summary["usage"]), fakellm.exchanges()):
+        assert exchange.streamed and usage == exchange.usage()  # tokens as the upstream reported them
+        check_row(row, endpoint="messages", model="fake-claude", stream=True, usage=usage)

@@ -1,0 +1,140 @@
+"""The official OpenAI Python SDK's Responses API against a live Tollgate: the demo model and fakellm over chat.
+
+``fake-chat`` speaks only chat completions, so every request here is translated Responses → chat and the answer
+back; the conversation of a ``previous_response_id`` is Tollgate's own stored state.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from proxy.providers.demo import tokens
+
+from ..conftest import Party
+from .conftest import WEATHER_ANSWER, WEATHER_TOOL_RESULT, FakeLLM, check_row, ledger, text_of, tool_calls_of
+from .responses_checks import WEATHER_FUNCTION, check_stream, function_call, openai_sdk, usage_pair
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the server process must see committed rows
+
+DEMO_PROMPT = "Say hello to the gateway please"
+
+
+def demo_tokens(*texts: str) -> int:
+    return sum(len(tokens(text)) for text in texts)
+
+
+def test_demo_non_streaming(live_server_url: str, alice: Party, routes: None) -> None:
+    response = openai_sdk(live_server_url, alice).responses.create(model="demo", input=DEMO_PROMPT)
+    assert response.object == "response" and response.id.startswith("resp_") and response.status == "completed"
+    assert response.model == "demo"
+    assert response.output_text.startswith("Hello from Tollgate's demo model! You said: “Say hello to the gateway")
+    [message] = response.output
+    assert (message.type, message.role, message.status) == ("message", "assistant", "completed")
+    assert message.content[0].type == "output_text" and message.content[0].annotations == []
+    usage = usage_pair(response)
+    assert usage == (demo_tokens(DEMO_PROMPT), demo_tokens(response.output_text))
+    [row] = ledger(alice, 1)
+    check_row(row, endpoint="responses", model="demo", stream=False, usage=usage)
+
+
+def test_demo_streaming(live_server_url: str, alice: Party, routes: None) -> None:
+    events = list(openai_sdk(live_server_url, alice).responses.create(model="demo", input=DEMO_PROMPT, stream=True))
+    final = check_stream(events)
+    assert final.model == "demo" and final.output_text.startswith("Hello from Tollgate's demo model!")
+    assert sum(e.type == "response.output_text.delta" for e in events) > 5  # token by token, not one lump
+    usage = usage_pair(final)
+    assert usage == (demo_tokens(DEMO_PROMPT), demo_tokens(final.output_text))
+    [row] = ledger(alice, 1)
+    check_row(row, endpoint="responses", model="demo", stream=True, usage=usage)
+
+
+def test_demo_stream_helper_and_previous_response_id(live_server_url: str, alice: Party, routes: None) -> None:
+    client = openai_sdk(live_server_url, alice)
+    first = client.responses.create(model="demo", input="Remember the word marmalade")
+    with client.responses.stream(model="demo", input="Which word?", previous_response_id=first.id) as stream:
+        deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
+        second = stream.get_final_response()
+    assert second.previous_response_id == first.id and second.id != first.id
+    assert "".join(deltas) == second.output_text
+    # The demo model echoes the start of its whole prompt: the first turn came back from Tollgate's storage.
+    assert "You said: “Remember the word marmalade" in second.output_text
+    usage = usage_pair(second)
+    assert usage[0] == demo_tokens("Remember the word marmalade", first.output_text, "Which word?")
+    rows = ledger(alice, 2)
+    check_row(rows[0], endpoint="responses", model="demo", stream=False, usage=usage_pair(first))
+    check_row(rows[1], endpoint="responses", model="demo", stream=True, usage=usage)
+    assert client.responses.retrieve(second.id).output_text == second.output_text
+
+
+def test_demo_function_call_output_in_input(live_server_url: str, alice: Party, routes: None) -> None:
+    # The demo model calls no tools, but it must accept a conversation that holds a call and its output.
+    response = openai_sdk(live_server_url, alice).responses.create(model="demo", tools=[WEATHER_FUNCTION], input=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": WEATHER_TOOL_RESULT},
+    ])
+    assert response.status == "completed" and response.output_text.startswith("Hello from Tollgate's demo model!")
+    [row] = ledger(alice, 1)
+    check_row(row, endpoint="responses", model="demo", stream=False, usage=usage_pair(response))
+
+
+def test_fakellm_function_call_round_trip(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM) -> None:
+    client = openai_sdk(live_server_url, alice)
+    first = client.responses.create(model="fake-chat", input="What is the weather in Paris?", tools=[WEATHER_FUNCTION],
+                                    instructions="Use the tools.")
+    assert first.model == "fake-chat" and first.status == "completed"
+    call = function_call(first)
+    [sent] = fakellm.exchanges()
+    asked = sent.request
+    assert asked["model"] == "fakellm-gpt"
+    assert asked["messages"][0]["role"] in ("system", "developer") and text_of(asked["messages"][0]) == "Use the tools."
+    assert (asked["messages"][-1]["role"], text_of(asked["messages"][-1])) == ("user", "What is the weather in Paris?")
+    assert asked["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city now.", "parameters": WEATHER_FUNCTION["parameters"],
+        "strict": True}}]
+    assert call.call_id == tool_calls_of(sent)[0]["id"]
+
+    second = client.responses.create(model="fake-chat", previous_response_id=first.id, tools=[WEATHER_FUNCTION],
+                                     input=[{"type": "function_call_output", "call_id": call.call_id,
+                                             "output": WEATHER_TOOL_RESULT}])
+    assert second.output_text == WEATHER_ANSWER and second.previous_response_id == first.id
+    # The stored conversation went upstream in chat form: the user's question, the call, and its result.
+    history = fakellm.exchanges()[1].request["messages"]
+    assert text_of(history[-3]) == "What is the weather in Paris?"
+    assert history[-2]["role"] == "assistant" and history[-2]["tool_calls"][0]["id"] == call.call_id
+    assert json.loads(history[-2]["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
+    assert (history[-1]["role"], history[-1]["tool_call_id"], text_of(history[-1])) == ("tool", call.call_id,
+                                                                                         WEATHER_TOOL_RESULT)
+
+    rows = ledger(alice, 2)
+    for row, response, exchange in zip(rows, (first, second), fakellm.exchanges()):
+        assert usage_pair(response) == exchange.usage()  # tokens as the upstream reported them
+        check_row(row, endpoint="responses", model="fake-chat", stream=False, usage=exchange.usage())
+
+
+def test_fakellm_streamed_function_call_round_trip(live_server_url: str, alice: Party, routes: None,
+                                                   fakellm: FakeLLM) -> None:
+    client = openai_sdk(live_server_url, alice)
+    events = list(client.responses.create(model="fake-chat", input="What is the weather in Paris?",
+                                          tools=[WEATHER_FUNCTION], stream=True))
+    first = check_stream(events)
+    call = function_call(first)
+    assert call.call_id == tool_calls_of(fakellm.exchanges()[0])[0]["id"]
+    assert sum(e.type == "response.function_call_arguments.delta" for e in events) > 1  # streamed in pieces
+
+    events = list(client.responses.create(model="fake-chat", previous_response_id=first.id, stream=True,
+                                          input=[{"type": "function_call_output", "call_id": call.call_id,
+                                                  "output": WEATHER_TOOL_RESULT}]))
+    second = check_stream(events)
+    assert second.output_text == WEATHER_ANSWER and second.model == "fake-chat"
+
+    # fakellm sends no usage in its chat streams (it ignores stream_options): Tollgate estimates, and the ledger
+    # holds exactly what the client was told.
+    assert [e.usage() for e in fakellm.exchanges()] == [None, None]
+    rows = ledger(alice, 2)
+    for row, response in zip(rows, (first, second)):
+        assert usage_pair(response)[1] > 0
+        check_row(row, endpoint="responses", model="fake-chat", stream=True, usage=usage_pair(response),
+                  source="estimated")
