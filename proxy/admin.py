@@ -18,6 +18,7 @@ from .providers.compatible import PRESETS
 PRESET_LABELS = {
     "openai": "OpenAI", "openrouter": "OpenRouter", "deepseek": "DeepSeek", "groq": "Groq", "together": "Together AI",
     "mistral": "Mistral", "ollama": "Ollama", "vllm": "vLLM", "lmstudio": "LM Studio", "custom": "Custom (give a base URL)",
+    "gemini": "Google Gemini",
 }
 
 

@@ -10,7 +10,11 @@ from django.db import models
 from django.utils import timezone
 
 from . import credentials, providers
+from .providers.azure import DEFAULT_API_VERSION
 from .providers.compatible import PRESETS
+
+API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?|preview|latest")
+AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 
 
 def validate_names(value: object) -> None:
@@ -56,6 +60,14 @@ class Provider(models.Model):
     def clean(self) -> None:
         if self.kind == self.Kind.OPENAI_COMPATIBLE and not (self.base_url or PRESETS.get(self.preset or "custom", {}).get("base_url")):
             raise ValidationError({"base_url": "Give a base URL, or pick a preset that has one."})
+        if self.kind == self.Kind.AZURE and not self.base_url:
+            raise ValidationError({"base_url": "Give the Azure OpenAI resource's endpoint, "
+                                               "e.g. https://my-resource.openai.azure.com."})
+        if self.api_version and not API_VERSION.fullmatch(self.api_version):
+            raise ValidationError({"api_version": "Use an Azure OpenAI api-version such as 2024-10-21 or "
+                                                  "2025-04-01-preview."})
+        if self.kind == self.Kind.BEDROCK and not AWS_REGION.fullmatch(self.region):
+            raise ValidationError({"region": "Give the AWS region of the Bedrock models, e.g. us-east-1."})
         if self.credential_env and not re.fullmatch(r"[A-Z_][A-Z0-9_]*", self.credential_env):
             raise ValidationError({"credential_env": "Use an environment variable name such as OPENAI_API_KEY."})
 
@@ -72,10 +84,22 @@ class Provider(models.Model):
             return self.base_url
         if self.kind == self.Kind.ANTHROPIC:
             return "https://api.anthropic.com"
+        if self.kind == self.Kind.BEDROCK:
+            return f"https://bedrock-runtime.{self.region}.amazonaws.com" if self.region else ""
+        if self.kind != self.Kind.OPENAI_COMPATIBLE:
+            return ""
         return str(PRESETS.get(self.preset or "custom", {}).get("base_url", ""))
 
     def quirks(self) -> dict[str, object]:
-        return dict(PRESETS.get(self.preset or "custom", {})) if self.kind == self.Kind.OPENAI_COMPATIBLE else {}
+        """What a Target of this provider needs besides its URL and key (proxy/routing.py copies it to Target.options)."""
+        if self.kind == self.Kind.OPENAI_COMPATIBLE:
+            return dict(PRESETS.get(self.preset or "custom", {}))
+        if self.kind == self.Kind.AZURE:
+            # Azure speaks the Responses API too (the v1 API), relayed natively.
+            return {"stream_usage": True, "responses": True, "api_version": self.api_version or DEFAULT_API_VERSION}
+        if self.kind == self.Kind.BEDROCK:
+            return {"stream_usage": True, "region": self.region}
+        return {}
 
     @property
     def has_credential(self) -> bool:

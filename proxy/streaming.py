@@ -83,14 +83,16 @@ async def relay_stream(stream: Upstream, body: ApiRequest, meter: Meter) -> Asyn
     meter.streaming = True
     end_reason, status, code = "client_gone", 499, ""  # unless the stream reaches one of its own ends
     dialect = dialects.get(body.endpoint)  # Messages and Responses name their events and end differently
+    first: bytes | None = None  # the first event sent: a usage chunk made up here takes its id and model
     try:
         async for chunk in stream:
             meter.observe(chunk)
             if chunk.data is None or (chunk.usage_only and not body.include_usage):
                 continue
+            first = first or chunk.data
             yield sse.frame(chunk.data) if chunk.event is None else sse.event(chunk.event, chunk.data)
         if body.include_usage and meter.usage is None:
-            yield sse.frame(await estimated_usage_chunk(body, meter))
+            yield sse.frame(await estimated_usage_chunk(body, meter, first))
         assert meter.target is not None
         routing.report(meter.target, ok=True)
         end_reason, status = "complete", 200
@@ -126,14 +128,22 @@ def in_band(error: GatewayError, body: ApiRequest, dialect: dialects.Dialect | N
     return error.sse_event() if dialect is None else dialect.error_event(body, error)
 
 
-async def estimated_usage_chunk(body: ApiRequest, meter: Meter) -> bytes:
-    """The usage chunk a client asked for when the provider sent none; counted in a worker thread."""
+async def estimated_usage_chunk(body: ApiRequest, meter: Meter, first: bytes | None = None) -> bytes:
+    """The usage chunk a client asked for when the provider sent none, with the id, model and time of the stream's
+    first chunk (``first``) as every chunk of one answer has; counted in a worker thread."""
     usage = await sync_to_async(estimate)(body, "".join(meter.texts), meter.target)
     # meter.usage stays None, so the ledger row marks these numbers as estimated, not as provider usage.
     total = usage.prompt_tokens + usage.completion_tokens
     data = {"id": f"usage-{meter.request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": body.model, "choices": [],
+            "model": meter.target.public_model if meter.target else body.model, "choices": [],
             "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": total}}
+    try:
+        seen = json.loads(first) if first else None
+    except ValueError:
+        seen = None
+    if isinstance(seen, dict):  # empty values are left out: Azure's first chunk has an empty id and model
+        data.update({name: seen[name] for name, kind in (("id", str), ("model", str), ("created", int))
+                     if isinstance(seen.get(name), kind) and seen[name]})
     return json.dumps(data, separators=(",", ":")).encode()
 
 

@@ -10,6 +10,8 @@ from django.utils.module_loading import import_string
 KINDS = {
     "openai_compatible": "proxy.providers.compatible.OpenAICompatibleProvider",
     "anthropic": "proxy.providers.anthropic.AnthropicProvider",
+    "azure": "proxy.providers.azure.AzureOpenAIProvider",
+    "bedrock": "proxy.providers.bedrock.BedrockProvider",
     "demo": "proxy.providers.demo.DemoProvider",
 }
 

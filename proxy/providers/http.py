@@ -87,6 +87,16 @@ async def lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
         yield buffer.rstrip(b"\r").decode("utf-8", errors="replace")
 
 
+async def pieces(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """Yield the body's bytes as they arrive, for framings other than SSE lines (Bedrock's event stream).
+    Raises ProviderError if the body breaks off or stalls."""
+    try:
+        async for piece in response.content.iter_any():
+            yield piece
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        raise stream_error(e) from None
+
+
 _SAFE_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 

@@ -27,7 +27,7 @@ TARGET = Target(
     stream_usage=True, options=dict(PRESETS["openai"]),
 )
 SECRET_UPSTREAM_MESSAGE = "prompt said: my password is hunter2"
-KNOWN_QUIRKS = {"base_url", "stream_usage", "renames"}
+KNOWN_QUIRKS = {"base_url", "stream_usage", "renames", "responses", "usage_from_total"}
 HELLO = [{"role": "user", "content": "hi"}]
 
 
@@ -88,9 +88,11 @@ def data_lines(name: str) -> list[bytes]:
     return lines[:-1]
 
 
-def test_openai_stream_forwards_every_payload_byte_for_byte() -> None:
+def test_openai_stream_forwards_every_payload_byte_for_byte_but_the_model_name() -> None:
     chunks = replay("openai_stream_hello.txt")
-    assert [chunk.data for chunk in chunks] == data_lines("openai_stream_hello.txt")
+    renamed = [line.replace(b'"model":"gpt-4o-mini-2024-07-18"', b'"model":"gpt-4o-mini"')
+               for line in data_lines("openai_stream_hello.txt")]
+    assert [chunk.data for chunk in chunks] == renamed
     assert "".join(chunk.text for chunk in chunks) == "Hello! How can I help you today — café or code?"
 
 
@@ -105,7 +107,9 @@ def test_openai_stream_ends_with_a_finish_chunk_then_a_usage_only_chunk() -> Non
 
 def test_stream_without_usage_carries_no_usage() -> None:
     chunks = replay("lmstudio_stream_no_usage.txt")
-    assert [chunk.data for chunk in chunks] == data_lines("lmstudio_stream_no_usage.txt")
+    assert [chunk.data for chunk in chunks] == [
+        line.replace(b'"model":"qwen2.5-7b-instruct"', b'"model":"gpt-4o-mini"')
+        for line in data_lines("lmstudio_stream_no_usage.txt")]
     assert "".join(chunk.text for chunk in chunks) == "Hi there! I'm running locally."
     assert all(chunk.usage is None and not chunk.usage_only for chunk in chunks)
     assert [chunk.finished for chunk in chunks] == [False] * (len(chunks) - 1) + [True]
@@ -221,7 +225,7 @@ def test_parse_response_reads_usage_and_text() -> None:
                   "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0}},
     }
     completion = OpenAICompatibleProvider().parse_response(TARGET, chat(stream=False), data)
-    assert completion.payload is data
+    assert completion.payload == {**data, "model": "gpt-4o-mini"}
     assert completion.text == "Hello! How can I help?"
     assert completion.usage is not None and dataclasses.astuple(completion.usage) == (1030, 7, 1024, 0)
 
