@@ -62,7 +62,10 @@ async def provider_for(target: Target, body: ApiRequest) -> tuple[Any, ApiReques
         return native, body, None
     if body.translated is None and body.is_large:  # translating megabytes of prompt would stall the loop
         await asyncio.to_thread(dialects.chat_form, body)
-    return providers.get(target.kind), dialects.chat_form(body), dialect
+    chat = dialects.chat_form(body)
+    if (refusal := chat.state.get("refusal")) is not None:
+        raise refusal  # the request needs what only a provider speaking the dialect offers (e.g. a built-in tool)
+    return providers.get(target.kind), chat, dialect
 
 
 async def open_stream(target: Target, body: ApiRequest) -> Upstream:

@@ -71,6 +71,8 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
                 relayed = response_cache.recording(relayed, meter)
             return StreamingHttpResponse(relayed, content_type="text/event-stream", headers=headers)
         completion = await first_completion(targets, body, meter)
+        if dialect is not None and (finish := getattr(dialect, "finish", None)) is not None:
+            await finish(body, completion)  # e.g. a Response is stored before the client can continue from it
     except GatewayError as e:
         await meter.record(end_reason=e.end_reason, status=e.status, error_code=e.code or "")
         return with_ids(render(e), meter)

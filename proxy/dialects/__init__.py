@@ -58,6 +58,9 @@ class Dialect(Protocol):
         """Chat chunks in, the dialect's events out (``Chunk.event`` named); usage carried on the chunks."""
         ...
 
+    # Optional: ``async def finish(self, body: ApiRequest, completion: Completion) -> None``, awaited before a whole
+    # (non-streamed) answer goes out, for what needs I/O (the Responses dialect stores the response there).
+
     def error_response(self, error: GatewayError) -> HttpResponse:
         """The dialect's error envelope and status for the error."""
         ...
