@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ from proxy.errors import GatewayError, RateLimited, ServerError, ServiceUnavaila
 from proxy.limits import check_limits
 from proxy.metering import Meter
 from proxy.parsing import parse_data
-from proxy.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, LARGE_BODY_BYTES, JSONDict
+from proxy.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, LARGE_BODY_BYTES, ApiRequest, JSONDict
 from proxy.streaming import first_completion
 
 from .models import public_id
@@ -84,7 +84,17 @@ async def run_line(context: LineContext, custom_id: str, data: JSONDict, size: i
     named a reason while it waited for a rate limit). Never raises but CancelledError."""
     meter = Meter(context.endpoint)
     meter.batch_id, meter.custom_id = context.batch_public_id, custom_id
-    logs.request_context.set(meter)  # this line's task only: log lines name its request
+    return await execute(meter, context, data, size, stopped, what=f"batch {context.batch_public_id}, line {custom_id}")
+
+
+async def execute(meter: Meter, context: LineContext, data: JSONDict, size: int = 0,
+                  stopped: Callable[[], str | None] = lambda: None, *, what: str,
+                  prepare: Callable[[ApiRequest, Caller], Awaitable[None]] | None = None) -> Outcome | None:
+    """Run one request that no client waits on (a batch line, a background response) through the /v1 steps, its row
+    in the ledger under ``meter``; ``prepare`` runs after parsing, before routing (a dialect's conversation state).
+    Returns its outcome, or None when ``stopped()`` named a reason while it waited at the gate. Never raises but
+    CancelledError."""
+    logs.request_context.set(meter)  # this request's task only: log lines name it
     observe.request_started(meter)
     try:
         if context.caller is None:
@@ -98,11 +108,13 @@ async def run_line(context: LineContext, custom_id: str, data: JSONDict, size: i
         if body.stream:
             raise GatewayError("Batch requests cannot stream.", param="stream", code="invalid_value")
         body.size = size
+        if prepare is not None:
+            await prepare(body, meter.caller)
         targets = await routing.route(meter.caller, body.model)
         if not await admit(meter, targets, context, stopped):
             return None
         meter.target = targets[0]
-        await meter.begin()  # written ahead: from here a killed worker still leaves this line's row
+        await meter.begin()  # written ahead: from here a killed worker still leaves this request's row
         meter.upstream_started = meter.gated
         completion = await first_completion(targets, body, meter)
     except GatewayError as e:
@@ -111,7 +123,7 @@ async def run_line(context: LineContext, custom_id: str, data: JSONDict, size: i
     except Exception as e:
         error = outages.unavailable(e)
         if error is None:
-            logger.exception("unexpected error in batch %s, line %s", context.batch_public_id, custom_id)
+            logger.exception("unexpected error in %s", what)
             error = ServerError("Tollgate failed to handle the request. It has been logged.")
         await meter.record(end_reason=error.end_reason, status=error.status, error_code=error.code or "")
         return Outcome(error.status, error.envelope(), meter.request_id)

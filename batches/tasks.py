@@ -38,3 +38,19 @@ def delete_expired_files() -> None:
     from . import expiry
 
     expiry.delete_expired_files()
+
+
+@shared_task(name="batches.run_background_response")
+def run_background_response(response_id: str) -> None:
+    """Run a queued background Responses API request (sent by proxy/background.py) and store its answer."""
+    from . import background
+
+    background.run_background_response(response_id)
+
+
+@shared_task(name="batches.tend_stored_responses")
+def tend_stored_responses() -> None:
+    """Beat job (every minute): fail background responses whose worker was lost, delete expired stored responses."""
+    from . import background
+
+    background.tend()

@@ -11,7 +11,7 @@ from django.http import HttpRequest
 
 from . import breaker, probe
 from .admin_checks import ConnectionTest, describe, reset_breakers
-from .models import Deployment, ModelRoute, Provider
+from .models import Deployment, ModelRoute, Provider, StoredResponse
 from .providers.compatible import PRESETS
 
 # How the admin names each preset; a preset missing here shows its id.
@@ -223,3 +223,27 @@ class DeploymentAdmin(ConnectionTest, admin.ModelAdmin):
     @admin.action(description="Reset circuit breaker")
     def reset_circuit_breaker(self, request: HttpRequest, queryset: Any) -> None:
         reset_breakers(self, request, queryset)
+
+
+@admin.register(StoredResponse)
+class StoredResponseAdmin(admin.ModelAdmin):
+    """Read-only: the gateway writes these. The request and response bodies (the tenant's prompts and answers) are
+    not shown; the tenant reads them through the API."""
+
+    list_display = ["id", "tenant", "model", "status", "background", "created_at"]
+    list_filter = ["status", "background"]
+    list_select_related = ["tenant"]
+    search_fields = ["=id", "tenant__slug"]
+    fields = ["id", "tenant", "key", "model", "status", "background", "previous_response_id", "created_at",
+              "updated_at", "expires_at"]
+    readonly_fields = fields
+    show_full_result_count = False  # no COUNT(*) of a large table on every page
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
