@@ -1,0 +1,203 @@
+"""Every exit path of /v1/messages and /v1/responses, stream and not, leaves exactly one ledger row, as /v1 chat does:
+the dialect's endpoint, the end reason and the status the client got, and the client's answer in the dialect's shape.
+
+In process, through the lean ASGI handler that serves /v1 in production; the built-in demo model answers, and the
+mock upstream (in a thread) fails or hangs on demand. An unauthenticated request belongs to no tenant and leaves no
+row, on these paths as on chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+
+from accounts.models import ApiKey, Tenant
+from billing.models import Budget, Price, UsageRecord
+from proxy import routing
+from proxy.services import ensure_demo_route
+
+from ..conftest import Party
+from ..factories import make_route
+from ..proxy.v1_client import AsgiReply, api_handler
+from .dialect_checks import MESSAGES, RESPONSES, URLS, assert_complete_stream, assert_error, body_for
+
+CASES = ["success", "validation", "unauthenticated", "forbidden", "unknown_model", "never_fits", "budget_spent",
+         "rate_limit", "upstream_500", "disconnect"]
+# What the row says (end reason, status, error code; None: not checked) and what the client got, per exit path.
+EXPECTED: dict[str, tuple[str, int, str | None]] = {
+    "success": ("complete", 200, ""),
+    "validation": ("rejected", 400, None),
+    "forbidden": ("rejected", 403, None),
+    "unknown_model": ("rejected", 404, "model_not_found"),
+    "never_fits": ("rejected", 429, "insufficient_quota"),
+    "budget_spent": ("rejected", 429, "insufficient_quota"),
+    "rate_limit": ("rejected", 429, "rate_limit_exceeded"),
+    "upstream_500": ("upstream_error", 502, None),
+    "disconnect": ("client_gone", 499, ""),
+}
+
+
+@pytest.fixture
+def routed(alice: Party, mock_upstream_url: str) -> Party:
+    if os.environ.get("REDIS_URL"):
+        import redis
+
+        redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()  # rate windows are keyed by key prefix, reused
+    ensure_demo_route()
+    for model in ("mock-500", "mock-hang"):
+        make_route(model, upstream_model=model, base_url=f"{mock_upstream_url}/v1", provider_name="mock")
+    routing.invalidate()
+    for model in ("demo", "mock-500", "mock-hang"):
+        Price.objects.create(model=model, input_per_million=Decimal("1"), output_per_million=Decimal("2"))
+    return alice
+
+
+def invalid_body(endpoint: str, stream: bool) -> dict[str, Any]:
+    """Valid but for one field the dialect requires: Messages' max_tokens, Responses' input as text or items."""
+    body = body_for(endpoint, stream=stream)
+    if endpoint == MESSAGES:
+        del body["max_tokens"]
+    else:
+        body["input"] = 5
+    return body
+
+
+async def exchange(path: str, body: bytes, headers: dict[str, str], *, leave_after_events: int | None = None,
+                   leave_after_seconds: float | None = None) -> AsgiReply:
+    """One request through the /v1 handler; the client may hang up after some events or some time."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    gone = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        events = sum(m.get("body", b"").count(b"\n\n") for m in sent if m["type"] == "http.response.body")
+        if leave_after_events is not None and events >= leave_after_events:
+            gone.set()
+
+    if leave_after_seconds is not None:
+        asyncio.get_running_loop().call_later(leave_after_seconds, gone.set)
+    raw = [(k.lower().encode("latin1"), v.encode("latin1")) for k, v in
+           {**headers, "content-type": "application/json", "content-length": str(len(body))}.items()]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": raw,
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    await asyncio.wait_for(api_handler()(scope, receive, send), timeout=20)
+    start = next((m for m in sent if m["type"] == "http.response.start"), {"status": 0, "headers": []})
+    names = {k.decode("latin1").lower(): v.decode("latin1") for k, v in start["headers"]}
+    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return AsgiReply(status=start["status"], headers=names, content=content)  # status 0: the client left first
+
+
+async def rows_when_written(tenant_id: int, expected: int) -> list[UsageRecord]:
+    """The tenant's rows once ``expected`` are written (a cancelled request writes its row just after it ended)."""
+    count = sync_to_async(lambda: UsageRecord.objects.filter(tenant_id=tenant_id).count())
+    for _ in range(500):
+        if await count() >= expected:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # a second row, were one ever written, would show here
+    return await sync_to_async(lambda: list(UsageRecord.objects.filter(tenant_id=tenant_id).order_by("id")))()
+
+
+def arrange(case: str, party: Party, endpoint: str, stream: bool, settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Set the scene for one exit path; returns the body to send and how the client behaves."""
+    body, client = body_for(endpoint, stream=stream), {}
+    if case == "validation":
+        body = invalid_body(endpoint, stream)
+    elif case == "forbidden":
+        Tenant.objects.filter(pk=party.tenant.pk).update(allowed_models=["something-else"])
+    elif case == "unknown_model":
+        body["model"] = "no-such-model"
+    elif case == "never_fits":  # the worst case is more than the whole budget
+        Budget.objects.create(tenant=party.tenant, amount=Decimal("0.000001"), period="month")
+    elif case == "budget_spent":  # room for the first request's worst case, not for a second one
+        Budget.objects.create(tenant=party.tenant, amount=Decimal("0.000300"), period="month")
+    elif case == "upstream_500":
+        body["model"] = "mock-500"
+    elif case == "disconnect":
+        if stream:
+            settings.TOLLGATE_DEMO_TOKEN_DELAY_MS = 20
+            body["max_output_tokens" if endpoint == RESPONSES else "max_tokens"] = 200
+            client = {"leave_after_events": 3}
+        else:
+            body["model"] = "mock-hang"  # the client leaves while the provider is still thinking
+            client = {"leave_after_seconds": 0.3}
+    return body, client
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("endpoint", [MESSAGES, RESPONSES])
+@pytest.mark.parametrize("case", CASES)
+def test_each_exit_path_leaves_exactly_one_row(routed: Party, settings: Any, case: str, endpoint: str,
+                                               stream: bool) -> None:
+    body, client = arrange(case, routed, endpoint, stream, settings)
+    headers = dict(routed.auth)
+    if case == "unauthenticated":
+        headers = {"Authorization": "Bearer tg-nobody-0000000000000000000000000000"}
+    earlier = 0
+    if case in ("rate_limit", "budget_spent"):
+        if case == "rate_limit":
+            ApiKey.objects.filter(pk=routed.key.pk).update(requests_per_minute=1)
+        first = async_to_sync(exchange)(URLS[endpoint], json.dumps(body).encode(), headers)
+        assert first.status == 200, first.content
+        earlier = 1
+
+    async def run() -> tuple[AsgiReply, list[UsageRecord]]:
+        reply = await exchange(URLS[endpoint], json.dumps(body).encode(), headers, **client)
+        expected_rows = earlier + (0 if case == "unauthenticated" else 1)
+        return reply, await rows_when_written(routed.tenant.pk, expected_rows)
+
+    reply, rows = async_to_sync(run)()
+    if case == "unauthenticated":
+        assert_error(endpoint, reply.status, reply.headers, reply.content, 401)
+        assert rows == []
+        return
+    assert len(rows) == earlier + 1, [(r.end_reason, r.status_code) for r in rows]
+    row = rows[-1]
+    end_reason, status, code = EXPECTED[case]
+    assert (row.endpoint, row.end_reason, row.status_code) == (endpoint, end_reason, status)
+    if code is not None:
+        assert row.error_code == code
+    if reply.status:
+        assert row.request_id.hex == reply.headers["x-request-id"]
+    if case != "validation":
+        assert row.stream is stream
+    if case == "success":
+        assert reply.status == 200
+        if stream:
+            assert reply.headers["content-type"].startswith("text/event-stream")
+            assert_complete_stream(endpoint, reply.content)
+        else:
+            answer = reply.json()
+            assert answer["type" if endpoint == MESSAGES else "object"] == ("message" if endpoint == MESSAGES else "response")
+        assert row.completion_tokens > 0 and row.cost_picos > 0
+    elif case == "disconnect":
+        if stream:
+            assert reply.status == 200 and row.completion_tokens > 0  # what was relayed is billed
+        else:
+            assert reply.status == 0 and row.cost_picos == 0  # nothing came back: nothing to bill
+    else:
+        error = assert_error(endpoint, reply.status, reply.headers, reply.content, status)
+        if case in ("never_fits", "budget_spent", "rate_limit") and endpoint == RESPONSES:
+            assert error["code"] == code
+        if case in ("never_fits", "budget_spent"):
+            assert reply.headers["x-should-retry"] == "false"
+        if case == "budget_spent":
+            assert "denied_by" in row.gate  # the alert job finds a hard budget's first refusal by it
+        if case == "rate_limit":
+            assert int(reply.headers["retry-after"]) >= 1
+        if case != "upstream_500":
+            assert row.cost_picos == 0
