@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime, timedelta, tzinfo
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -79,19 +79,40 @@ class Price(models.Model):
     def __str__(self) -> str:
         return f"{self.model} from {self.effective_from}"
 
-    def cost_picos(self, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, requests: int = 1) -> int:
-        """Exact cost in pico-dollars. Cached tokens are part of prompt_tokens."""
-        cached = min(cached_tokens, prompt_tokens)
-        cached_price = self.input_per_million if self.cached_input_per_million is None else self.cached_input_per_million
-        micros = ((prompt_tokens - cached) * self.input_per_million + cached * cached_price
-                  + completion_tokens * self.output_per_million + requests * self.per_request * MICROS)
+    def cost_picos(self, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+                   cache_write_tokens: int = 0, images: int = 0, requests: int = 1) -> int:
+        """Exact cost in pico-dollars. Cached tokens (read from the prompt cache) and cache writes are both part of
+        prompt_tokens: reads at the cached price, writes at the cache-write price, the rest at the input price."""
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        written = min(max(cache_write_tokens, 0), prompt_tokens - cached)
+        micros = ((prompt_tokens - cached - written) * self.input_per_million + cached * self.cached_price()
+                  + written * self.cache_write_price() + completion_tokens * self.output_per_million
+                  + (requests * self.per_request + max(images, 0) * (self.per_image or 0)) * MICROS)
         # Integral for prices of six decimals (the column's scale); half up only for a price set with more by hand.
         return int((micros * PICOS_PER_MICRO).to_integral_value(rounding=ROUND_HALF_UP))
 
-    def cost_micros(self, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, requests: int = 1) -> int:
-        """Cost in micro-dollars rounded up: a worst case to hold on a budget, never less than the exact cost."""
+    def cost_micros(self, *, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+                    cache_write_tokens: int = 0, images: int = 0, requests: int = 1) -> int:
+        """Cost in micro-dollars rounded up: never less than the exact cost."""
         return picos_to_micros_up(self.cost_picos(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                                  cached_tokens=cached_tokens, requests=requests))
+                                                  cached_tokens=cached_tokens, cache_write_tokens=cache_write_tokens,
+                                                  images=images, requests=requests))
+
+    def worst_micros(self, *, prompt_tokens: int, completion_tokens: int, images: int = 0) -> int:
+        """What a budget holds for a request: the most it can cost, in micro-dollars rounded up. Which prompt tokens
+        the provider reads from or writes to its cache is known only afterwards, so every prompt token is priced at
+        the dearest of the input, cached and cache-write prices (a prompt written whole to the cache costs 1.25 or
+        2 times the input price at Anthropic)."""
+        dearest = max(self.input_per_million, self.cached_price(), self.cache_write_price())
+        micros = (prompt_tokens * dearest + completion_tokens * self.output_per_million
+                  + (self.per_request + max(images, 0) * (self.per_image or 0)) * MICROS)
+        return picos_to_micros_up(int((micros * PICOS_PER_MICRO).to_integral_value(rounding=ROUND_CEILING)))
+
+    def cached_price(self) -> Decimal:
+        return self.input_per_million if self.cached_input_per_million is None else self.cached_input_per_million
+
+    def cache_write_price(self) -> Decimal:
+        return self.input_per_million if self.cache_write_per_million is None else self.cache_write_per_million
 
 
 def validate_thresholds(value: str) -> None:

@@ -51,6 +51,8 @@ def lost_entry(lost: Lost) -> UsageEntry:
         prompt_tokens=usage.get("prompt_tokens", begin.get("prompt_tokens")),
         completion_tokens=usage.get("completion_tokens"),
         cached_tokens=usage.get("cached_tokens", 0),
+        cache_write_tokens=usage.get("cache_write_tokens", 0),
+        images=begin.get("images", 0),
         prompt_texts=begin.get("prompt_texts") or [],
         completion_text=relayed,
         chat=bool(begin.get("chat", True)),

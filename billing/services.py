@@ -54,6 +54,8 @@ class UsageEntry:
     prompt_tokens: int | None = None  # None: the provider reported no usage, estimate from the texts below
     completion_tokens: int | None = None
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # prompt tokens written to the provider's prompt cache (part of prompt_tokens)
+    images: int = 0  # input images, for per-image prices
     prompt_texts: list[str] = field(default_factory=list)
     completion_text: str = ""
     chat: bool = True
@@ -142,6 +144,8 @@ def build_record(entry: UsageEntry) -> UsageRecord:
         prompt_tokens=prompt,
         completion_tokens=completion,
         cached_tokens=entry.cached_tokens,
+        cache_write_tokens=entry.cache_write_tokens,
+        images=entry.images,
         usage_source=source,
         end_reason=entry.end_reason,
         error_code=entry.error_code[:64],
@@ -196,7 +200,8 @@ def price_record(record: UsageRecord) -> None:
         return
     record.price = price
     record.cost_picos = price.cost_picos(prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
-                                         cached_tokens=record.cached_tokens)
+                                         cached_tokens=record.cached_tokens,
+                                         cache_write_tokens=record.cache_write_tokens, images=record.images)
     if record.batch_id:
         record.cost_picos = discounted(record.cost_picos, batch_discount(record, price))
 
@@ -240,7 +245,8 @@ def minimal_record(source: UsageEntry | UsageRecord) -> UsageRecord:
         public_model=text(get("public_model", ""), 200), provider=text(get("provider", ""), 64),
         upstream_model=text(get("upstream_model", ""), 200), stream=get("stream", False) is True,
         prompt_tokens=whole(get("prompt_tokens", 0)), completion_tokens=whole(get("completion_tokens", 0)),
-        cached_tokens=whole(get("cached_tokens", 0)),
+        cached_tokens=whole(get("cached_tokens", 0)), cache_write_tokens=whole(get("cache_write_tokens", 0)),
+        images=whole(get("images", 0), MAX_SMALL),
         usage_source=UsageRecord.Source.CACHE if get("from_cache", False) is True else UsageRecord.Source.ESTIMATED,
         error_code=text(get("error_code", ""), 64), latency_ms=whole(get("latency_ms", 0)),
         ttfb_ms=whole(get("ttfb_ms", None)) if get("ttfb_ms", None) is not None else None,

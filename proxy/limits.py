@@ -53,19 +53,26 @@ def dollars(micros: int) -> str:
     return usd(max(micros, 0))  # to the micro-dollar under a cent: "$0.00 remains" hid what was left
 
 
-def worst_case(body: ApiRequest, target: Target) -> tuple[int, int]:
-    """Return (prompt tokens of every billable input part, the completion tokens the request may use at most)."""
-    worst = sizing.worst_case(body, target.upstream_model)
-    return worst.prompt_tokens, worst.completion_tokens
-
-
-def worst_cases(body: ApiRequest, targets: list[Target]) -> dict[str, tuple[int, int]]:
-    """Return worst_case() for each upstream model of the targets (each model counts with its own tokenizer)."""
-    sizes: dict[str, tuple[int, int]] = {}
+def worst_cases(body: ApiRequest, targets: list[Target]) -> dict[str, sizing.Worst]:
+    """Return the worst case for each upstream model of the targets (each model counts with its own tokenizer)."""
+    sizes: dict[str, sizing.Worst] = {}
     for target in targets:
         if target.upstream_model not in sizes:
-            sizes[target.upstream_model] = worst_case(body, target)
+            sizes[target.upstream_model] = sizing.worst_case(body, target.upstream_model)
     return sizes
+
+
+async def count_images(meter: Meter, targets: list[Target]) -> None:
+    """Note the request's images on the meter when a deployment that may serve charges per image, for a request no
+    budget or token limit sized (sizing counts them otherwise). Counting walks the messages, off the loop when large."""
+    body = meter.body
+    assert body is not None
+    prices, on = await pricing.table(), timezone.now().date()
+    if not any((price := prices.find(public_model=t.public_model, provider=t.provider_name,
+                                     upstream_model=t.upstream_model, on=on)) is not None and price.per_image
+               for t in targets):
+        return
+    meter.images = await asyncio.to_thread(sizing.count_images, body) if body.is_large else sizing.count_images(body)
 
 
 async def check_limits(meter: Meter, targets: list[Target]) -> None:
@@ -78,6 +85,7 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
     scopes = [s for s in (Scope("key", caller.key_prefix, caller.key_limits, caller.tenant_id),
                           Scope("tenant", caller.tenant_slug, caller.tenant_limits, caller.tenant_id)) if s.limits]
     if not specs and not scopes:
+        await count_images(meter, targets)
         return
     now = timezone.now()
     # The request is sized only when a budget or a token limit needs it, always in a worker thread: a large
@@ -90,8 +98,12 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
         meter.plan = await routing.plan(caller, targets)
         chain = meter.plan.targets()
     sizes = await asyncio.to_thread(worst_cases, body, chain) if counted else {}
-    prompt, completion = max(sizes.values(), key=sum) if sizes else (0, 0)
-    if counted:
+    worst = max(sizes.values(), key=lambda w: w.total_tokens) if sizes else None
+    prompt, completion = (worst.prompt_tokens, worst.completion_tokens) if worst else (0, 0)
+    if worst is None:
+        await count_images(meter, targets)
+    else:
+        meter.images = worst.images
         meter.prompt_tokens = prompt
         meter.gate["worst_case_tokens"] = [prompt, completion]
         never_fits_rates(scopes, prompt + completion)
@@ -178,14 +190,14 @@ def give_back(request_id: str, scopes: list[Scope], asking: asyncio.Future[Any])
 
 
 def chain_hold(meter: Meter, specs: tuple, prices: pricing.PriceTable, chain: list[Target],
-               sizes: dict[str, tuple[int, int]], on: date) -> int:
+               sizes: dict[str, sizing.Worst], on: date) -> int:
     """What to hold: the worst case of the dearest deployment that might serve. The first deployment's price decides
     whether the request is unpriced; a later one without a price is left out of the plan where unpriced models
     are denied (it could not be held for), and otherwise may serve unpriced, as the first one would."""
     first, *rest = chain
     find = functools.partial(prices.find, on=on)
     amount = hold_amount(meter, specs, find(public_model=first.public_model, provider=first.provider_name,
-                                            upstream_model=first.upstream_model), *sizes[first.upstream_model])
+                                            upstream_model=first.upstream_model), sizes[first.upstream_model])
     unpriced: set[int] = set()
     for target in rest:
         price = find(public_model=target.public_model, provider=target.provider_name,
@@ -193,14 +205,13 @@ def chain_hold(meter: Meter, specs: tuple, prices: pricing.PriceTable, chain: li
         if price is None:
             unpriced.add(target.deployment_id)
         else:
-            prompt, completion = sizes[target.upstream_model]
-            amount = max(amount, price.cost_micros(prompt_tokens=prompt, completion_tokens=completion))
+            amount = max(amount, worst_micros(price, sizes[target.upstream_model]))
     if unpriced and meter.plan is not None and settings.TOLLGATE_UNPRICED == "deny" and any(s.hard for s in specs):
         meter.plan = meter.plan.without(unpriced)
     return amount
 
 
-def hold_amount(meter: Meter, specs: tuple, price: Price | None, prompt: int, completion: int) -> int:
+def hold_amount(meter: Meter, specs: tuple, price: Price | None, worst: sizing.Worst) -> int:
     """What to hold on the budgets: the worst case at the price, capped. Raises BudgetExceeded for unpriced models
     when so configured."""
     if price is None:
@@ -210,7 +221,14 @@ def hold_amount(meter: Meter, specs: tuple, price: Price | None, prompt: int, co
                                  "Ask your Tollgate operator to add a price.")
         return 0
     # The whole worst case, never capped: an undersized hold is how a budget gets overspent.
-    return price.cost_micros(prompt_tokens=prompt, completion_tokens=completion)
+    return worst_micros(price, worst)
+
+
+def worst_micros(price: Price, worst: sizing.Worst) -> int:
+    """The most the request can cost at the price: every prompt token at the dearest prompt price (cache writes cost
+    more than input), its most completion tokens, and its images at the per-image price."""
+    return price.worst_micros(prompt_tokens=worst.prompt_tokens, completion_tokens=worst.completion_tokens,
+                              images=worst.images)
 
 
 async def take(request_id: str, scopes: list[Scope], tokens: int, specs: tuple, amount: int,

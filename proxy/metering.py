@@ -58,6 +58,7 @@ class Meter:
     cache: Any = None  # proxy.response_cache.Ask when the response cache applies to this request
     batch_id = ""  # a batch line's batch (its public id) and custom_id: its row is unique by the two
     custom_id = ""
+    images = 0  # input images of the request, counted at the gate, for per-image prices
 
     def __init__(self, endpoint: str, started: float | None = None) -> None:
         self.endpoint = endpoint
@@ -116,7 +117,8 @@ class Meter:
         usage = self.usage
         journal().checkpoint(self.request_id, "".join(self.texts[self.checkpointed[1]:done]),
                              {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                              "cached_tokens": usage.cached_tokens} if usage else None)
+                              "cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens}
+                             if usage else None)
         self.checkpointed = (now, done)
 
     async def begin(self) -> None:
@@ -137,6 +139,8 @@ class Meter:
             fields["hold"] = {"keys": self.hold.keys, "amount": self.hold.amount_micros}
         if self.batch_id:
             fields["batch_id"], fields["custom_id"] = self.batch_id, self.custom_id
+        if self.images:
+            fields["images"] = self.images
         slots = limiter().slot_keys(self.scopes)
         if slots:
             fields["slots"] = slots
@@ -174,6 +178,8 @@ class Meter:
             prompt_tokens=usage.prompt_tokens if usage else (None if sent else 0),
             completion_tokens=usage.completion_tokens if usage else (None if sent else 0),
             cached_tokens=usage.cached_tokens if usage else 0,
+            cache_write_tokens=usage.cache_write_tokens if usage else 0,
+            images=self.images if sent else 0,
             prompt_texts=body.prompt_texts() if (body and sent and not usage) else [],
             completion_text="".join(self.texts) if (sent and not usage) else "",
             chat=bool(body and body.is_chat),

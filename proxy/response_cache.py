@@ -151,7 +151,9 @@ async def recording(relayed: AsyncIterator[bytes], meter: Meter) -> AsyncIterato
 async def put(ask: Ask, meter: Meter, usage: Usage, payload: bytes) -> None:
     target = meter.target
     assert ask.key is not None and target is not None
-    head = orjson.dumps({"usage": [usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens],
+    # Positional, as Usage's fields: an entry written before cache writes were counted (three numbers) still reads.
+    head = orjson.dumps({"usage": [usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                                   usage.cache_write_tokens],
                          "provider": target.provider_name, "upstream_model": target.upstream_model})
     if len(head) + len(payload) < MAX_ENTRY_BYTES:
         await store().set(ask.key, head + b"\n" + payload, ask.policy.ttl_seconds)

@@ -34,6 +34,7 @@ _TILE_RULES: tuple[tuple[str, int, int], ...] = (  # (model prefix, base tokens,
     # (https://docs.anthropic.com/en/docs/build-with-claude/vision#calculate-image-costs).
     ("claude", 1600, 0),
 )
+IMAGE_PARTS = ("image_url", "input_image")
 _DEFAULT_TILE_RULE = (85, 170)  # gpt-4o, gpt-4.1, gpt-4.5, and models we know no rule for
 # Smaller models count 32 px patches instead, at most 1536 per image, times a per-model multiplier (same page).
 MAX_PATCHES = 1536
@@ -85,6 +86,18 @@ def worst_case(body: ApiRequest, model: str) -> Worst:
     # One tokenizer call for the whole request, so the byte bound applies to all of its text together.
     prompt = tokens.count(parts.texts, model=model) + parts.fixed
     return Worst(prompt_tokens=prompt, completion_tokens=completion_tokens(body, data), images=parts.images)
+
+
+def count_images(body: ApiRequest) -> int:
+    """The request's image parts, as worst_case counts them, without tokenizing anything: for per-image prices when
+    no budget or token limit sized the request."""
+    if body.endpoint in dialects.DIALECTS:
+        body = dialects.chat_form(body)
+    messages = body.data.get("messages") if body.endpoint == CHAT and isinstance(body.data, dict) else None
+    if not isinstance(messages, list):
+        return 0
+    return sum(1 for message in messages if isinstance(message, dict) and isinstance(message.get("content"), list)
+               for part in message["content"] if isinstance(part, dict) and part.get("type") in IMAGE_PARTS)
 
 
 def completion_tokens(body: ApiRequest, data: JSONDict) -> int:
@@ -161,7 +174,7 @@ def add_part(parts: Parts, part: JSONDict) -> None:
     kind = part.get("type")
     if kind in ("text", "input_text", "refusal"):
         parts.text(part.get("refusal" if kind == "refusal" else "text") or "")
-    elif kind in ("image_url", "input_image"):
+    elif kind in IMAGE_PARTS:
         parts.images += 1
         parts.fixed += image_tokens(parts.model, detail_of(part))
     elif kind in ("input_audio", "file"):
