@@ -50,10 +50,11 @@ class EventStream:
         self.finish_reason: Any = None
         self.texts: list[str] = []
 
-    def event(self, kind: str, text: str = "", **fields: Any) -> Chunk:
+    def event(self, kind: str, said: str = "", **fields: Any) -> Chunk:
+        """One event; ``said`` is the model's text in it, kept for token estimates."""
         sequence = self.body.state.get("sequence_number", 0)
         self.body.state["sequence_number"] = sequence + 1  # error_event numbers an in-band error after the last one
-        return Chunk(data=dumps({"type": kind, "sequence_number": sequence, **fields}), event=kind, text=text)
+        return Chunk(data=dumps({"type": kind, "sequence_number": sequence, **fields}), event=kind, text=said)
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         started = response_object(self.body, status="in_progress", output=[])
@@ -134,7 +135,7 @@ class EventStream:
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
             item.text.append(arguments)
-            events.append(self.event("response.function_call_arguments.delta", text=arguments, item_id=item.id,
+            events.append(self.event("response.function_call_arguments.delta", said=arguments, item_id=item.id,
                                      output_index=item.index, delta=arguments))
         return events
 
@@ -142,7 +143,7 @@ class EventStream:
         item = self.current
         assert item is not None
         item.text.append(text)
-        return [self.event(kind, text=text, item_id=item.id, output_index=item.index, content_index=0, delta=text,
+        return [self.event(kind, said=text, item_id=item.id, output_index=item.index, content_index=0, delta=text,
                            **extra)]
 
     def open_message(self) -> list[Chunk]:
