@@ -21,6 +21,9 @@ from typing import Any
 
 import pytest
 
+# The shared checks assert too; have pytest explain their failures as it does in test files.
+pytest.register_assert_rewrite("tests.contract.responses_checks", "tests.contract.messages_checks")
+
 from billing.models import Price, UsageRecord
 from proxy.services import ensure_demo_route
 

@@ -46,9 +46,13 @@ def check_events(events: list[Any], model: str) -> dict[str, Any]:
             assert event.type == "content_block_stop" and event.index == open_index, types
             open_index = None
     assert open_index is None and blocks
+    for event in events:  # the SDK builds its objects without validating them: check against its own types
+        type(event).model_validate(event.to_dict(warnings=False))
     delta = events[-2]
-    return {"blocks": blocks, "stop_reason": delta.delta.stop_reason,
-            "usage": (start.usage.input_tokens, delta.usage.output_tokens)}
+    # message_delta's counts are cumulative and win over message_start's, as in the SDK's own accumulator; a
+    # translated stream learns the prompt's count only at the end.
+    prompt = delta.usage.input_tokens if delta.usage.input_tokens is not None else start.usage.input_tokens
+    return {"blocks": blocks, "stop_reason": delta.delta.stop_reason, "usage": (prompt, delta.usage.output_tokens)}
 
 
 def tool_use(message: Any) -> Any:
@@ -61,4 +65,5 @@ def tool_use(message: Any) -> Any:
 
 
 def usage_pair(message: Any) -> tuple[int, int]:
+    type(message).model_validate(message.to_dict(warnings=False))  # a missing required field fails here, not in a client
     return message.usage.input_tokens, message.usage.output_tokens

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args
 
 from openai import OpenAI
-from openai.types.responses import Response
+from openai.types.responses import Response, ResponseStreamEvent
 
 from ..conftest import Party
 
@@ -14,6 +14,22 @@ WEATHER_FUNCTION = {"type": "function", "name": "get_weather", "description": "T
                     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
                                    "additionalProperties": False},
                     "strict": True}
+
+
+# Every stream event class the SDK knows, by its `type`.
+EVENT_CLASSES = {get_args(cls.model_fields["type"].annotation)[0]: cls for cls in get_args(get_args(ResponseStreamEvent)[0])}
+
+
+def strict(*objects: Any) -> None:
+    """Validate what the SDK parsed against its own types. The SDK builds its objects without validating, so a
+    missing required field would otherwise surface only in a client that reads it (or in a typed language)."""
+    for item in objects:
+        type(item).model_validate(item.to_dict(warnings=False))
+
+
+def event_of(data: dict[str, Any]) -> Any:
+    """A stream event as received by another client (the Node SDK), validated against the Python SDK's type."""
+    return EVENT_CLASSES[data["type"]].model_validate(data)
 
 
 def openai_sdk(url: str, party: Party) -> OpenAI:
@@ -53,6 +69,7 @@ def check_stream(events: list[Any]) -> Response:
             finished = [e.arguments for e in events
                         if e.type == "response.function_call_arguments.done" and e.output_index == index]
             assert finished == [deltas] == [item.arguments]
+    strict(*events)
     return final
 
 
@@ -67,6 +84,7 @@ def function_call(response: Response) -> Any:
 
 
 def usage_pair(response: Response) -> tuple[int, int]:
+    strict(response)
     usage = response.usage
     assert usage is not None and usage.total_tokens == usage.input_tokens + usage.output_tokens
     return usage.input_tokens, usage.output_tokens

@@ -11,7 +11,7 @@ import pytest
 from ..conftest import Party
 from .conftest import (IMAGE_ANSWER, RED_PIXEL_PNG, WEATHER_ANSWER, WEATHER_SCHEMA, WEATHER_TOOL_RESULT, FakeLLM,
                        check_row, ledger, tool_calls_of)
-from .responses_checks import WEATHER_FUNCTION, check_stream, function_call, openai_sdk, usage_pair
+from .responses_checks import WEATHER_FUNCTION, check_stream, function_call, openai_sdk, strict, usage_pair
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the server process must see committed rows
 
@@ -61,6 +61,7 @@ def test_chat_tool_round_trip_and_image(live_server_url: str, alice: Party, rout
     for row, completion, exchange, images in zip(rows, (first, second, picture), fakellm.exchanges(), (0, 0, 1)):
         assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == exchange.usage()
         check_row(row, endpoint="chat", model="fake-claude", stream=False, usage=exchange.usage(), images=images)
+    strict(first, second, picture)
 
 
 def test_chat_streamed_tool_call(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM) -> None:
@@ -78,6 +79,7 @@ def test_chat_streamed_tool_call(live_server_url: str, alice: Party, routes: Non
     usage = chunks[-1].usage
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == fakellm.exchanges()[0].usage()
     check_row(rows[0], endpoint="chat", model="fake-claude", stream=True, usage=fakellm.exchanges()[0].usage())
+    strict(*chunks)
 
 
 def test_responses_tool_round_trip(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM) -> None:

@@ -15,17 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openai.types.responses import Response, ResponseStreamEvent
-from pydantic import TypeAdapter
+from openai.types.responses import Response
 
 from ..conftest import Party
 from .conftest import WEATHER_ANSWER, FakeLLM, check_row, ledger, tool_calls_of
-from .responses_checks import check_stream, function_call, usage_pair
+from .responses_checks import check_stream, event_of, function_call, usage_pair
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the server process must see committed rows
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
-EVENTS = TypeAdapter(list[ResponseStreamEvent])
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +59,7 @@ def test_demo_text_and_previous_response_id(node: str, live_server_url: str, ali
     first = response(result["first"])
     assert first.model == "demo" and result["first_text"] == first.output_text
     assert first.output_text.startswith("Hello from Tollgate's demo model!")
-    second = check_stream(EVENTS.validate_python(result["events"]))
+    second = check_stream([event_of(e) for e in result["events"]])
     assert second.previous_response_id == first.id
     assert "You said: “Remember the word marmalade" in second.output_text  # the first turn came from storage
     rows = ledger(alice, 2)
@@ -79,10 +77,10 @@ def test_fakellm_function_call_round_trip(node: str, live_server_url: str, alice
     call = function_call(first)
     assert first.model == model and call.call_id == tool_calls_of(exchanges[0])[0]["id"]
 
-    second = check_stream(EVENTS.validate_python(result["events"]))
+    second = check_stream([event_of(e) for e in result["events"]])
     assert second.output_text == result["second_text"] == WEATHER_ANSWER
     assert response(result["second"]).id == second.id and second.previous_response_id == first.id
-    streamed = check_stream(EVENTS.validate_python(result["streamed"]))
+    streamed = check_stream([event_of(e) for e in result["streamed"]])
     assert function_call(streamed).call_id == tool_calls_of(exchanges[2])[0]["id"]
 
     rows = ledger(alice, 3)
