@@ -42,6 +42,8 @@ def test_per_token_costs_become_exact_per_million_prices() -> None:
     assert found["deepseek-chat"]["cached_input_per_million"] == D("0.028")
     assert litellm_prices.text(found["deepseek-chat"]["cached_input_per_million"]) == "0.028"
     assert all(isinstance(v, Decimal) for amounts in found.values() for v in amounts.values())
+    # Responses-only models (o3-pro) are served by /v1/responses, so they are priced too.
+    assert found["o3-pro"] == {"input_per_million": D("20"), "output_per_million": D("80")}
     # An embedding model's output is free.
     assert found["text-embedding-3-small"] == {"input_per_million": D("0.02"), "output_per_million": D("0")}
 
@@ -65,7 +67,7 @@ def test_per_image_and_per_request_prices_are_kept_per_unit() -> None:
 def test_names_lose_the_providers_prefix_and_regional_prices_are_skipped() -> None:
     report = selected()
     assert set(prices(report)) == {
-        "gpt-4o", "text-embedding-3-small", "claude-sonnet-4-5", "deepseek-chat", "gemini-2.5-pro",
+        "gpt-4o", "o3-pro", "text-embedding-3-small", "claude-sonnet-4-5", "deepseek-chat", "gemini-2.5-pro",
         "mistral-tiny-rounded", "meta-llama/Llama-3.3-70B-Instruct-Turbo", "us.anthropic.claude-opus-4-6-v1",
         "amazon.titan-embed-image-v1", "gpt-35-turbo",
     }
@@ -166,10 +168,10 @@ def test_bad_options_are_clear_errors(db: None, tmp_path: Path) -> None:
 
 def test_import_creates_exact_prices_and_reports_what_it_skipped(db: None) -> None:
     out, err = load("--litellm", str(FIXTURE), "--effective-from", DAY)
-    assert "LiteLLM price map: 10 prices of openai, anthropic, gemini" in out
+    assert "LiteLLM price map: 11 prices of openai, anthropic, gemini" in out
     assert "Skipped 8 entries (" in out and "a regional or commitment price: 2" in out
     assert "1 models charge more past a prompt size" in out
-    assert "Created 10, updated 0, unchanged 0." in out
+    assert "Created 11, updated 0, unchanged 0." in out
     assert "Warning: mistral/mistral-tiny-rounded" in err and "Warning: azure/gpt-4o: differs" in err
     claude = Price.objects.get(model="claude-sonnet-4-5")
     assert claude.provider is None and claude.effective_from == date(2026, 11, 29)
@@ -184,10 +186,10 @@ def test_import_creates_exact_prices_and_reports_what_it_skipped(db: None) -> No
 
 def test_import_is_idempotent_on_the_same_day_and_later(db: None) -> None:
     load("--litellm", str(FIXTURE), "--effective-from", DAY)
-    assert "Created 0, updated 0, unchanged 10." in load("--litellm", str(FIXTURE), "--effective-from", DAY)[0]
+    assert "Created 0, updated 0, unchanged 11." in load("--litellm", str(FIXTURE), "--effective-from", DAY)[0]
     # The same prices a month later are the prices in force already: no second row.
-    assert "Created 0, updated 0, unchanged 10." in load("--litellm", str(FIXTURE), "--effective-from", "2026-12-29")[0]
-    assert Price.objects.count() == 10
+    assert "Created 0, updated 0, unchanged 11." in load("--litellm", str(FIXTURE), "--effective-from", "2026-12-29")[0]
+    assert Price.objects.count() == 11
 
 
 def test_a_changed_price_is_a_new_row_from_its_day(db: None, tmp_path: Path) -> None:
@@ -203,11 +205,11 @@ def test_a_changed_price_is_a_new_row_from_its_day(db: None, tmp_path: Path) -> 
 
 def test_dry_run_reports_and_writes_nothing(db: None, tmp_path: Path) -> None:
     out, _ = load("--litellm", str(FIXTURE), "--effective-from", DAY, "--dry-run")
-    assert "Dry run: would create 10, update 0, leave 0 unchanged. Nothing was written." in out
+    assert "Dry run: would create 11, update 0, leave 0 unchanged. Nothing was written." in out
     assert not Price.objects.exists()
     bundle = tmp_path / "prices.json"
     out, _ = load("--litellm", str(FIXTURE), "--write-bundle", str(bundle), "--dry-run")
-    assert "would add 10" in out and not bundle.exists()
+    assert "would add 11" in out and not bundle.exists()
 
 
 def test_provider_attaches_the_prices_to_its_deployments(db: None) -> None:
@@ -225,12 +227,12 @@ def test_write_bundle_merges_into_a_price_list_that_loads(tmp_path: Path) -> Non
              "effective_from": "2025-01-01", "note": "older price"}
     bundle.write_text(json.dumps([old, stale]))
     args = ("--litellm", str(FIXTURE), "--write-bundle", str(bundle), "--effective-from", DAY)
-    assert "added 9, updated 0, kept 0 that differ; 11 rows in all." in load(*args)[0]
+    assert "added 10, updated 0, kept 0 that differ; 12 rows in all." in load(*args)[0]
     rows = json.loads(bundle.read_text())
     assert rows[0] == old  # the same prices: the existing row (and its date and note) stays
     assert rows[1] == stale  # a changed price is a new row from its day; the older one stays for past requests
     assert [r["input_per_million"] for r in rows if r["model"] == "deepseek-chat"] == ["0.27", "0.28"]
-    assert "added 0, updated 0, kept 0 that differ; 11 rows in all." in load(*args)[0]
-    assert len(read_prices(bundle)) == 11
+    assert "added 0, updated 0, kept 0 that differ; 12 rows in all." in load(*args)[0]
+    assert len(read_prices(bundle)) == 12
     with pytest.raises(CommandError, match="--provider does not go with --write-bundle"):
         load(*args, "--provider", "x")
