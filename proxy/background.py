@@ -13,7 +13,6 @@ import logging
 import re
 import time
 from datetime import datetime
-from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings

@@ -9,6 +9,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.test import Client
 from django.utils import timezone
@@ -122,8 +123,6 @@ def test_cancel_during_the_run_keeps_cancelled_and_the_row(client: Client, alice
     job = background.claim(response_id)
     assert job is not None and StoredResponse.objects.get(pk=response_id).status == "in_progress"
     assert client.post(f"/v1/responses/{response_id}/cancel", headers=alice.auth).json()["status"] == "cancelled"
-    from asgiref.sync import async_to_sync
-
     async_to_sync(background.BackgroundRun(job).run)()  # the request had already passed the gate
     row = StoredResponse.objects.get(pk=response_id)
     assert (row.status, row.response["output"]) == ("cancelled", [])
