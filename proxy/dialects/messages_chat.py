@@ -2,7 +2,9 @@
 
 The chat form is also what sizes the request for the budget gate (proxy/sizing.py), even when an Anthropic
 deployment gets the original body: so it never raises (the body was validated by messages.py), and a block it
-cannot translate is kept as its JSON text rather than dropped, which the gate counts.
+cannot translate is kept as its JSON text, which the gate counts. What chat cannot carry (Anthropic's server tools,
+files by id, newer block types) is noted as a refusal on the chat form (``state["refusal"]``), a 400 naming it that
+proxy/upstream.py raises only when a translated route is chosen: an Anthropic deployment takes it as it is.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from billing import tokens
 
+from ..errors import GatewayError
 from ..providers.base import CHAT, ApiRequest, Completion, JSONDict, Usage
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
@@ -24,21 +27,36 @@ TOOL_CHOICES: dict[str, Any] = {"auto": "auto", "any": "required", "none": "none
 ESTIMATE_ON_LOOP_BYTES = 64 * 1024
 
 
+NATIVE_ONLY = "is served only by an Anthropic deployment, and this model's route translates to Chat Completions"
+
+
 def as_json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def image_part(source: JSONDict) -> JSONDict:
+class Refusals:
+    """The first thing found that chat cannot carry, as the 400 to answer if the request is translated."""
+
+    def __init__(self) -> None:
+        self.first: GatewayError | None = None
+
+    def note(self, what: str, param: str) -> None:
+        if self.first is None:
+            self.first = GatewayError(f"{what} {NATIVE_ONLY}.", param=param, code="unsupported_on_route")
+
+
+def image_part(source: JSONDict, refusals: Refusals, at: str) -> JSONDict:
     if source.get("type") == "base64":
         url = f"data:{source['media_type']};base64,{source['data']}"
     elif source.get("type") == "url":
         url = source["url"]
     else:  # a Files API id, which only Anthropic can resolve
+        refusals.note("An image sent by file id", f"{at}.source")
         return {"type": "text", "text": as_json({"type": "image", "source": source})}
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def document_part(block: JSONDict) -> JSONDict:
+def document_part(block: JSONDict, refusals: Refusals, at: str) -> JSONDict:
     source = block["source"]
     kind = source.get("type")
     if kind == "base64":
@@ -49,31 +67,41 @@ def document_part(block: JSONDict) -> JSONDict:
         return {"type": "text", "text": source["data"]}
     if kind == "content" and isinstance(source.get("content"), str):
         return {"type": "text", "text": source["content"]}
+    if kind == "content":
+        texts = [item["text"] for item in source["content"] if item.get("type") == "text"]
+        if len(texts) == len(source["content"]):
+            return {"type": "text", "text": "\n".join(texts)}
+    refusals.note(f"A document with a {kind} source", f"{at}.source")
     return {"type": "text", "text": as_json(block)}
 
 
-def part_of(block: JSONDict) -> JSONDict | None:
+def part_of(block: JSONDict, refusals: Refusals, at: str) -> JSONDict | None:
     """The chat content part for a user block; None for a block with no chat meaning (thinking)."""
     kind = block.get("type")
     if kind == "text":
         return {"type": "text", "text": block["text"]}
     if kind == "image":
-        return image_part(block["source"])
+        return image_part(block["source"], refusals, at)
     if kind == "document":
-        return document_part(block)
+        return document_part(block, refusals, at)
     if kind in ("thinking", "redacted_thinking"):
         return None
+    if kind == "search_result" and isinstance(block.get("content"), list):
+        texts = [item.get("text") for item in block["content"] if isinstance(item, dict)]
+        if all(isinstance(text, str) for text in texts):
+            return {"type": "text", "text": "\n".join(texts)}
+    refusals.note(f"A {kind} block", f"{at}.type")
     return {"type": "text", "text": as_json(block)}
 
 
-def tool_result_text(block: JSONDict, images: list[JSONDict]) -> str:
+def tool_result_text(block: JSONDict, images: list[JSONDict], refusals: Refusals, at: str) -> str:
     """The text of a tool result; its images go to ``images`` (a chat tool message holds text only)."""
     content = block.get("content")
     if isinstance(content, str):
         return content
     texts = []
-    for item in content or ():
-        part = part_of(item)
+    for i, item in enumerate(content or ()):
+        part = part_of(item, refusals, f"{at}.content[{i}]")
         if part is None:
             continue
         if part["type"] == "text":
@@ -83,19 +111,20 @@ def tool_result_text(block: JSONDict, images: list[JSONDict]) -> str:
     return "\n".join(texts)
 
 
-def user_messages(content: Any) -> list[JSONDict]:
+def user_messages(content: Any, refusals: Refusals, at: str) -> list[JSONDict]:
     """A user turn: its tool results first, as tool messages (chat wants them right after the tool calls)."""
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     tool_messages: list[JSONDict] = []
     parts: list[JSONDict] = []
-    for block in content:
+    for i, block in enumerate(content):
+        here = f"{at}[{i}]"
         if block.get("type") == "tool_result":
             images: list[JSONDict] = []
-            text = tool_result_text(block, images)
+            text = tool_result_text(block, images, refusals, here)
             tool_messages.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
             parts.extend(images)
-        elif (part := part_of(block)) is not None:
+        elif (part := part_of(block, refusals, here)) is not None:
             parts.append(part)
     if parts or not tool_messages:
         single = len(parts) == 1 and parts[0]["type"] == "text"
@@ -103,19 +132,19 @@ def user_messages(content: Any) -> list[JSONDict]:
     return tool_messages
 
 
-def assistant_message(content: Any) -> JSONDict:
+def assistant_message(content: Any, refusals: Refusals, at: str) -> JSONDict:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
     texts: list[str] = []
     calls: list[JSONDict] = []
-    for block in content:
+    for i, block in enumerate(content):
         kind = block.get("type")
         if kind == "tool_use":
             function = {"name": block["name"], "arguments": as_json(block["input"])}
             calls.append({"id": block["id"], "type": "function", "function": function})
         elif kind in ("thinking", "redacted_thinking"):
             continue  # a provider other than Anthropic cannot verify or use Claude's signed thinking
-        elif (part := part_of(block)) is not None and part["type"] == "text":
+        elif (part := part_of(block, refusals, f"{at}[{i}]")) is not None and part["type"] == "text":
             texts.append(part["text"])
     message: JSONDict = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
@@ -128,11 +157,12 @@ def system_message(system: Any) -> JSONDict | None:
     return {"role": "system", "content": text} if text else None
 
 
-def tools_of(data: JSONDict) -> list[JSONDict]:
+def tools_of(data: JSONDict, refusals: Refusals) -> list[JSONDict]:
     tools = []
-    for tool in data.get("tools") or ():
-        if tool.get("type") not in (None, "custom"):
-            continue  # Anthropic's server tools (web search, code execution) run only at Anthropic
+    for i, tool in enumerate(data.get("tools") or ()):
+        if tool.get("type") not in (None, "custom"):  # Anthropic's server tools (web search, code execution)
+            refusals.note(f"The {tool['type']} tool", f"tools[{i}].type")
+            continue
         function: JSONDict = {"name": tool["name"], "parameters": tool["input_schema"]}
         if tool.get("description"):
             function["description"] = tool["description"]
@@ -149,14 +179,15 @@ def tool_choice_of(choice: JSONDict) -> Any:
 def to_chat(body: ApiRequest) -> ApiRequest:
     """The Chat Completions request that asks the same as the Messages request."""
     data = body.data
+    refusals = Refusals()
     messages: list[JSONDict] = []
     if (system := system_message(data.get("system"))) is not None:
         messages.append(system)
-    for message in data["messages"]:
+    for i, message in enumerate(data["messages"]):
         if message["role"] == "user":
-            messages.extend(user_messages(message["content"]))
+            messages.extend(user_messages(message["content"], refusals, f"messages[{i}].content"))
         else:
-            messages.append(assistant_message(message["content"]))
+            messages.append(assistant_message(message["content"], refusals, f"messages[{i}].content"))
     chat: JSONDict = {"model": data["model"], "messages": messages}
     if body.max_tokens is not None:
         chat["max_tokens"] = body.max_tokens
@@ -165,7 +196,7 @@ def to_chat(body: ApiRequest) -> ApiRequest:
             chat[name] = data[name]
     if data.get("stop_sequences"):
         chat["stop"] = list(data["stop_sequences"])
-    if tools := tools_of(data):
+    if tools := tools_of(data, refusals):
         chat["tools"] = tools
         choice = data.get("tool_choice")
         if choice is not None:
@@ -178,8 +209,11 @@ def to_chat(body: ApiRequest) -> ApiRequest:
     if body.stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
-    return ApiRequest(endpoint=CHAT, model=body.model, data=chat, stream=body.stream, include_usage=body.stream,
-                      max_tokens=body.max_tokens)
+    translated = ApiRequest(endpoint=CHAT, model=body.model, data=chat, stream=body.stream, include_usage=body.stream,
+                            max_tokens=body.max_tokens)
+    if refusals.first is not None:
+        translated.state["refusal"] = refusals.first
+    return translated
 
 
 def message_id() -> str:

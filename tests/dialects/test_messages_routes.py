@@ -186,6 +186,17 @@ def test_an_anthropic_deployment_streams_its_events_through(routes: Party) -> No
     assert (row.end_reason, row.stream, row.usage_source) == ("complete", True, "provider")
 
 
+def test_a_server_tool_is_relayed_to_anthropic_and_refused_by_a_translated_route(routes: Party) -> None:
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 1}
+    reply = post(routes, body("gpt-mock", tools=[WEATHER, search]))
+    error = assert_anthropic_error(reply.status, reply.headers, reply.content, 400)
+    assert error["param"] == "tools[1].type" and "web_search_20250305" in error["message"]
+    assert messages_upstream.received == []  # refused before any provider was asked
+    assert (row_of(reply).end_reason, row_of(reply).status_code) == ("rejected", 400)
+    reply = post(routes, body("claude-mock", tools=[WEATHER, search]))
+    assert reply.status == 200 and messages_upstream.received[-1]["body"]["tools"] == [WEATHER, search]
+
+
 def test_an_anthropic_deployment_failing_is_an_envelope_without_its_text(routes: Party) -> None:
     reply = post(routes, body("claude-busy"))
     error = assert_anthropic_error(reply.status, reply.headers, reply.content, 502)

@@ -95,10 +95,8 @@ def test_tool_choice(choice: JSONDict, expected: Any) -> None:
     assert chat_of(tools=[WEATHER], tool_choice=choice)["tool_choice"] == expected
 
 
-def test_disabling_parallel_tool_use_and_server_tools() -> None:
-    server_tool = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
-    chat = chat_of(tools=[WEATHER, server_tool], tool_choice={"type": "auto", "disable_parallel_tool_use": True})
-    assert [t["function"]["name"] for t in chat["tools"]] == ["get_weather"]  # server tools run only at Anthropic
+def test_disabling_parallel_tool_use() -> None:
+    chat = chat_of(tools=[WEATHER], tool_choice={"type": "auto", "disable_parallel_tool_use": True})
     assert chat["parallel_tool_calls"] is False
 
 
@@ -111,17 +109,43 @@ def test_options_stop_sequences_user_and_stream() -> None:
     assert "stream" not in chat_of()
 
 
-def test_documents_and_unknown_blocks_keep_their_text_for_the_budget_gate() -> None:
+def test_documents_and_search_results_become_parts() -> None:
     pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="},
            "title": "report.pdf"}
     note = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Plain notes."}}
-    future = {"type": "search_result", "source": "https://example.com", "title": "T",
-              "content": [{"type": "text", "text": "found"}]}
-    chat = chat_of(messages=[{"role": "user", "content": [pdf, note, future]}])
-    parts = chat["messages"][0]["content"]
-    assert parts[0] == {"type": "file", "file": {"filename": "report.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}}
-    assert parts[1] == {"type": "text", "text": "Plain notes."}
-    assert json.loads(parts[2]["text"]) == future
+    found = {"type": "search_result", "source": "https://example.com", "title": "T",
+             "content": [{"type": "text", "text": "found"}]}
+    body = DIALECT.parse({"model": "demo", "max_tokens": 5, "messages": [{"role": "user", "content": [pdf, note, found]}]})
+    chat = dialects.chat_form(body)
+    assert chat.data["messages"][0]["content"] == [
+        {"type": "file", "file": {"filename": "report.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}},
+        {"type": "text", "text": "Plain notes."}, {"type": "text", "text": "found"}]
+    assert "refusal" not in chat.state
+
+
+SERVER_TOOL = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
+
+
+@pytest.mark.parametrize(("fields", "param", "kept"), [
+    ({"tools": [WEATHER, SERVER_TOOL]}, "tools[1].type", None),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Look:"}, {"type": "image", "source": {"type": "file", "file_id": "file_1"}}]}]},
+     "messages[0].content[1].source", "file_1"),
+    ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": [
+        {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "q"}}]}]},
+     "messages[1].content[0].type", "srvtoolu_1"),
+    ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [
+        {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}]}]}]},
+     "messages[0].content[0].content[0].source", "https://example.com/a.pdf"),
+])
+def test_what_chat_cannot_carry_is_a_refusal_noted_for_translated_routes(fields: JSONDict, param: str,
+                                                                        kept: str | None) -> None:
+    body = DIALECT.parse({"model": "demo", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}], **fields})
+    chat = dialects.chat_form(body)  # never raises: an Anthropic deployment takes the request as it is
+    refusal = chat.state["refusal"]
+    assert (refusal.status, refusal.param, refusal.code) == (400, param, "unsupported_on_route")
+    if kept is not None:  # the budget gate sizes the untranslated block by its text
+        assert kept in "".join(body.prompt_texts())
 
 
 def answer(message: JSONDict, finish: str | None = "stop", usage: Usage | None = None) -> JSONDict:
