@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 Json = dict[str, Any]
 UPSTREAM_MODEL = "gpt-upstream-2026-01-01"
+SLOW_MODEL = "gpt-slow"  # streams 200 deltas 20 ms apart
 USAGE = {"input_tokens": 21, "input_tokens_details": {"cached_tokens": 5, "cache_write_tokens": 0}, "output_tokens": 7,
          "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 28}
 
@@ -27,7 +29,9 @@ class Upstream:
         self.requests.append((scope["path"], body))
         if scope["path"].endswith("/responses"):
             events = response_events(body)
-            if body.get("stream"):
+            if body.get("stream") and body["model"] == SLOW_MODEL:  # paced, for clients that leave half-way
+                await paced(send, [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events])
+            elif body.get("stream"):
                 await sse(send, b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events))
             else:
                 await reply(send, events[-1]["response"])
@@ -82,8 +86,8 @@ def response_events(body: Json) -> list[Json]:
         {"type": "response.in_progress", "response": base},
         {"type": "response.output_item.added", "output_index": 0, "item": {**item, "status": "in_progress", "content": []}},
         {"type": "response.content_part.added", **where, "part": {"type": "output_text", "text": "", "annotations": []}},
-        {"type": "response.output_text.delta", **where, "delta": "Native ", "logprobs": []},
-        {"type": "response.output_text.delta", **where, "delta": "answer.", "logprobs": []},
+        *[{"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []}
+          for piece in (["Native ", "answer."] if body["model"] != SLOW_MODEL else ["word "] * 200)],
         {"type": "response.output_text.done", **where, "text": "Native answer.", "logprobs": []},
         {"type": "response.content_part.done", **where, "part": item["content"][0]},
         {"type": "response.output_item.done", "output_index": 0, "item": item},
@@ -96,6 +100,14 @@ async def reply(send: Any, data: Json) -> None:
     body = json.dumps(data).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def paced(send: Any, frames: list[bytes]) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    for frame in frames:
+        await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await asyncio.sleep(0.02)
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def sse(send: Any, payload: bytes) -> None:
