@@ -6,9 +6,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from billing.models import UsageRecord
+
+from ..proxy.v1_client import AsgiReply, api_handler
 
 MESSAGES, RESPONSES = "messages", "responses"
 URLS = {MESSAGES: "/v1/messages", RESPONSES: "/v1/responses"}
@@ -148,3 +155,47 @@ def assert_failed_stream(endpoint: str, content: bytes) -> dict[str, Any]:
 
 def stream_ok(headers: Mapping[str, str]) -> bool:
     return headers.get("content-type", "").startswith("text/event-stream")
+
+
+async def exchange(path: str, body: bytes, headers: dict[str, str], *, leave_after_events: int | None = None,
+                   leave_after_seconds: float | None = None) -> AsgiReply:
+    """One request through the /v1 handler; the client may hang up after some events or some time."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    gone = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        events = sum(m.get("body", b"").count(b"\n\n") for m in sent if m["type"] == "http.response.body")
+        if leave_after_events is not None and events >= leave_after_events:
+            gone.set()
+
+    if leave_after_seconds is not None:
+        asyncio.get_running_loop().call_later(leave_after_seconds, gone.set)
+    raw = [(k.lower().encode("latin1"), v.encode("latin1")) for k, v in
+           {**headers, "content-type": "application/json", "content-length": str(len(body))}.items()]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": raw,
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    await asyncio.wait_for(api_handler()(scope, receive, send), timeout=20)
+    start = next((m for m in sent if m["type"] == "http.response.start"), {"status": 0, "headers": []})
+    names = {k.decode("latin1").lower(): v.decode("latin1") for k, v in start["headers"]}
+    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return AsgiReply(status=start["status"], headers=names, content=content)  # status 0: the client left first
+
+
+async def rows_when_written(tenant_id: int, expected: int) -> list[UsageRecord]:
+    """The tenant's rows once ``expected`` are written (a cancelled request writes its row just after it ended)."""
+    count = sync_to_async(lambda: UsageRecord.objects.filter(tenant_id=tenant_id).count())
+    for _ in range(500):
+        if await count() >= expected:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # a second row, were one ever written, would show here
+    return await sync_to_async(lambda: list(UsageRecord.objects.filter(tenant_id=tenant_id).order_by("id")))()

@@ -8,14 +8,13 @@ row, on these paths as on chat.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 
 from accounts.models import ApiKey, Tenant
 from billing.models import Budget, Price, UsageRecord
@@ -24,8 +23,10 @@ from proxy.services import ensure_demo_route
 
 from ..conftest import Party
 from ..factories import make_route
-from ..proxy.v1_client import AsgiReply, api_handler
-from .dialect_checks import MESSAGES, RESPONSES, URLS, assert_complete_stream, assert_error, body_for
+from ..proxy.v1_client import AsgiReply
+from .dialect_checks import (
+    MESSAGES, RESPONSES, URLS, assert_complete_stream, assert_error, body_for, exchange, rows_when_written,
+)
 
 CASES = ["success", "validation", "unauthenticated", "forbidden", "unknown_model", "never_fits", "budget_spent",
          "rate_limit", "upstream_500", "disconnect"]
@@ -66,50 +67,6 @@ def invalid_body(endpoint: str, stream: bool) -> dict[str, Any]:
     else:
         body["input"] = 5
     return body
-
-
-async def exchange(path: str, body: bytes, headers: dict[str, str], *, leave_after_events: int | None = None,
-                   leave_after_seconds: float | None = None) -> AsgiReply:
-    """One request through the /v1 handler; the client may hang up after some events or some time."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-    gone = asyncio.Event()
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if pending:
-            return pending.pop(0)
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-        events = sum(m.get("body", b"").count(b"\n\n") for m in sent if m["type"] == "http.response.body")
-        if leave_after_events is not None and events >= leave_after_events:
-            gone.set()
-
-    if leave_after_seconds is not None:
-        asyncio.get_running_loop().call_later(leave_after_seconds, gone.set)
-    raw = [(k.lower().encode("latin1"), v.encode("latin1")) for k, v in
-           {**headers, "content-type": "application/json", "content-length": str(len(body))}.items()]
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": raw,
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
-    await asyncio.wait_for(api_handler()(scope, receive, send), timeout=20)
-    start = next((m for m in sent if m["type"] == "http.response.start"), {"status": 0, "headers": []})
-    names = {k.decode("latin1").lower(): v.decode("latin1") for k, v in start["headers"]}
-    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return AsgiReply(status=start["status"], headers=names, content=content)  # status 0: the client left first
-
-
-async def rows_when_written(tenant_id: int, expected: int) -> list[UsageRecord]:
-    """The tenant's rows once ``expected`` are written (a cancelled request writes its row just after it ended)."""
-    count = sync_to_async(lambda: UsageRecord.objects.filter(tenant_id=tenant_id).count())
-    for _ in range(500):
-        if await count() >= expected:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)  # a second row, were one ever written, would show here
-    return await sync_to_async(lambda: list(UsageRecord.objects.filter(tenant_id=tenant_id).order_by("id")))()
 
 
 def arrange(case: str, party: Party, endpoint: str, stream: bool, settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
