@@ -30,7 +30,9 @@ from django.urls import Resolver404, ResolverMatch, get_resolver
 
 from gateway_site import drain
 
+from .dialects import get_dialect
 from .errors import GatewayError, NotFound, PayloadTooLarge, ServerError
+from .providers.base import MESSAGES
 
 STARTED = "tollgate.started"  # scope key: when the request reached Tollgate, for x-tollgate-overhead-ms
 # Scope key: the client stopped sending its body; proxy/parsing.py answers 408 once the caller is known.
@@ -110,12 +112,12 @@ class ApiHandler(ASGIHandler):
         try:
             match = resolve(request.path_info)
         except Resolver404:
-            return NotFound(f"Unknown endpoint: {request.method} {request.path}", code="unknown_url").response()
+            return render(request.path, NotFound(f"Unknown endpoint: {request.method} {request.path}", code="unknown_url"))
         try:
             response: HttpResponseBase = await match.func(request, *match.args, **match.kwargs)
         except Exception:
             logger.exception("unexpected error on %s", request.path)
-            return ServerError("Tollgate failed to handle the request. It has been logged.").response()
+            return render(request.path, ServerError("Tollgate failed to handle the request. It has been logged."))
         return response
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -135,7 +137,7 @@ class ApiHandler(ASGIHandler):
             if request is None:  # a query string that is not UTF-8, or a body Django refuses
                 error = (PayloadTooLarge("The request body is too large.") if error_response.status_code == 413
                          else GatewayError("The request's URL or headers could not be decoded.", code="invalid_request"))
-                await self.send_response(error.response(), send)
+                await self.send_response(render(scope["path"], error), send)
                 return
             # As Django does: a disconnect while the view runs cancels the view (it records its row).
             respond = asyncio.ensure_future(self.respond(request, send))
@@ -229,6 +231,13 @@ class ApiHandler(ASGIHandler):
             pass  # the client left while the body was being sent
         finally:
             close_quietly(response)
+
+
+def render(path: str, error: GatewayError) -> HttpResponseBase:
+    """The error in the envelope of the API the path belongs to: Anthropic's on /v1/messages*, OpenAI's elsewhere."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return get_dialect(MESSAGES).error_response(error)
+    return error.response()
 
 
 def declared_length(scope: dict[str, Any]) -> int:

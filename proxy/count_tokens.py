@@ -8,17 +8,20 @@ ledger row is written. A key is required, and the key's model allow-list applies
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import routing, sizing
+from . import outages, routing, sizing
 from .auth import authenticate
 from .dialects.messages import DIALECT, parse_request
-from .errors import GatewayError, MethodNotAllowed
+from .errors import GatewayError, MethodNotAllowed, ServerError
 from .parsing import read_json
 from .providers.base import LARGE_BODY_BYTES, ApiRequest
 from .views import body_size
+
+logger = logging.getLogger(__name__)
 
 
 def parse(request: HttpRequest) -> ApiRequest:
@@ -43,4 +46,10 @@ async def count_tokens(request: HttpRequest) -> HttpResponseBase:
         tokens = await asyncio.to_thread(count, body, targets[0].upstream_model)
     except GatewayError as e:
         return DIALECT.error_response(e)
+    except Exception as e:
+        error = outages.unavailable(e)  # the database or Redis is down: a 503 the SDKs retry
+        if error is None:
+            logger.exception("unexpected error on /v1/messages/count_tokens")
+            error = ServerError("Tollgate failed to count the tokens. It has been logged.")
+        return DIALECT.error_response(error)
     return JsonResponse({"input_tokens": tokens})

@@ -14,7 +14,7 @@ from accounts.keys import Caller
 from gateway_site import drain, logs
 
 from . import background, dialects, observe, outages, response_cache, routing, sse, traceparent, upkeep
-from .asgi import STARTED
+from .asgi import STARTED, render
 from .auth import authenticate
 from .errors import Draining, GatewayError, MethodNotAllowed, NotFound, ServerError
 from .limits import check_limits
@@ -195,4 +195,4 @@ async def unknown_endpoint(request: HttpRequest, path: str) -> HttpResponseBase:
         await authenticate(request)
         raise NotFound(f"Unknown endpoint: {request.method} /v1/{path}", code="unknown_url")
     except GatewayError as e:
-        return e.response()
+        return render(request.path, e)  # /v1/messages/... in Anthropic's envelope

@@ -179,3 +179,27 @@ def test_get_is_refused_in_the_envelope(demo: Party) -> None:
     reply = asgi(URL, method="GET", headers={"x-api-key": demo.secret})
     assert reply["allow"] == "POST"
     assert_anthropic_error(reply.status, reply.headers, reply.content, 405)
+
+
+def test_paths_under_messages_answer_in_anthropics_envelope_and_others_in_openais(demo: Party) -> None:
+    reply = asgi("/v1/messages/batches", method="GET", headers={"x-api-key": demo.secret})
+    assert error_of(reply, 404)["type"] == "not_found_error"
+    reply = asgi("/v1/messagesx", method="GET", headers={"x-api-key": demo.secret})
+    assert reply.status == 404 and set(reply.json()) == {"error"}  # not a Messages path: OpenAI's envelope
+    reply = asgi(URL, chunks=[json.dumps(body()).encode()], headers={"x-api-key": demo.secret}, query=b"beta=\xff")
+    error_of(reply, 400)  # a query string that is not UTF-8: refused before any view runs
+
+
+def test_a_failure_outside_the_relay_is_a_500_in_the_envelope(demo: Party, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy import count_tokens, views
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(views, "relay", broken)
+    monkeypatch.setattr(count_tokens, "count", broken)
+    for path in (URL, "/v1/messages/count_tokens"):
+        reply = post(body(), {"x-api-key": demo.secret}, path=path)
+        assert reply.status == 500 and reply.json()["type"] == "error", reply.content
+        anthropic.types.ErrorResponse.model_validate(reply.json())
+        assert reply.json()["error"]["type"] == "api_error" and "a bug" not in reply.content.decode()
