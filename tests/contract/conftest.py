@@ -42,7 +42,8 @@ RED_PIXEL_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8
 # First match wins. The tool's answer comes before the tool call, so a request that carries the tool's result gets
 # the final answer and the one before it gets the call.
 RULES = [
-    {"name": "weather-answer", "when": {"tool_result_contains": "temperature_c"}, "respond": {"content": WEATHER_ANSWER}},
+    {"name": "weather-answer", "when": {"tool_result_contains": "temperature_c"},
+     "respond": {"content": WEATHER_ANSWER}},
     {"name": "weather-call", "when": {"tools_include": "get_weather"},
      "respond": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}},
     {"name": "picture", "when": {"messages_contain": "describe the picture"}, "respond": {"content": IMAGE_ANSWER}},
@@ -183,30 +184,32 @@ def expected_cost_picos(prompt_tokens: int, completion_tokens: int, images: int 
     return int(picos)
 
 
-def ledger(party: Party, count: int) -> list[UsageRecord]:
-    """The party's ledger rows, oldest first, once ``count`` are written; fails on more or fewer."""
+@dataclass(frozen=True, order=True)
+class Row:
+    """What one request's ledger row must say."""
+
+    endpoint: str
+    model: str
+    stream: bool
+    usage: tuple[int, int]  # prompt and completion tokens
+    source: str = "provider"
+    images: int = 0
+
+
+def check_ledger(party: Party, *expected: Row) -> None:
+    """One row per request, each as expected, every cost exact for its own tokens. Rows are compared in any order: a
+    stream's row is written just after its last event, so two requests in a row may land either way round."""
     deadline = time.monotonic() + 5
-    rows: list[UsageRecord] = []
-    while time.monotonic() < deadline:
-        rows = list(UsageRecord.objects.filter(tenant=party.tenant).order_by("created_at", "id"))
-        if len(rows) >= count:
-            break
+    while time.monotonic() < deadline and UsageRecord.objects.filter(tenant=party.tenant).count() < len(expected):
         time.sleep(0.02)
     time.sleep(0.1)  # a stray second row for one request would land about now
-    rows = list(UsageRecord.objects.filter(tenant=party.tenant).order_by("created_at", "id"))
-    assert len(rows) == count, [(r.endpoint, r.public_model, r.end_reason) for r in rows]
-    return rows
-
-
-def check_row(row: UsageRecord, *, endpoint: str, model: str, stream: bool, usage: tuple[int, int],
-              source: str = "provider", images: int = 0) -> None:
-    """One request's row: where it went, the tokens, and the exact cost of those tokens."""
-    got = (row.endpoint, row.public_model, row.stream, row.end_reason, row.status_code)
-    assert got == (endpoint, model, stream, "complete", 200)
-    assert (row.prompt_tokens, row.completion_tokens, row.usage_source) == (*usage, source)
-    assert row.images == images
-    assert row.cost_picos == expected_cost_picos(*usage, images=images)
-    assert not row.unpriced
+    rows = list(UsageRecord.objects.filter(tenant=party.tenant))
+    got = [Row(r.endpoint, r.public_model, r.stream, (r.prompt_tokens, r.completion_tokens), r.usage_source, r.images)
+           for r in rows]
+    assert sorted(got) == sorted(expected)
+    for row in rows:
+        assert (row.end_reason, row.status_code, row.unpriced) == ("complete", 200, False)
+        assert row.cost_picos == expected_cost_picos(row.prompt_tokens, row.completion_tokens, images=row.images)
 
 
 def tool_calls_of(exchange: Exchange) -> list[dict[str, Any]]:

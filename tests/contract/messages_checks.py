@@ -65,5 +65,5 @@ def tool_use(message: Any) -> Any:
 
 
 def usage_pair(message: Any) -> tuple[int, int]:
-    type(message).model_validate(message.to_dict(warnings=False))  # a missing required field fails here, not in a client
+    type(message).model_validate(message.to_dict(warnings=False))  # a missing required field fails here
     return message.usage.input_tokens, message.usage.output_tokens

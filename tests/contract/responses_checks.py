@@ -17,7 +17,8 @@ WEATHER_FUNCTION = {"type": "function", "name": "get_weather", "description": "T
 
 
 # Every stream event class the SDK knows, by its `type`.
-EVENT_CLASSES = {get_args(cls.model_fields["type"].annotation)[0]: cls for cls in get_args(get_args(ResponseStreamEvent)[0])}
+EVENT_CLASSES = {get_args(cls.model_fields["type"].annotation)[0]: cls
+                 for cls in get_args(get_args(ResponseStreamEvent)[0])}
 
 
 def strict(*objects: Any) -> None:
@@ -56,7 +57,8 @@ def check_stream(events: list[Any]) -> Response:
         assert added[index].id == done[index].id == item.id and added[index].type == item.type
         assert done[index].status == "completed"
         if item.type == "message":
-            deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta" and e.output_index == index)
+            deltas = "".join(e.delta for e in events
+                             if e.type == "response.output_text.delta" and e.output_index == index)
             texts = [e.text for e in events if e.type == "response.output_text.done" and e.output_index == index]
             assert texts == [deltas] == [item.content[0].text]
             parts = [e for e in events if e.type == "response.content_part.added" and e.output_index == index]

@@ -10,7 +10,7 @@ import pytest
 
 from ..conftest import Party
 from .conftest import (IMAGE_ANSWER, RED_PIXEL_PNG, WEATHER_ANSWER, WEATHER_SCHEMA, WEATHER_TOOL_RESULT, FakeLLM,
-                       check_row, ledger, tool_calls_of)
+                       Row, check_ledger, tool_calls_of)
 from .responses_checks import WEATHER_FUNCTION, check_stream, function_call, openai_sdk, strict, usage_pair
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the server process must see committed rows
@@ -57,10 +57,10 @@ def test_chat_tool_round_trip_and_image(live_server_url: str, alice: Party, rout
     [image] = [b for b in fakellm.exchanges()[2].request["messages"][0]["content"] if b["type"] == "image"]
     assert image["source"] == {"type": "base64", "media_type": "image/png", "data": RED_PIXEL_PNG}
 
-    rows = ledger(alice, 3)
-    for row, completion, exchange, images in zip(rows, (first, second, picture), fakellm.exchanges(), (0, 0, 1)):
-        assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == exchange.usage()
-        check_row(row, endpoint="chat", model="fake-claude", stream=False, usage=exchange.usage(), images=images)
+    upstream = [exchange.usage() for exchange in fakellm.exchanges()]
+    assert [(c.usage.prompt_tokens, c.usage.completion_tokens) for c in (first, second, picture)] == upstream
+    check_ledger(alice, Row("chat", "fake-claude", False, upstream[0]), Row("chat", "fake-claude", False, upstream[1]),
+                 Row("chat", "fake-claude", False, upstream[2], images=1))
     strict(first, second, picture)
 
 
@@ -75,16 +75,16 @@ def test_chat_streamed_tool_call(live_server_url: str, alice: Party, routes: Non
     assert deltas[0].id == tool_calls_of(fakellm.exchanges()[0])[0]["id"]
     assert {c.model for c in chunks} == {"fake-claude"} and len({c.id for c in chunks}) == 1
 
-    rows = ledger(alice, 1)
     usage = chunks[-1].usage
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == fakellm.exchanges()[0].usage()
-    check_row(rows[0], endpoint="chat", model="fake-claude", stream=True, usage=fakellm.exchanges()[0].usage())
+    check_ledger(alice, Row("chat", "fake-claude", True, fakellm.exchanges()[0].usage()))
     strict(*chunks)
 
 
 def test_responses_tool_round_trip(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM) -> None:
     client = openai_sdk(live_server_url, alice)
-    first = client.responses.create(model="fake-claude", input="What is the weather in Paris?", tools=[WEATHER_FUNCTION],
+    first = client.responses.create(model="fake-claude", input="What is the weather in Paris?",
+                                    tools=[WEATHER_FUNCTION],
                                     instructions="Use the tools.")
     call = function_call(first)
     sent = fakellm.exchanges()[0]
@@ -100,10 +100,9 @@ def test_responses_tool_round_trip(live_server_url: str, alice: Party, routes: N
     assert second.output_text == WEATHER_ANSWER and second.model == "fake-claude"
     check_tool_result_sent(fakellm.exchanges()[1].request, call.call_id)
 
-    rows = ledger(alice, 2)
-    for row, response, exchange in zip(rows, (first, second), fakellm.exchanges()):
-        assert usage_pair(response) == exchange.usage()
-        check_row(row, endpoint="responses", model="fake-claude", stream=False, usage=exchange.usage())
+    upstream = [exchange.usage() for exchange in fakellm.exchanges()]
+    assert [usage_pair(first), usage_pair(second)] == upstream  # tokens as the upstream reported them
+    check_ledger(alice, *(Row("responses", "fake-claude", False, usage) for usage in upstream))
 
 
 def test_responses_streamed_tool_round_trip(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM) -> None:
@@ -120,7 +119,7 @@ def test_responses_streamed_tool_round_trip(live_server_url: str, alice: Party, 
     assert second.output_text == WEATHER_ANSWER
     check_tool_result_sent(fakellm.exchanges()[1].request, call.call_id)
 
-    rows = ledger(alice, 2)
-    for row, response, exchange in zip(rows, (first, second), fakellm.exchanges()):
-        assert exchange.streamed and usage_pair(response) == exchange.usage()  # as fakellm's message events said
-        check_row(row, endpoint="responses", model="fake-claude", stream=True, usage=exchange.usage())
+    upstream = [exchange.usage() for exchange in fakellm.exchanges()]
+    assert all(exchange.streamed for exchange in fakellm.exchanges())
+    assert [usage_pair(first), usage_pair(second)] == upstream  # as fakellm's message events said
+    check_ledger(alice, *(Row("responses", "fake-claude", True, usage) for usage in upstream))

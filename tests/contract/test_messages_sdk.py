@@ -16,7 +16,7 @@ from proxy.providers.demo import tokens
 
 from ..conftest import Party
 from .conftest import (IMAGE_ANSWER, RED_PIXEL_PNG, WEATHER_ANSWER, WEATHER_SCHEMA, WEATHER_TOOL_RESULT, FakeLLM,
-                       check_row, ledger, text_of, tool_calls_of)
+                       Row, check_ledger, text_of, tool_calls_of)
 from .messages_checks import PICTURE, WEATHER_TOOL, anthropic_sdk, check_events, tool_use, usage_pair
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the server process must see committed rows
@@ -27,19 +27,20 @@ QUESTION = {"role": "user", "content": "What is the weather in Paris?"}
 def tool_turns(first: Message, use: ToolUseBlock) -> list[Any]:
     """The conversation after a tool call, as the SDK's docs send it: question, the answer as it came, the result."""
     return [QUESTION, {"role": "assistant", "content": first.content},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": WEATHER_TOOL_RESULT}]}]
+            {"role": "user",
+             "content": [{"type": "tool_result", "tool_use_id": use.id, "content": WEATHER_TOOL_RESULT}]}]
 
 
 def test_demo_non_streaming(live_server_url: str, alice: Party, routes: None) -> None:
     message = anthropic_sdk(live_server_url, alice).messages.create(
         model="demo", max_tokens=200, messages=[{"role": "user", "content": "Say hello to the gateway"}])
-    assert message.id.startswith("msg_") and (message.type, message.role, message.model) == ("message", "assistant", "demo")
+    assert message.id.startswith("msg_")
+    assert (message.type, message.role, message.model) == ("message", "assistant", "demo")
     assert [block.type for block in message.content] == ["text"] and message.stop_reason == "end_turn"
     assert message.content[0].text.startswith("Hello from Tollgate's demo model! You said: “Say hello to the gateway")
     usage = usage_pair(message)
     assert usage == (len(tokens("Say hello to the gateway")), len(tokens(message.content[0].text)))
-    [row] = ledger(alice, 1)
-    check_row(row, endpoint="messages", model="demo", stream=False, usage=usage)
+    check_ledger(alice, Row("messages", "demo", False, usage))
 
 
 def test_demo_streaming_and_image(live_server_url: str, alice: Party, routes: None) -> None:
@@ -52,8 +53,7 @@ def test_demo_streaming_and_image(live_server_url: str, alice: Party, routes: No
     assert final.model == "demo" and final.stop_reason == "end_turn"
     usage = usage_pair(final)
     assert usage == (len(tokens("Be brief.")) + len(tokens("Please describe the picture.")), len(tokens(text)))
-    [row] = ledger(alice, 1)
-    check_row(row, endpoint="messages", model="demo", stream=True, usage=usage, images=1)
+    check_ledger(alice, Row("messages", "demo", True, usage, images=1))
 
 
 def test_fakellm_over_chat_tool_round_trip_and_image(live_server_url: str, alice: Party, routes: None,
@@ -83,10 +83,11 @@ def test_fakellm_over_chat_tool_round_trip_and_image(live_server_url: str, alice
     assert {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{RED_PIXEL_PNG}"}} in [
         {"type": p["type"], "image_url": {"url": p["image_url"]["url"]}} for p in parts if p["type"] == "image_url"]
 
-    rows = ledger(alice, 3)
-    for row, message, exchange, images in zip(rows, (first, second, picture), fakellm.exchanges(), (0, 0, 1)):
-        assert usage_pair(message) == exchange.usage()  # tokens as the upstream reported them
-        check_row(row, endpoint="messages", model="fake-chat", stream=False, usage=exchange.usage(), images=images)
+    upstream = [exchange.usage() for exchange in fakellm.exchanges()]
+    assert [usage_pair(first), usage_pair(second), usage_pair(picture)] == upstream  # as the upstream reported them
+    check_ledger(alice, Row("messages", "fake-chat", False, upstream[0]),
+                 Row("messages", "fake-chat", False, upstream[1]),
+                 Row("messages", "fake-chat", False, upstream[2], images=1))
 
 
 def test_fakellm_over_chat_streamed_tool_call(live_server_url: str, alice: Party, routes: None,
@@ -111,10 +112,9 @@ def test_fakellm_over_chat_streamed_tool_call(live_server_url: str, alice: Party
     # fakellm sends no usage in its chat streams (it ignores stream_options): Tollgate estimates, and the ledger
     # holds exactly what the client was told.
     assert [e.usage() for e in fakellm.exchanges()] == [None, None]
-    rows = ledger(alice, 2)
-    for row, usage in zip(rows, (summary["usage"], usage_pair(final))):
-        assert usage[0] > 0 and usage[1] > 0
-        check_row(row, endpoint="messages", model="fake-chat", stream=True, usage=usage, source="estimated")
+    usages = [summary["usage"], usage_pair(final)]
+    assert all(prompt > 0 and completion > 0 for prompt, completion in usages)
+    check_ledger(alice, *(Row("messages", "fake-chat", True, usage, "estimated") for usage in usages))
 
 
 def test_fakellm_native_tool_round_trip_and_image(live_server_url: str, alice: Party, routes: None,
@@ -125,8 +125,8 @@ def test_fakellm_native_tool_round_trip_and_image(live_server_url: str, alice: P
     use = tool_use(first)
     sent = fakellm.exchanges()[0]
     assert sent.path == "/v1/messages" and use.id == tool_calls_of(sent)[0]["id"]
-    assert (sent.request["model"], sent.request["tools"], sent.request["messages"]) == ("fakellm-claude", [WEATHER_TOOL],
-                                                                                         [QUESTION])
+    assert sent.request["model"] == "fakellm-claude"
+    assert (sent.request["tools"], sent.request["messages"]) == ([WEATHER_TOOL], [QUESTION])
 
     second = client.messages.create(model="fake-claude", max_tokens=300, tools=[WEATHER_TOOL],
                                     messages=tool_turns(first, use))
@@ -134,19 +134,22 @@ def test_fakellm_native_tool_round_trip_and_image(live_server_url: str, alice: P
     assert fakellm.exchanges()[1].request["messages"][-1]["content"][0] == {
         "type": "tool_result", "tool_use_id": use.id, "content": WEATHER_TOOL_RESULT}
 
-    picture = client.messages.create(model="fake-claude", max_tokens=300, messages=[{"role": "user", "content": PICTURE}])
+    picture = client.messages.create(model="fake-claude", max_tokens=300,
+                                     messages=[{"role": "user", "content": PICTURE}])
     assert picture.content[0].text == IMAGE_ANSWER
     assert fakellm.exchanges()[2].request["messages"] == [{"role": "user", "content": PICTURE}]
 
-    rows = ledger(alice, 3)
-    for row, message, exchange, images in zip(rows, (first, second, picture), fakellm.exchanges(), (0, 0, 1)):
-        assert usage_pair(message) == exchange.usage()
-        check_row(row, endpoint="messages", model="fake-claude", stream=False, usage=exchange.usage(), images=images)
+    upstream = [exchange.usage() for exchange in fakellm.exchanges()]
+    assert [usage_pair(first), usage_pair(second), usage_pair(picture)] == upstream  # as the upstream reported them
+    check_ledger(alice, Row("messages", "fake-claude", False, upstream[0]),
+                 Row("messages", "fake-claude", False, upstream[1]),
+                 Row("messages", "fake-claude", False, upstream[2], images=1))
 
 
 def test_fakellm_native_streaming(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM) -> None:
     client = anthropic_sdk(live_server_url, alice)
-    with client.messages.stream(model="fake-claude", max_tokens=300, tools=[WEATHER_TOOL], messages=[QUESTION]) as stream:
+    with client.messages.stream(model="fake-claude", max_tokens=300, tools=[WEATHER_TOOL],
+                                messages=[QUESTION]) as stream:
         first = stream.get_final_message()
     use = tool_use(first)
     assert first.model == "fake-claude" and use.id == tool_calls_of(fakellm.exchanges()[0])[0]["id"]
@@ -156,7 +159,7 @@ def test_fakellm_native_streaming(live_server_url: str, alice: Party, routes: No
     summary = check_events(events, "fake-claude")
     assert [b["text"] for b in summary["blocks"]] == [WEATHER_ANSWER] and summary["stop_reason"] == "end_turn"
 
-    rows = ledger(alice, 2)
-    for row, usage, exchange in zip(rows, (usage_pair(first), summary["usage"]), fakellm.exchanges()):
-        assert exchange.streamed and usage == exchange.usage()  # tokens as the upstream reported them
-        check_row(row, endpoint="messages", model="fake-claude", stream=True, usage=usage)
+    upstream = [exchange.usage() for exchange in fakellm.exchanges()]
+    assert all(exchange.streamed for exchange in fakellm.exchanges())
+    assert [usage_pair(first), summary["usage"]] == upstream  # tokens as the upstream reported them
+    check_ledger(alice, *(Row("messages", "fake-claude", True, usage) for usage in upstream))

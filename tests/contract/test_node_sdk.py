@@ -18,7 +18,7 @@ import pytest
 from openai.types.responses import Response
 
 from ..conftest import Party
-from .conftest import WEATHER_ANSWER, FakeLLM, check_row, ledger, tool_calls_of
+from .conftest import WEATHER_ANSWER, FakeLLM, Row, check_ledger, tool_calls_of
 from .responses_checks import check_stream, event_of, function_call, usage_pair
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the server process must see committed rows
@@ -62,9 +62,8 @@ def test_demo_text_and_previous_response_id(node: str, live_server_url: str, ali
     second = check_stream([event_of(e) for e in result["events"]])
     assert second.previous_response_id == first.id
     assert "You said: “Remember the word marmalade" in second.output_text  # the first turn came from storage
-    rows = ledger(alice, 2)
-    check_row(rows[0], endpoint="responses", model="demo", stream=False, usage=usage_pair(first))
-    check_row(rows[1], endpoint="responses", model="demo", stream=True, usage=usage_pair(second))
+    check_ledger(alice, Row("responses", "demo", False, usage_pair(first)),
+                 Row("responses", "demo", True, usage_pair(second)))
 
 
 @pytest.mark.parametrize("model, path", [("fake-chat", "/v1/chat/completions"), ("fake-claude", "/v1/messages")])
@@ -83,12 +82,12 @@ def test_fakellm_function_call_round_trip(node: str, live_server_url: str, alice
     streamed = check_stream([event_of(e) for e in result["streamed"]])
     assert function_call(streamed).call_id == tool_calls_of(exchanges[2])[0]["id"]
 
-    rows = ledger(alice, 3)
-    check_row(rows[0], endpoint="responses", model=model, stream=False, usage=exchanges[0].usage())
     assert usage_pair(first) == exchanges[0].usage()
-    for row, answer, exchange in zip(rows[1:], (second, streamed), exchanges[1:]):
+    expected = [Row("responses", model, False, usage_pair(first))]
+    for answer, exchange in zip((second, streamed), exchanges[1:]):
         if exchange.usage() is None:  # fakellm reports no usage in chat streams: Tollgate estimates
-            check_row(row, endpoint="responses", model=model, stream=True, usage=usage_pair(answer), source="estimated")
+            expected.append(Row("responses", model, True, usage_pair(answer), "estimated"))
         else:
-            assert usage_pair(answer) == exchange.usage()
-            check_row(row, endpoint="responses", model=model, stream=True, usage=exchange.usage())
+            assert usage_pair(answer) == exchange.usage()  # tokens as the upstream reported them
+            expected.append(Row("responses", model, True, usage_pair(answer)))
+    check_ledger(alice, *expected)

@@ -13,7 +13,7 @@ import pytest
 from proxy.providers.demo import tokens
 
 from ..conftest import Party
-from .conftest import WEATHER_ANSWER, WEATHER_TOOL_RESULT, FakeLLM, check_row, ledger, text_of, tool_calls_of
+from .conftest import WEATHER_ANSWER, WEATHER_TOOL_RESULT, FakeLLM, Row, check_ledger, text_of, tool_calls_of
 from .responses_checks import WEATHER_FUNCTION, check_stream, function_call, openai_sdk, usage_pair
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the server process must see committed rows
@@ -35,8 +35,7 @@ def test_demo_non_streaming(live_server_url: str, alice: Party, routes: None) ->
     assert message.content[0].type == "output_text" and message.content[0].annotations == []
     usage = usage_pair(response)
     assert usage == (demo_tokens(DEMO_PROMPT), demo_tokens(response.output_text))
-    [row] = ledger(alice, 1)
-    check_row(row, endpoint="responses", model="demo", stream=False, usage=usage)
+    check_ledger(alice, Row("responses", "demo", False, usage))
 
 
 def test_demo_streaming(live_server_url: str, alice: Party, routes: None) -> None:
@@ -46,8 +45,7 @@ def test_demo_streaming(live_server_url: str, alice: Party, routes: None) -> Non
     assert sum(e.type == "response.output_text.delta" for e in events) > 5  # token by token, not one lump
     usage = usage_pair(final)
     assert usage == (demo_tokens(DEMO_PROMPT), demo_tokens(final.output_text))
-    [row] = ledger(alice, 1)
-    check_row(row, endpoint="responses", model="demo", stream=True, usage=usage)
+    check_ledger(alice, Row("responses", "demo", True, usage))
 
 
 def test_demo_stream_helper_and_previous_response_id(live_server_url: str, alice: Party, routes: None) -> None:
@@ -62,9 +60,7 @@ def test_demo_stream_helper_and_previous_response_id(live_server_url: str, alice
     assert "You said: “Remember the word marmalade" in second.output_text
     usage = usage_pair(second)
     assert usage[0] == demo_tokens("Remember the word marmalade", first.output_text, "Which word?")
-    rows = ledger(alice, 2)
-    check_row(rows[0], endpoint="responses", model="demo", stream=False, usage=usage_pair(first))
-    check_row(rows[1], endpoint="responses", model="demo", stream=True, usage=usage)
+    check_ledger(alice, Row("responses", "demo", False, usage_pair(first)), Row("responses", "demo", True, usage))
     assert client.responses.retrieve(second.id).output_text == second.output_text
 
 
@@ -76,8 +72,7 @@ def test_demo_function_call_output_in_input(live_server_url: str, alice: Party, 
         {"type": "function_call_output", "call_id": "call_1", "output": WEATHER_TOOL_RESULT},
     ])
     assert response.status == "completed" and response.output_text.startswith("Hello from Tollgate's demo model!")
-    [row] = ledger(alice, 1)
-    check_row(row, endpoint="responses", model="demo", stream=False, usage=usage_pair(response))
+    check_ledger(alice, Row("responses", "demo", False, usage_pair(response)))
 
 
 def test_fakellm_function_call_round_trip(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM) -> None:
@@ -92,8 +87,8 @@ def test_fakellm_function_call_round_trip(live_server_url: str, alice: Party, ro
     assert asked["messages"][0]["role"] in ("system", "developer") and text_of(asked["messages"][0]) == "Use the tools."
     assert (asked["messages"][-1]["role"], text_of(asked["messages"][-1])) == ("user", "What is the weather in Paris?")
     assert asked["tools"] == [{"type": "function", "function": {
-        "name": "get_weather", "description": "The weather in a city now.", "parameters": WEATHER_FUNCTION["parameters"],
-        "strict": True}}]
+        "name": "get_weather", "description": "The weather in a city now.",
+        "parameters": WEATHER_FUNCTION["parameters"], "strict": True}}]
     assert call.call_id == tool_calls_of(sent)[0]["id"]
 
     second = client.responses.create(model="fake-chat", previous_response_id=first.id, tools=[WEATHER_FUNCTION],
@@ -108,10 +103,9 @@ def test_fakellm_function_call_round_trip(live_server_url: str, alice: Party, ro
     assert (history[-1]["role"], history[-1]["tool_call_id"], text_of(history[-1])) == ("tool", call.call_id,
                                                                                          WEATHER_TOOL_RESULT)
 
-    rows = ledger(alice, 2)
-    for row, response, exchange in zip(rows, (first, second), fakellm.exchanges()):
-        assert usage_pair(response) == exchange.usage()  # tokens as the upstream reported them
-        check_row(row, endpoint="responses", model="fake-chat", stream=False, usage=exchange.usage())
+    upstream = [exchange.usage() for exchange in fakellm.exchanges()]
+    assert [usage_pair(first), usage_pair(second)] == upstream  # tokens as the upstream reported them
+    check_ledger(alice, *(Row("responses", "fake-chat", False, usage) for usage in upstream))
 
 
 def test_fakellm_streamed_function_call_round_trip(live_server_url: str, alice: Party, routes: None,
@@ -133,8 +127,6 @@ def test_fakellm_streamed_function_call_round_trip(live_server_url: str, alice: 
     # fakellm sends no usage in its chat streams (it ignores stream_options): Tollgate estimates, and the ledger
     # holds exactly what the client was told.
     assert [e.usage() for e in fakellm.exchanges()] == [None, None]
-    rows = ledger(alice, 2)
-    for row, response in zip(rows, (first, second)):
-        assert usage_pair(response)[1] > 0
-        check_row(row, endpoint="responses", model="fake-chat", stream=True, usage=usage_pair(response),
-                  source="estimated")
+    usages = [usage_pair(first), usage_pair(second)]
+    assert all(prompt > 0 and completion > 0 for prompt, completion in usages)
+    check_ledger(alice, *(Row("responses", "fake-chat", True, usage, "estimated") for usage in usages))

@@ -57,7 +57,12 @@ async function tools() {
   const second = await stream.finalResponse();
   const streamed = await collect(
     // A new question: fakellm keys its conversations by the first user message, and that one has had its answer.
-    await client.responses.create({ model, input: "What is the weather in Paris today?", tools: [weather], stream: true }),
+    await client.responses.create({
+      model,
+      input: "What is the weather in Paris today?",
+      tools: [weather],
+      stream: true,
+    }),
   );
   return { first, second, second_text: second.output_text, events, streamed };
 }
