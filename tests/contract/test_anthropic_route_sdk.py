@@ -123,3 +123,16 @@ def test_responses_streamed_tool_round_trip(live_server_url: str, alice: Party, 
     assert all(exchange.streamed for exchange in fakellm.exchanges())
     assert [usage_pair(first), usage_pair(second)] == upstream  # as fakellm's message events said
     check_ledger(alice, *(Row("responses", "fake-claude", True, usage) for usage in upstream))
+
+
+def test_responses_image_input(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM) -> None:
+    picture = [{"type": "input_image", "image_url": f"data:image/png;base64,{RED_PIXEL_PNG}", "detail": "auto"},
+               {"type": "input_text", "text": "Please describe the picture."}]
+    response = openai_sdk(live_server_url, alice).responses.create(
+        model="fake-claude", input=[{"role": "user", "content": picture}])
+    assert response.output_text == IMAGE_ANSWER
+    [sent] = fakellm.exchanges()
+    [image] = [b for b in sent.request["messages"][0]["content"] if b["type"] == "image"]
+    assert image["source"] == {"type": "base64", "media_type": "image/png", "data": RED_PIXEL_PNG}
+    assert usage_pair(response) == sent.usage()
+    check_ledger(alice, Row("responses", "fake-claude", False, sent.usage(), images=1))

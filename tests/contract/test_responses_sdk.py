@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 
+import openai
 import pytest
 
 from proxy.providers.demo import tokens
 
-from ..conftest import Party
+from ..conftest import Party, make_party
 from .conftest import WEATHER_ANSWER, WEATHER_TOOL_RESULT, FakeLLM, Row, check_ledger, text_of, tool_calls_of
 from .responses_checks import WEATHER_FUNCTION, check_stream, function_call, openai_sdk, usage_pair
 
@@ -62,6 +63,14 @@ def test_demo_stream_helper_and_previous_response_id(live_server_url: str, alice
     assert usage[0] == demo_tokens("Remember the word marmalade", first.output_text, "Which word?")
     check_ledger(alice, Row("responses", "demo", False, usage_pair(first)), Row("responses", "demo", True, usage))
     assert client.responses.retrieve(second.id).output_text == second.output_text
+
+    # Another tenant can neither read alice's responses nor continue her conversation.
+    bob = openai_sdk(live_server_url, make_party("bob"))
+    with pytest.raises(openai.NotFoundError):
+        bob.responses.retrieve(second.id)
+    with pytest.raises(openai.NotFoundError) as missing:
+        bob.responses.create(model="demo", input="Which word?", previous_response_id=second.id)
+    assert missing.value.code == "previous_response_not_found"
 
 
 def test_demo_function_call_output_in_input(live_server_url: str, alice: Party, routes: None) -> None:
