@@ -15,6 +15,7 @@ from gateway_site import drain, logs
 
 from . import background, dialects, observe, outages, response_cache, routing, sse, traceparent, upkeep
 from .asgi import STARTED, render
+from .dialects import messages as messages_dialect
 from .auth import authenticate
 from .errors import Draining, GatewayError, MethodNotAllowed, NotFound, ServerError
 from .limits import check_limits
@@ -151,6 +152,7 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
 @csrf_exempt
 async def messages(request: HttpRequest) -> HttpResponseBase:
     """Anthropic's Messages API: what ANTHROPIC_BASE_URL=<Tollgate> sends."""
+    messages_dialect.note_headers(request)  # the beta features asked for, relayed to an Anthropic deployment
     return await relay(request, MESSAGES)
 
 

@@ -10,10 +10,12 @@ Anthropic's envelope naming the parameter, never a 500; fields Tollgate does not
 from __future__ import annotations
 
 import json
+import re
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from ..errors import GatewayError
 from ..parsing import check_model, field, invalid, missing, number_between, wrong_type
@@ -35,6 +37,20 @@ ERROR_TYPES = {
     404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
     503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error",
 }
+
+
+# The anthropic-beta header of the request being served (https://docs.anthropic.com/en/api/beta-headers): Claude
+# Code asks for features by it, and an Anthropic deployment refuses their fields without it. Comma-separated names
+# only, so nothing else is ever passed on in a header.
+client_beta: ContextVar[str | None] = ContextVar("client_beta", default=None)
+BETA_NAMES = re.compile(r"[A-Za-z0-9._-]+(?:\s*,\s*[A-Za-z0-9._-]+)*")
+BETA_MAX_LENGTH = 1000
+
+
+def note_headers(request: HttpRequest) -> None:
+    """Keep the request's anthropic-beta header, when well formed, for ``prepare`` (a malformed one is dropped)."""
+    value = request.headers.get("anthropic-beta", "").strip()
+    client_beta.set(value if len(value) <= BETA_MAX_LENGTH and BETA_NAMES.fullmatch(value) else None)
 
 
 def error_type(status: int) -> str:
@@ -217,7 +233,9 @@ class MessagesDialect:
         return parse_request(data)
 
     async def prepare(self, body: ApiRequest, caller: Caller) -> None:
-        """Nothing: a Messages request carries its whole conversation."""
+        """Note the beta features the client asked for; a Messages request carries its whole conversation."""
+        if (beta := client_beta.get()) is not None:
+            body.state["anthropic_beta"] = beta
 
     def to_chat(self, body: ApiRequest) -> ApiRequest:
         """The Chat Completions request asking the same."""

@@ -88,11 +88,13 @@ class MessagesProvider:
     name = "anthropic"
 
     def build_request(self, target: Target, body: ApiRequest) -> UpstreamRequest:
-        """Return the POST /v1/messages request: the client's body with the deployment's model."""
+        """Return the POST /v1/messages request: the client's body with the deployment's model, and its betas."""
         if body.endpoint != MESSAGES:
             raise GatewayError(f"The {body.endpoint} endpoint is not spoken natively here.", code="unsupported_endpoint")
         payload = {**body.data, "model": target.upstream_model}
         headers = {"x-api-key": target.api_key, "anthropic-version": API_VERSION}
+        if beta := body.state.get("anthropic_beta"):  # checked to be feature names (proxy/dialects/messages.py)
+            headers["anthropic-beta"] = beta
         return UpstreamRequest.post_json(f"{target.base_url.rstrip('/')}/v1/messages", payload, headers)
 
     def stream_translator(self, target: Target, body: ApiRequest) -> StreamTranslator:

@@ -60,10 +60,11 @@ def routes(alice: Party, upstream_url: str) -> Party:
     return alice
 
 
-def post(party: Party, data: dict[str, Any]) -> AsgiReply:
+def post(party: Party, data: dict[str, Any], **headers: str) -> AsgiReply:
     raw = json.dumps(data).encode()
     return asgi(URL, chunks=[raw], headers={"x-api-key": party.secret, "anthropic-version": "2023-06-01",
-                                            "content-type": "application/json", "content-length": str(len(raw))})
+                                            "content-type": "application/json", "content-length": str(len(raw)),
+                                            **headers})
 
 
 def body(model: str, **fields: Any) -> dict[str, Any]:
@@ -184,6 +185,21 @@ def test_an_anthropic_deployment_streams_its_events_through(routes: Party) -> No
     row = row_of(reply)
     assert (row.prompt_tokens, row.cached_tokens, row.cache_write_tokens, row.completion_tokens) == (3211, 3000, 200, 6)
     assert (row.end_reason, row.stream, row.usage_source) == ("complete", True, "provider")
+
+
+def test_the_clients_beta_features_reach_an_anthropic_deployment(routes: Party) -> None:
+    betas = "context-management-2025-06-27, interleaved-thinking-2025-05-14"
+    data = body("claude-mock", context_management={"edits": [{"type": "clear_tool_uses_20250919"}]})
+    assert post(routes, data, **{"anthropic-beta": betas}).status == 200
+    sent = messages_upstream.received[-1]
+    assert sent["headers"]["anthropic-beta"] == betas and sent["body"]["context_management"] == data["context_management"]
+    for malformed in ("a b", "x" * 1001, "ok,"):  # not a list of feature names: not passed on
+        assert post(routes, body("claude-mock"), **{"anthropic-beta": malformed}).status == 200
+        assert "anthropic-beta" not in messages_upstream.received[-1]["headers"]
+    assert post(routes, body("claude-mock")).status == 200
+    assert "anthropic-beta" not in messages_upstream.received[-1]["headers"]  # nothing left over from before
+    assert post(routes, body("gpt-mock"), **{"anthropic-beta": betas}).status == 200
+    assert "anthropic-beta" not in messages_upstream.received[-1]["headers"]
 
 
 def test_a_server_tool_is_relayed_to_anthropic_and_refused_by_a_translated_route(routes: Party) -> None:
