@@ -3,6 +3,7 @@ steps by batches.run_background_response (here in process; test_background_respo
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -15,13 +16,16 @@ from django.test import Client
 from django.utils import timezone
 from openai.types.responses import Response as SdkResponse
 
+from accounts.keys import Limits
 from accounts.models import ApiKey, Tenant
 from batches import background, tasks
 from billing.models import UsageRecord
 from gateway_site.celery import app
 from proxy import background as queueing
+from proxy.db import db_step
 from proxy.models import StoredResponse
 from proxy.services import ensure_demo_route
+from proxy.stored_responses import cancel_response
 
 from ..conftest import Party
 from ..dialects.stored import store
@@ -199,3 +203,24 @@ def test_a_nested_background_key_is_an_ordinary_request(client: Client, alice: P
     r = create(client, alice, background=False, tools=[tool])
     assert r.status_code == 200, r.content
     assert r.json()["status"] == "completed" and not send_task.called
+
+
+def test_cancel_while_waiting_at_the_rate_limit_stops_before_the_provider(client: Client, alice: Party,
+                                                                        send_task: mock.MagicMock) -> None:
+    _, secret = make_key(alice.tenant, name="one a minute", limits=Limits(requests_per_minute=1))
+    response_id = create(client, secret).json()["id"]
+    assert create(client, secret, background=False).status_code == 200  # the minute's one request
+    job = background.claim(response_id)
+    assert job is not None
+    cancel = db_step(cancel_response)
+
+    async def run_then_cancel() -> None:
+        run = asyncio.ensure_future(background.BackgroundRun(job).run())
+        await asyncio.sleep(0.5)  # the run is waiting for the rate limit's next window
+        assert not run.done()
+        await cancel(alice.tenant.pk, response_id)
+        await asyncio.wait_for(run, timeout=5)  # seen within a second, not after the window
+
+    async_to_sync(run_then_cancel)()
+    assert StoredResponse.objects.get(pk=response_id).status == "cancelled"
+    assert list(UsageRecord.objects.values_list("endpoint", flat=True)) == ["responses"]  # the foreground one only
