@@ -71,17 +71,32 @@ class ProviderForm(forms.ModelForm):
         required=False, choices=[("", "---------"), *((p, preset_label(p)) for p in PRESETS)],
         help_text="For OpenAI-compatible providers: the vendor, for its default URL and quirks.",
     )
-    base_url = forms.URLField(required=False, assume_scheme="https", help_text="Leave blank to use the preset's URL.")
+    base_url = forms.URLField(
+        required=False, assume_scheme="https",
+        help_text="Leave blank to use the preset's URL. Azure OpenAI: the resource's endpoint, e.g. "
+                  "https://my-resource.openai.azure.com (required). AWS Bedrock: blank for the region's endpoint.")
     # Write-only: the stored key is never rendered back into the page.
     api_key = forms.CharField(
         required=False, strip=True, widget=forms.PasswordInput(render_value=False),
-        help_text="Stored encrypted. Leave blank to keep the current key.",
+        help_text="Stored encrypted. Leave blank to keep the current key. Azure OpenAI: one of the resource's keys. "
+                  "AWS Bedrock: ACCESS_KEY_ID:SECRET_ACCESS_KEY, or ACCESS_KEY_ID:SECRET_ACCESS_KEY:SESSION_TOKEN.",
     )
     clear_api_key = forms.BooleanField(required=False, help_text="Remove the stored key.")
 
     class Meta:
         model = Provider
-        fields = ["name", "kind", "preset", "base_url", "api_key", "clear_api_key", "credential_env", "is_active"]
+        fields = ["name", "kind", "preset", "base_url", "api_version", "region", "api_key", "clear_api_key",
+                  "credential_env", "is_active"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean()
+        kind = cleaned.get("kind")
+        # Each of these applies to one kind only: a value elsewhere would be ignored, so it is refused instead.
+        if cleaned.get("api_version") and kind != Provider.Kind.AZURE:
+            self.add_error("api_version", "Only Azure OpenAI providers take an api-version; leave it blank.")
+        if cleaned.get("region") and kind != Provider.Kind.BEDROCK:
+            self.add_error("region", "Only AWS Bedrock providers take a region; leave it blank.")
+        return cleaned
 
     def save(self, commit: bool = True) -> Provider:
         provider: Provider = super().save(commit=False)

@@ -75,8 +75,10 @@ def check_provider(provider: Provider) -> Outcome:
     """List the provider's models, or test its first deployment when it has no models list."""
     first = provider.deployments.select_related("route", "provider").order_by("pk").first()
     if provider.kind not in (Provider.Kind.OPENAI_COMPATIBLE, Provider.Kind.ANTHROPIC):
-        if first is None:
+        if first is None and provider.kind == Provider.Kind.DEMO:
             return Outcome(True, "The built-in demo provider needs no connection; it has no deployment to test.")
+        if first is None:  # Azure and Bedrock have no models list to ask: a deployment is what can be tested
+            return Outcome(False, "Add a deployment to this provider, then test the connection again.")
         return check_deployment(first)
     try:
         api_key = provider.credential()

@@ -177,3 +177,24 @@ def test_ledger_search_goes_by_request_id_key_or_tenant(admin_client: Client, al
     assert found(str(mine.request_id)) == {mine.pk}
     assert found(alice.key.prefix) == found(alice.secret) == found("alice") == {mine.pk}
     assert found("nobody") == set() and found("tg-0123456789ab") == set()
+
+
+def test_azure_and_bedrock_providers_from_the_admin(admin_client: Client) -> None:
+    form = admin_client.get("/admin/proxy/provider/add/").content.decode()
+    assert 'name="api_version"' in form and 'name="region"' in form and "ACCESS_KEY_ID:SECRET_ACCESS_KEY" in form
+    missing = admin_client.post("/admin/proxy/provider/add/", provider_form(name="az", kind="azure", preset=""))
+    assert missing.status_code == 200 and "resource&#x27;s endpoint" in missing.content.decode()
+    admin_client.post("/admin/proxy/provider/add/", provider_form(
+        name="az", kind="azure", preset="", base_url="https://contoso.openai.azure.com", api_version="2024-10-21"))
+    assert Provider.objects.get(name="az").quirks()["api_version"] == "2024-10-21"
+    no_region = admin_client.post("/admin/proxy/provider/add/", provider_form(name="aws", kind="bedrock", preset=""))
+    assert no_region.status_code == 200 and "Give the AWS region" in no_region.content.decode()
+    admin_client.post("/admin/proxy/provider/add/", provider_form(name="aws", kind="bedrock", preset="",
+                                                                  region="us-east-1", api_key="AKID:SECRET"))
+    assert Provider.objects.get(name="aws").resolved_base_url() == "https://bedrock-runtime.us-east-1.amazonaws.com"
+    # A setting of another kind is refused with a reason, not silently ignored.
+    odd = admin_client.post("/admin/proxy/provider/add/", provider_form(name="odd", region="us-east-1",
+                                                                        api_version="2024-10-21"))
+    page = odd.content.decode()
+    assert odd.status_code == 200 and "Only AWS Bedrock providers take a region" in page
+    assert "Only Azure OpenAI providers take an api-version" in page and not Provider.objects.filter(name="odd").exists()
