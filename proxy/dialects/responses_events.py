@@ -9,7 +9,6 @@ saw it can continue the conversation at once. Every event has a sequence_number.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,14 +16,10 @@ import orjson
 from asgiref.sync import sync_to_async
 
 from .. import responses_store
-from ..providers.base import ApiRequest, Chunk, JSONDict, Upstream, Usage
+from ..providers.base import ApiRequest, Chunk, JSONDict, Upstream, Usage, encode_json
 from .responses_items import (
     call_item, item_id, message_item, reasoning_item, reasoning_of, response_object, status_of, usage_json,
 )
-
-
-def dumps(data: JSONDict) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class OpenItem:
@@ -54,7 +49,7 @@ class EventStream:
         """One event; ``said`` is the model's text in it, kept for token estimates."""
         sequence = self.body.state.get("sequence_number", 0)
         self.body.state["sequence_number"] = sequence + 1  # error_event numbers an in-band error after the last one
-        return Chunk(data=dumps({"type": kind, "sequence_number": sequence, **fields}), event=kind, text=said)
+        return Chunk(data=encode_json({"type": kind, "sequence_number": sequence, **fields}), event=kind, text=said)
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         started = response_object(self.body, status="in_progress", output=[])

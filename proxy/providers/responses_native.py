@@ -10,7 +10,6 @@ https://platform.openai.com/docs/api-reference/responses/create
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from ..errors import ProviderError
 from . import http
 from .base import (
     ApiRequest, Chunk, Completion, JSONDict, StreamTranslator, Target, Upstream, UpstreamReply, UpstreamRequest, Usage,
+    encode_json,
 )
 
 PATH = "/responses"
@@ -122,7 +122,7 @@ class ResponsesProvider:
                 if kind in FINAL:
                     usage, finished = usage_of(response.get("usage")), True
                     state["final"] = data["response"]
-                raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+                raw = encode_json(data)
             text = data.get("delta") if kind in TEXT_DELTAS and isinstance(data.get("delta"), str) else ""
             return [Chunk(data=raw, text=text, usage=usage, finished=finished, event=kind)]
 
