@@ -59,14 +59,20 @@ def test_demo_streaming_and_image(live_server_url: str, alice: Party, routes: No
 def test_fakellm_over_chat_tool_round_trip_and_image(live_server_url: str, alice: Party, routes: None,
                                                      fakellm: FakeLLM) -> None:
     client = anthropic_sdk(live_server_url, alice)
-    first = client.messages.create(model="fake-chat", max_tokens=300, tools=[WEATHER_TOOL], messages=[QUESTION])
+    first = client.messages.create(model="fake-chat", max_tokens=300, tools=[WEATHER_TOOL], messages=[QUESTION],
+                                   system="Use the tools.", tool_choice={"type": "tool", "name": "get_weather"},
+                                   stop_sequences=["END"])
     assert first.model == "fake-chat"
     use = tool_use(first)
     sent = fakellm.exchanges()[0]
+    asked = sent.request
     assert use.id == tool_calls_of(sent)[0]["id"]
-    assert sent.request["model"] == "fakellm-gpt" and sent.request["tools"] == [{"type": "function", "function": {
+    assert asked["model"] == "fakellm-gpt" and asked["tools"] == [{"type": "function", "function": {
         "name": "get_weather", "description": "The weather in a city now.", "parameters": WEATHER_SCHEMA}}]
-    assert sent.request["max_tokens"] == 300 or sent.request.get("max_completion_tokens") == 300
+    assert asked["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert (asked["messages"][0]["role"], text_of(asked["messages"][0])) == ("system", "Use the tools.")
+    assert asked.get("max_tokens", asked.get("max_completion_tokens")) == 300
+    assert asked["stop"] == ["END"]
 
     second = client.messages.create(model="fake-chat", max_tokens=300, tools=[WEATHER_TOOL],
                                     messages=tool_turns(first, use))
