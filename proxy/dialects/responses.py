@@ -88,6 +88,8 @@ class ResponsesDialect:
     def error_event(self, body: ApiRequest | None, error: GatewayError) -> bytes:
         """An `error` event, then `response.failed` once the client has seen the response begin."""
         state = body.state if body is not None else {}
+        if state.get("ended"):
+            return b""  # the provider's response.failed went out already
         sequence = state.get("sequence_number", 0)
         frames = event("error", {"type": "error", "code": error.code, "message": error.message, "param": error.param,
                                  "sequence_number": sequence})

@@ -46,8 +46,11 @@ def check_body(data: JSONDict) -> ApiRequest:
     check_metadata(data)
     field(data, "user", str, "a string")
     reasoning = field(data, "reasoning", dict, "an object")
-    if reasoning is not None:
+    if reasoning is not None:  # echoed in the Response as given
         field(reasoning, "effort", str, "a string", "reasoning")
+        field(reasoning, "summary", str, "a string", "reasoning")
+    if field(data, "truncation", str, "a string") not in (None, "auto", "disabled"):
+        raise invalid("'truncation' must be auto or disabled.", "truncation")
     field(data, "stream_options", dict, "an object")
     field(data, "include", list, "an array")
     field(data, "max_tool_calls", int, "an integer")

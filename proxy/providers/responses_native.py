@@ -159,6 +159,12 @@ class SavingStream:
             if chunk.finished and (final := self.body.state.pop("final", None)) is not None:
                 await responses_store.save(self.body, final)
             yield chunk
+            if chunk.event == "response.failed":
+                # The client has the provider's own account of the failure; the row and the health of the
+                # deployment must say it failed too. Nothing more is sent (see ResponsesDialect.error_event).
+                self.body.state["ended"] = True
+                raise ProviderError("The provider failed to answer.", status=502, code="upstream_error",
+                                    permanent=False)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

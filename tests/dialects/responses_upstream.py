@@ -10,6 +10,7 @@ from typing import Any
 Json = dict[str, Any]
 UPSTREAM_MODEL = "gpt-upstream-2026-01-01"
 SLOW_MODEL = "gpt-slow"  # streams 200 deltas 20 ms apart
+FAILING_MODEL = "gpt-fails"  # streams a response that fails after it began
 USAGE = {"input_tokens": 21, "input_tokens_details": {"cached_tokens": 5, "cache_write_tokens": 0}, "output_tokens": 7,
          "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 28}
 
@@ -93,6 +94,10 @@ def response_events(body: Json) -> list[Json]:
         {"type": "response.output_item.done", "output_index": 0, "item": item},
         {"type": "response.completed", "response": {**base, "status": "completed", "output": [item], "usage": USAGE}},
     ]
+    if body["model"] == FAILING_MODEL:
+        error = {"code": "server_error", "message": "The model failed."}
+        events = [*events[:2], {"type": "response.failed",
+                                "response": {**base, "status": "failed", "error": error, "usage": USAGE}}]
     return [{**event, "sequence_number": i} for i, event in enumerate(events)]
 
 

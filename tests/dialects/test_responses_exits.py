@@ -22,7 +22,7 @@ from ..conftest import Party
 from ..factories import make_route
 from ..live import serve_app
 from ..proxy.v1_client import api_handler
-from .responses_upstream import SLOW_MODEL, Upstream
+from .responses_upstream import FAILING_MODEL, SLOW_MODEL, Upstream
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 
@@ -37,8 +37,8 @@ def upstream_url() -> Iterator[str]:
 def routes(db: None, upstream_url: str, mock_upstream_url: str) -> None:
     native = Provider.objects.create(name="openai-slow", kind="openai_compatible", preset="openai",
                                      base_url=f"{upstream_url}/v1")
-    Deployment.objects.create(route=ModelRoute.objects.create(name="native-slow"), provider=native,
-                              upstream_model=SLOW_MODEL)
+    for name, model in (("native-slow", SLOW_MODEL), ("native-fails", FAILING_MODEL)):
+        Deployment.objects.create(route=ModelRoute.objects.create(name=name), provider=native, upstream_model=model)
     for model in ("mock-cut", "mock-nousage"):
         make_route(model, upstream_model=model, base_url=f"{mock_upstream_url}/v1", provider_name="mock")
     routing.invalidate()
@@ -119,3 +119,14 @@ def test_a_provider_without_usage_gets_an_estimate_on_the_event_and_the_row(alic
     assert row.end_reason == "complete" and row.completion_tokens > 0 and row.prompt_tokens > 0
     assert (final.response.usage.input_tokens, final.response.usage.output_tokens) == (row.prompt_tokens,
                                                                                        row.completion_tokens)
+
+
+def test_a_native_response_failed_is_passed_on_once_and_recorded_as_a_failure(alice: Party, routes: None) -> None:
+    status, events = async_to_sync(exchange)(alice, {"model": "native-fails", "input": "Hi"})
+    assert status == 200 and [event.type for event in events] == ["response.created", "response.in_progress",
+                                                                   "response.failed"]
+    failed = events[-1].response
+    assert failed.model == "native-fails" and failed.error.message == "The model failed."
+    [row] = rows(alice)
+    assert (row.end_reason, row.status_code, row.error_code) == ("upstream_error", 502, "upstream_error")
+    assert (row.prompt_tokens, row.completion_tokens) == (21, 7)  # what the provider says it used is billed

@@ -70,6 +70,9 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"user": 5}, "user"),
     ({"reasoning": "high"}, "reasoning"),
     ({"reasoning": {"effort": 3}}, "reasoning.effort"),
+    ({"reasoning": {"summary": ["auto"]}}, "reasoning.summary"),
+    ({"truncation": "sometimes"}, "truncation"),
+    ({"include": "reasoning.encrypted_content"}, "include"),
     ({"conversation": "conv_1"}, "conversation"),
 ]
 
