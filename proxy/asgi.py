@@ -112,7 +112,8 @@ class ApiHandler(ASGIHandler):
         try:
             match = resolve(request.path_info)
         except Resolver404:
-            return render(request.path, NotFound(f"Unknown endpoint: {request.method} {request.path}", code="unknown_url"))
+            error = NotFound(f"Unknown endpoint: {request.method} {request.path}", code="unknown_url")
+            return render(request.path, error)
         try:
             response: HttpResponseBase = await match.func(request, *match.args, **match.kwargs)
         except Exception:

@@ -242,6 +242,12 @@ def tool_input(arguments: Any) -> JSONDict:
     return value if isinstance(value, dict) else {}
 
 
+def tool_use_id(call: JSONDict) -> str:
+    """The tool call's id, or a new one where the provider gave none (Anthropic's tool_result needs one)."""
+    call_id = call.get("id")
+    return call_id if isinstance(call_id, str) and call_id else "toolu_" + secrets.token_hex(12)
+
+
 def content_blocks(message: JSONDict) -> list[JSONDict]:
     blocks: list[JSONDict] = []
     content = message.get("content")
@@ -251,12 +257,12 @@ def content_blocks(message: JSONDict) -> list[JSONDict]:
         blocks.append({"type": "text", "text": content})
     if not blocks and isinstance(message.get("refusal"), str) and message["refusal"]:
         blocks.append({"type": "text", "text": message["refusal"]})
-    for call in message.get("tool_calls") or ():
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
             continue
-        call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else "toolu_" + secrets.token_hex(12)
-        blocks.append({"type": "tool_use", "id": call_id, "name": str(function.get("name") or ""),
+        blocks.append({"type": "tool_use", "id": tool_use_id(call), "name": str(function.get("name") or ""),
                        "input": tool_input(function.get("arguments"))})
     return blocks
 

@@ -18,7 +18,7 @@ from billing import tokens
 
 from ..errors import ProviderError
 from ..providers.base import ApiRequest, Chunk, JSONDict, Upstream, Usage
-from .messages_chat import message_id, stop_reason, usage_json
+from .messages_chat import message_id, stop_reason, tool_use_id, usage_json
 
 
 def encode(data: JSONDict) -> bytes:
@@ -36,15 +36,14 @@ class Blocks:
 
     def __init__(self) -> None:
         self.count = 0
-        self.open: str | None = None  # "text", or "tool:<chat tool call index>"
-        self.tools: dict[int, int] = {}  # chat tool call index -> block index
-        self.closed_tools: set[int] = set()
+        self.open: str | None = None  # "text", or the key of a tool call
+        self.tools: dict[int, tuple[str, int]] = {}  # chat tool call index -> (its key, its block index)
+        self.closed: set[str] = set()  # keys of the tool calls whose block is closed
 
     def close(self) -> list[Chunk]:
         if self.open is None:
             return []
-        if self.open.startswith("tool:"):
-            self.closed_tools.add(int(self.open[5:]))
+        self.closed.add(self.open)
         self.open = None
         return [event("content_block_stop", {"type": "content_block_stop", "index": self.count - 1})]
 
@@ -65,20 +64,22 @@ class Blocks:
     def tool_call(self, call: JSONDict) -> list[Chunk]:
         index = call.get("index") if call.get("index").__class__ is int else 0
         function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        call_id = call.get("id")
         chunks: list[Chunk] = []
-        if index not in self.tools:
-            call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else "toolu_" + message_id()[4:]
+        # A new call: an index not seen yet, or (from servers that send no index) an id other than the index's.
+        if index not in self.tools or (isinstance(call_id, str) and call_id and call_id != self.tools[index][0]):
+            call_id = tool_use_id(call)
             block = {"type": "tool_use", "id": call_id, "name": str(function.get("name") or ""), "input": {}}
-            chunks = self.start(f"tool:{index}", block)
-            self.tools[index] = self.count - 1
-        elif index in self.closed_tools:
+            chunks = self.start(f"tool:{call_id}", block)
+            self.tools[index] = (call_id, self.count - 1)
+        elif f"tool:{self.tools[index][0]}" in self.closed:
             # Anthropic's blocks do not interleave: arguments for a call whose block was closed cannot be sent.
             raise ProviderError("The provider interleaved the arguments of parallel tool calls.", status=502,
                                 code="upstream_error", permanent=False)
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
             delta = {"type": "input_json_delta", "partial_json": arguments}
-            chunks.append(event("content_block_delta", {"type": "content_block_delta", "index": self.tools[index],
+            chunks.append(event("content_block_delta", {"type": "content_block_delta", "index": self.tools[index][1],
                                                         "delta": delta}))
         return chunks
 
@@ -156,7 +157,8 @@ class MessagesStream:
         if isinstance(content, str) and content:
             out.extend(blocks.text(content))
         arguments = ""
-        for call in delta.get("tool_calls") or ():
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
             if isinstance(call, dict):
                 out.extend(blocks.tool_call(call))
                 function = call.get("function")

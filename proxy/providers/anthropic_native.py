@@ -90,7 +90,8 @@ class MessagesProvider:
     def build_request(self, target: Target, body: ApiRequest) -> UpstreamRequest:
         """Return the POST /v1/messages request: the client's body with the deployment's model, and its betas."""
         if body.endpoint != MESSAGES:
-            raise GatewayError(f"The {body.endpoint} endpoint is not spoken natively here.", code="unsupported_endpoint")
+            raise GatewayError(f"The {body.endpoint} endpoint is not spoken natively here.",
+                               code="unsupported_endpoint")
         payload = {**body.data, "model": target.upstream_model}
         headers = {"x-api-key": target.api_key, "anthropic-version": API_VERSION}
         if beta := body.state.get("anthropic_beta"):  # checked to be feature names (proxy/dialects/messages.py)

@@ -224,3 +224,13 @@ def test_native_whole_answer_is_renamed_and_its_usage_read() -> None:
     assert completion.payload == {**message, "model": "claude-public"}
     assert completion.usage == Usage(prompt_tokens=14, completion_tokens=4, cached_tokens=5, cache_write_tokens=6)
     assert completion.text == 'Hi{"a":1}'
+
+
+def test_tool_calls_without_an_index_are_told_apart_by_their_ids() -> None:
+    def whole(call_id: str, city: str) -> JSONDict:  # as some servers send them: whole, with no index
+        return {"tool_calls": [{"id": call_id, "type": "function",
+                                "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}]}
+
+    _, events, _ = relay([chunk(whole("call_1", "Paris")), chunk(whole("call_2", "Rome")), chunk({}, "tool_calls")])
+    message = final_message(events)
+    assert [(b.id, b.input) for b in message.content] == [("call_1", {"city": "Paris"}), ("call_2", {"city": "Rome"})]
