@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from accounts.keys import Caller, KeyRejected, caller_by_id
 from proxy.auth import rejection
+from proxy.background import publish
 from proxy.db import db_step
 from proxy.dialects import get_dialect
 from proxy.metering import Meter
@@ -186,9 +187,11 @@ class BackgroundRun:
 
 
 def tend(now: datetime | None = None) -> None:
-    """Beat job: fail the background responses whose worker was lost, delete the expired stored responses."""
+    """Beat job: fail the background responses whose worker was lost, send again the runs whose message may be lost,
+    delete the expired stored responses."""
     now = now or timezone.now()
     fail_lost(now)
+    resend_waiting(now)
     delete_expired(now)
 
 
@@ -207,6 +210,28 @@ def fail_lost(now: datetime) -> int:
     if lost:
         logger.warning("%d background responses failed: their workers were lost", lost)
     return lost
+
+
+def resend_waiting(now: datetime) -> int:
+    """Send again the run of each response queued for longer than TOLLGATE_RESPONSES_LOST_SECONDS (its message may
+    have been lost with a broker or a worker), at most once per that period: a copy that finds the response already
+    claimed does nothing. Returns how many were sent."""
+    since = now - timedelta(seconds=settings.TOLLGATE_RESPONSES_LOST_SECONDS)
+    sent = 0
+    waiting = StoredResponse.objects.filter(status=Status.QUEUED, updated_at__lt=since).values_list(
+        "pk", "tenant__batch_tier")[:CHUNK]
+    for response_id, tier in waiting:
+        if not StoredResponse.objects.filter(pk=response_id, status=Status.QUEUED, updated_at__lt=since).update(
+                updated_at=now):
+            continue  # claimed or cancelled meanwhile
+        try:
+            publish(response_id, settings.TOLLGATE_QUEUES.get(tier, settings.TOLLGATE_QUEUES["default"]))
+        except Exception:
+            logger.exception("could not send background response %s again; the next run tries again", response_id)
+            StoredResponse.objects.filter(pk=response_id, updated_at=now).update(updated_at=since)
+            break
+        sent += 1
+    return sent
 
 
 def delete_expired(now: datetime) -> int:
