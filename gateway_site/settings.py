@@ -200,7 +200,8 @@ TOLLGATE_BATCH_OUTPUT_EXPIRY_DAYS = env_int("TOLLGATE_BATCH_OUTPUT_EXPIRY_DAYS",
 # responses" job. A conversation continued with previous_response_id may be at most this many turns long (400 past it).
 TOLLGATE_RESPONSES_RETENTION_DAYS = env_int("TOLLGATE_RESPONSES_RETENTION_DAYS", 30, minimum=1)
 TOLLGATE_RESPONSES_MAX_TURNS = env_int("TOLLGATE_RESPONSES_MAX_TURNS", 100, minimum=1)
-# A background response still in progress this long after it started is marked failed (its worker was lost).
+# A background response still in progress this long after it started is marked failed (its worker was lost); one
+# still queued this long has its run sent again (its message may have been lost).
 TOLLGATE_RESPONSES_LOST_SECONDS = env_int("TOLLGATE_RESPONSES_LOST_SECONDS", 3600, minimum=60)
 # Where file contents live: a Django storage class and its options as JSON (e.g. django-storages' S3 backend);
 # the embedded default keeps them under the data folder.
