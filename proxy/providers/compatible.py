@@ -121,6 +121,14 @@ class OpenAICompatibleProvider:
 
     def error_for(self, response: UpstreamReply) -> ProviderError:
         """Return the mapped error for an upstream 4xx/5xx."""
+        if response.content.lstrip()[:1] == b"[":
+            # Google's endpoints wrap the error in a list, [{"error": {...}}]: read the one inside.
+            try:
+                first = json.loads(response.content)[0]
+            except (ValueError, IndexError, KeyError):
+                first = None
+            if isinstance(first, dict):
+                response = UpstreamReply(response.status_code, response.headers, json.dumps(first).encode())
         return status_error(response)
 
 

@@ -152,8 +152,9 @@ CONTEXT_WINDOW = "context_length_exceeded"
 # How providers say a prompt does not fit the model: OpenAI and most compatible servers send the code above;
 # Anthropic sends "prompt is too long: N tokens > M maximum" (https://docs.anthropic.com/en/api/errors), others
 # variations of these. Only matched, never passed on: the message can quote the prompt.
+# Gemini: "The input token count (N) exceeds the maximum number of tokens allowed (M)."
 _TOO_LONG = re.compile(r"prompt is too long|input is too long|context.length|context.window|maximum context|"
-                       r"too many (input )?tokens", re.IGNORECASE)
+                       r"too many (input )?tokens|exceeds the maximum number of tokens", re.IGNORECASE)
 
 
 def too_long(response: UpstreamReply) -> bool:

@@ -110,6 +110,15 @@ def test_geminis_error_list_maps_to_a_400_without_its_message() -> None:
     assert "hunter2" not in json.dumps(error.envelope())
 
 
+def test_geminis_prompt_too_long_is_context_length_exceeded() -> None:
+    # The context window fallbacks apply: Gemini says it in its own words, inside its list.
+    content = json.dumps([{"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "The input token count "
+                                     "(1196724) exceeds the maximum number of tokens allowed (1048575)."}}]).encode()
+    error = OpenAICompatibleProvider().error_for(UpstreamReply(400, {}, content))
+    assert (error.status, error.code) == (400, "context_length_exceeded")
+    assert OpenAICompatibleProvider().error_for(UpstreamReply(400, {}, b"[]")).code == "upstream_bad_request"
+
+
 async def gemini(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Replays the recorded exchanges, as Gemini's OpenAI-compatible endpoint would answer them."""
     body = b""
