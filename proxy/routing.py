@@ -17,7 +17,7 @@ from django.conf import settings
 
 from accounts.keys import Caller
 
-from . import breaker, outages
+from . import breaker, outages, providers
 from .db import db_step
 from .errors import ModelNotFound, PermissionDenied
 from .providers.base import CachePolicy, Target
@@ -86,11 +86,16 @@ def load_table() -> Table:
             except ValueError:
                 logger.error("provider %s: stored credential cannot be decrypted; its deployments are skipped", provider.name)
                 continue
+            quirks = provider.quirks()  # Azure's api-version and Bedrock's region travel in the options too
             target = Target(
                 public_model=route.name, deployment_id=deployment.pk, provider_name=provider.name, kind=provider.kind,
                 base_url=provider.resolved_base_url(), upstream_model=deployment.upstream_model, api_key=api_key,
-                stream_usage=bool(provider.quirks().get("stream_usage", True)), options=provider.quirks(), cache=cache,
+                stream_usage=bool(quirks.get("stream_usage", True)), options=quirks, cache=cache,
             )
+            if provider.kind in providers.KINDS:
+                # Imported here, in the database thread, not by the first request on the event loop (Bedrock's
+                # botocore takes ~0.4 s to import).
+                providers.get(provider.kind)
             choices.append(Choice(target=target, weight=deployment.weight))
         if choices:
             models.append(route.name)
