@@ -16,6 +16,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpResponse
 
 from .. import responses_store, sse
+from ..streaming import estimate
 from ..providers.base import RESPONSES, ApiRequest, Completion, JSONDict, Upstream
 from . import responses_items
 from .responses_checks import check_body
@@ -70,8 +71,6 @@ class ResponsesDialect:
         """Before a whole answer goes out: fill in usage the provider did not report, and store the response."""
         response = completion.payload
         if response.get("usage") is None:
-            from ..streaming import estimate
-
             usage = await sync_to_async(estimate)(body, completion.text, None)
             response["usage"] = usage_json(usage)
             completion.raw = None

@@ -16,6 +16,7 @@ import orjson
 from asgiref.sync import sync_to_async
 
 from .. import responses_store
+from ..streaming import estimate
 from ..providers.base import ApiRequest, Chunk, JSONDict, Upstream, Usage, encode_json
 from .responses_items import (
     call_item, item_id, message_item, reasoning_item, reasoning_of, response_object, status_of, usage_json,
@@ -43,12 +44,14 @@ class EventStream:
         self.usage: Usage | None = None
         self.reasoning_tokens = 0
         self.finish_reason: Any = None
-        self.texts: list[str] = []
+        self.said: list[str] = []  # the model's text so far (answer, reasoning, arguments), for a token estimate
 
     def event(self, kind: str, said: str = "", **fields: Any) -> Chunk:
         """One event; ``said`` is the model's text in it, kept for token estimates."""
         sequence = self.body.state.get("sequence_number", 0)
         self.body.state["sequence_number"] = sequence + 1  # error_event numbers an in-band error after the last one
+        if said:
+            self.said.append(said)
         return Chunk(data=encode_json({"type": kind, "sequence_number": sequence, **fields}), event=kind, text=said)
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
@@ -182,11 +185,7 @@ class EventStream:
         """response.completed (or .incomplete) with the whole Response; saved before it is sent."""
         usage = self.usage
         if usage is None:  # the provider sent none: estimated, in a worker thread (it may tokenize a long prompt)
-            from ..streaming import estimate
-
-            text = "".join("".join(part.get("text", "") for part in item.get("content") or () if isinstance(part, dict))
-                           + item.get("arguments", "") for item in self.output)
-            usage = await sync_to_async(estimate)(self.body, text, None)
+            usage = await sync_to_async(estimate)(self.body, "".join(self.said), None)
         status, incomplete = status_of(self.finish_reason)
         response = response_object(self.body, status=status, output=self.output,
                                    usage=usage_json(usage, self.reasoning_tokens), incomplete=incomplete)
