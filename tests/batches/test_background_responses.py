@@ -12,6 +12,7 @@ from unittest import mock
 import pytest
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.db import OperationalError
 from django.test import Client
 from django.utils import timezone
 from openai.types.responses import Response as SdkResponse
@@ -224,3 +225,13 @@ def test_cancel_while_waiting_at_the_rate_limit_stops_before_the_provider(client
     async_to_sync(run_then_cancel)()
     assert StoredResponse.objects.get(pk=response_id).status == "cancelled"
     assert list(UsageRecord.objects.values_list("endpoint", flat=True)) == ["responses"]  # the foreground one only
+
+
+def test_a_database_outage_at_create_is_503_and_sends_nothing(client: Client, alice: Party, send_task: mock.MagicMock,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(**kwargs: Any) -> str:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(queueing, "asave_queued", broken)
+    assert_envelope(create(client, alice), 503, None, "service_unavailable")
+    assert not send_task.called and not StoredResponse.objects.exists()

@@ -7,9 +7,11 @@ import json
 from typing import Any
 
 import pytest
+from django.db import OperationalError
 from django.test import Client
 from openai.types.responses import Response as SdkResponse
 
+from proxy import stored_responses
 from proxy.models import StoredResponse
 from proxy.services import ensure_demo_route
 
@@ -85,3 +87,18 @@ def test_reading_a_response_costs_one_query_with_a_warm_key(client: Client, alic
     # the stored response's row
     with django_assert_num_queries(1):
         assert client.get(f"/v1/responses/{row.id}", headers=alice.auth).status_code == 200
+
+
+@pytest.mark.parametrize("method,tail,step", [("GET", "", "aread"), ("DELETE", "", "adelete"),
+                                              ("POST", "/cancel", "acancel"), ("GET", "/input_items", "alist_items")])
+def test_a_database_outage_is_503_never_500(alice: Party, monkeypatch: pytest.MonkeyPatch, method: str, tail: str,
+                                            step: str) -> None:
+    row = store(alice, status="queued", background=True)
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(stored_responses, step, broken)
+    headers = json_headers(alice, b"") if method == "POST" else alice.auth
+    assert_asgi_envelope(asgi(f"/v1/responses/{row.id}{tail}", method=method, headers=headers), 503, None,
+                         "service_unavailable")
