@@ -103,7 +103,8 @@ def messages_of(messages: Any) -> tuple[list[JSONDict], list[JSONDict]]:
             # A tool's answer goes back in a user turn, as a toolResult naming the call it answers.
             role, call_id = "user", message.get("tool_call_id")
             if not isinstance(call_id, str) or not call_id:
-                raise GatewayError("A tool message needs the tool_call_id it answers.", param=f"messages[{i}].tool_call_id")
+                raise GatewayError("A tool message needs the tool_call_id it answers.",
+                                   param=f"messages[{i}].tool_call_id")
             result = _content(message.get("content"), param, images=False) or [{"text": ""}]
             blocks = [{"toolResult": {"toolUseId": call_id, "content": result}}]
         else:

@@ -116,7 +116,8 @@ def routed(db: None, azure_url: str) -> ModelRoute:
     return route
 
 
-def build(data: JSONDict, target: Target = TARGET, *, endpoint: str = "chat", stream: bool = False) -> tuple[str, JSONDict, dict[str, str]]:
+def build(data: JSONDict, target: Target = TARGET, *, endpoint: str = "chat",
+          stream: bool = False) -> tuple[str, JSONDict, dict[str, str]]:
     request = AzureOpenAIProvider().build_request(target, ApiRequest(endpoint, "gpt-4o", data, stream=stream))
     return request.url, request.json(), {k.lower(): v for k, v in request.headers.items()}
 
