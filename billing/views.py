@@ -241,10 +241,10 @@ def requests_page(request: HttpRequest, form: RequestFilters, page: list[UsageRe
 
 EXPORT_HEADER = ["time", "request_id", "key", "endpoint", "model", "provider", "upstream_model", "stream", "outcome",
                  "error_code", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "usage_source",
-                 "latency_ms", "ttfb_ms", "cost_usd"]
+                 "latency_ms", "ttfb_ms", "cost_usd", "cache_write_tokens", "images"]
 EXPORT_FIELDS = ["request_id", "key__name", "endpoint", "public_model", "provider", "upstream_model", "stream",
                  "end_reason", "error_code", "status_code", "prompt_tokens", "completion_tokens", "cached_tokens",
-                 "usage_source", "latency_ms", "ttfb_ms", "cost_picos"]
+                 "usage_source", "latency_ms", "ttfb_ms", "cost_picos", "cache_write_tokens", "images"]
 
 
 @tenant_page()
@@ -261,7 +261,9 @@ def request_export(request: HttpRequest) -> HttpResponseBase:
             .values_list("at", *EXPORT_FIELDS).iterator(chunk_size=export.CHUNK))
 
     def lines() -> Iterator[list[object]]:
-        for at, request_id, *middle, picos in rows:
-            yield [export.utc(at).astimezone(zone).isoformat(), request_id.hex, *middle, export.money(picos)]
+        # Columns added later go after cost_usd, so a reader of the older columns by position still reads them.
+        for at, request_id, *middle, picos, writes, images in rows:
+            yield [export.utc(at).astimezone(zone).isoformat(), request_id.hex, *middle, export.money(picos), writes,
+                   images]
 
     return export.csv_response(request, filename=f"{tenant.slug}-requests.csv", header=EXPORT_HEADER, rows=lines())
