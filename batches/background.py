@@ -83,8 +83,8 @@ def failed_response(response_id: str, error: JSONDict) -> JSONDict | None:
 
 
 def error_of(outcome: Outcome) -> JSONDict:
-    """The Response object's error for a request that failed: OpenAI's codes are a rate limit or the server's
-    failure for what the gateway or the provider refused past the request itself, an invalid prompt for a 4xx."""
+    """The Response object's error for a failed request. The SDKs' ResponseError takes only OpenAI's own codes: a
+    rate limit (429), an invalid prompt (another 4xx) or the server's failure; Tollgate's own code ends the message."""
     envelope = outcome.body.get("error") if isinstance(outcome.body.get("error"), dict) else {}
     code = "rate_limit_exceeded" if outcome.status == 429 else (
         "invalid_prompt" if 400 <= outcome.status < 500 else "server_error")
