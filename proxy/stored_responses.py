@@ -175,6 +175,10 @@ async def answer(request: HttpRequest, handle: Callable[[Caller], Awaitable[JSON
 async def detail(request: HttpRequest, response_id: str) -> HttpResponseBase:
     async def handle(caller: Caller) -> JSONDict:
         if request.method == "GET":
+            if request.GET.get("stream", "false").lower() != "false":
+                # OpenAI can replay a background response's events; Tollgate keeps only the finished object.
+                raise GatewayError("Stored responses are not streamed here: retrieve the response without stream and "
+                                   "poll it until its status is final.", param="stream", code="invalid_value")
             return await aread(caller.tenant_id, response_id)
         if request.method == "DELETE":
             return await adelete(caller.tenant_id, response_id)

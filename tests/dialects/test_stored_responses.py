@@ -173,3 +173,10 @@ def test_input_items_of_an_empty_turn(client: Client, alice: Party) -> None:
 def test_input_items_bad_queries_are_400(client: Client, alice: Party, query: dict[str, str], param: str) -> None:
     row = store(alice)
     assert_envelope(call(client, "get", url(row.id, "/input_items"), alice, **query), 400, param)
+
+
+@pytest.mark.parametrize("stream", ["true", "True", "1"])
+def test_get_with_stream_is_400_not_json_the_sdk_would_misread(client: Client, alice: Party, stream: str) -> None:
+    row = store(alice, status="queued", background=True)
+    assert_envelope(call(client, "get", url(row.id), alice, stream=stream), 400, "stream")
+    assert call(client, "get", url(row.id), alice, stream="false").status_code == 200
