@@ -9,6 +9,7 @@ each answer is stored before the client sees it complete (proxy/responses_store.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +17,8 @@ from asgiref.sync import sync_to_async
 from django.http import HttpResponse
 
 from .. import responses_store, sse
+from ..providers.base import RESPONSES, ApiRequest, Completion, JSONDict, Upstream, encode_json
 from ..streaming import estimate
-from ..providers.base import RESPONSES, ApiRequest, Completion, JSONDict, Upstream
 from . import responses_items
 from .responses_checks import check_body
 from .responses_events import EventStream
@@ -45,7 +46,11 @@ class ResponsesDialect:
         state["input_items"] = responses_items.input_items(data)
         state.setdefault("response_id", responses_store.new_id())
         if isinstance(previous := data.get("previous_response_id"), str):
-            state["history"] = await responses_store.history(caller, previous)
+            history = state["history"] = await responses_store.history(caller, previous)
+            if history:
+                # The stored turns go with the request: a long conversation makes it large, so it is translated,
+                # sized and encoded off the event loop as a large body is (measuring it is too, hence the thread).
+                body.size += len(await asyncio.to_thread(encode_json, {"input": history}))
 
     def to_chat(self, body: ApiRequest) -> ApiRequest:
         """The Chat Completions request asking the same (what chat cannot carry is refused when it is sent)."""

@@ -16,8 +16,8 @@ import orjson
 from asgiref.sync import sync_to_async
 
 from .. import responses_store
-from ..streaming import estimate
 from ..providers.base import ApiRequest, Chunk, JSONDict, Upstream, Usage, encode_json
+from ..streaming import estimate
 from .responses_items import (
     call_item, item_id, message_item, reasoning_item, reasoning_of, response_object, status_of, usage_json,
 )

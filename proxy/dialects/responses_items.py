@@ -116,12 +116,14 @@ def to_chat(body: ApiRequest) -> ApiRequest:
     if isinstance(choice, dict) and choice["type"] == "allowed_tools":
         allowed = {tool.get("name") for tool in choice["tools"] if tool.get("type") == "function"}
         tools, choice = [tool for tool in tools if tool["function"]["name"] in allowed], choice["mode"]
-    if tools:
+    if choice is not None:
+        choice = chat_tool_choice(choice, translation)
+    if tools:  # chat providers refuse tool_choice and parallel_tool_calls without tools
         chat["tools"] = tools
         if isinstance(data.get("parallel_tool_calls"), bool):
             chat["parallel_tool_calls"] = data["parallel_tool_calls"]
-    if choice is not None:
-        chat["tool_choice"] = chat_tool_choice(choice, translation)
+        if choice is not None:
+            chat["tool_choice"] = choice
     response_format = chat_response_format(data)
     if response_format is not None:
         chat["response_format"] = response_format

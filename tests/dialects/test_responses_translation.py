@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -82,6 +83,11 @@ def test_instructions_come_first_then_history_then_this_turn() -> None:
 def test_function_tools_are_nested_and_tool_choice_follows(choice: Any, expected: Any) -> None:
     chat = chat_of(tools=[TOOL], tool_choice=choice, parallel_tool_calls=False)
     assert chat["tools"] == [CHAT_TOOL] and chat["tool_choice"] == expected and chat["parallel_tool_calls"] is False
+
+
+def test_tool_options_without_tools_are_left_out() -> None:
+    chat = chat_of(tool_choice="auto", parallel_tool_calls=True)
+    assert "tool_choice" not in chat and "parallel_tool_calls" not in chat and "tools" not in chat
 
 
 def test_allowed_tools_keep_only_the_tools_named() -> None:
@@ -171,3 +177,22 @@ def test_reasoning_and_refusals_from_chat_providers_are_kept() -> None:
     assert [item.type for item in response.output] == ["reasoning", "message"]
     assert response.output[0].content[0].text == "The user asks for..."
     assert response.output[1].content[-1].refusal == "I cannot help with that."
+
+
+def test_a_long_stored_conversation_makes_the_request_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Large requests are translated, sized and encoded in worker threads: the stored turns count toward that.
+    from accounts.keys import Caller
+    from proxy import responses_store
+
+    turns = [{"role": "user", "content": "word " * 20_000}] * 4
+
+    async def history(caller: Caller, previous_response_id: str) -> list[JSONDict]:
+        return turns if previous_response_id == "resp_long" else []
+
+    monkeypatch.setattr(responses_store, "history", history)
+    caller = Caller(key_id=1, key_prefix="p", tenant_id=1, tenant_slug="t", allowed_models=())
+    long, short = body(previous_response_id="resp_long"), body(previous_response_id="resp_short")
+    for request in (long, short):
+        asyncio.run(DIALECT.prepare(request, caller))
+    assert long.is_large and not short.is_large and long.state["history"] == turns
+    assert long.state["tenant_id"] == 1 and long.state["store"] is True and long.state["response_id"].startswith("resp_")
