@@ -146,6 +146,8 @@ def test_what_chat_cannot_carry_is_a_refusal_noted_for_translated_routes(fields:
     assert (refusal.status, refusal.param, refusal.code) == (400, param, "unsupported_on_route")
     if kept is not None:  # the budget gate sizes the untranslated block by its text
         assert kept in "".join(body.prompt_texts())
+    else:  # and the server tool's definition, with the others
+        assert chat.data["tools"][1] == SERVER_TOOL
 
 
 def answer(message: JSONDict, finish: str | None = "stop", usage: Usage | None = None) -> JSONDict:
