@@ -86,7 +86,8 @@ class ResponsesDialect:
         return EventStream(body, upstream)
 
     def error_response(self, error: GatewayError) -> HttpResponse:
-        """OpenAI's error envelope, as on every other /v1 path."""
+        """OpenAI's error envelope, as on every other /v1 path, naming the client's parameter."""
+        error.param = client_param(error.param)
         return error.response()
 
     def error_event(self, body: ApiRequest | None, error: GatewayError) -> bytes:
@@ -105,6 +106,19 @@ class ResponsesDialect:
                                                 "response": failed})
         state["sequence_number"] = sequence + 2
         return frames
+
+
+# A chat provider refusing the translated request names a Chat Completions parameter; the client sent its Responses
+# counterpart. (A message's index is not the input item's: instructions and stored turns come first.)
+CHAT_PARAMS = {"response_format": "text.format", "max_completion_tokens": "max_output_tokens",
+               "max_tokens": "max_output_tokens", "messages": "input", "functions": "tools", "function_call": "tool_choice"}
+
+
+def client_param(param: str | None) -> str | None:
+    if param is None:
+        return None
+    head = param.split("[", 1)[0].split(".", 1)[0]
+    return CHAT_PARAMS.get(head, param)
 
 
 def event(name: str, data: Any) -> bytes:

@@ -154,3 +154,26 @@ def test_azure_targets_take_responses_at_their_v1_path() -> None:
     openai = dataclasses.replace(target, kind="openai_compatible", base_url="https://api.openai.com/v1/")
     request = ResponsesProvider().build_request(openai, body)
     assert request.url == "https://api.openai.com/v1/responses" and request.headers["Authorization"] == "Bearer az-key"
+
+
+def test_tools_images_and_tool_results_reach_anthropic_as_its_own_blocks() -> None:
+    from proxy.dialects.responses import DIALECT
+    from proxy.providers.anthropic import AnthropicProvider
+
+    target = Target(public_model="claude", deployment_id=1, provider_name="a", kind="anthropic",
+                    base_url="https://api.anthropic.com", upstream_model="claude-x", api_key="k")
+    body = DIALECT.parse({"model": "claude", "instructions": "Be brief.", "tools": [WEATHER], "tool_choice": "required",
+                          "max_output_tokens": 100, "input": [
+                              {"role": "user", "content": [{"type": "input_text", "text": "Look"},
+                                                           {"type": "input_image", "image_url": "https://e.com/a.png"}]},
+                              {"type": "function_call", "call_id": "toolu_1", "name": "weather",
+                               "arguments": '{"city":"Oslo"}'},
+                              {"type": "function_call_output", "call_id": "toolu_1", "output": "Rain"}]})
+    sent = AnthropicProvider().build_request(target, DIALECT.to_chat(body)).json()
+    assert sent["system"] == "Be brief." and sent["max_tokens"] == 100 and sent["tool_choice"] == {"type": "any"}
+    assert sent["tools"] == [{"name": "weather", "input_schema": WEATHER["parameters"]}]
+    assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+    assert sent["messages"][0]["content"][1] == {"type": "image", "source": {"type": "url", "url": "https://e.com/a.png"}}
+    assert sent["messages"][1]["content"] == [{"type": "tool_use", "id": "toolu_1", "name": "weather",
+                                               "input": {"city": "Oslo"}}]
+    assert sent["messages"][2]["content"] == [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "Rain"}]

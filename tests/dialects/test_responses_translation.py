@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -196,3 +197,13 @@ def test_a_long_stored_conversation_makes_the_request_large(monkeypatch: pytest.
         asyncio.run(DIALECT.prepare(request, caller))
     assert long.is_large and not short.is_large and long.state["history"] == turns
     assert long.state["tenant_id"] == 1 and long.state["store"] is True and long.state["response_id"].startswith("resp_")
+
+
+@pytest.mark.parametrize(("chat", "param"), [
+    ("response_format", "text.format"), ("response_format.json_schema", "text.format"),
+    ("max_completion_tokens", "max_output_tokens"), ("messages[3].content", "input"), ("tools[0].type", "tools[0].type"),
+    ("input[2].role", "input[2].role"), (None, None),
+])
+def test_errors_name_the_parameter_the_client_sent(chat: str | None, param: str | None) -> None:
+    response = DIALECT.error_response(GatewayError("The provider cannot do that.", param=chat))
+    assert response.status_code == 400 and json.loads(response.content)["error"]["param"] == param
