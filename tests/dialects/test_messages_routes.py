@@ -60,9 +60,9 @@ def routes(alice: Party, upstream_url: str) -> Party:
     return alice
 
 
-def post(party: Party, data: dict[str, Any], **headers: str) -> AsgiReply:
+def post(party: Party, data: dict[str, Any], query: bytes = b"", **headers: str) -> AsgiReply:
     raw = json.dumps(data).encode()
-    return asgi(URL, chunks=[raw], headers={"x-api-key": party.secret, "anthropic-version": "2023-06-01",
+    return asgi(URL, query=query, chunks=[raw], headers={"x-api-key": party.secret, "anthropic-version": "2023-06-01",
                                             "content-type": "application/json", "content-length": str(len(raw)),
                                             **headers})
 
@@ -190,7 +190,7 @@ def test_an_anthropic_deployment_streams_its_events_through(routes: Party) -> No
 def test_the_clients_beta_features_reach_an_anthropic_deployment(routes: Party) -> None:
     betas = "context-management-2025-06-27, interleaved-thinking-2025-05-14"
     data = body("claude-mock", context_management={"edits": [{"type": "clear_tool_uses_20250919"}]})
-    assert post(routes, data, **{"anthropic-beta": betas}).status == 200
+    assert post(routes, data, query=b"beta=true", **{"anthropic-beta": betas}).status == 200  # as Claude Code sends
     sent = messages_upstream.received[-1]
     assert sent["headers"]["anthropic-beta"] == betas and sent["body"]["context_management"] == data["context_management"]
     for malformed in ("a b", "x" * 1001, "ok,"):  # not a list of feature names: not passed on
