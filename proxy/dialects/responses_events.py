@@ -120,7 +120,10 @@ class EventStream:
 
     def on_call(self, call: JSONDict) -> list[Chunk]:
         events: list[Chunk] = []
-        index = call.get("index") if isinstance(call.get("index"), int) else 0
+        index = call.get("index")
+        if not isinstance(index, int):  # some providers leave it out: a new call id is a new call
+            known = {item.call_id: i for i, item in self.calls.items()}
+            index = known.get(call.get("id"), len(self.calls)) if call.get("id") else max(self.calls, default=0)
         function = call.get("function") if isinstance(call.get("function"), dict) else {}
         item = self.calls.get(index)
         if item is None:

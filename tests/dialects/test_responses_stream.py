@@ -183,3 +183,12 @@ def test_an_error_before_anything_was_sent_is_one_error_event() -> None:
     frames = DIALECT.error_event(body, ProviderError("Rate limited.", status=429, code="rate_limited", permanent=False))
     assert frames.count(b"event: ") == 1
     EVENTS.validate_python(json.loads(frames.split(b"data: ", 1)[1]))
+
+
+def test_calls_without_an_index_are_told_apart_by_their_ids(saved: list[JSONDict]) -> None:
+    calls = [delta(tool_calls=[{"id": "call_1", "function": {"name": "a", "arguments": '{"x":'}}]),
+             delta(tool_calls=[{"function": {"arguments": "1}"}}]),
+             delta(tool_calls=[{"id": "call_2", "function": {"name": "b", "arguments": "{}"}}]), delta(finish="tool_calls")]
+    final = accumulate(events_of(run(ChatStream(calls, usage=Usage(1, 1)))[1]))
+    assert [(item.call_id, item.name, item.arguments) for item in final.output] == [
+        ("call_1", "a", '{"x":1}'), ("call_2", "b", "{}")]
