@@ -177,3 +177,36 @@ def test_tools_images_and_tool_results_reach_anthropic_as_its_own_blocks() -> No
     assert sent["messages"][1]["content"] == [{"type": "tool_use", "id": "toolu_1", "name": "weather",
                                                "input": {"city": "Oslo"}}]
     assert sent["messages"][2]["content"] == [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "Rain"}]
+
+
+@pytest.fixture(scope="module")
+def bedrock_url() -> Iterator[str]:
+    from ..proxy.test_bedrock_live import bedrock
+
+    with serve_app(bedrock) as url:
+        yield url
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+def test_a_bedrock_route_answers_through_translation(client: Client, alice: Party, bedrock_url: str,
+                                                     streamed: bool) -> None:
+    from ..proxy.test_bedrock_live import MODEL, deploy, seen
+
+    seen.clear()
+    deploy(bedrock_url, "claude-aws", MODEL)
+    routing.invalidate()
+    if streamed:
+        http, events = stream(alice, model="claude-aws", input="Salut", instructions="En français.")
+        response = events[-1].response
+    else:
+        http = create(client, alice, model="claude-aws", input="Salut", instructions="En français.")
+        from openai.types.responses import Response
+
+        response = Response.model_validate(http.json())
+    assert response.output_text == "Bonjour de Bedrock ☕" and response.model == "claude-aws"
+    assert seen[0]["body"]["system"] == [{"text": "En français."}]
+    usage = response.usage
+    assert (usage.input_tokens, usage.input_tokens_details.cached_tokens, usage.input_tokens_details.cache_write_tokens,
+            usage.output_tokens) == (1511, 1000, 500, 6)
+    row = row_of(http)
+    assert (row.endpoint, row.prompt_tokens, row.cached_tokens, row.cache_write_tokens) == ("responses", 1511, 1000, 500)
