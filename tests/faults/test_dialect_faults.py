@@ -324,6 +324,8 @@ def test_a_database_outage_during_dialect_requests_loses_no_row(parties: tuple[P
                "TOLLGATE_JOURNAL_DIR": str(tmp_path / "journal"), "TOLLGATE_ROUTES_CACHE_SECONDS": "60",
                "TOLLGATE_KEY_CACHE_SECONDS": "120"}
         with tollgate_server(database["NAME"], tmp_path / "server.log", **env) as url:
+            first = httpx.post(f"{url}{URLS[RESPONSES]}", headers=alice.auth, json=body_for(RESPONSES, "mock"), timeout=10)
+            stored = first.json()["id"]
 
             async def outage() -> None:
                 await asyncio.sleep(0.5)
@@ -331,14 +333,34 @@ def test_a_database_outage_during_dialect_requests_loses_no_row(parties: tuple[P
                 await asyncio.sleep(OUTAGE)
                 proxy.restore()
 
+            async def probe() -> list[httpx.Response]:
+                # What needs the database cannot be served while it is away: a stored response, a conversation.
+                async with httpx.AsyncClient(timeout=30) as http:
+                    return [await http.get(f"{url}/v1/responses/{stored}", headers=alice.auth),
+                            await http.post(f"{url}{URLS[RESPONSES]}", headers=alice.auth, json=body_for(
+                                RESPONSES, "mock", previous_response_id=stored))]
+
             answers = asyncio.run(load(url, [alice, bob], 0.5))  # warm the key cache, routes, prices, budgets
             answers += asyncio.run(load(url, [alice, bob], OUTAGE + 1.5, outage()))
+            wait_for(lambda: UsageRecord.objects.count() >= len(answers) + 1, 30)  # the spool is written
+            proxy.cut()
+            started = time.monotonic()
+            probes = asyncio.run(probe())
+            took = time.monotonic() - started
+            proxy.restore()
             for answer in answers:
                 assert_served(answer)
-            wait_for(lambda: UsageRecord.objects.count() >= len(answers), 30)
+            wait_for(lambda: UsageRecord.objects.count() >= len(answers) + 2, 30)
+    assert took < 10, took  # each refused within the database pool's wait, not held for the outage
+    for probe in probes:
+        error = assert_error(RESPONSES, probe.status_code, probe.headers, probe.content, 503)
+        assert error["code"] == "service_unavailable" and probe.headers["x-should-retry"] == "true"
+    refused = UsageRecord.objects.get(request_id=probes[1].headers["x-request-id"])
+    assert (refused.endpoint, refused.end_reason, refused.status_code) == (RESPONSES, "gateway_unavailable", 503)
     ids = [a.headers["x-request-id"] for a in answers]
     assert len(set(ids)) == len(ids)
-    assert UsageRecord.objects.filter(request_id__in=ids).count() == UsageRecord.objects.count() == len(answers)
+    assert UsageRecord.objects.filter(request_id__in=ids).count() == len(answers)
+    assert UsageRecord.objects.count() == len(answers) + 2  # and the first response, and the refused follow-up
     for answer in answers:
         assert UsageRecord.objects.get(request_id=answer.headers["x-request-id"]).endpoint == endpoint_of(answer)
     money_matches(alice)
