@@ -42,6 +42,10 @@ RED_PIXEL_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8
 # First match wins. The tool's answer comes before the tool call, so a request that carries the tool's result gets
 # the final answer and the one before it gets the call.
 RULES = [
+    # fakellm applies a rule's error status to whole answers only (it streams the content of any rule), so the refusal
+    # is tried on requests that do not stream.
+    {"name": "upstream-refuses", "when": {"messages_contain": "please refuse"},
+     "respond": {"status": 400, "error": "The mock upstream refused this request."}},
     {"name": "weather-answer", "when": {"tool_result_contains": "temperature_c"},
      "respond": {"content": WEATHER_ANSWER}},
     {"name": "weather-call", "when": {"tools_include": "get_weather"},
@@ -196,14 +200,19 @@ class Row:
     images: int = 0
 
 
+def ledger_rows(party: Party, count: int) -> list[UsageRecord]:
+    """The party's rows once ``count`` are written (or 5 s passed), and a moment more for a stray extra one."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and UsageRecord.objects.filter(tenant=party.tenant).count() < count:
+        time.sleep(0.02)
+    time.sleep(0.1)  # a stray second row for one request would land about now
+    return list(UsageRecord.objects.filter(tenant=party.tenant))
+
+
 def check_ledger(party: Party, *expected: Row) -> None:
     """One row per request, each as expected, every cost exact for its own tokens. Rows are compared in any order: a
     stream's row is written just after its last event, so two requests in a row may land either way round."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and UsageRecord.objects.filter(tenant=party.tenant).count() < len(expected):
-        time.sleep(0.02)
-    time.sleep(0.1)  # a stray second row for one request would land about now
-    rows = list(UsageRecord.objects.filter(tenant=party.tenant))
+    rows = ledger_rows(party, len(expected))
     got = [Row(r.endpoint, r.public_model, r.stream, (r.prompt_tokens, r.completion_tokens), r.usage_source, r.images)
            for r in rows]
     assert sorted(got) == sorted(expected)
