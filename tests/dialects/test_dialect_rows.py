@@ -158,3 +158,44 @@ def test_each_exit_path_leaves_exactly_one_row(routed: Party, settings: Any, cas
             assert int(reply.headers["retry-after"]) >= 1
         if case != "upstream_500":
             assert row.cost_picos == 0
+
+
+def test_a_follow_up_is_held_and_billed_for_the_whole_conversation(routed: Party) -> None:
+    # previous_response_id sends every earlier turn to the provider again: the gate must hold for them too.
+    Budget.objects.create(tenant=routed.tenant, amount=Decimal("100"), period="month")
+    long_input = " ".join(f"word{i}" for i in range(3000))
+    first = async_to_sync(exchange)(URLS[RESPONSES], json.dumps({"model": "demo", "input": long_input}).encode(), routed.auth)
+    assert first.status == 200, first.content
+    follow_up = {"model": "demo", "input": "And now?", "previous_response_id": first.json()["id"], "max_output_tokens": 100}
+    second = async_to_sync(exchange)(URLS[RESPONSES], json.dumps(follow_up).encode(), routed.auth)
+    assert second.status == 200, second.content
+    row = UsageRecord.objects.get(request_id=second.headers["x-request-id"])
+    held_prompt = row.gate["worst_case_tokens"][0]
+    assert row.prompt_tokens >= 3000 and held_prompt >= row.prompt_tokens, (row.prompt_tokens, held_prompt)
+    assert row.cost_picos <= row.gate["held_micros"] * 10**6
+
+
+# What bench/mock_upstream.py reports: chat answers 10 prompt tokens and 5 completion tokens (20 when streamed);
+# Anthropic messages 12 input tokens and 5 output tokens (4 when streamed).
+MOCK_USAGE = {("mock", False): (10, 5), ("mock", True): (10, 20), ("claude-mock", False): (12, 5), ("claude-mock", True): (12, 4)}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("model", ["mock", "claude-mock"])
+@pytest.mark.parametrize("endpoint", [MESSAGES, RESPONSES])
+def test_the_row_bills_exactly_the_usage_the_provider_reported(routed: Party, mock_upstream_url: str, endpoint: str,
+                                                               model: str, stream: bool) -> None:
+    make_route("mock", upstream_model="mock", base_url=f"{mock_upstream_url}/v1", provider_name="mock")
+    make_route("claude-mock", upstream_model="claude-mock", base_url=mock_upstream_url, kind="anthropic",
+               provider_name="mock-anthropic")
+    routing.invalidate()
+    Price.objects.create(model=model, input_per_million=Decimal("0.15"), output_per_million=Decimal("0.60"))
+    reply = async_to_sync(exchange)(URLS[endpoint], json.dumps(body_for(endpoint, model, stream=stream)).encode(),
+                                    routed.auth)
+    assert reply.status == 200, reply.content
+    if stream:
+        assert_complete_stream(endpoint, reply.content)
+    row = UsageRecord.objects.get(request_id=reply.headers["x-request-id"])
+    prompt, completion = MOCK_USAGE[(model, stream)]
+    assert (row.usage_source, row.prompt_tokens, row.completion_tokens) == ("provider", prompt, completion)
+    assert row.cost_picos == prompt * 150_000 + completion * 600_000  # $0.15 and $0.60 per million, in picos
