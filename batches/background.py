@@ -28,6 +28,7 @@ from proxy.dialects import get_dialect
 from proxy.metering import Meter
 from proxy.models import StoredResponse
 from proxy.providers.base import RESPONSES, ApiRequest, JSONDict, encode_json
+from proxy.responses_store import storable
 
 from .lines import LineContext, Outcome, execute
 from .runner import start_upkeep, wind_down
@@ -181,7 +182,7 @@ class BackgroundRun:
             if failed is None:
                 return
             response, status = failed, Status.FAILED
-        if not await astore_result(response_id, str(status), response):
+        if not await astore_result(response_id, str(status), storable(response)):
             logger.info("background response %s was cancelled or deleted while it ran; its answer is not kept",
                         response_id)
 

@@ -146,10 +146,15 @@ async def create(request: HttpRequest) -> HttpResponseBase:
         response_id, created = responses_store.new_id(), time.time()
         response = queued_object(response_id, body, created)
         items = body.state.get("input_items")
+        items = list(items) if isinstance(items, list) else input_items_of(data)
+
+        def clean() -> tuple[JSONDict, list[JSONDict], JSONDict]:
+            return responses_store.storable(data), responses_store.storable(items), responses_store.storable(response)
+
+        stored_data, stored_items, stored_response = await asyncio.to_thread(clean) if big else clean()
         queue = await asave_queued(
             response_id=response_id, tenant_id=caller.tenant_id, key_id=caller.key_id, model=body.model,
-            request=data, input_items=list(items) if isinstance(items, list) else input_items_of(data),
-            response=response)
+            request=stored_data, input_items=stored_items, response=stored_response)
         await send(response_id, queue)
     except GatewayError as e:
         return dialect.error_response(e)

@@ -5,9 +5,13 @@ Everything here is tenant-scoped: a response id another tenant holds is "not fou
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import re
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -24,6 +28,19 @@ logger = logging.getLogger(__name__)
 PARAM = "previous_response_id"
 # Statuses a conversation can go on from. A queued or running background response has no output yet.
 UNFINISHED = (StoredResponse.Status.QUEUED, StoredResponse.Status.IN_PROGRESS)
+
+
+# An escaped U+0000 in JSON text (after an even number of backslashes: not the six characters "\u0000" themselves).
+_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def storable(value: Any) -> Any:
+    """The value with U+0000 replaced by U+FFFD in its strings: PostgreSQL's jsonb refuses U+0000, and a response
+    the client was told is stored must be readable and continuable. Returns the value itself when it has none."""
+    text = json.dumps(value)
+    if "\\u0000" not in text:
+        return value
+    return json.loads(_NUL.sub(lambda m: m.group(1) + "\\ufffd", text))
 
 
 def new_id() -> str:
@@ -89,7 +106,8 @@ async def history(caller: Caller, previous_response_id: str) -> list[JSONDict]:
 def write(*, response_id: str, tenant_id: int, key_id: int | None, model: str, status: str, background: bool,
           previous_response_id: str, request: JSONDict, input_items: list[JSONDict], response: JSONDict,
           now: datetime | None = None) -> bool:
-    """Insert or update a stored response. A cancelled one is never overwritten. Returns whether a row was written."""
+    """Insert or update a stored response (its JSON values made storable() by the caller). A cancelled one is never
+    overwritten. Returns whether a row was written."""
     now = now or timezone.now()
     values = {"status": status, "response": response, "updated_at": now, "expires_at": expiry(now)}
     updated = (StoredResponse.objects.filter(pk=response_id, tenant_id=tenant_id)
@@ -116,11 +134,18 @@ async def save(body: ApiRequest, response: JSONDict) -> None:
         return
     try:
         previous = body.data.get(PARAM)
+
+        def clean() -> tuple[Any, Any, Any]:
+            return storable(body.data), storable(list(state.get("input_items") or [])), storable(response)
+
+        # A large body is encoded to look for U+0000 in a worker thread, not on the event loop.
+        request, items, stored = await asyncio.to_thread(clean) if body.is_large else clean()
         await awrite(
             response_id=str(response["id"]), tenant_id=state["tenant_id"], key_id=state.get("key_id"),
             model=body.model, status=str(response.get("status") or StoredResponse.Status.COMPLETED),
-            background=bool(body.data.get("background")), previous_response_id=previous if isinstance(previous, str) else "",
-            request=body.data, input_items=list(state.get("input_items") or []), response=response,
+            background=bool(body.data.get("background")),
+            previous_response_id=previous if isinstance(previous, str) else "", request=request, input_items=items,
+            response=stored,
         )
     except Exception:
         logger.exception("could not store response %s", response.get("id"))

@@ -235,3 +235,13 @@ def test_a_database_outage_at_create_is_503_and_sends_nothing(client: Client, al
     monkeypatch.setattr(queueing, "asave_queued", broken)
     assert_envelope(create(client, alice), 503, None, "service_unavailable")
     assert not send_task.called and not StoredResponse.objects.exists()
+
+
+def test_a_nul_in_the_request_is_queued_and_run(client: Client, alice: Party, send_task: mock.MagicMock) -> None:
+    # PostgreSQL's jsonb refuses U+0000: the stored copy has U+FFFD in its place.
+    r = create(client, alice, input="a\x00b", metadata={"note": "x\x00y"})
+    assert r.status_code == 200, r.content
+    run(r.json()["id"])
+    row = StoredResponse.objects.get(pk=r.json()["id"])
+    assert row.status == "completed" and row.input_items[0]["content"] == "a\ufffdb"
+    assert row.response["metadata"] == {"note": "x\ufffdy"}

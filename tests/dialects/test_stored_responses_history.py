@@ -170,3 +170,21 @@ def test_save_never_raises(alice: Party, caplog: pytest.LogCaptureFixture) -> No
         async_to_sync(responses_store.save)(request_for(alice), response)
     assert not StoredResponse.objects.exists()
     assert "could not store response" in caplog.text
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("a\x00b", "a\ufffdb"), ({"k\x00": ["x\x00", 1, None]}, {"k\ufffd": ["x\ufffd", 1, None]}),
+    ("the six characters \\u0000 stay", "the six characters \\u0000 stay"), ("\\\x00", "\\\ufffd"), ("plain", "plain"),
+])
+def test_storable_replaces_only_real_nuls(value: Any, expected: Any) -> None:
+    assert responses_store.storable(value) == expected
+
+
+def test_a_nul_in_the_text_is_stored_readable_and_continuable(alice: Party) -> None:
+    response = response_body(responses_store.new_id(), text="said a\x00b")
+    body = request_for(alice, metadata={"note": "x\x00y"})
+    body.state["input_items"] = [{"role": "user", "content": "a\x00b"}]
+    async_to_sync(responses_store.save)(body, response)
+    row = StoredResponse.objects.get(pk=response["id"])
+    assert row.request["metadata"] == {"note": "x\ufffdy"}
+    assert texts(history(alice, row.id)) == ["a\ufffdb", "said a\ufffdb"]
