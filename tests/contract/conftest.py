@@ -50,6 +50,8 @@ RULES = [
      "respond": {"content": WEATHER_ANSWER}},
     {"name": "weather-call", "when": {"tools_include": "get_weather"},
      "respond": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}},
+    {"name": "structured", "when": {"messages_contain": "as json"},
+     "respond": {"content": '{"city": "Paris", "temperature_c": 18}'}},
     {"name": "picture", "when": {"messages_contain": "describe the picture"}, "respond": {"content": IMAGE_ANSWER}},
     {"name": "greeting", "when": {"messages_contain": "hello"},
      "respond": {"content": "Hi there, this is fakellm answering through the gateway."}},

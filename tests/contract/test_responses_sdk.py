@@ -10,6 +10,7 @@ import json
 
 import openai
 import pytest
+from pydantic import BaseModel
 
 from proxy.providers.demo import tokens
 
@@ -139,3 +140,26 @@ def test_fakellm_streamed_function_call_round_trip(live_server_url: str, alice: 
     usages = [usage_pair(first), usage_pair(second)]
     assert all(prompt > 0 and completion > 0 for prompt, completion in usages)
     check_ledger(alice, *(Row("responses", "fake-chat", True, usage, "estimated") for usage in usages))
+
+
+class Weather(BaseModel):
+    city: str
+    temperature_c: int
+
+
+def test_structured_output(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM) -> None:
+    client = openai_sdk(live_server_url, alice)
+    parsed = client.responses.parse(model="fake-chat", input="Give the weather as JSON", text_format=Weather)
+    assert parsed.output_parsed == Weather(city="Paris", temperature_c=18)
+    [sent] = fakellm.exchanges()
+    format_ = sent.request["response_format"]
+    assert format_["type"] == "json_schema" and format_["json_schema"]["name"] == "Weather"
+    assert format_["json_schema"]["strict"] is True
+    assert format_["json_schema"]["schema"]["required"] == ["city", "temperature_c"]
+    assert usage_pair(parsed) == sent.usage()
+    check_ledger(alice, Row("responses", "fake-chat", False, sent.usage()))
+
+    # Anthropic's API has no JSON formats: a 400 naming the Responses parameter, and nothing sent.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.parse(model="fake-claude", input="Give the weather as JSON", text_format=Weather)
+    assert refused.value.param == "text.format" and len(fakellm.exchanges()) == 1
