@@ -158,7 +158,7 @@ async def messages(request: HttpRequest) -> HttpResponseBase:
 
 @csrf_exempt
 async def responses(request: HttpRequest) -> HttpResponseBase:
-    """OpenAI's Responses API (create). Background requests are queued, not run here (proxy/responses_background)."""
+    """OpenAI's Responses API (create). Background requests are queued, not run here (proxy/background.py)."""
     if request.method == "POST" and background.asked(request):
         return await background.create(request)
     return await relay(request, RESPONSES)
