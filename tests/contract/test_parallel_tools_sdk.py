@@ -32,7 +32,8 @@ def upstream_row(endpoint: str, model: str, stream: bool, fakellm: FakeLLM, told
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model", ["fake-chat", "fake-claude"])
-def test_responses(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM, model: str, stream: bool) -> None:
+def test_responses(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM, model: str,
+                   stream: bool) -> None:
     client = openai_sdk(live_server_url, alice)
     if stream:
         response = check_stream(list(client.responses.create(model=model, input=QUESTION, tools=[WEATHER_FUNCTION],
