@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
@@ -21,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.keys import Caller, KeyRejected, caller_by_id
+from proxy import outages
 from proxy.auth import rejection
 from proxy.background import publish
 from proxy.db import db_step
@@ -30,13 +33,15 @@ from proxy.models import StoredResponse
 from proxy.providers.base import RESPONSES, ApiRequest, JSONDict, encode_json
 from proxy.responses_store import storable
 
-from .lines import LineContext, Outcome, execute
+from .lines import OUTAGE_SECONDS, LineContext, Outcome, execute
 from .runner import start_upkeep, wind_down
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Status = StoredResponse.Status
 WATCH_SECONDS = 1.0  # how often a run reads its response's status (a cancel is seen within this)
+RETRY_SECONDS = 1.0  # the wait between tries to store an answer while the database is out
 CHUNK, MOST_PER_RUN = 100, 10_000  # expired responses deleted per statement, and at most per tend
 
 
@@ -178,13 +183,28 @@ class BackgroundRun:
             if status not in (Status.COMPLETED, Status.INCOMPLETE, Status.FAILED):
                 status = response["status"] = Status.COMPLETED
         else:
-            failed = await afailed_response(response_id, error_of(outcome))
+            failed = await through_outage(afailed_response, response_id, error_of(outcome))
             if failed is None:
                 return
             response, status = failed, Status.FAILED
-        if not await astore_result(response_id, str(status), storable(response)):
+        if not await through_outage(astore_result, response_id, str(status), storable(response)):
             logger.info("background response %s was cancelled or deleted while it ran; its answer is not kept",
                         response_id)
+
+
+async def through_outage(step: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``await step(*args)``, tried again every RETRY_SECONDS while the database or Redis is out, for up to OUTAGE_SECONDS:
+    the answer was paid for, and a client polls for it. Raises the outage's error after that."""
+    deadline = time.monotonic() + OUTAGE_SECONDS
+    while True:
+        try:
+            return await step(*args)
+        except Exception as e:
+            dependency = outages.dependency_of(e)
+            if dependency is None or time.monotonic() > deadline:
+                raise
+            outages.note(dependency, e)
+            await asyncio.sleep(RETRY_SECONDS)
 
 
 def tend(now: datetime | None = None) -> None:

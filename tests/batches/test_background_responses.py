@@ -245,3 +245,20 @@ def test_a_nul_in_the_request_is_queued_and_run(client: Client, alice: Party, se
     row = StoredResponse.objects.get(pk=r.json()["id"])
     assert row.status == "completed" and row.input_items[0]["content"] == "a\ufffdb"
     assert row.response["metadata"] == {"note": "x\ufffdy"}
+
+
+def test_an_answer_is_stored_through_a_short_database_outage(client: Client, alice: Party, send_task: mock.MagicMock,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    response_id = create(client, alice).json()["id"]
+    real, failures = background.astore_result, [OperationalError("gone"), OperationalError("still gone")]
+
+    async def flaky(*args: Any) -> bool:
+        if failures:
+            raise failures.pop(0)
+        return await real(*args)
+
+    monkeypatch.setattr(background, "astore_result", flaky)
+    monkeypatch.setattr(background, "RETRY_SECONDS", 0.01)
+    run(response_id)
+    assert not failures and StoredResponse.objects.get(pk=response_id).status == "completed"
+    assert UsageRecord.objects.count() == 1
