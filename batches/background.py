@@ -193,8 +193,8 @@ class BackgroundRun:
 
 
 async def through_outage(step: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """``await step(*args)``, tried again every RETRY_SECONDS while the database or Redis is out, for up to OUTAGE_SECONDS:
-    the answer was paid for, and a client polls for it. Raises the outage's error after that."""
+    """``await step(*args)``, tried again every RETRY_SECONDS while the database or Redis is out, for up to
+    OUTAGE_SECONDS: the answer was paid for, and a client polls for it. Raises the outage's error after that."""
     deadline = time.monotonic() + OUTAGE_SECONDS
     while True:
         try:
