@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -258,3 +259,27 @@ def test_the_requests_export_ends_with_cache_writes_and_images_of_the_tenants_ow
     [row] = rows_of(signed_in(alice).get("/requests/export.csv"))
     assert list(row)[-3:] == ["cost_usd", "cache_write_tokens", "images"]
     assert (row["cost_usd"], row["cache_write_tokens"], row["images"]) == ("0.039450000000", "5000", "2")
+
+
+def test_concurrent_cache_writing_requests_never_pass_a_hard_budget(alice: Party, sonnet: CachingUpstream) -> None:
+    data = {"model": "sonnet", "max_tokens": 50, "messages": [BIG_PROMPT, {"role": "user", "content": "Summarise."}]}
+    worst = sizing.worst_case(parse_data(data, "chat"), "claude-x")
+    sonnet.prompt_tokens = worst.prompt_tokens
+    each = Price.objects.get(model="sonnet").worst_micros(prompt_tokens=worst.prompt_tokens, completion_tokens=50)
+    budget = Budget.objects.create(tenant=alice.tenant, amount=D(each * 4 + each // 2) / 10**6, period="day")
+
+    async def burst() -> list[Any]:
+        async def one() -> Any:
+            return await AsyncClient().post("/v1/chat/completions", json.dumps(data), content_type="application/json",
+                                            headers=alice.auth)
+        return await asyncio.gather(*[one() for _ in range(16)])
+
+    answers = async_to_sync(burst)()
+    assert sorted({a.status_code for a in answers}) == [200, 429]
+    rows = UsageRecord.objects.filter(tenant=alice.tenant)
+    assert rows.count() == 16  # one row per request, refused ones included
+    served = rows.filter(status_code=200)
+    assert 1 <= served.count() <= 4  # each written whole to the cache: only whole holds fit
+    state = budgets.status(budget)
+    assert state.spent_picos == sum(r.cost_picos for r in rows) and state.reserved_micros == 0
+    assert state.spent_picos <= state.limit_micros * 10**6  # the provider never billed beyond the worst case held
