@@ -10,7 +10,7 @@ import pytest
 
 from ..conftest import Party
 from .conftest import (IMAGE_ANSWER, RED_PIXEL_PNG, WEATHER_ANSWER, WEATHER_SCHEMA, WEATHER_TOOL_RESULT, FakeLLM,
-                       Row, check_ledger, tool_calls_of)
+                       Row, check_ledger, text_of, tool_calls_of)
 from .responses_checks import WEATHER_FUNCTION, check_stream, function_call, openai_sdk, strict, usage_pair
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the server process must see committed rows
@@ -99,9 +99,20 @@ def test_responses_tool_round_trip(live_server_url: str, alice: Party, routes: N
                                              "output": WEATHER_TOOL_RESULT}])
     assert second.output_text == WEATHER_ANSWER and second.model == "fake-claude"
     check_tool_result_sent(fakellm.exchanges()[1].request, call.call_id)
+    # As OpenAI documents: a previous response's instructions are not carried over to the next one.
+    assert "Use the tools." not in json.dumps(fakellm.exchanges()[1].request.get("system", ""))
+
+    # A third turn walks the whole chain: every earlier item, oldest first, then the new question.
+    third = client.responses.create(model="fake-claude", previous_response_id=second.id, input="Thanks, and hello!")
+    assert third.previous_response_id == second.id
+    history = fakellm.exchanges()[2].request["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant", "user"]
+    assert [text_of(history[i]) for i in (0, 3, 4)] == ["What is the weather in Paris?", WEATHER_ANSWER,
+                                                        "Thanks, and hello!"]
+    check_tool_result_sent({"messages": history[:3]}, call.call_id)
 
     upstream = [exchange.usage() for exchange in fakellm.exchanges()]
-    assert [usage_pair(first), usage_pair(second)] == upstream  # tokens as the upstream reported them
+    assert [usage_pair(first), usage_pair(second), usage_pair(third)] == upstream  # as the upstream reported them
     check_ledger(alice, *(Row("responses", "fake-claude", False, usage) for usage in upstream))
 
 

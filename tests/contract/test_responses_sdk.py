@@ -107,6 +107,8 @@ def test_fakellm_function_call_round_trip(live_server_url: str, alice: Party, ro
     assert second.output_text == WEATHER_ANSWER and second.previous_response_id == first.id
     # The stored conversation went upstream in chat form: the user's question, the call, and its result.
     history = fakellm.exchanges()[1].request["messages"]
+    # As OpenAI documents: a previous response's instructions are not carried over to the next one.
+    assert [m for m in history if m["role"] in ("system", "developer")] == []
     assert text_of(history[-3]) == "What is the weather in Paris?"
     assert history[-2]["role"] == "assistant" and history[-2]["tool_calls"][0]["id"] == call.call_id
     assert json.loads(history[-2]["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
