@@ -153,10 +153,6 @@ def assert_failed_stream(endpoint: str, content: bytes) -> dict[str, Any]:
     return dict(response["error"])
 
 
-def stream_ok(headers: Mapping[str, str]) -> bool:
-    return headers.get("content-type", "").startswith("text/event-stream")
-
-
 async def exchange(path: str, body: bytes, headers: dict[str, str], *, leave_after_events: int | None = None,
                    leave_after_seconds: float | None = None) -> AsgiReply:
     """One request through the /v1 handler; the client may hang up after some events or some time."""

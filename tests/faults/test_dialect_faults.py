@@ -38,9 +38,10 @@ from proxy.models import Provider
 
 from ..conftest import Party, make_party
 from ..dialects.dialect_checks import (
-    MESSAGES, RESPONSES, URLS, assert_complete_stream, assert_error, assert_failed_stream, body_for, exchange,
+    ANTHROPIC_TYPE_OF, MESSAGES, RESPONSES, URLS, assert_complete_stream, assert_error, assert_failed_stream, body_for, exchange,
     rows_when_written,
 )
+from ..dialects.native_upstream import native_seen, native_upstream
 from ..factories import make_route
 from ..live import serve_app, tollgate_process, tollgate_server
 from .tcp_proxy import FaultProxy
@@ -48,63 +49,6 @@ from .tcp_proxy import FaultProxy
 OUTAGE = 3.0
 LEASE = 8
 STREAMS = 10  # per dialect
-native_seen: list[str] = []  # what the native upstream saw: "request <model>", "disconnect <model>"
-
-
-def native_events(path: str, model: str) -> list[tuple[str, dict[str, Any]]]:
-    """The first events of an answer in the upstream's own dialect (then more deltas, as long as it runs)."""
-    if path.endswith("/messages"):
-        start = {"type": "message_start", "message": {"id": "msg_native", "type": "message", "role": "assistant",
-                                                      "model": model, "content": [], "stop_reason": None,
-                                                      "usage": {"input_tokens": 12, "output_tokens": 1}}}
-        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
-        return [("message_start", start), ("content_block_start", block)]
-    response = {"id": "resp_native", "object": "response", "created_at": 1700000000, "status": "in_progress",
-                "model": model, "output": []}
-    return [("response.created", {"type": "response.created", "sequence_number": 0, "response": response})]
-
-
-def native_delta(path: str, i: int) -> tuple[str, dict[str, Any]]:
-    if path.endswith("/messages"):
-        return "content_block_delta", {"type": "content_block_delta", "index": 0,
-                                       "delta": {"type": "text_delta", "text": f"word{i} "}}
-    return "response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": i + 1,
-                                          "item_id": "msg_1", "output_index": 0, "content_index": 0,
-                                          "delta": f"word{i} "}
-
-
-async def native_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """An Anthropic Messages and OpenAI Responses upstream: *-fail answers 503, *-cut drops the connection after
-    five deltas, *-long streams for seconds (and notes when the caller hangs up)."""
-    raw = b""
-    while True:
-        message = await receive()
-        raw += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    path, model = scope["path"], str(json.loads(raw or b"{}").get("model"))
-    native_seen.append(f"request {model}")
-    if model.endswith("-fail"):
-        body = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}).encode()
-        await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": body})
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-    frames = native_events(path, model) + [native_delta(path, i) for i in range(400 if model.endswith("-long") else 5)]
-    for i, (name, data) in enumerate(frames):
-        await send({"type": "http.response.body", "body": f"event: {name}\ndata: {json.dumps(data)}\n\n".encode(),
-                    "more_body": True})
-        if model.endswith("-long"):
-            try:
-                async with asyncio.timeout(0.02):
-                    if (await receive())["type"] == "http.disconnect":
-                        native_seen.append(f"disconnect {model}")
-                        return
-            except TimeoutError:
-                pass
-    raise ConnectionAbortedError("the native upstream drops the connection")
-
-
 @pytest.fixture
 def routed(alice: Party, mock_upstream_url: str) -> Iterator[Party]:
     if os.environ.get("REDIS_URL"):
@@ -116,12 +60,12 @@ def routed(alice: Party, mock_upstream_url: str) -> Iterator[Party]:
                                 base_url=f"{native_url}/v1")
         for model in ("mock-503", "mock-cut", "mock-long"):
             make_route(model, upstream_model=model, base_url=f"{mock_upstream_url}/v1", provider_name="mock")
-        for mode in ("fail", "cut", "long"):
+        for mode in ("fail", "cut", "long", "oops"):
             make_route(f"claude-{mode}", upstream_model=f"claude-{mode}", base_url=native_url, kind="anthropic",
                        provider_name="native-anthropic")
             make_route(f"gpt-{mode}", upstream_model=f"gpt-{mode}", provider_name="native-openai")
         routing.invalidate()
-        for route in ("mock-503", "mock-cut", "mock-long", *(f"{p}-{m}" for p in ("claude", "gpt") for m in ("fail", "cut", "long"))):
+        for route in ("mock-503", "mock-cut", "mock-long", *(f"{p}-{m}" for p in ("claude", "gpt") for m in ("fail", "cut", "long", "oops"))):
             Price.objects.create(model=route, input_per_million=Decimal("1"), output_per_million=Decimal("2"))
         Budget.objects.create(tenant=alice.tenant, amount=Decimal("100"), period="month")
         yield alice
@@ -161,17 +105,23 @@ def test_a_provider_failing_before_the_first_byte_after_retries_leaves_one_row(
     assert row.request_id.hex == reply.headers["x-request-id"]
 
 
-@pytest.mark.parametrize("route", ["translated", "native"])
+@pytest.mark.parametrize(("route", "mode"), [("translated", "cut"), ("native", "cut"), ("native", "oops")],
+                         ids=["translated-cut", "native-cut", "native-error-event"])
 @pytest.mark.parametrize("endpoint", [MESSAGES, RESPONSES])
 def test_a_provider_dying_mid_stream_ends_in_the_dialects_error_event_and_leaves_one_row(
-    routed: Party, endpoint: str, route: str
+    routed: Party, endpoint: str, route: str, mode: str
 ) -> None:
-    reply, rows = send(routed, endpoint, model_for(endpoint, route, "cut"), True)
+    reply, rows = send(routed, endpoint, model_for(endpoint, route, mode), True)
     assert reply.status == 200
-    assert_failed_stream(endpoint, reply.content)
+    error = assert_failed_stream(endpoint, reply.content)
     assert len(rows) == 1
     row = rows[0]
-    assert (row.endpoint, row.end_reason, row.status_code) == (endpoint, "upstream_cut", 502)
+    if mode == "cut":
+        assert (row.endpoint, row.end_reason, row.status_code) == (endpoint, "upstream_cut", 502)
+    else:  # the provider's own error: its status (Anthropic's overloaded is 529), told in-band as the same error
+        assert (row.endpoint, row.end_reason) == (endpoint, "upstream_error") and row.status_code in (502, 503, 529)
+        if endpoint == MESSAGES and row.status_code in ANTHROPIC_TYPE_OF:
+            assert error["type"] == ANTHROPIC_TYPE_OF[row.status_code]
     assert row.completion_tokens > 0 and row.cost_picos > 0  # what reached the client is billed
 
 
