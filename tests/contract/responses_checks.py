@@ -37,17 +37,18 @@ def openai_sdk(url: str, party: Party) -> OpenAI:
     return OpenAI(base_url=f"{url}/v1", api_key=party.secret, max_retries=0)
 
 
-def check_stream(events: list[Any]) -> Response:
-    """The semantic events of one response in order; returns the response of ``response.completed``."""
+def check_stream(events: list[Any], status: str = "completed") -> Response:
+    """The semantic events of one response in order; returns the response of the last one, ``response.<status>``."""
     types = [event.type for event in events]
     assert types[:2] == ["response.created", "response.in_progress"], types
-    assert types[-1] == "response.completed" and types.count("response.completed") == 1, types
+    assert types[-1] == f"response.{status}", types
+    assert sum(t in ("response.completed", "response.incomplete", "response.failed") for t in types) == 1, types
     numbers = [event.sequence_number for event in events]
     assert numbers == list(range(len(events))), numbers
     created = events[0].response
     assert created.status == "in_progress" and created.id.startswith("resp_")
     final: Response = events[-1].response
-    assert final.id == created.id and final.status == "completed" and final.usage is not None
+    assert final.id == created.id and final.status == status and final.usage is not None
     assert {event.response.id for event in events if hasattr(event, "response")} == {final.id}
 
     added = {e.output_index: e.item for e in events if e.type == "response.output_item.added"}

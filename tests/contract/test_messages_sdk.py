@@ -43,6 +43,19 @@ def test_demo_non_streaming(live_server_url: str, alice: Party, routes: None) ->
     check_ledger(alice, Row("messages", "demo", False, usage))
 
 
+def test_demo_max_tokens(live_server_url: str, alice: Party, routes: None) -> None:
+    client = anthropic_sdk(live_server_url, alice)
+    request = {"model": "demo", "max_tokens": 5, "messages": [{"role": "user", "content": "Say hello to the gateway"}]}
+    whole = client.messages.create(**request)
+    with client.messages.stream(**request) as stream:
+        streamed = stream.get_final_message()
+    for message in (whole, streamed):
+        assert message.stop_reason == "max_tokens" and message.content[0].text == "Hello from Tollgate's"
+        assert usage_pair(message) == (len(tokens("Say hello to the gateway")), 5)
+    check_ledger(alice, Row("messages", "demo", False, usage_pair(whole)), Row("messages", "demo", True,
+                                                                               usage_pair(streamed)))
+
+
 def test_demo_streaming_and_image(live_server_url: str, alice: Party, routes: None) -> None:
     client = anthropic_sdk(live_server_url, alice)
     with client.messages.stream(model="demo", max_tokens=200, system="Be brief.",

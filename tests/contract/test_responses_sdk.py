@@ -74,6 +74,20 @@ def test_demo_stream_helper_and_previous_response_id(live_server_url: str, alice
     assert missing.value.code == "previous_response_not_found"
 
 
+def test_demo_max_output_tokens_is_incomplete(live_server_url: str, alice: Party, routes: None) -> None:
+    client = openai_sdk(live_server_url, alice)
+    whole = client.responses.create(model="demo", input=DEMO_PROMPT, max_output_tokens=16)
+    streamed = check_stream(list(client.responses.create(model="demo", input=DEMO_PROMPT, max_output_tokens=16,
+                                                         stream=True)), status="incomplete")
+    for response in (whole, streamed):
+        assert response.status == "incomplete" and response.incomplete_details is not None
+        assert response.incomplete_details.reason == "max_output_tokens" and response.max_output_tokens == 16
+        assert usage_pair(response) == (demo_tokens(DEMO_PROMPT), 16) == (demo_tokens(DEMO_PROMPT),
+                                                                          demo_tokens(response.output_text))
+    check_ledger(alice, Row("responses", "demo", False, usage_pair(whole)), Row("responses", "demo", True,
+                                                                                 usage_pair(streamed)))
+
+
 def test_demo_function_call_output_in_input(live_server_url: str, alice: Party, routes: None) -> None:
     # The demo model calls no tools, but it must accept a conversation that holds a call and its output.
     response = openai_sdk(live_server_url, alice).responses.create(model="demo", tools=[WEATHER_FUNCTION], input=[
