@@ -25,17 +25,22 @@ from django.db.models import Sum
 
 from billing import budgets, keyspace
 from billing.models import Budget, Price, UsageRecord
+from proxy.models import Provider
 from proxy.services import ensure_demo_route
 
 from ..conftest import Party, make_party
 from ..dialects.dialect_checks import MESSAGES, RESPONSES, URLS, assert_complete_stream, assert_error, body_for
+from ..dialects.native_upstream import native_upstream
 from ..factories import make_route
-from ..live import tollgate_server
+from ..live import serve_app, tollgate_server
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.needs_postgres, pytest.mark.needs_redis]
 
 REQUESTS = 200
-MODELS = ("demo", "mock", "claude-mock")  # built in; OpenAI-compatible mock (translated); Anthropic kind, same mock
+# Built in; the OpenAI-compatible mock (translated); the Anthropic kind on the same mock (native for Messages,
+# translated for Responses); and a provider that speaks Responses natively.
+MODELS = ("demo", "mock", "claude-mock", "gpt-ok")
+CASES = [(endpoint, model) for endpoint in (MESSAGES, RESPONSES) for model in MODELS[:3]] + [(RESPONSES, "gpt-ok")]
 
 
 def redis_client() -> object:
@@ -53,8 +58,14 @@ def servers(django_db_setup: None, mock_upstream_url: str, tmp_path_factory: pyt
         yield one, two
 
 
+@pytest.fixture(scope="module")
+def native_url() -> Iterator[str]:
+    with serve_app(native_upstream) as url:
+        yield url
+
+
 @pytest.fixture
-def alice(transactional_db: None, mock_upstream_url: str) -> Party:
+def alice(transactional_db: None, mock_upstream_url: str, native_url: str) -> Party:
     redis_client().flushdb()  # type: ignore[attr-defined]
     party = make_party("alice")
     party.key.max_concurrent = 1000  # never limiting, but every admitted request takes a slot that must come back
@@ -63,6 +74,8 @@ def alice(transactional_db: None, mock_upstream_url: str) -> Party:
     make_route("mock", upstream_model="mock", base_url=f"{mock_upstream_url}/v1", provider_name="mock")
     make_route("claude-mock", upstream_model="claude-mock", base_url=mock_upstream_url, kind="anthropic",
                provider_name="mock-anthropic")
+    Provider.objects.create(name="native-openai", kind="openai_compatible", preset="openai", base_url=f"{native_url}/v1")
+    make_route("gpt-ok", upstream_model="gpt-ok", provider_name="native-openai")
     for model in MODELS:
         Price.objects.create(model=model, input_per_million=Decimal("100"), output_per_million=Decimal("200"))
     return party
@@ -85,8 +98,7 @@ def wait_for(condition: object, timeout: float) -> None:
 
 
 @pytest.mark.parametrize("scope", ["tenant", "key"])
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("endpoint", [MESSAGES, RESPONSES])
+@pytest.mark.parametrize(("endpoint", "model"), CASES)
 def test_200_concurrent_dialect_requests_never_pass_a_small_hard_budget(
     servers: tuple[str, str], alice: Party, endpoint: str, model: str, scope: str
 ) -> None:

@@ -1,7 +1,8 @@
 """A provider of the test's own that speaks the dialects natively (Anthropic Messages, OpenAI Responses), with faults.
 
-The model name picks the behaviour: *-fail answers 503 before the first byte, *-cut drops the connection after five
-deltas, *-oops sends the provider's own in-band error event after five deltas, *-long streams for seconds.
+The model name picks the behaviour: *-ok answers (12 input and 5 output tokens, whole or streamed), *-fail answers 503
+before the first byte, *-cut drops the connection after five deltas, *-oops sends the provider's own in-band error
+event after five deltas, *-long streams for seconds.
 """
 
 from __future__ import annotations
@@ -35,6 +36,30 @@ def native_delta(path: str, i: int) -> tuple[str, dict[str, Any]]:
                                           "delta": f"word{i} "}
 
 
+def native_whole(path: str, model: str) -> dict[str, Any]:
+    """A whole answer, as the provider's non-streaming API returns it and its final stream event carries it."""
+    if path.endswith("/messages"):
+        return {"id": "msg_native", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": "Hello there."}], "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": 12, "output_tokens": 5}}
+    return {"id": "resp_native", "object": "response", "created_at": 1700000000, "status": "completed", "model": model,
+            "output": [{"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": "Hello there.", "annotations": []}]}],
+            "usage": {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5,
+                      "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 17}}
+
+
+def native_tail(path: str, model: str) -> list[tuple[str, dict[str, Any]]]:
+    """The events that end a stream cleanly, with its usage."""
+    if path.endswith("/messages"):
+        return [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                   "usage": {"output_tokens": 5}}),
+                ("message_stop", {"type": "message_stop"})]
+    return [("response.completed", {"type": "response.completed", "sequence_number": 7,
+                                    "response": native_whole(path, model)})]
+
+
 async def native_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """An Anthropic Messages and OpenAI Responses upstream: *-fail answers 503, *-cut drops the connection after
     five deltas, *-long streams for seconds (and notes when the caller hangs up)."""
@@ -51,8 +76,15 @@ async def native_upstream(scope: dict[str, Any], receive: Any, send: Any) -> Non
         await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
         return
+    if model.endswith("-ok") and not json.loads(raw).get("stream"):
+        body = json.dumps(native_whole(path, model)).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+        return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
     frames = native_events(path, model) + [native_delta(path, i) for i in range(400 if model.endswith("-long") else 5)]
+    if model.endswith("-ok"):
+        frames += native_tail(path, model)
     for i, (name, data) in enumerate(frames):
         await send({"type": "http.response.body", "body": f"event: {name}\ndata: {json.dumps(data)}\n\n".encode(),
                     "more_body": True})
@@ -64,6 +96,9 @@ async def native_upstream(scope: dict[str, Any], receive: Any, send: Any) -> Non
                         return
             except TimeoutError:
                 pass
+    if model.endswith("-ok"):
+        await send({"type": "http.response.body", "body": b""})
+        return
     if model.endswith("-oops"):  # the provider's own in-band error, then the body ends cleanly
         error = ({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
                  if path.endswith("/messages") else

@@ -19,14 +19,17 @@ from asgiref.sync import async_to_sync
 from accounts.models import ApiKey, Tenant
 from billing.models import Budget, Price, UsageRecord
 from proxy import routing
+from proxy.models import Provider
 from proxy.services import ensure_demo_route
 
 from ..conftest import Party
 from ..factories import make_route
+from ..live import serve_app
 from ..proxy.v1_client import AsgiReply
 from .dialect_checks import (
     MESSAGES, RESPONSES, URLS, assert_complete_stream, assert_error, body_for, exchange, rows_when_written,
 )
+from .native_upstream import native_upstream
 
 CASES = ["success", "validation", "unauthenticated", "forbidden", "unknown_model", "never_fits", "budget_spent",
          "rate_limit", "upstream_500", "disconnect"]
@@ -177,21 +180,30 @@ def test_a_follow_up_is_held_and_billed_for_the_whole_conversation(routed: Party
 
 # What bench/mock_upstream.py reports: chat answers 10 prompt tokens and 5 completion tokens (20 when streamed);
 # Anthropic messages 12 input tokens and 5 output tokens (4 when streamed).
-MOCK_USAGE = {("mock", False): (10, 5), ("mock", True): (10, 20), ("claude-mock", False): (12, 5), ("claude-mock", True): (12, 4)}
+# The native Responses test provider answers 12 and 5.
+MOCK_USAGE = {("mock", False): (10, 5), ("mock", True): (10, 20), ("claude-mock", False): (12, 5), ("claude-mock", True): (12, 4),
+              ("gpt-ok", False): (12, 5), ("gpt-ok", True): (12, 5)}
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-@pytest.mark.parametrize("model", ["mock", "claude-mock"])
-@pytest.mark.parametrize("endpoint", [MESSAGES, RESPONSES])
+@pytest.mark.parametrize(("endpoint", "model"), [(MESSAGES, "mock"), (MESSAGES, "claude-mock"), (RESPONSES, "mock"),
+                                                 (RESPONSES, "claude-mock"), (RESPONSES, "gpt-ok")])
 def test_the_row_bills_exactly_the_usage_the_provider_reported(routed: Party, mock_upstream_url: str, endpoint: str,
                                                                model: str, stream: bool) -> None:
     make_route("mock", upstream_model="mock", base_url=f"{mock_upstream_url}/v1", provider_name="mock")
     make_route("claude-mock", upstream_model="claude-mock", base_url=mock_upstream_url, kind="anthropic",
                provider_name="mock-anthropic")
-    routing.invalidate()
-    Price.objects.create(model=model, input_per_million=Decimal("0.15"), output_per_million=Decimal("0.60"))
-    reply = async_to_sync(exchange)(URLS[endpoint], json.dumps(body_for(endpoint, model, stream=stream)).encode(),
-                                    routed.auth)
+    with serve_app(native_upstream) as native_url:
+        Provider.objects.create(name="native-openai", kind="openai_compatible", preset="openai", base_url=f"{native_url}/v1")
+        make_route("gpt-ok", upstream_model="gpt-ok", provider_name="native-openai")
+        routing.invalidate()
+        Price.objects.create(model=model, input_per_million=Decimal("0.15"), output_per_million=Decimal("0.60"))
+        reply = async_to_sync(exchange)(URLS[endpoint], json.dumps(body_for(endpoint, model, stream=stream)).encode(),
+                                        routed.auth)
+    assert_exact_usage(endpoint, model, stream, reply)
+
+
+def assert_exact_usage(endpoint: str, model: str, stream: bool, reply: AsgiReply) -> None:
     assert reply.status == 200, reply.content
     if stream:
         assert_complete_stream(endpoint, reply.content)
