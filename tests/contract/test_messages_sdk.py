@@ -16,7 +16,7 @@ from proxy.providers.demo import tokens
 
 from ..conftest import Party
 from .conftest import (IMAGE_ANSWER, RED_PIXEL_PNG, WEATHER_ANSWER, WEATHER_SCHEMA, WEATHER_TOOL_RESULT, FakeLLM,
-                       Row, check_ledger, text_of, tool_calls_of)
+                       Row, check_ledger, ledger_rows, text_of, tool_calls_of)
 from .messages_checks import PICTURE, WEATHER_TOOL, anthropic_sdk, check_events, tool_use, usage_pair
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the server process must see committed rows
@@ -182,3 +182,14 @@ def test_fakellm_native_streaming(live_server_url: str, alice: Party, routes: No
     assert all(exchange.streamed for exchange in fakellm.exchanges())
     assert [usage_pair(first), summary["usage"]] == upstream  # tokens as the upstream reported them
     check_ledger(alice, *(Row("messages", "fake-claude", True, usage) for usage in upstream))
+
+
+def test_count_tokens(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM) -> None:
+    messages = anthropic_sdk(live_server_url, alice).messages
+    for model in ("demo", "fake-chat", "fake-claude"):
+        plain = messages.count_tokens(model=model, messages=[QUESTION])
+        with_tool = messages.count_tokens(model=model, messages=[QUESTION], tools=[WEATHER_TOOL])
+        type(plain).model_validate(plain.to_dict())
+        assert 0 < plain.input_tokens < with_tool.input_tokens
+    # Counting is Tollgate's own estimate: no provider is asked, and nothing is billed.
+    assert fakellm.exchanges() == [] and ledger_rows(alice, 0) == []
