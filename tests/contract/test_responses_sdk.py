@@ -16,7 +16,7 @@ from proxy.providers.demo import tokens
 
 from ..conftest import Party, make_party
 from .conftest import WEATHER_ANSWER, WEATHER_TOOL_RESULT, FakeLLM, Row, check_ledger, text_of, tool_calls_of
-from .responses_checks import WEATHER_FUNCTION, check_stream, function_call, openai_sdk, usage_pair
+from .responses_checks import WEATHER_FUNCTION, check_stream, function_call, openai_sdk, strict, usage_pair
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the server process must see committed rows
 
@@ -86,6 +86,25 @@ def test_demo_max_output_tokens_is_incomplete(live_server_url: str, alice: Party
                                                                           demo_tokens(response.output_text))
     check_ledger(alice, Row("responses", "demo", False, usage_pair(whole)), Row("responses", "demo", True,
                                                                                  usage_pair(streamed)))
+
+
+def test_demo_stored_response_read_listed_and_deleted(live_server_url: str, alice: Party, routes: None) -> None:
+    client = openai_sdk(live_server_url, alice)
+    created = client.responses.create(model="demo", input=[
+        {"role": "developer", "content": "Be brief."}, {"role": "user", "content": DEMO_PROMPT}])
+    read = client.responses.retrieve(created.id)
+    assert (read.id, read.status, read.output_text, usage_pair(read)) == (created.id, "completed", created.output_text,
+                                                                           usage_pair(created))
+    items = list(client.responses.input_items.list(created.id, order="asc"))
+    assert [(item.type, item.role) for item in items] == [("message", "developer"), ("message", "user")]
+    assert [item.content[0].text for item in items] == ["Be brief.", DEMO_PROMPT] and all(item.id for item in items)
+    strict(*items)
+    client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.delete(created.id)
+    check_ledger(alice, Row("responses", "demo", False, usage_pair(created)))
 
 
 def test_demo_function_call_output_in_input(live_server_url: str, alice: Party, routes: None) -> None:
