@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from datetime import datetime
 
 from asgiref.sync import sync_to_async
@@ -27,6 +26,7 @@ from .asgi import BODY_TIMED_OUT, BODY_TOO_LARGE
 from .auth import authenticate
 from .db import db_step
 from .dialects import get_dialect
+from .dialects.responses_items import response_object
 from .errors import GatewayError, ServerError, ServiceUnavailable
 from .models import StoredResponse
 from .parsing import read_json
@@ -78,20 +78,13 @@ def input_items_of(data: JSONDict) -> list[JSONDict]:
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
-def queued_object(response_id: str, body: ApiRequest, created: float) -> JSONDict:
-    """The Response object of a queued background response: no output yet, the request's parameters echoed."""
-    data = body.data
-    return {
-        "id": response_id, "object": "response", "created_at": int(created), "status": "queued", "background": True,
-        "model": body.model, "output": [], "usage": None, "error": None, "incomplete_details": None,
-        "instructions": data.get("instructions"), "tools": data.get("tools") or [],
-        "tool_choice": data.get("tool_choice", "auto"), "parallel_tool_calls": data.get("parallel_tool_calls", True),
-        "temperature": data.get("temperature"), "top_p": data.get("top_p"),
-        "max_output_tokens": data.get("max_output_tokens"), "previous_response_id": data.get("previous_response_id"),
-        "metadata": data.get("metadata") or {}, "text": data.get("text") or {"format": {"type": "text"}},
-        "reasoning": data.get("reasoning"), "store": True, "user": data.get("user"),
-        "truncation": data.get("truncation", "disabled"),
-    }
+def queued_object(response_id: str, body: ApiRequest) -> JSONDict:
+    """The Response object of a queued background response: no output yet, the request's parameters echoed as the
+    finished answer will echo them."""
+    body.state["response_id"] = response_id
+    response = response_object(body, status=StoredResponse.Status.QUEUED, output=[])
+    response.update(background=True, store=True)
+    return response
 
 
 def save_queued(*, response_id: str, tenant_id: int, key_id: int, model: str, request: JSONDict,
@@ -143,8 +136,8 @@ async def create(request: HttpRequest) -> HttpResponseBase:
         body = dialect.parse(without(data, "background"))
         await dialect.prepare(body, caller)  # a previous_response_id that cannot be continued is refused now
         await routing.route(caller, body.model)  # unknown 404, not allowed 403, as /v1 answers
-        response_id, created = responses_store.new_id(), time.time()
-        response = queued_object(response_id, body, created)
+        response_id = responses_store.new_id()
+        response = queued_object(response_id, body)
         items = body.state.get("input_items")
         items = list(items) if isinstance(items, list) else input_items_of(data)
 
