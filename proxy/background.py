@@ -15,7 +15,8 @@ from datetime import datetime
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponseBase, JsonResponse, RawPostDataException
 from django.utils import timezone
 
 from accounts.models import Tenant
@@ -51,7 +52,7 @@ def asked(request: HttpRequest) -> bool:
         return False
     try:
         raw = request.body
-    except Exception:  # too large, unreadable: relay reads it again and answers the right 4xx
+    except (RequestDataTooBig, RawPostDataException, OSError, ValueError):  # relay answers the right 4xx
         return False
     return _MARK in raw and _ASKED.search(raw) is not None
 

@@ -262,3 +262,11 @@ def test_an_answer_is_stored_through_a_short_database_outage(client: Client, ali
     run(response_id)
     assert not failures and StoredResponse.objects.get(pk=response_id).status == "completed"
     assert UsageRecord.objects.count() == 1
+
+
+def test_a_body_too_large_is_left_to_the_ordinary_path(client: Client, alice: Party, settings: Any,
+                                                       send_task: mock.MagicMock) -> None:
+    settings.TOLLGATE_MAX_BODY_BYTES = 1024
+    r = create(client, alice, input="x" * 2000)
+    assert_envelope(r, 413, None, "request_too_large")
+    assert not send_task.called and not StoredResponse.objects.exists()
