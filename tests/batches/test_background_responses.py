@@ -31,7 +31,7 @@ from proxy.stored_responses import cancel_response
 from ..conftest import Party
 from ..dialects.stored import store
 from ..factories import make_key
-from ..proxy.v1_client import assert_envelope
+from ..proxy.v1_client import asgi, assert_asgi_envelope, assert_envelope, json_headers
 
 pytestmark = pytest.mark.django_db
 
@@ -270,3 +270,13 @@ def test_a_body_too_large_is_left_to_the_ordinary_path(client: Client, alice: Pa
     r = create(client, alice, input="x" * 2000)
     assert_envelope(r, 413, None, "request_too_large")
     assert not send_task.called and not StoredResponse.objects.exists()
+
+
+def test_the_production_handler_queues_it(alice: Party, send_task: mock.MagicMock) -> None:
+    body = json.dumps({"model": "demo", "input": "Say hello", "background": True}).encode()
+    reply = asgi("/v1/responses", headers=json_headers(alice, body), chunks=[body])
+    assert reply.status == 200, reply.content
+    assert reply.json()["status"] == "queued" and send_task.call_args.kwargs["args"] == [reply.json()["id"]]
+    too_big = json.dumps({"model": "demo", "input": "x" * 20_000_000, "background": True}).encode()
+    assert_asgi_envelope(asgi("/v1/responses", headers=json_headers(alice, too_big), chunks=[too_big]), 413, None)
+    assert send_task.call_count == 1
