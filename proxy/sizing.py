@@ -35,6 +35,9 @@ _TILE_RULES: tuple[tuple[str, int, int], ...] = (  # (model prefix, base tokens,
     ("claude", 1600, 0),
 )
 IMAGE_PARTS = ("image_url", "input_image")
+# The most tokens of the system prompt Claude adds when tools are sent, over its models and tool_choice values
+# (https://docs.anthropic.com/en/docs/agents-and-tools/tool-use/overview#pricing: 530 for Claude 3 Opus, auto).
+CLAUDE_TOOL_PROMPT = 530
 _DEFAULT_TILE_RULE = (85, 170)  # gpt-4o, gpt-4.1, gpt-4.5, and models we know no rule for
 # Smaller models count 32 px patches instead, at most 1536 per image, times a per-model multiplier (same page).
 MAX_PATCHES = 1536
@@ -127,6 +130,9 @@ def add_chat(parts: Parts, data: JSONDict) -> None:
     for name in ("tools", "functions", "tool_choice", "function_call", "response_format"):
         if isinstance(data.get(name), (dict, list)):
             parts.text(data[name])
+    # Claude bills a system prompt of its own whenever tools are sent (a JSON response format is sent as a tool too).
+    if "claude" in parts.model and (data.get("tools") or isinstance(data.get("response_format"), dict)):
+        parts.fixed += CLAUDE_TOOL_PROMPT
 
 
 def add_message(parts: Parts, message: JSONDict) -> None:

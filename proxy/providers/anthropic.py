@@ -51,6 +51,8 @@ def _payload(target: Target, body: ApiRequest) -> JSONDict:
         payload["tool_choice"] = choice
     elif data.get("tool_choice") not in (None, "auto", "none"):
         raise GatewayError("tool_choice needs tools.", param="tool_choice")
+    if (answer := content.answer_tool(data)) is not None:
+        payload["tools"], payload["tool_choice"] = [answer], {"type": "tool", "name": answer["name"]}
     return payload
 
 
@@ -84,7 +86,9 @@ def _tool_call(block: JSONDict, index: int | None = None, arguments: str | None 
 class _StreamTranslator:
     """Turns one Anthropic event stream into OpenAI chunks; holds the id, model, usage and tool calls seen so far."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, answer: str | None = None) -> None:
+        self.answer = answer  # the tool carrying a JSON answer: its input is streamed as content
+        self.answer_block: int | None = None
         self.model = target.public_model
         self.created = int(time.time())
         self.id = ""
@@ -113,6 +117,9 @@ class _StreamTranslator:
             block = event.get("content_block") or {}
             if block.get("type") != "tool_use":
                 return []
+            if self.answer is not None and block.get("name") == self.answer:
+                self.answer_block = event.get("index", -1)
+                return []
             index = self.tools[event.get("index", -1)] = len(self.tools)
             return self._delta({"tool_calls": [_tool_call(block, index, "")]}, text=block.get("name") or "")
         if kind == "content_block_delta":
@@ -120,6 +127,9 @@ class _StreamTranslator:
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return self._delta({"content": delta["text"]}, text=delta["text"])
             index = self.tools.get(event.get("index", -1))
+            if delta.get("type") == "input_json_delta" and delta.get("partial_json") and \
+                    self.answer_block is not None and event.get("index", -1) == self.answer_block:
+                return self._delta({"content": delta["partial_json"]}, text=delta["partial_json"])
             if delta.get("type") == "input_json_delta" and index is not None and delta.get("partial_json"):
                 call = {"index": index, "function": {"arguments": delta["partial_json"]}}
                 return self._delta({"tool_calls": [call]}, text=delta["partial_json"])
@@ -136,6 +146,8 @@ class _StreamTranslator:
         self.usage.update({k: v for k, v in (event.get("usage") or {}).items() if isinstance(v, int)})
         usage = _usage(self.usage)
         reason = _finish_reason((event.get("delta") or {}).get("stop_reason"))
+        if reason == "tool_calls" and self.answer_block is not None and not self.tools:
+            reason = "stop"  # the only tool called was the JSON answer's: to the client, a plain answer
         finish = Chunk(self._chunk([{"index": 0, "delta": {}, "finish_reason": reason}]), finished=True)
         usage_chunk = Chunk(self._chunk([], usage=_openai_usage(usage)), usage=usage, usage_only=True)
         return [finish, usage_chunk]
@@ -162,19 +174,24 @@ class AnthropicProvider:
 
     def stream_translator(self, target: Target, body: ApiRequest) -> StreamTranslator:
         """Return a stateful function from one SSE payload to OpenAI chunks; it raises ProviderError on `error`."""
-        return _StreamTranslator(target)
+        return _StreamTranslator(target, content.answer_name(body.data))
 
     def parse_response(self, target: Target, body: ApiRequest, data: JSONDict) -> Completion:
         """Return the OpenAI chat.completion for an Anthropic message."""
         blocks = [b for b in data.get("content") or [] if isinstance(b, dict)]
         text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
-        calls = [_tool_call(b) for b in blocks if b.get("type") == "tool_use"]
+        answer = content.answer_name(body.data)
+        answers = [b for b in blocks if b.get("type") == "tool_use" and answer is not None and b.get("name") == answer]
+        if answers:  # a JSON answer: the forced tool's input is the content, as OpenAI's JSON modes return it
+            text = json.dumps(answers[0].get("input") or {}, ensure_ascii=False)
+        calls = [_tool_call(b) for b in blocks if b.get("type") == "tool_use" and b not in answers]
         usage = _usage(data.get("usage"))
         # OpenAI sends null content with tool calls and no text.
         message: JSONDict = {"role": "assistant", "content": text or (None if calls else "")}
         if calls:
             message["tool_calls"] = calls
-        choice = {"index": 0, "message": message, "finish_reason": _finish_reason(data.get("stop_reason"))}
+        reason = _finish_reason(data.get("stop_reason"))
+        choice = {"index": 0, "message": message, "finish_reason": "stop" if answers and not calls else reason}
         payload = {"id": data.get("id", ""), "object": "chat.completion", "created": int(time.time()),
                    "model": target.public_model, "choices": [choice], "usage": _openai_usage(usage)}
         # The arguments count as generated text for a token estimate, as the text does.

@@ -20,6 +20,7 @@ from .base import JSONDict
 # The image types Anthropic accepts (https://docs.anthropic.com/en/docs/build-with-claude/vision).
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 LEGACY = ("functions", "function_call")
+JSON_OBJECT_TOOL = "json_answer"  # the tool that carries a json_object answer
 
 
 def cache_control(holder: JSONDict, param: str) -> JSONDict:
@@ -223,9 +224,41 @@ def check_unsupported(data: JSONDict) -> None:
     if data.get("n") not in (None, 1):
         # Anthropic answers one choice per request; fanning out would multiply the budget hold and the ledger rows.
         raise GatewayError("Only n=1 is supported for this model: send one request per choice.", param="n")
+
+
+def answer_name(data: JSONDict) -> str | None:
+    """The tool that carries a JSON answer (see answer_tool), or None when the client asked for no JSON format."""
     response_format = data.get("response_format")
     kind = response_format.get("type") if isinstance(response_format, dict) else response_format
-    if kind not in (None, "text"):
-        raise GatewayError("response_format json_object and json_schema are not supported for this model; describe "
-                           "the JSON in the prompt, or send a tool with the schema and force it with tool_choice.",
-                           param="response_format")
+    if kind == "json_object":
+        return JSON_OBJECT_TOOL
+    spec = response_format.get("json_schema") if kind == "json_schema" and isinstance(response_format, dict) else None
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def answer_tool(data: JSONDict) -> JSONDict | None:
+    """response_format json_schema or json_object as a tool the model is made to call: Anthropic has no JSON mode,
+    and a forced tool's input is JSON that follows the tool's schema. The answer gives that input back as the
+    message content (anthropic.py), so the client sees what OpenAI's JSON modes return."""
+    response_format = data.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else response_format
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        schema: Any = {"type": "object"}
+    elif kind == "json_schema":
+        spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+        if answer_name(data) is None:
+            raise GatewayError("response_format.json_schema needs a name.", param="response_format.json_schema.name")
+        assert isinstance(spec, dict)
+        schema = spec.get("schema", {"type": "object"})
+        if not (isinstance(schema, dict) and schema.get("type") == "object"):
+            raise GatewayError("For this model a JSON schema must describe an object (\"type\": \"object\").",
+                               param="response_format.json_schema.schema")
+    else:
+        raise GatewayError("response_format must be text, json_object or json_schema.", param="response_format.type")
+    if data.get("tools") or data.get("tool_choice") not in (None, "auto", "none"):
+        raise GatewayError("For this model a JSON response_format cannot be combined with tools: Tollgate asks for the "
+                           "JSON through a tool of its own.", param="response_format")
+    return {"name": answer_name(data), "description": "Give your answer as this tool's input.", "input_schema": schema}

@@ -119,9 +119,6 @@ def test_unparsable_or_non_object_arguments_are_a_400_naming_them(arguments: str
     ({"messages": [HI], "tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]},
      "tools[0].function.parameters"),
     ({"messages": [HI], "tools": [{**WEATHER, "cache_control": "yes"}]}, "tools[0].cache_control"),
-    ({"messages": [HI], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
-     "response_format"),
-    ({"messages": [HI], "response_format": {"type": "json_object"}}, "response_format"),
     ({"messages": [HI], "n": 3}, "n"),
 ])
 def test_what_cannot_be_translated_is_a_400_naming_the_param(data: JSONDict, param: str) -> None:
@@ -224,3 +221,16 @@ def test_the_first_delta_of_a_tool_call_carries_its_id_name_and_type() -> None:
     first = json.loads(chunks[-1].data or b"")["choices"][0]["delta"]
     assert first == {"tool_calls": [{"index": 0, "id": "toolu_a", "type": "function",
                                      "function": {"name": "get_weather", "arguments": ""}}]}
+
+
+@pytest.mark.parametrize("extra", [{"tools": [WEATHER]}, {"response_format": {"type": "json_object"}}])
+def test_the_worst_case_held_for_claude_counts_its_tool_system_prompt(extra: JSONDict) -> None:
+    from proxy import sizing
+
+    def added(model: str) -> int:
+        return (sizing.worst_case(chat({"messages": [HI], **extra}), model).prompt_tokens
+                - sizing.worst_case(chat({"messages": [HI]}), model).prompt_tokens)
+
+    # The same definitions cost 530 tokens more on Claude: the system prompt Anthropic adds and bills for tools.
+    assert added("claude-sonnet-4-5") == added("gpt-4o") + sizing.CLAUDE_TOOL_PROMPT
+    assert added("anthropic.claude-3-opus-20240229-v1:0") == added("gpt-4o") + 530  # Bedrock's names too
