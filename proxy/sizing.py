@@ -80,6 +80,8 @@ def worst_case(body: ApiRequest, model: str) -> Worst:
     parts = Parts(model=model)
     if body.endpoint == CHAT:
         add_chat(parts, data)
+        for value in body.state.get("uncounted", ()):  # what a dialect's chat form left out (proxy/dialects)
+            parts.text(value)
     elif body.endpoint == COMPLETIONS:
         add_text_input(parts, data.get("prompt"))
         if data.get("suffix") is not None:

@@ -39,6 +39,9 @@ class Refusals:
 
     def __init__(self) -> None:
         self.first: GatewayError | None = None
+        # Blocks the chat form leaves out that an Anthropic deployment still bills as input (the thinking of a turn
+        # in a tool-use loop): the budget gate counts them (proxy/sizing.py), so a native route's hold covers them.
+        self.uncounted: list[JSONDict] = []
 
     def note(self, what: str, param: str) -> None:
         if self.first is None:
@@ -143,7 +146,7 @@ def assistant_message(content: Any, refusals: Refusals, at: str) -> JSONDict:
             function = {"name": block["name"], "arguments": as_json(block["input"])}
             calls.append({"id": block["id"], "type": "function", "function": function})
         elif kind in ("thinking", "redacted_thinking"):
-            continue  # a provider other than Anthropic cannot verify or use Claude's signed thinking
+            refusals.uncounted.append(block)  # a provider other than Anthropic cannot verify or use Claude's signed thinking
         elif (part := part_of(block, refusals, f"{at}[{i}]")) is not None and part["type"] == "text":
             texts.append(part["text"])
     message: JSONDict = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
@@ -216,6 +219,8 @@ def to_chat(body: ApiRequest) -> ApiRequest:
                             max_tokens=body.max_tokens)
     if refusals.first is not None:
         translated.state["refusal"] = refusals.first
+    if refusals.uncounted:
+        translated.state["uncounted"] = refusals.uncounted
     return translated
 
 

@@ -28,6 +28,9 @@ class Translation:
     def __init__(self) -> None:
         self.messages: list[JSONDict] = []
         self.refusal: GatewayError | None = None
+        # Reasoning items the chat form leaves out that a native route sends back (and may bill as input): the
+        # budget gate counts them (proxy/sizing.py), so a native route's hold covers them.
+        self.uncounted: list[JSONDict] = []
 
     def refuse(self, what: str, param: str, stand_in: Any = None) -> None:
         if self.refusal is None:
@@ -52,7 +55,9 @@ class Translation:
             if isinstance(output, list):
                 output = self.text_of(output, f"{at}.output")
             self.messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": output})
-        elif kind != "reasoning":
+        elif kind == "reasoning":
+            self.uncounted.append(item)
+        else:
             self.refuse(f"The input item type '{kind}'", f"{at}.type", item)
 
     def add_message(self, item: JSONDict, at: str) -> None:
@@ -140,6 +145,8 @@ def to_chat(body: ApiRequest) -> ApiRequest:
                       max_tokens=body.max_tokens)
     if translation.refusal is not None:
         form.state["refusal"] = translation.refusal
+    if translation.uncounted:
+        form.state["uncounted"] = translation.uncounted
     return form
 
 
