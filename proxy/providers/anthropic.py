@@ -162,7 +162,7 @@ class AnthropicProvider:
 
     def build_request(self, target: Target, body: ApiRequest) -> UpstreamRequest:
         """Return the POST /v1/messages request. Raises GatewayError (400 naming the param) for what Anthropic cannot
-        take: other endpoints, n > 1, legacy functions, response_format json, unsupported content."""
+        take: other endpoints, n > 1, legacy functions, unsupported content or JSON schemas."""
         if body.endpoint != CHAT:
             raise GatewayError(
                 f"The {body.endpoint} endpoint is not supported for this model's provider.",
@@ -191,7 +191,9 @@ class AnthropicProvider:
         if calls:
             message["tool_calls"] = calls
         reason = _finish_reason(data.get("stop_reason"))
-        choice = {"index": 0, "message": message, "finish_reason": "stop" if answers and not calls else reason}
+        if reason == "tool_calls" and answers and not calls:
+            reason = "stop"  # the only tool called was the JSON answer's: to the client, a plain answer
+        choice = {"index": 0, "message": message, "finish_reason": reason}
         payload = {"id": data.get("id", ""), "object": "chat.completion", "created": int(time.time()),
                    "model": target.public_model, "choices": [choice], "usage": _openai_usage(usage)}
         # The arguments count as generated text for a token estimate, as the text does.

@@ -87,3 +87,11 @@ def test_a_client_tool_named_like_a_schema_is_still_a_tool_call_without_a_json_f
     payload = AnthropicProvider().parse_response(TARGET, chat({}, stream=False), data).payload
     assert payload["choices"][0]["finish_reason"] == "tool_calls"
     assert payload["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "city"
+
+
+def test_a_json_answer_cut_short_by_max_tokens_says_length() -> None:
+    data = {"id": "msg_l", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [{"type": "tool_use", "id": "toolu_l", "name": "city", "input": {"city": "Kr"}}],
+            "stop_reason": "max_tokens", "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 2}}
+    payload = AnthropicProvider().parse_response(TARGET, chat({"response_format": CITY}, stream=False), data).payload
+    assert payload["choices"][0]["finish_reason"] == "length"
