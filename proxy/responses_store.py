@@ -13,10 +13,12 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.utils import timezone
 
 from accounts.keys import Caller
+from billing.batching import GroupCommit
 
 from .db import db_step
 from .errors import GatewayError, NotFound
@@ -37,6 +39,12 @@ _NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 def storable(value: Any) -> Any:
     """The value with U+0000 replaced by U+FFFD in its strings: PostgreSQL's jsonb refuses U+0000, and a response
     the client was told is stored must be readable and continuable. Returns the value itself when it has none."""
+    try:
+        # orjson escapes U+0000 the same way, about ten times faster: most values have none and stop here.
+        if b"\\u0000" not in orjson.dumps(value):
+            return value
+    except TypeError:  # what orjson refuses (integers past 64 bits) the standard library checks
+        pass
     text = json.dumps(value)
     if "\\u0000" not in text:
         return value
@@ -103,28 +111,37 @@ async def history(caller: Caller, previous_response_id: str) -> list[JSONDict]:
     return await aload_history(caller.tenant_id, previous_response_id)
 
 
-def write(*, response_id: str, tenant_id: int, key_id: int | None, model: str, status: str, background: bool,
-          previous_response_id: str, request: JSONDict, input_items: list[JSONDict], response: JSONDict,
-          now: datetime | None = None) -> bool:
-    """Insert or update a stored response (its JSON values made storable() by the caller). A cancelled one is never
-    overwritten. Returns whether a row was written."""
-    now = now or timezone.now()
-    values = {"status": status, "response": response, "updated_at": now, "expires_at": expiry(now)}
-    updated = (StoredResponse.objects.filter(pk=response_id, tenant_id=tenant_id)
-               .exclude(status=StoredResponse.Status.CANCELLED).update(**values))
-    if updated:
-        return True
-    if StoredResponse.objects.filter(pk=response_id).exists():
-        return False  # cancelled meanwhile (or, impossibly, another tenant's id): leave it as it is
-    StoredResponse.objects.create(
-        id=response_id, tenant_id=tenant_id, key_id=key_id, model=model[:200], background=background,
-        previous_response_id=previous_response_id or "", request=request, input_items=input_items,
-        created_at=now, **values,
-    )
-    return True
+def insert_new(rows: list[JSONDict]) -> list[bool]:
+    """Insert answers in one statement. Their ids are new (proxy/dialects/responses.py makes one per request; a
+    background run stores its own answer in batches/background.py), so there is nothing to update and no cancel to
+    respect."""
+    StoredResponse.objects.bulk_create([StoredResponse(**row) for row in rows], ignore_conflicts=True)
+    return [True] * len(rows)
 
 
-awrite = db_step(write, retry=True)
+ainsert_new = db_step(insert_new, retry=True)
+
+
+class NewResponses(GroupCommit[JSONDict]):
+    """Group commit for stored answers: those that arrive while an INSERT runs go together in the next one, and
+    each request still waits until its own answer is stored (so the client can continue from it at once)."""
+
+    limit = 100
+
+    async def flush(self, rows: list[JSONDict]) -> list[Any]:
+        return await ainsert_new(rows)
+
+
+_writers: dict[asyncio.AbstractEventLoop, NewResponses] = {}
+
+
+def new_responses() -> NewResponses:
+    loop = asyncio.get_running_loop()
+    if loop not in _writers:
+        for stale in [other for other in _writers if other.is_closed()]:
+            del _writers[stale]
+        _writers[loop] = NewResponses()
+    return _writers[loop]
 
 
 async def save(body: ApiRequest, response: JSONDict) -> None:
@@ -140,12 +157,11 @@ async def save(body: ApiRequest, response: JSONDict) -> None:
 
         # A large body is encoded to look for U+0000 in a worker thread, not on the event loop.
         request, items, stored = await asyncio.to_thread(clean) if body.is_large else clean()
-        await awrite(
-            response_id=str(response["id"]), tenant_id=state["tenant_id"], key_id=state.get("key_id"),
-            model=body.model, status=str(response.get("status") or StoredResponse.Status.COMPLETED),
-            background=bool(body.data.get("background")),
+        now = timezone.now()
+        await new_responses().submit(dict(
+            id=str(response["id"]), tenant_id=state["tenant_id"], key_id=state.get("key_id"), model=body.model[:200],
+            status=str(response.get("status") or StoredResponse.Status.COMPLETED), background=False,
             previous_response_id=previous if isinstance(previous, str) else "", request=request, input_items=items,
-            response=stored,
-        )
+            response=stored, created_at=now, updated_at=now, expires_at=expiry(now)))
     except Exception:
         logger.exception("could not store response %s", response.get("id"))

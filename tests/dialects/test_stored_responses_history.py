@@ -3,6 +3,7 @@ responses, a bounded number of turns back; answers are stored when the request a
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 from unittest import mock
@@ -13,6 +14,7 @@ from django.db import DatabaseError
 
 from accounts.keys import Caller, caller_by_id
 from proxy import responses_store
+from proxy.db import db_step
 from proxy.errors import GatewayError
 from proxy.models import StoredResponse
 from proxy.providers.base import RESPONSES, ApiRequest
@@ -153,20 +155,31 @@ def test_save_with_store_false_keeps_nothing(alice: Party) -> None:
     assert not StoredResponse.objects.exists()
 
 
-def test_save_updates_and_never_overwrites_a_cancelled_response(alice: Party) -> None:
-    row = store(alice, status="in_progress", background=True)
-    async_to_sync(responses_store.save)(request_for(alice), response_body(row.id, text="Done."))
-    row.refresh_from_db()
-    assert row.status == "completed" and row.response["output"][0]["content"][0]["text"] == "Done."
-    StoredResponse.objects.filter(pk=row.pk).update(status="cancelled")
-    async_to_sync(responses_store.save)(request_for(alice), response_body(row.id, text="Too late."))
-    row.refresh_from_db()
-    assert row.status == "cancelled" and row.response["output"][0]["content"][0]["text"] == "Done."
+def test_answers_saved_at_once_share_one_insert_and_each_is_stored(alice: Party) -> None:
+    responses = [response_body(responses_store.new_id(), text=f"Answer {i}.") for i in range(12)]
+    statements: list[int] = []
+    real = responses_store.insert_new
+
+    def counted(rows: list[dict[str, Any]]) -> list[bool]:
+        statements.append(len(rows))
+        return real(rows)
+
+    async def save_all() -> None:
+        await asyncio.gather(*(responses_store.save(request_for(alice), response) for response in responses))
+
+    with mock.patch.object(responses_store, "insert_new", counted), \
+            mock.patch.object(responses_store, "ainsert_new", db_step(counted)):
+        async_to_sync(save_all)()
+    assert sum(statements) == 12 and len(statements) < 12  # group commit: the first alone, the rest together
+    stored = {row.id: row for row in StoredResponse.objects.filter(tenant=alice.tenant)}
+    assert set(stored) == {r["id"] for r in responses}
+    assert all(stored[r["id"]].response["output"][0]["content"][0]["text"] == r["output"][0]["content"][0]["text"]
+               for r in responses)
 
 
 def test_save_never_raises(alice: Party, caplog: pytest.LogCaptureFixture) -> None:
     response = response_body(responses_store.new_id())
-    with mock.patch.object(StoredResponse.objects, "create", side_effect=DatabaseError("disk full")):
+    with mock.patch.object(StoredResponse.objects, "bulk_create", side_effect=DatabaseError("disk full")):
         async_to_sync(responses_store.save)(request_for(alice), response)
     assert not StoredResponse.objects.exists()
     assert "could not store response" in caplog.text
