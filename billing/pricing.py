@@ -23,6 +23,7 @@ PriceKey = tuple[str | None, str]  # (provider name, or None for a public model 
 class PriceTable:
     rows: dict[PriceKey, tuple[Price, ...]]  # newest effective_from first
     loaded_at: float
+    per_image: bool = False  # some price charges per image: only then are a request's images counted when unsized
 
     def find(self, *, public_model: str, provider: str, upstream_model: str, on: date) -> Price | None:
         """The price of a deployment's model, else of the public model, else of the upstream model name."""
@@ -52,7 +53,8 @@ def load_table() -> PriceTable:
     for price in Price.objects.select_related("provider").order_by("-effective_from"):
         key = (price.provider.name if price.provider else None, price.model)
         rows.setdefault(key, []).append(price)
-    return PriceTable(rows={key: tuple(prices) for key, prices in rows.items()}, loaded_at=time.monotonic())
+    return PriceTable(rows={key: tuple(prices) for key, prices in rows.items()}, loaded_at=time.monotonic(),
+                      per_image=any(price.per_image for prices in rows.values() for price in prices))
 
 
 aload_table = db_step(load_table)

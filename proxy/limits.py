@@ -67,7 +67,10 @@ async def count_images(meter: Meter, targets: list[Target]) -> None:
     budget or token limit sized (sizing counts them otherwise). Counting walks the messages, off the loop when large."""
     body = meter.body
     assert body is not None
-    prices, on = await pricing.table(), timezone.now().date()
+    prices = await pricing.table()
+    if not prices.per_image:  # the usual case: no price charges per image, so there is nothing to count
+        return
+    on = timezone.now().date()
     if not any((price := prices.find(public_model=t.public_model, provider=t.provider_name,
                                      upstream_model=t.upstream_model, on=on)) is not None and price.per_image
                for t in targets):
