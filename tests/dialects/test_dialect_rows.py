@@ -32,7 +32,7 @@ from .dialect_checks import (
 from .native_upstream import native_upstream
 
 CASES = ["success", "validation", "unauthenticated", "forbidden", "unknown_model", "never_fits", "budget_spent",
-         "rate_limit", "upstream_500", "disconnect"]
+         "rate_limit", "upstream_500", "upstream_timeout", "disconnect"]
 # What the row says (end reason, status, error code; None: not checked) and what the client got, per exit path.
 EXPECTED: dict[str, tuple[str, int, str | None]] = {
     "success": ("complete", 200, ""),
@@ -43,6 +43,7 @@ EXPECTED: dict[str, tuple[str, int, str | None]] = {
     "budget_spent": ("rejected", 429, "insufficient_quota"),
     "rate_limit": ("rejected", 429, "rate_limit_exceeded"),
     "upstream_500": ("upstream_error", 502, None),
+    "upstream_timeout": ("timeout", 504, None),
     "disconnect": ("client_gone", 499, ""),
 }
 
@@ -87,6 +88,10 @@ def arrange(case: str, party: Party, endpoint: str, stream: bool, settings: Any)
         Budget.objects.create(tenant=party.tenant, amount=Decimal("0.000300"), period="month")
     elif case == "upstream_500":
         body["model"] = "mock-500"
+    elif case == "upstream_timeout":  # the provider sends nothing for longer than the read timeout, every attempt
+        settings.TOLLGATE_UPSTREAM_READ_TIMEOUT = 1
+        settings.TOLLGATE_RETRY_BACKOFF_MS = 10
+        body["model"] = "mock-hang"
     elif case == "disconnect":
         if stream:
             settings.TOLLGATE_DEMO_TOKEN_DELAY_MS = 20
@@ -159,8 +164,7 @@ def test_each_exit_path_leaves_exactly_one_row(routed: Party, settings: Any, cas
             assert "denied_by" in row.gate  # the alert job finds a hard budget's first refusal by it
         if case == "rate_limit":
             assert int(reply.headers["retry-after"]) >= 1
-        if case != "upstream_500":
-            assert row.cost_picos == 0
+        assert row.cost_picos == 0  # nothing came back: nothing to bill
 
 
 def test_a_follow_up_is_held_and_billed_for_the_whole_conversation(routed: Party) -> None:

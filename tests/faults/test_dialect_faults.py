@@ -221,18 +221,26 @@ def test_a_server_killed_mid_stream_leaves_one_row_per_stream_and_heals(parties:
     alice, _ = parties
     name = connection.settings_dict["NAME"]
     env = {"TOLLGATE_JOURNAL_DIR": str(tmp_path / "journal"), "TOLLGATE_RESERVATION_LEASE_SECONDS": str(LEASE)}
-    with tollgate_server(name, tmp_path / "survivor.log", **env) as survivor:
+    # Translated to the chat mock, and relayed natively (Anthropic Messages, OpenAI Responses).
+    kinds = [(MESSAGES, "mock-long"), (RESPONSES, "mock-long"), (MESSAGES, "claude-long"), (RESPONSES, "gpt-long")]
+    with serve_app(native_upstream) as native_url, tollgate_server(name, tmp_path / "survivor.log", **env) as survivor:
+        Provider.objects.create(name="native-openai", kind="openai_compatible", preset="openai", base_url=f"{native_url}/v1")
+        make_route("claude-long", upstream_model="claude-long", base_url=native_url, kind="anthropic",
+                   provider_name="native-anthropic")
+        make_route("gpt-long", upstream_model="gpt-long", provider_name="native-openai")
+        for model in ("claude-long", "gpt-long"):
+            Price.objects.create(model=model, input_per_million=Decimal("100"), output_per_million=Decimal("200"))
         with tollgate_process(name, tmp_path / "victim.log", **env) as (victim, process):
 
             async def scenario() -> list[int]:
                 started, counted = asyncio.Event(), [0]
                 http = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100))
 
-                async def read(endpoint: str) -> int:
+                async def read(endpoint: str, model: str) -> int:
                     events = 0
                     try:
                         async with http.stream("POST", f"{victim}{URLS[endpoint]}", headers=alice.auth,
-                                               json=body_for(endpoint, "mock-long", stream=True, tokens=1000)) as r:
+                                               json=body_for(endpoint, model, stream=True, tokens=1000)) as r:
                             async for line in r.aiter_lines():
                                 events += line.startswith("data:")
                                 if events == 5:
@@ -243,7 +251,7 @@ def test_a_server_killed_mid_stream_leaves_one_row_per_stream_and_heals(parties:
                         pass
                     return events
 
-                tasks = [asyncio.ensure_future(read(e)) for e in (MESSAGES, RESPONSES) for _ in range(STREAMS)]
+                tasks = [asyncio.ensure_future(read(*kinds[i % 4])) for i in range(2 * STREAMS)]
                 await asyncio.wait_for(started.wait(), 30)
                 await asyncio.sleep(1.5)  # past a journal checkpoint: what was relayed is on disk
                 os.kill(process.pid, signal.SIGKILL)
@@ -259,6 +267,7 @@ def test_a_server_killed_mid_stream_leaves_one_row_per_stream_and_heals(parties:
         assert rows.count() == 2 * STREAMS
         assert sorted(rows.values_list("endpoint", flat=True)) == [MESSAGES] * STREAMS + [RESPONSES] * STREAMS
         assert set(rows.values_list("end_reason", flat=True)) == {"gateway_lost"}
+        assert sorted(rows.values_list("public_model", flat=True)) == sorted(kinds[i % 4][1] for i in range(2 * STREAMS))
         assert all(r.prompt_tokens > 0 and r.completion_tokens > 0 and r.cost_picos > 0 for r in rows)
         money_matches(alice)
 
