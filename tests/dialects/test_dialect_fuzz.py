@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing.models import Budget, Price, UsageRecord
+from gateway_site.celery import app
 from proxy import routing
 from proxy.models import StoredResponse
 from proxy.services import ensure_demo_route
@@ -172,7 +173,7 @@ def check(party: Party | None, url: str, body: bytes, method: str = "POST", quer
     return reply
 
 
-@pytest.mark.parametrize(("url", "examples"), [(URLS[MESSAGES], 400), (URLS[RESPONSES], 400), (COUNT_TOKENS, 250)],
+@pytest.mark.parametrize(("url", "examples"), [(URLS[MESSAGES], 800), (URLS[RESPONSES], 800), (COUNT_TOKENS, 400)],
                          ids=["messages", "responses", "count_tokens"])
 def test_fuzzed_bodies_never_fail_the_gateway(gated: Party, url: str, examples: int) -> None:
     statuses: list[int] = []
@@ -187,12 +188,38 @@ def test_fuzzed_bodies_never_fail_the_gateway(gated: Party, url: str, examples: 
     assert statuses.count(200) > examples // 20 and statuses.count(400) > examples // 5, sorted(set(statuses))
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=500)
 @given(url=st.sampled_from([URLS[MESSAGES], URLS[RESPONSES], COUNT_TOKENS]), body=raw_bytes,
        authenticated=st.integers(0, 9), method=st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE"]))
 def test_raw_bytes_never_fail_the_gateway(gated: Party, url: str, body: bytes, authenticated: int, method: str) -> None:
     reply = check(gated if authenticated else None, url, body, method)
     assert reply.status != 200 or method == "POST"
+
+
+def test_fuzzed_background_requests_never_fail_the_gateway(gated: Party, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The run is not sent anywhere: what is checked is the create step's answer, and that creating bills nothing.
+    sent: list[Any] = []
+    monkeypatch.setattr(app, "send_task", lambda *args, **kwargs: sent.append(args))
+    statuses: list[int] = []
+
+    @settings(FUZZ, max_examples=400)
+    @given(body=bodies[URLS[RESPONSES]], ascii_only=st.booleans())
+    def run(body: dict[str, Any], ascii_only: bool) -> None:
+        before, queued = UsageRecord.objects.count(), len(sent)
+        answer = send(gated, URLS[RESPONSES], encode({**body, "background": True}, ascii_only))
+        assert answer.status < 500, answer.content[:500]
+        statuses.append(answer.status)
+        if answer.status == 200:
+            response = json.loads(answer.content)
+            assert (response["object"], response["status"], response["background"]) == ("response", "queued", True)
+            assert len(sent) == queued + 1
+        else:
+            assert_openai_error(answer.status, answer.headers, answer.content)
+            assert len(sent) == queued  # nothing queued for a refused request
+        assert UsageRecord.objects.count() == before
+
+    run()
+    assert statuses.count(200) > 5 and statuses.count(400) > 50, sorted(set(statuses))
 
 
 def stored_ids(party: Party, count: int) -> list[str]:
