@@ -76,7 +76,9 @@ def alice(transactional_db: None, mock_upstream_url: str, native_url: str) -> Pa
                provider_name="mock-anthropic")
     Provider.objects.create(name="native-openai", kind="openai_compatible", preset="openai", base_url=f"{native_url}/v1")
     make_route("gpt-ok", upstream_model="gpt-ok", provider_name="native-openai")
-    for model in MODELS:
+    make_route("claude-over", upstream_model="claude-over", base_url=native_url, kind="anthropic",
+               provider_name="native-anthropic")
+    for model in (*MODELS, "claude-over"):
         Price.objects.create(model=model, input_per_million=Decimal("100"), output_per_million=Decimal("200"))
     return party
 
@@ -151,3 +153,33 @@ def test_200_concurrent_dialect_requests_never_pass_a_small_hard_budget(
     wait_for(healed, 5)
     assert budgets.status(budget).spent_picos == spent
     assert time.monotonic() - started < 60
+
+
+def test_an_under_estimated_prompt_overspends_by_at_most_one_requests_estimate_error(
+    servers: tuple[str, str], alice: Party
+) -> None:
+    # The README's bound: past a hard budget by no more than one request's estimate error (what a provider charges
+    # beyond the worst case held) plus the overdraft (0). Here the provider counts every prompt as 400 tokens, about
+    # ten times Tollgate's estimate, as a provider with a tokenizer of its own may count more than o200k does.
+    budget = Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.50"), period="day")
+
+    async def whole_bursts() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=REQUESTS + 50, max_keepalive_connections=REQUESTS + 50)
+        async with httpx.AsyncClient(timeout=40, limits=limits) as http:
+            return await asyncio.gather(*[
+                http.post(f"{servers[i % 2]}{URLS[MESSAGES]}", headers=alice.auth,
+                          json=body_for(MESSAGES, "claude-over", tokens=5))
+                for i in range(REQUESTS)])
+
+    answers = asyncio.run(whole_bursts())
+    assert {a.status_code for a in answers} == {200, 429}, {a.status_code for a in answers}
+    rows = UsageRecord.objects.filter(tenant=alice.tenant)
+    wait_for(lambda: rows.count() >= REQUESTS, 15)
+    admitted = [r for r in rows if r.end_reason == "complete"]
+    assert admitted and all(r.prompt_tokens == 400 for r in admitted)
+    worst_error = max(r.cost_picos - r.gate["held_micros"] * 10**6 for r in admitted)
+    assert worst_error > 0  # the provider did charge beyond the hold
+    spent = rows.aggregate(total=Sum("cost_picos"))["total"]
+    assert spent <= budget.amount_micros * 10**6 + worst_error, (
+        f"spent {spent} picos over {len(admitted)} admitted requests, budget {budget.amount_micros * 10**6}, "
+        f"one request's estimate error {worst_error}")
