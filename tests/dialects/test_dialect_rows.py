@@ -32,7 +32,7 @@ from .dialect_checks import (
 from .native_upstream import native_upstream
 
 CASES = ["success", "validation", "unauthenticated", "forbidden", "unknown_model", "never_fits", "budget_spent",
-         "rate_limit", "upstream_500", "upstream_timeout", "disconnect"]
+         "rate_limit", "upstream_500", "upstream_timeout", "disconnect", "left_early"]
 # What the row says (end reason, status, error code; None: not checked) and what the client got, per exit path.
 EXPECTED: dict[str, tuple[str, int, str | None]] = {
     "success": ("complete", 200, ""),
@@ -45,6 +45,7 @@ EXPECTED: dict[str, tuple[str, int, str | None]] = {
     "upstream_500": ("upstream_error", 502, None),
     "upstream_timeout": ("timeout", 504, None),
     "disconnect": ("client_gone", 499, ""),
+    "left_early": ("client_gone", 499, ""),
 }
 
 
@@ -92,6 +93,9 @@ def arrange(case: str, party: Party, endpoint: str, stream: bool, settings: Any)
         settings.TOLLGATE_UPSTREAM_READ_TIMEOUT = 1
         settings.TOLLGATE_RETRY_BACKOFF_MS = 10
         body["model"] = "mock-hang"
+    elif case == "left_early":  # the client leaves while the provider has not answered (a stream: no headers yet)
+        body["model"] = "mock-hang"
+        client = {"leave_after_seconds": 0.3}
     elif case == "disconnect":
         if stream:
             settings.TOLLGATE_DEMO_TOKEN_DELAY_MS = 20
@@ -149,6 +153,11 @@ def test_each_exit_path_leaves_exactly_one_row(routed: Party, settings: Any, cas
             answer = reply.json()
             assert answer["type" if endpoint == MESSAGES else "object"] == ("message" if endpoint == MESSAGES else "response")
         assert row.completion_tokens > 0 and row.cost_picos > 0
+    elif case == "left_early":  # the client leaves while the provider has not answered (a stream: no headers yet)
+        body["model"] = "mock-hang"
+        client = {"leave_after_seconds": 0.3}
+    elif case == "left_early":
+        assert reply.status == 0 and row.cost_picos == 0  # nothing was sent either way: nothing to bill
     elif case == "disconnect":
         if stream:
             assert reply.status == 200 and row.completion_tokens > 0  # what was relayed is billed
