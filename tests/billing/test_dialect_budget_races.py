@@ -99,14 +99,16 @@ def wait_for(condition: object, timeout: float) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("scope", ["tenant", "key"])
+@pytest.mark.parametrize("scope", ["tenant", "key", "both"])
 @pytest.mark.parametrize(("endpoint", "model"), CASES)
 def test_200_concurrent_dialect_requests_never_pass_a_small_hard_budget(
     servers: tuple[str, str], alice: Party, endpoint: str, model: str, scope: str
 ) -> None:
-    # About twenty requests' worst cases (prompt ~40 tokens and 100 output tokens, $0.024) fit at once.
-    budget = Budget.objects.create(tenant=alice.tenant, key=alice.key if scope == "key" else None,
+    # About twenty requests' worst cases (prompt ~40 tokens and 100 output tokens, $0.024) fit at once. With both,
+    # the key's budget is the smaller: every request must fit both, and both count every admitted request.
+    budget = Budget.objects.create(tenant=alice.tenant, key=alice.key if scope != "tenant" else None,
                                    amount=Decimal("0.50"), period="day")
+    others = [Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.80"), period="day")] if scope == "both" else []
     started = time.monotonic()
     answers = asyncio.run(burst(servers, alice, endpoint, model))
     statuses = [a.status_code for a in answers]
@@ -139,7 +141,7 @@ def test_200_concurrent_dialect_requests_never_pass_a_small_hard_budget(
         row = by_id[answer.headers["x-request-id"]]
         assert (row.endpoint, row.end_reason, row.status_code, row.error_code) == (
             endpoint, "rejected", 429, "insufficient_quota")
-        assert row.gate["denied_by"] == budget.pk and row.cost_picos == 0
+        assert row.gate["denied_by"] in {budget.pk, *(b.pk for b in others)} and row.cost_picos == 0
 
     spent = rows.aggregate(total=Sum("cost_picos"))["total"]
     assert 0 < spent <= budget.amount_micros * 10**6  # never past the budget
@@ -148,10 +150,11 @@ def test_200_concurrent_dialect_requests_never_pass_a_small_hard_budget(
     def healed() -> bool:
         open_slots = int(client.zcard(keyspace.rate(alice.tenant.pk, "key", alice.key.prefix) + ":c"))  # type: ignore[attr-defined]
         leases = int(client.zcard(keyspace.leases(alice.tenant.pk)))  # type: ignore[attr-defined]
-        return budgets.status(budget).reserved_micros == 0 and leases == 0 and open_slots == 0
+        held = sum(budgets.status(b).reserved_micros for b in (budget, *others))
+        return held == 0 and leases == 0 and open_slots == 0
 
     wait_for(healed, 5)
-    assert budgets.status(budget).spent_picos == spent
+    assert [budgets.status(b).spent_picos for b in (budget, *others)] == [spent] * (1 + len(others))
     assert time.monotonic() - started < 60
 
 
