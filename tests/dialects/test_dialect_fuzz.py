@@ -289,3 +289,23 @@ def test_a_stored_response_with_a_nul_in_its_text_can_be_read_back(gated: Party,
     follow_up = send(gated, URLS[RESPONSES], json.dumps(
         {"model": "demo", "input": "And now?", "previous_response_id": response_id}).encode())
     assert follow_up.status == 200, follow_up.content
+
+
+@pytest.mark.parametrize("url", [URLS[MESSAGES], URLS[RESPONSES], COUNT_TOKENS])
+@pytest.mark.parametrize("how", ["too_large", "stalled", "undecodable_query"])
+def test_requests_refused_before_the_view_answer_in_the_endpoints_envelope(gated: Party, settings: Any, url: str,
+                                                                          how: str) -> None:
+    settings.TOLLGATE_BODY_TIMEOUT_SECONDS = 1
+    body = json.dumps({"model": "demo", "max_tokens": 5, "input": "hi", "messages": [{"role": "user", "content": "hi"}]})
+    headers = {**gated.auth, "Content-Type": "application/json", "Content-Length": str(len(body))}
+    call: dict[str, Any] = {"chunks": [body.encode()], "headers": headers}
+    if how == "too_large":
+        call["headers"] = {**headers, "Content-Length": str(10**10)}
+    elif how == "stalled":  # half the body, then nothing more
+        call.update(chunks=[body.encode()[:10]], finished=False)
+    else:
+        call["query"] = b"beta=\xff\xfe"
+    reply = async_to_sync(asgi_call)(url, **call)
+    expected = {"too_large": 413, "stalled": 408, "undecodable_query": 400}[how]
+    check = assert_anthropic_error if url.startswith("/v1/messages") else assert_openai_error
+    check(reply.status, reply.headers, reply.content, expected)
