@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from accounts.keys import Caller
@@ -111,11 +112,35 @@ async def history(caller: Caller, previous_response_id: str) -> list[JSONDict]:
     return await aload_history(caller.tenant_id, previous_response_id)
 
 
+COLUMNS = ("id", "tenant_id", "key_id", "model", "status", "background", "previous_response_id", "request",
+           "input_items", "response", "created_at", "updated_at", "expires_at")
+JSON_COLUMNS = frozenset({"request", "input_items", "response"})  # given as JSON text (json_text)
+TIMES = frozenset({"created_at", "updated_at", "expires_at"})
+
+
+def json_text(value: Any) -> str:
+    """The value as JSON text a jsonb column takes: encoded once, by orjson, unless it holds a U+0000 (storable)."""
+    try:
+        text = orjson.dumps(value)
+    except TypeError:  # what orjson refuses (integers past 64 bits)
+        return json.dumps(storable(value))
+    return json.dumps(storable(value)) if b"\\u0000" in text else text.decode()
+
+
 def insert_new(rows: list[JSONDict]) -> list[bool]:
     """Insert answers in one statement. Their ids are new (proxy/dialects/responses.py makes one per request; a
     background run stores its own answer in batches/background.py), so there is nothing to update and no cancel to
-    respect."""
-    StoredResponse.objects.bulk_create([StoredResponse(**row) for row in rows], ignore_conflicts=True)
+    respect. Plain SQL with the JSON already encoded: the ORM would encode each document again, on every request."""
+    ops = connection.ops
+    cast = "::jsonb" if connection.vendor == "postgresql" else ""
+    one = "(" + ", ".join(f"%s{cast}" if name in JSON_COLUMNS else "%s" for name in COLUMNS) + ")"
+    params: list[Any] = []
+    for row in rows:
+        params.extend(ops.adapt_datetimefield_value(row[name]) if name in TIMES else row[name] for name in COLUMNS)
+    table = ops.quote_name(StoredResponse._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES {', '.join([one] * len(rows))} "
+                       "ON CONFLICT DO NOTHING", params)
     return [True] * len(rows)
 
 
@@ -152,10 +177,10 @@ async def save(body: ApiRequest, response: JSONDict) -> None:
     try:
         previous = body.data.get(PARAM)
 
-        def clean() -> tuple[Any, Any, Any]:
-            return storable(body.data), storable(list(state.get("input_items") or [])), storable(response)
+        def clean() -> tuple[str, str, str]:
+            return json_text(body.data), json_text(list(state.get("input_items") or [])), json_text(response)
 
-        # A large body is encoded to look for U+0000 in a worker thread, not on the event loop.
+        # A large body is encoded in a worker thread, not on the event loop.
         request, items, stored = await asyncio.to_thread(clean) if body.is_large else clean()
         now = timezone.now()
         await new_responses().submit(dict(

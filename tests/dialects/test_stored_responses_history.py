@@ -179,10 +179,17 @@ def test_answers_saved_at_once_share_one_insert_and_each_is_stored(alice: Party)
 
 def test_save_never_raises(alice: Party, caplog: pytest.LogCaptureFixture) -> None:
     response = response_body(responses_store.new_id())
-    with mock.patch.object(StoredResponse.objects, "bulk_create", side_effect=DatabaseError("disk full")):
+    with mock.patch.object(responses_store, "ainsert_new", side_effect=DatabaseError("disk full")):
         async_to_sync(responses_store.save)(request_for(alice), response)
     assert not StoredResponse.objects.exists()
     assert "could not store response" in caplog.text
+
+
+def test_an_answer_with_nul_characters_is_stored_readable(alice: Party) -> None:
+    response = response_body(responses_store.new_id(), text="a\x00b")
+    async_to_sync(responses_store.save)(request_for(alice, input="hi\x00"), response)
+    row = StoredResponse.objects.get(pk=response["id"])
+    assert row.response["output"][0]["content"][0]["text"] == "a\ufffdb" and row.request["input"] == "hi\ufffd"
 
 
 @pytest.mark.parametrize("value,expected", [
