@@ -53,6 +53,9 @@ RULES = [
                                 {"name": "get_weather", "arguments": {"city": "Rome"}}]}},
     {"name": "weather-call", "when": {"tools_include": "get_weather"},
      "respond": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}},
+    # Anthropic has no JSON mode: Tollgate asks for a JSON format as a tool named after the schema, forced.
+    {"name": "structured-tool", "when": {"tools_include": "Weather"},
+     "respond": {"tool_calls": [{"name": "Weather", "arguments": {"city": "Paris", "temperature_c": 18}}]}},
     {"name": "structured", "when": {"messages_contain": "as json"},
      "respond": {"content": '{"city": "Paris", "temperature_c": 18}'}},
     {"name": "picture", "when": {"messages_contain": "describe the picture"}, "respond": {"content": IMAGE_ANSWER}},

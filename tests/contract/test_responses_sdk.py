@@ -194,7 +194,24 @@ def test_structured_output(live_server_url: str, alice: Party, routes: None, fak
     assert usage_pair(parsed) == sent.usage()
     check_ledger(alice, Row("responses", "fake-chat", False, sent.usage()))
 
-    # Anthropic's API has no JSON formats: a 400 naming the Responses parameter, and nothing sent.
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.responses.parse(model="fake-claude", input="Give the weather as JSON", text_format=Weather)
-    assert refused.value.param == "text.format" and len(fakellm.exchanges()) == 1
+
+
+def test_structured_output_over_anthropic(live_server_url: str, alice: Party, routes: None, fakellm: FakeLLM) -> None:
+    # Anthropic's API has no JSON mode: the schema goes as a tool Claude must call, and its input is the answer.
+    client = openai_sdk(live_server_url, alice)
+    parsed = client.responses.parse(model="fake-claude", input="Give the weather as JSON", text_format=Weather)
+    with client.responses.stream(model="fake-claude", input="Give the weather as JSON", text_format=Weather) as stream:
+        events = list(stream)
+        streamed = stream.get_final_response()
+    check_stream(events)
+    for response in (parsed, streamed):
+        assert response.output_parsed == Weather(city="Paris", temperature_c=18)
+        assert [item.type for item in response.output] == ["message"]  # an answer, not a function call
+    for exchange in fakellm.exchanges():
+        [tool] = exchange.request["tools"]
+        assert tool["name"] == "Weather" and tool["input_schema"]["required"] == ["city", "temperature_c"]
+        assert exchange.request["tool_choice"] == {"type": "tool", "name": "Weather"}
+    upstream = [exchange.usage() for exchange in fakellm.exchanges()]
+    assert [usage_pair(parsed), usage_pair(streamed)] == upstream
+    check_ledger(alice, Row("responses", "fake-claude", False, upstream[0]),
+                 Row("responses", "fake-claude", True, upstream[1]))
