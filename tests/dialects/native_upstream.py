@@ -1,7 +1,7 @@
 """A provider of the test's own that speaks the dialects natively (Anthropic Messages, OpenAI Responses), with faults.
 
 The model name picks the behaviour: *-ok answers (12 input and 5 output tokens, whole or streamed), *-over answers
-whole Messages counting 400 input tokens, *-fail answers 503
+whole Messages counting 44 input tokens, *-fail answers 503
 before the first byte, *-cut drops the connection after five deltas, *-oops sends the provider's own in-band error
 event after five deltas, *-long streams for seconds.
 """
@@ -40,10 +40,11 @@ def native_delta(path: str, i: int) -> tuple[str, dict[str, Any]]:
 def native_whole(path: str, model: str) -> dict[str, Any]:
     """A whole answer, as the provider's non-streaming API returns it and its final stream event carries it."""
     if path.endswith("/messages"):
-        # *-over counts the prompt as 400 tokens, far more than any estimate of it (a tokenizer unlike Tollgate's).
+        # *-over counts the prompt as 44 tokens: a third more than Tollgate's o200k estimate of dialect_checks.PROMPT
+        # (33), as a provider whose tokenizer splits text finer may.
         return {"id": "msg_native", "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": "Hello there."}], "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": 400 if model.endswith("-over") else 12, "output_tokens": 5}}
+                "usage": {"input_tokens": 44 if model.endswith("-over") else 12, "output_tokens": 5}}
     return {"id": "resp_native", "object": "response", "created_at": 1700000000, "status": "completed", "model": model,
             "output": [{"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
                         "content": [{"type": "output_text", "text": "Hello there.", "annotations": []}]}],
