@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -25,7 +24,7 @@ from billing.consumers import LiveUsageConsumer  # noqa: E402
 from gateway_site import drain  # noqa: E402
 from gateway_site import health  # noqa: E402
 from gateway_site import metrics  # noqa: E402
-from proxy.asgi import ApiHandler  # noqa: E402
+from proxy.asgi import ApiHandler, render  # noqa: E402
 from proxy.errors import Draining  # noqa: E402
 
 # Under another pepper than the keys' every key would be rejected: say so in one line and exit (status 3).
@@ -57,8 +56,9 @@ async def http(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 async def refuse_while_draining(scope: dict[str, Any], send: Any) -> None:
     if scope["path"].startswith("/v1/"):
-        envelope = Draining("This Tollgate process is shutting down. Retry the request.").envelope()
-        await drain.refuse(send, body=json.dumps(envelope).encode(), content_type=b"application/json")
+        # In the envelope of the API the path belongs to: Anthropic's SDKs read only their own.
+        answer = render(scope["path"], Draining("This Tollgate process is shutting down. Retry the request."))
+        await drain.refuse(send, body=answer.content, content_type=b"application/json")
     else:
         await drain.refuse(send)
 
