@@ -271,13 +271,18 @@ def test_stored_response_ids_and_queries_never_fail_the_gateway(gated: Party) ->
     assert 200 in seen and 404 in seen and 400 in seen, sorted(set(seen))
 
 
-@pytest.mark.parametrize("where", ["input", "instructions", "metadata"])
-def test_a_stored_response_with_a_nul_in_its_text_can_be_read_back(gated: Party, where: str) -> None:
-    # PostgreSQL's jsonb refuses U+0000 in a string. A response told it is stored (store defaults to true) must be
-    # found by GET and by previous_response_id, or the request refused up front; never a 200 for a lost response.
-    body: dict[str, Any] = {"model": "demo", "input": "Remember this"}
-    body.update({"input": "a\x00b"} if where == "input" else {"instructions": "Be brief\x00"} if where == "instructions"
-                else {"metadata": {"note": "x\x00y"}})
+ODD_VALUES = {
+    "input": {"input": "a\x00b"}, "instructions": {"instructions": "Be brief\x00"}, "metadata": {"metadata": {"note": "x\x00y"}},
+    "huge_int": {"tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "maximum": 2**70}}]},
+}
+
+
+@pytest.mark.parametrize("where", sorted(ODD_VALUES))
+def test_a_stored_response_with_odd_values_can_be_read_back(gated: Party, where: str) -> None:
+    # PostgreSQL's jsonb refuses U+0000 in a string, and fast JSON encoders refuse integers past 64 bits. A response
+    # told it is stored (store defaults to true) must be found by GET and by previous_response_id, or the request
+    # refused up front; never a 200 for a lost response.
+    body: dict[str, Any] = {"model": "demo", "input": "Remember this", **ODD_VALUES[where]}
     created = send(gated, URLS[RESPONSES], json.dumps(body).encode())
     if created.status == 400:
         assert_openai_error(created.status, created.headers, created.content, 400)
