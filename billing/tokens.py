@@ -25,6 +25,17 @@ from tiktoken_ext import openai_public
 _CL100K_PREFIXES = ("gpt-4-", "gpt-4", "gpt-3.5", "text-embedding-3", "text-embedding-ada")
 _O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-5", "o1", "o3", "o4")
 
+# Tollgate ships OpenAI's tokenizers only; other families' own cut the same text into more tokens than o200k does
+# (Claude's up to about a third more on code and non-English text, its newer tokenizer more again; Gemini's, Llama's and
+# Mistral's typically 10-25 % more). A budget hold counts such a prompt with o200k times this margin, never above the
+# prompt's UTF-8 length (no BPE token is shorter than a byte), so the hold stays a worst case. A family not listed
+# here is counted as OpenAI's tokenizer counts it.
+HOLD_MARGINS: tuple[tuple[tuple[str, ...], tuple[int, int]], ...] = (
+    (("claude",), (3, 2)),
+    (("gemini", "gemma", "llama", "mistral", "mixtral", "codestral", "ministral", "magistral", "deepseek", "qwen",
+      "command", "nova", "titan", "jamba", "grok", "kimi", "glm"), (4, 3)),
+)
+
 # OpenAI's chat framing: each message costs ~3 tokens around its text, and the reply is primed with 3 more.
 PER_MESSAGE = 3
 REPLY_PRIMING = 3
@@ -66,6 +77,15 @@ def encoding_name(model: str) -> str:
     if bare.startswith(_O200K_PREFIXES):
         return "o200k_base"
     return "cl100k_base" if bare.startswith(_CL100K_PREFIXES) else "o200k_base"
+
+
+def hold_margin(model: str) -> tuple[int, int]:
+    """The (numerator, denominator) a budget hold multiplies the model's prompt count by; (1, 1) for OpenAI's."""
+    name = model.lower()
+    for families, margin in HOLD_MARGINS:
+        if any(family in name for family in families):
+            return margin
+    return (1, 1)
 
 
 def utf8_length(text: str) -> int:

@@ -228,9 +228,10 @@ def hold_amount(meter: Meter, specs: tuple, price: Price | None, worst: sizing.W
 
 
 def worst_micros(price: Price, worst: sizing.Worst) -> int:
-    """The most the request can cost at the price: every prompt token at the dearest prompt price (cache writes cost
-    more than input), its most completion tokens, and its images at the per-image price."""
-    return price.worst_micros(prompt_tokens=worst.prompt_tokens, completion_tokens=worst.completion_tokens,
+    """The most the request can cost at the price: every prompt token (with the margin for a tokenizer Tollgate does
+    not ship) at the dearest prompt price (cache writes cost more than input), its most completion tokens, and its
+    images at the per-image price."""
+    return price.worst_micros(prompt_tokens=worst.held_prompt_tokens, completion_tokens=worst.completion_tokens,
                               images=worst.images)
 
 

@@ -53,6 +53,13 @@ class Worst:
     prompt_tokens: int
     completion_tokens: int
     images: int = 0  # image parts in the prompt, each held at its model's largest image
+    # What a budget holds for the prompt: prompt_tokens times the margin for a tokenizer Tollgate does not ship
+    # (billing/tokens.HOLD_MARGINS). Rate limits, the journal and count_tokens keep the count itself.
+    held_prompt_tokens: int = -1  # -1: the same as prompt_tokens
+
+    def __post_init__(self) -> None:
+        if self.held_prompt_tokens < 0:
+            object.__setattr__(self, "held_prompt_tokens", self.prompt_tokens)  # frozen: set once, here
 
     @property
     def total_tokens(self) -> int:
@@ -90,7 +97,17 @@ def worst_case(body: ApiRequest, model: str) -> Worst:
         add_text_input(parts, data.get("input"))
     # One tokenizer call for the whole request, so the byte bound applies to all of its text together.
     prompt = tokens.count(parts.texts, model=model) + parts.fixed
-    return Worst(prompt_tokens=prompt, completion_tokens=completion_tokens(body, data), images=parts.images)
+    return Worst(prompt_tokens=prompt, completion_tokens=completion_tokens(body, data), images=parts.images,
+                 held_prompt_tokens=held(prompt, parts, model))
+
+
+def held(prompt: int, parts: Parts, model: str) -> int:
+    """The prompt's tokens as a budget holds them: the count times the model family's margin, capped by the bytes."""
+    numerator, denominator = tokens.hold_margin(model)
+    if numerator == denominator:
+        return prompt
+    most = sum(tokens.utf8_length(text) for text in parts.texts) + parts.fixed
+    return max(prompt, min(-(-prompt * numerator // denominator), most))
 
 
 def count_images(body: ApiRequest) -> int:
