@@ -1,7 +1,7 @@
 """A provider of the test's own that speaks the dialects natively (Anthropic Messages, OpenAI Responses), with faults.
 
-The model name picks the behaviour: *-ok answers (12 input and 5 output tokens, whole or streamed), *-over answers
-whole Messages counting 44 input tokens, *-fail answers 503
+The model name picks the behaviour: *-ok answers (12 input and 5 output tokens, whole or streamed), *-over-N answers
+whole Messages counting N input tokens, *-fail answers 503
 before the first byte, *-cut drops the connection after five deltas, *-oops sends the provider's own in-band error
 event after five deltas, *-long streams for seconds.
 """
@@ -40,11 +40,11 @@ def native_delta(path: str, i: int) -> tuple[str, dict[str, Any]]:
 def native_whole(path: str, model: str) -> dict[str, Any]:
     """A whole answer, as the provider's non-streaming API returns it and its final stream event carries it."""
     if path.endswith("/messages"):
-        # *-over counts the prompt as 44 tokens: a third more than Tollgate's o200k estimate of dialect_checks.PROMPT
-        # (33), as a provider whose tokenizer splits text finer may.
+        # *-over-N counts the prompt as N tokens, as a provider whose tokenizer splits text finer than o200k may.
+        prompt = int(model.rsplit("-", 1)[1]) if "-over-" in model else 12
         return {"id": "msg_native", "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": "Hello there."}], "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": 44 if model.endswith("-over") else 12, "output_tokens": 5}}
+                "usage": {"input_tokens": prompt, "output_tokens": 5}}
     return {"id": "resp_native", "object": "response", "created_at": 1700000000, "status": "completed", "model": model,
             "output": [{"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
                         "content": [{"type": "output_text", "text": "Hello there.", "annotations": []}]}],
@@ -79,7 +79,7 @@ async def native_upstream(scope: dict[str, Any], receive: Any, send: Any) -> Non
         await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
         return
-    if model.endswith(("-ok", "-over")) and not json.loads(raw).get("stream"):
+    if (model.endswith("-ok") or "-over-" in model) and not json.loads(raw).get("stream"):
         body = json.dumps(native_whole(path, model)).encode()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
