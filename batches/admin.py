@@ -12,23 +12,10 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
+from proxy.admin import ReadOnly
+
 from . import services, stats, storage
 from .models import Batch, BatchLine, BatchPart, File
-
-
-class ReadOnly(admin.ModelAdmin):
-    """Rows written by the API and the workers: operators look, they do not edit."""
-
-    show_full_result_count = False  # no COUNT(*) of a large table on every page
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 def file_link(row: File | None) -> str:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponseBase
 
 from proxy import outages
-from proxy.errors import ServerError
-
-logger = logging.getLogger(__name__)
 
 View = Callable[..., Awaitable[HttpResponseBase]]
 
@@ -26,10 +22,6 @@ def in_envelope(view: View) -> View:
         try:
             return await view(request, *args, **kwargs)
         except Exception as e:
-            error = outages.unavailable(e)
-            if error is None:
-                logger.exception("unexpected error on %s %s", request.method, request.path)
-                error = ServerError("Tollgate failed to handle the request. It has been logged.")
-            return error.response()
+            return outages.failure(e, f"{request.method} {request.path}").response()
 
     return answer

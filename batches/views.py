@@ -18,7 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 from accounts.keys import Caller
 from proxy.auth import authenticate
 from proxy.db import db_step
-from proxy.errors import GatewayError, MethodNotAllowed, ServiceUnavailable
+from proxy.errors import GatewayError, NotAllowed, ServiceUnavailable
 from proxy.parsing import read_json
 
 from . import services
@@ -61,15 +61,6 @@ async def send_validation(batch: Batch) -> None:
         logger.exception("could not queue the validation of batch %s", batch.public_id)
         await afail_unqueued(batch)
         raise ServiceUnavailable("The batch queue is unavailable right now; the batch was not started. Retry.") from None
-
-
-class NotAllowed(MethodNotAllowed):
-    def __init__(self, *methods: str) -> None:
-        super().__init__(f"Use {' or '.join(methods)} for this endpoint.")
-        self.methods = methods
-
-    def headers(self) -> dict[str, str]:
-        return {"Allow": ", ".join(self.methods)}
 
 
 def parse_new_batch(request: HttpRequest) -> services.NewBatch:

@@ -240,18 +240,9 @@ class DeploymentAdmin(ConnectionTest, admin.ModelAdmin):
         reset_breakers(self, request, queryset)
 
 
-@admin.register(StoredResponse)
-class StoredResponseAdmin(admin.ModelAdmin):
-    """Read-only: the gateway writes these. The request and response bodies (the tenant's prompts and answers) are
-    not shown; the tenant reads them through the API."""
+class ReadOnly(admin.ModelAdmin):
+    """Rows written by the API and the workers: operators look, they do not edit."""
 
-    list_display = ["id", "tenant", "model", "status", "background", "created_at"]
-    list_filter = ["status", "background"]
-    list_select_related = ["tenant"]
-    search_fields = ["=id", "tenant__slug"]
-    fields = ["id", "tenant", "key", "model", "status", "background", "previous_response_id", "created_at",
-              "updated_at", "expires_at"]
-    readonly_fields = fields
     show_full_result_count = False  # no COUNT(*) of a large table on every page
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -262,3 +253,17 @@ class StoredResponseAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(StoredResponse)
+class StoredResponseAdmin(ReadOnly):
+    """Read-only: the gateway writes these. The request and response bodies (the tenant's prompts and answers) are
+    not shown; the tenant reads them through the API."""
+
+    list_display = ["id", "tenant", "model", "status", "background", "created_at"]
+    list_filter = ["status", "background"]
+    list_select_related = ["tenant"]
+    search_fields = ["=id", "tenant__slug"]
+    fields = ["id", "tenant", "key", "model", "status", "background", "previous_response_id", "created_at",
+              "updated_at", "expires_at"]
+    readonly_fields = fields

@@ -53,6 +53,17 @@ class MethodNotAllowed(GatewayError):
         return {"Allow": "POST"}
 
 
+class NotAllowed(MethodNotAllowed):
+    """A method the endpoint does not take, on an endpoint that takes other methods than POST."""
+
+    def __init__(self, *methods: str) -> None:
+        super().__init__(f"Use {' or '.join(methods)} for this endpoint.")
+        self.methods = methods
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.methods)}
+
+
 class PayloadTooLarge(GatewayError):
     status, code = 413, "request_too_large"
 

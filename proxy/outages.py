@@ -11,7 +11,7 @@ import time
 
 from django.db import InterfaceError, OperationalError
 
-from .errors import ServiceUnavailable
+from .errors import GatewayError, ServerError, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -49,3 +49,13 @@ def unavailable(error: BaseException) -> ServiceUnavailable | None:
     note(dependency, error)
     what = "budget and rate limit store" if dependency == "redis" else "database"
     return ServiceUnavailable(f"Tollgate's {what} is unavailable right now; the request was not sent. Retry shortly.")
+
+
+def failure(error: Exception, where: str) -> GatewayError:
+    """The answer to an error a view did not expect (call it in the except block): an outage's 503, which the SDKs
+    retry, or else a 500, logged with its traceback."""
+    answer = unavailable(error)
+    if answer is None:
+        logger.exception("unexpected error on %s", where)
+        answer = ServerError("Tollgate failed to handle the request. It has been logged.")
+    return answer

@@ -6,7 +6,6 @@ same 404. Every ORM step runs on the /v1 database thread (proxy/db.py).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -21,25 +20,14 @@ from accounts.keys import Caller
 from . import outages
 from .auth import authenticate
 from .db import db_step
-from .errors import GatewayError, MethodNotAllowed, NotFound, ServerError
+from .errors import GatewayError, NotAllowed, NotFound
 from .models import StoredResponse
 from .providers.base import JSONDict
-
-logger = logging.getLogger(__name__)
 
 PAGE_DEFAULT, PAGE_MOST = 20, 100
 ID_CHARS = 64  # StoredResponse.id's length: a longer id is none of ours
 # Ids given to stored input items that came without one, by item type (stable: made from the response id).
 ITEM_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
-
-
-class NotAllowed(MethodNotAllowed):
-    def __init__(self, *methods: str) -> None:
-        super().__init__(f"Use {' or '.join(methods)} for this endpoint.")
-        self.methods = methods
-
-    def headers(self) -> dict[str, str]:
-        return {"Allow": ", ".join(self.methods)}
 
 
 def missing(response_id: str) -> NotFound:
@@ -164,11 +152,7 @@ async def answer(request: HttpRequest, handle: Callable[[Caller], Awaitable[JSON
     except GatewayError as e:
         return e.response()
     except Exception as e:
-        error = outages.unavailable(e)
-        if error is None:
-            logger.exception("unexpected error on %s %s", request.method, request.path)
-            error = ServerError("Tollgate failed to handle the request. It has been logged.")
-        return error.response()
+        return outages.failure(e, f"{request.method} {request.path}").response()
 
 
 @csrf_exempt
