@@ -143,7 +143,7 @@ class MessagesStream:
         """The events for one chat chunk, its finish reason if it has one, and the tool arguments it carried."""
         assert chunk.data is not None
         try:
-            data = orjson.loads(chunk.data)
+            data = chunk.parsed if chunk.parsed is not None else orjson.loads(chunk.data)
         except orjson.JSONDecodeError:
             raise ProviderError("The provider sent a malformed event.", status=502, code="upstream_error",
                                 permanent=False) from None

@@ -65,7 +65,7 @@ class EventStream:
                 yield Chunk(data=None, usage=chunk.usage)  # on the meter at once: a client leaving later is billed exactly
             if chunk.data is None:
                 continue
-            for event in self.translate(chunk.data):
+            for event in self.translate(chunk.data, chunk.parsed):
                 yield event
         for event in self.close():
             yield event
@@ -76,9 +76,9 @@ class EventStream:
                 yield event
         yield await self.final()
 
-    def translate(self, raw: bytes) -> list[Chunk]:
+    def translate(self, raw: bytes, parsed: JSONDict | None = None) -> list[Chunk]:
         try:
-            data = orjson.loads(raw)
+            data = parsed if parsed is not None else orjson.loads(raw)
         except orjson.JSONDecodeError:
             return []
         if not isinstance(data, dict):

@@ -130,6 +130,7 @@ class Chunk:
     usage_only: bool = False  # a `choices: []` usage chunk, stripped unless the client asked for usage
     finished: bool = False  # the upstream said the answer is complete
     event: str | None = None  # the SSE event name, for dialects whose streams name their events (Messages, Responses)
+    parsed: JSONDict | None = field(default=None, repr=False)  # ``data`` as its provider parsed it, when it did
 
 
 @dataclass

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from ..errors import GatewayError, ProviderError
 from .base import (
     CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, Chunk, Completion, JSONDict, StreamTranslator, Target, UpstreamReply,
@@ -170,7 +172,7 @@ class ChunkTranslator:
 
     def __call__(self, payload: str) -> list[Chunk]:
         try:
-            data = json.loads(payload)
+            data = loads(payload)
         except ValueError:
             raise ProviderError("The provider sent a malformed event.", status=502, code="upstream_error",
                                 permanent=False) from None
@@ -187,5 +189,15 @@ class ChunkTranslator:
                 usage=usage,
                 usage_only=not choices and usage is not None,
                 finished=any(c.get("finish_reason") for c in choices),
+                parsed=data,  # a dialect translating the chunk (proxy/dialects) need not parse it again
             )
         ]
+
+
+def loads(payload: str) -> Any:
+    """One chunk's JSON: orjson, about three times faster than json on a chunk; json for what orjson refuses
+    (NaN, integers past 64 bits), so a chunk reads as it always did. Raises ValueError."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)

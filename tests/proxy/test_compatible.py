@@ -264,3 +264,15 @@ def test_every_preset_loads(db: None, preset: str) -> None:
         URLValidator(schemes=["http", "https"])(url)
         assert urlsplit(url).scheme in ("http", "https") and urlsplit(url).netloc
     provider.full_clean()
+
+
+def test_a_chunk_reads_the_same_whatever_its_numbers_and_carries_what_it_parsed() -> None:
+    translate = OpenAICompatibleProvider().stream_translator(TARGET, chat())
+    plain = '{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}'
+    [chunk] = translate(plain)
+    assert chunk.text == "Hi" and chunk.parsed is not None and chunk.parsed["choices"][0]["delta"]["content"] == "Hi"
+    # orjson refuses NaN and integers past 64 bits; such a chunk still reads as the standard library reads it.
+    odd = ('{"id":"c2","model":"m","logprobs":NaN,"seed":' + str(2**70) +
+           ',"choices":[{"index":0,"delta":{"content":"there"},"finish_reason":"stop"}]}')
+    [chunk] = translate(odd)
+    assert chunk.text == "there" and chunk.finished and chunk.parsed is not None and chunk.parsed["seed"] == 2**70
