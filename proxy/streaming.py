@@ -84,13 +84,23 @@ async def relay_stream(stream: Upstream, body: ApiRequest, meter: Meter) -> Asyn
     end_reason, status, code = "client_gone", 499, ""  # unless the stream reaches one of its own ends
     dialect = dialects.get(body.endpoint)  # Messages and Responses name their events and end differently
     first: bytes | None = None  # the first event sent: a usage chunk made up here takes its id and model
+    held = b""  # events marked `more`, written with the next one: a burst of events costs one write
     try:
         async for chunk in stream:
             meter.observe(chunk)
             if chunk.data is None or (chunk.usage_only and not body.include_usage):
                 continue
             first = first or chunk.data
-            yield sse.frame(chunk.data) if chunk.event is None else sse.event(chunk.event, chunk.data)
+            frame = sse.frame(chunk.data) if chunk.event is None else sse.event(chunk.event, chunk.data)
+            if chunk.more:
+                held += frame
+                continue
+            if held:
+                frame, held = held + frame, b""
+            yield frame
+        if held:
+            yield held
+            held = b""
         if body.include_usage and meter.usage is None:
             yield sse.frame(await estimated_usage_chunk(body, meter, first))
         assert meter.target is not None
@@ -103,19 +113,19 @@ async def relay_stream(stream: Upstream, body: ApiRequest, meter: Meter) -> Asyn
     except ProviderError as e:
         # Headers are gone already: report the failure in-band and stop, never with a clean [DONE].
         end_reason, status, code = e.end_reason, e.status, e.code or ""
-        yield in_band(e, body, dialect)
+        yield held + in_band(e, body, dialect)
     except Exception:
         logger.exception("unexpected error while streaming (request %s)", meter.request_id)
         error = ServerError("Tollgate failed while streaming the answer. It has been logged.")
         end_reason, status, code = error.end_reason, 500, error.code
-        yield in_band(error, body, dialect)
+        yield held + in_band(error, body, dialect)
     except asyncio.CancelledError as e:
         if not drain.cancelled_by_drain(e):
             raise  # the client went away
         drain.absorb()  # SIGTERM's grace period is over: end in-band, as for an upstream failure
         error = Draining("This Tollgate process is shutting down; the answer was cut short.")
         end_reason, status, code = error.end_reason, error.status, error.code
-        yield in_band(error, body, dialect)
+        yield held + in_band(error, body, dialect)
     finally:
         if end_reason == "client_gone" and drain.grace_over:  # the drain's cancel reached us while sending
             end_reason, status, code = Draining.end_reason, Draining.status, Draining.code

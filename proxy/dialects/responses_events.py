@@ -46,18 +46,21 @@ class EventStream:
         self.finish_reason: Any = None
         self.said: list[str] = []  # the model's text so far (answer, reasoning, arguments), for a token estimate
 
-    def event(self, kind: str, said: str = "", **fields: Any) -> Chunk:
+    def event(self, kind: str, said: str = "", more: bool = False, **fields: Any) -> Chunk:
         """One event; ``said`` is the model's text in it, kept for token estimates."""
         sequence = self.body.state.get("sequence_number", 0)
         self.body.state["sequence_number"] = sequence + 1  # error_event numbers an in-band error after the last one
         if said:
             self.said.append(said)
-        return Chunk(data=encode_json({"type": kind, "sequence_number": sequence, **fields}), event=kind, text=said)
+        return Chunk(data=encode_json({"type": kind, "sequence_number": sequence, **fields}), event=kind, text=said,
+                     more=more)
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         started = response_object(self.body, status="in_progress", output=[])
         self.body.state["streamed"] = True
-        yield self.event("response.created", response=started)
+        # The events one upstream chunk makes go to the client in one write (Chunk.more on all but the last): a
+        # Responses stream has more events than the chat stream it comes from, and each write costs.
+        yield self.event("response.created", response=started, more=True)
         yield self.event("response.in_progress", response=started)
         async for chunk in self.upstream:
             if chunk.usage is not None:
@@ -65,15 +68,13 @@ class EventStream:
                 yield Chunk(data=None, usage=chunk.usage)  # on the meter at once: a client leaving later is billed exactly
             if chunk.data is None:
                 continue
-            for event in self.translate(chunk.data, chunk.parsed):
+            for event in together(self.translate(chunk.data, chunk.parsed)):
                 yield event
-        for event in self.close():
-            yield event
+        closing = self.close()
         if not self.output:  # no text and no call: still one (empty) message, as the non-streamed answer has
-            for event in self.open_message():
-                yield event
-            for event in self.close():
-                yield event
+            closing += self.open_message() + self.close()
+        for event in together(closing, more=True):  # written with response.completed
+            yield event
         yield await self.final()
 
     def translate(self, raw: bytes, parsed: JSONDict | None = None) -> list[Chunk]:
@@ -200,3 +201,12 @@ class EventStream:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+
+
+def together(events: list[Chunk], *, more: bool = False) -> list[Chunk]:
+    """The events marked to be written as one (all but the last, or all of them with ``more``)."""
+    for event in events[:-1]:
+        event.more = True
+    if events and more:
+        events[-1].more = True
+    return events

@@ -131,6 +131,7 @@ class Chunk:
     finished: bool = False  # the upstream said the answer is complete
     event: str | None = None  # the SSE event name, for dialects whose streams name their events (Messages, Responses)
     parsed: JSONDict | None = field(default=None, repr=False)  # ``data`` as its provider parsed it, when it did
+    more: bool = False  # another event follows at once: written to the client together with it, as one write
 
 
 @dataclass

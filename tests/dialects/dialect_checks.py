@@ -182,8 +182,9 @@ async def exchange(path: str, body: bytes, headers: dict[str, str], *, leave_aft
     await asyncio.wait_for(api_handler()(scope, receive, send), timeout=20)
     start = next((m for m in sent if m["type"] == "http.response.start"), {"status": 0, "headers": []})
     names = {k.decode("latin1").lower(): v.decode("latin1") for k, v in start["headers"]}
-    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return AsgiReply(status=start["status"], headers=names, content=content)  # status 0: the client left first
+    bodies = [m.get("body", b"") for m in sent if m["type"] == "http.response.body"]
+    # status 0: the client left first
+    return AsgiReply(status=start["status"], headers=names, content=b"".join(bodies), writes=sum(1 for b in bodies if b))
 
 
 async def rows_when_written(tenant_id: int, expected: int) -> list[UsageRecord]:

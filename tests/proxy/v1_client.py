@@ -57,6 +57,7 @@ class AsgiReply:
     status: int
     headers: dict[str, str]
     content: bytes
+    writes: int = 0  # body messages sent (tests/dialects/dialect_checks.exchange counts them)
 
     def json(self) -> Any:
         return json.loads(self.content)
