@@ -19,7 +19,7 @@ from django.utils import timezone
 from accounts.keys import Caller
 from accounts.models import Tenant
 from proxy.errors import GatewayError, NotFound
-from proxy.parsing import check_metadata, field, invalid, wrong_type
+from proxy.parsing import field, invalid, wrong_type
 from proxy.providers.base import JSONDict
 
 from .models import Batch, File
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 WINDOW = timedelta(hours=24)
 COMPLETION_WINDOWS = ("24h",)
 CREATE_FIELDS = {"input_file_id", "endpoint", "completion_window", "metadata"}
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 PAGE_DEFAULT, PAGE_MOST = 20, 100
 ID_CHARS = 40  # longer than any public id we issue: such an id is unknown without asking the database
 UNCANCELLABLE = {Batch.Status.FAILED, Batch.Status.FINALIZING, Batch.Status.COMPLETED, Batch.Status.EXPIRED}
@@ -60,6 +61,25 @@ def parse_new_batch(data: JSONDict) -> NewBatch:
     if window not in COMPLETION_WINDOWS:
         raise invalid("'completion_window' must be '24h'.", "completion_window")
     return NewBatch(input_file_id, endpoint, window, check_metadata(field(data, "metadata", dict, "an object")))
+
+
+def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
+    """At most 16 string pairs, keys up to 64 characters and values up to 512, as OpenAI allows."""
+    if metadata is None:
+        return None
+    if len(metadata) > METADATA_PAIRS:
+        raise invalid(f"'metadata' may hold at most {METADATA_PAIRS} pairs.", "metadata")
+    for key, value in metadata.items():
+        if len(key) > METADATA_KEY_CHARS:
+            raise invalid(f"Keys of 'metadata' must be at most {METADATA_KEY_CHARS} characters.", "metadata")
+        if not isinstance(value, str):
+            raise wrong_type(f"metadata.{key}", "a string")
+        if len(value) > METADATA_VALUE_CHARS:
+            raise invalid(f"Values of 'metadata' must be at most {METADATA_VALUE_CHARS} characters.", f"metadata.{key}")
+        # PostgreSQL's jsonb cannot hold NUL in a string: the insert would fail.
+        if "\x00" in key or "\x00" in value:
+            raise invalid("'metadata' must not contain NUL characters.", "metadata")
+    return metadata
 
 
 def tier_queue(tenant: Tenant) -> str:

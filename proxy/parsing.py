@@ -24,7 +24,6 @@ ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 IMAGE_DETAILS = {"low", "high", "auto"}
 TOKEN_IDS = 2**31  # token ids are below this in every tokenizer OpenAI serves
 NUMBER = (int, float)
-METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512  # OpenAI's limits
 
 
 def invalid(message: str, param: str | None) -> GatewayError:
@@ -352,22 +351,3 @@ def parse_data(data: JSONDict, endpoint: str) -> ApiRequest:
     number_between(data, "top_p", 0, 1)
     check_stop(data)
     return ApiRequest(endpoint=endpoint, model=model, data=data, stream=stream, include_usage=include_usage, max_tokens=max_tokens)
-
-
-def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
-    """At most 16 string pairs, keys up to 64 characters and values up to 512, as OpenAI allows."""
-    if metadata is None:
-        return None
-    if len(metadata) > METADATA_PAIRS:
-        raise invalid(f"'metadata' may hold at most {METADATA_PAIRS} pairs.", "metadata")
-    for key, value in metadata.items():
-        if len(key) > METADATA_KEY_CHARS:
-            raise invalid(f"Keys of 'metadata' must be at most {METADATA_KEY_CHARS} characters.", "metadata")
-        if not isinstance(value, str):
-            raise wrong_type(f"metadata.{key}", "a string")
-        if len(value) > METADATA_VALUE_CHARS:
-            raise invalid(f"Values of 'metadata' must be at most {METADATA_VALUE_CHARS} characters.", f"metadata.{key}")
-        # PostgreSQL's jsonb cannot hold NUL in a string: the insert would fail.
-        if "\x00" in key or "\x00" in value:
-            raise invalid("'metadata' must not contain NUL characters.", "metadata")
-    return metadata

@@ -13,7 +13,6 @@ from typing import Any
 from django.conf import settings
 
 from ..errors import GatewayError
-from .. import parsing
 from ..parsing import check_model, field, invalid, missing, number_between, positive_int, wrong_type
 from ..providers.base import RESPONSES, ApiRequest, JSONDict
 
@@ -21,6 +20,7 @@ MESSAGE_ROLES = {"user", "assistant", "system", "developer"}
 TOOL_CHOICES = {"none", "auto", "required"}
 FORMATS = {"text", "json_object", "json_schema"}
 IMAGE_DETAILS = {"low", "high", "auto"}
+METADATA_PAIRS, METADATA_KEY, METADATA_VALUE = 16, 64, 512
 
 
 def check_body(data: JSONDict) -> ApiRequest:
@@ -180,7 +180,18 @@ def check_text(data: JSONDict) -> None:
 
 
 def check_metadata(data: JSONDict) -> None:
-    parsing.check_metadata(field(data, "metadata", dict, "an object"))
+    metadata = field(data, "metadata", dict, "an object")
+    if metadata is None:
+        return
+    if len(metadata) > METADATA_PAIRS:
+        raise invalid(f"'metadata' may hold at most {METADATA_PAIRS} pairs.", "metadata")
+    for key, value in metadata.items():
+        if len(key) > METADATA_KEY:
+            raise invalid(f"metadata keys must be at most {METADATA_KEY} characters.", "metadata")
+        if not isinstance(value, str):
+            raise wrong_type(f"metadata.{key}", "a string")
+        if len(value) > METADATA_VALUE:
+            raise invalid(f"metadata values must be at most {METADATA_VALUE} characters.", f"metadata.{key}")
 
 
 def refusal(message: str, param: str) -> GatewayError:
