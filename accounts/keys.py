@@ -81,6 +81,7 @@ class Caller:
     tenant_limits: Limits = Limits()
     tenant_models: tuple[str, ...] = ()  # the operator's allow-list of the tenant; the key's can only narrow it
     response_cache: str = "route"  # the key's choice: "route" (as each route says), "on" or "off"
+    project_id: int | None = None  # the key's project: its requests' rows and project budgets name it
 
     def may_use(self, *names: str) -> bool:
         """Whether both allow-lists admit the model, known by any of ``names`` (its public name, an alias)."""
@@ -267,6 +268,7 @@ def record_of(key: ApiKey) -> KeyRecord:
         tenant_limits=limits_of(key.tenant),
         tenant_models=tuple(key.tenant.allowed_models or ()),
         response_cache=key.response_cache,
+        project_id=key.project_id,
     )
     return KeyRecord(
         caller=caller,

@@ -96,6 +96,54 @@ class Membership(models.Model):
         return f"{self.user} in {self.tenant} ({self.role})"
 
 
+class Project(models.Model):
+    """A part of a tenant's spend: its keys belong to it, and usage, budgets and pages can be split by it."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="projects")
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=64, help_text="Unique within the tenant; names the project in config files.")
+    owners = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="owned_projects",
+                                    help_text="Members answerable for the project's keys and spend.")
+    created_at = models.DateTimeField(default=tz.now)
+
+    class Meta:
+        ordering = ["tenant", "name"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "slug"], name="project_unique_slug_per_tenant")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Invitation(models.Model):
+    """An owner's invitation to join a tenant. The link carries a signature of the row's id, never a stored secret."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=tz.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="invitation_tenant_created")]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.tenant} ({self.role})"
+
+    def status(self, now: datetime | None = None) -> str:
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at <= (now or tz.now()) else "pending"
+
+
 class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
     def active(self, now: datetime | None = None) -> ApiKeyQuerySet:
         now = now or tz.now()
@@ -111,6 +159,8 @@ class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
 class ApiKey(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=200)
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.SET_NULL, related_name="api_keys",
+                                help_text="Its requests count toward this project. Empty: the tenant's, no project.")
     # The public id embedded in the key (tg-<prefix>-<secret>). Safe to show and search.
     prefix = models.CharField(max_length=32, unique=True)
     # HMAC-SHA256 of the whole key under TOLLGATE_KEY_PEPPER. The key itself is never stored.

@@ -7,10 +7,11 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Max, Min, Q
+from django.db.models import F, Max, Min, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from accounts.models import ApiKey, Tenant
+from accounts.models import ApiKey, Project, Tenant
 
 MICROS = Decimal(1_000_000)  # budgets and holds are kept in integer micro-dollars (1 USD = 1,000,000)
 PICOS = Decimal(10**12)  # the ledger is kept in integer pico-dollars (1 USD = 10**12)
@@ -144,6 +145,15 @@ class Budget(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="budgets")
     key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets",
                             help_text="Empty: the budget covers every key of the tenant.")
+    # Narrower scopes: a budget covers the requests that match every one of these that is set.
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="budgets",
+                                help_text="Empty: every project (and keys in none).")
+    model = models.CharField(max_length=200, blank=True, default="", db_default="",
+                             help_text="A public model name, or a glob such as gpt-4o* or claude-*; empty: every model.")
+    tag = models.CharField(max_length=64, blank=True, default="", db_default="",
+                           help_text="Only requests carrying this tag (x-tollgate-tags or metadata); empty: any.")
+    end_user = models.CharField(max_length=256, blank=True, default="", db_default="",
+                                help_text="Only requests whose `user` field is this; empty: any.")
     name = models.CharField(max_length=100, blank=True)
     class SetBy(models.TextChoices):
         OPERATOR = "operator"
@@ -295,6 +305,12 @@ class UsageRecord(models.Model):
     request_id = models.UUIDField(default=uuid.uuid4, unique=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
     key = models.ForeignKey(ApiKey, null=True, on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                help_text="The key's project when the request ran.")
+    # The request's tags in billing.tags' stored form (",team:search,feature:summary,"), and its `user` field:
+    # attribution only, bounded in length and count, never anything of the prompt.
+    tags = models.CharField(max_length=1100, blank=True, default="", db_default="")
+    end_user = models.CharField(max_length=256, blank=True, default="", db_default="")
     endpoint = models.CharField(max_length=16, choices=Endpoint.choices)
     public_model = models.CharField(max_length=200, blank=True)
     provider = models.CharField(max_length=64, blank=True)
@@ -334,6 +350,7 @@ class UsageRecord(models.Model):
             # The tenant pages and rollups read a tenant's (or a key's) rows by time.
             models.Index(fields=["tenant", "created_at"], name="usage_tenant_time"),
             models.Index(fields=["key", "created_at"], name="usage_key_time"),
+            models.Index(fields=["project", "created_at"], name="usage_project_time"),
             models.Index(fields=["created_at"], name="usage_time"),
         ]
 
@@ -359,6 +376,7 @@ class UsageRollup(models.Model):
     bucket = models.DateTimeField(help_text="Start of the hour or day, UTC.")
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
     key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     model = models.CharField(max_length=200, blank=True)
     provider = models.CharField(max_length=64, blank=True, help_text="Blank for requests that reached no provider.")
     requests = models.PositiveIntegerField(default=0)
@@ -378,10 +396,10 @@ class UsageRollup(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["granularity", "bucket", "tenant", "key", "model", "provider"],
-                                    condition=Q(key__isnull=False), name="rollup_unique_with_key_provider"),
-            models.UniqueConstraint(fields=["granularity", "bucket", "tenant", "model", "provider"],
-                                    condition=Q(key__isnull=True), name="rollup_unique_without_key_provider"),
+            # One row per group; a missing key or project counts as 0, since NULLs never collide in a unique index.
+            models.UniqueConstraint(F("granularity"), F("bucket"), F("tenant"), Coalesce(F("key"), Value(0)),
+                                    Coalesce(F("project"), Value(0)), F("model"), F("provider"),
+                                    name="rollup_unique_group"),
         ]
         indexes = [models.Index(fields=["tenant", "granularity", "bucket"], name="rollup_tenant_bucket")]
 

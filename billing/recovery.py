@@ -61,6 +61,9 @@ def lost_entry(lost: Lost) -> UsageEntry:
         created_at=datetime.fromtimestamp(begin["at"], tz=UTC) if "at" in begin else None,
         batch_id=begin.get("batch_id") or "",
         custom_id=begin.get("custom_id") or "",
+        project_id=begin.get("project_id"),
+        tags=begin.get("tags") or "",
+        end_user=begin.get("end_user") or "",
     )
 
 

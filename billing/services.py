@@ -69,6 +69,9 @@ class UsageEntry:
     free: bool = False  # the row costs nothing (a cache hit on a route whose hits are free)
     batch_id: str = ""  # a batch line's batch (public id) and custom_id; the ledger keeps one row per line
     custom_id: str = ""
+    project_id: int | None = None  # the key's project when the request ran
+    tags: str = ""  # billing.tags' stored form, ",a,b,"
+    end_user: str = ""  # the request's `user` field
 
 
 def carry_key_budgets(*, old: ApiKey, new: ApiKey) -> int:
@@ -156,6 +159,9 @@ def build_record(entry: UsageEntry) -> UsageRecord:
         created_at=entry.created_at or timezone.now(),
         batch_id=entry.batch_id,
         custom_id=entry.custom_id,
+        project_id=entry.project_id,
+        tags=entry.tags,
+        end_user=entry.end_user,
     )
     if entry.request_id:
         record.request_id = uuid.UUID(str(entry.request_id))
@@ -252,6 +258,8 @@ def minimal_record(source: UsageEntry | UsageRecord) -> UsageRecord:
         ttfb_ms=whole(get("ttfb_ms", None)) if get("ttfb_ms", None) is not None else None,
         gate=storable_gate(get("gate", None)),
         batch_id=text(get("batch_id", ""), 40), custom_id=text(get("custom_id", ""), 200),
+        project_id=whole(get("project_id", None)) if get("project_id", None) is not None else None,
+        tags=text(get("tags", ""), 1100), end_user=text(get("end_user", ""), 256),
     )
     created = get("created_at", None)
     record.created_at = created if isinstance(created, datetime) else timezone.now()

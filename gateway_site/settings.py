@@ -61,6 +61,8 @@ INSTALLED_APPS = [
     "proxy",
     "billing",
     "batches",  # the Files and Batches API; its lines run on Celery workers
+    "auditlog",
+    "audit",  # who changed what: every change to tenants, keys, budgets, prices, routes... with actor and source
 ]
 
 MIDDLEWARE = [

@@ -59,6 +59,8 @@ class Meter:
     batch_id = ""  # a batch line's batch (its public id) and custom_id: its row is unique by the two
     custom_id = ""
     images = 0  # input images of the request, counted at the gate, for per-image prices
+    tags = ""  # the request's tags in billing.tags' stored form (",a,b,"), set before the gate (proxy/attribution.py)
+    end_user = ""  # the request's `user` field, set with the tags
 
     def __init__(self, endpoint: str, started: float | None = None) -> None:
         self.endpoint = endpoint
@@ -139,6 +141,12 @@ class Meter:
             fields["hold"] = {"keys": self.hold.keys, "amount": self.hold.amount_micros}
         if self.batch_id:
             fields["batch_id"], fields["custom_id"] = self.batch_id, self.custom_id
+        if caller.project_id is not None:
+            fields["project_id"] = caller.project_id
+        if self.tags:
+            fields["tags"] = self.tags
+        if self.end_user:
+            fields["end_user"] = self.end_user
         if self.images:
             fields["images"] = self.images
         slots = limiter().slot_keys(self.scopes)
@@ -188,6 +196,9 @@ class Meter:
             ttfb_ms=round((self.first_byte - self.started) * 1000) if self.first_byte else None,
             from_cache=hit,
             free=hit and self.cache.policy.free,
+            project_id=caller.project_id,
+            tags=self.tags,
+            end_user=self.end_user,
         )
         if self.batch_id:
             entry.batch_id, entry.custom_id = self.batch_id, self.custom_id
