@@ -22,6 +22,7 @@ from django.conf import settings
 from accounts.keys import Caller, Limits
 from gateway_site import logs
 from proxy import observe, outages, routing
+from proxy.attribution import attribute
 from proxy.errors import GatewayError, RateLimited, ServerError, ServiceUnavailable
 from proxy.limits import check_limits
 from proxy.metering import Meter
@@ -108,6 +109,7 @@ async def execute(meter: Meter, context: LineContext, data: JSONDict, size: int 
         if body.stream:
             raise GatewayError("Batch requests cannot stream.", param="stream", code="invalid_value")
         body.size = size
+        attribute(meter, None, body)  # the line's metadata and user: a batch line has no headers of its own
         if prepare is not None:
             await prepare(body, meter.caller)
         targets = await routing.route(meter.caller, body.model)

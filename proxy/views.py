@@ -15,6 +15,7 @@ from gateway_site import drain, logs
 
 from . import background, dialects, observe, outages, response_cache, routing, sse, traceparent, upkeep
 from .asgi import STARTED, render
+from .attribution import HEADER as ATTRIBUTION_HEADER, attribute
 from .dialects import messages as messages_dialect
 from .auth import authenticate
 from .errors import Draining, GatewayError, MethodNotAllowed, NotFound, ServerError
@@ -47,6 +48,7 @@ async def relay(request: HttpRequest, endpoint: str, caller: Caller | None = Non
         big = size > LARGE_BODY_BYTES
         meter.body = body = await asyncio.to_thread(parse, request, endpoint) if big else parse(request, endpoint)
         body.size = size
+        attribute(meter, request.META.get(ATTRIBUTION_HEADER), body)  # tags and end user, before the gate reads them
         if dialect is not None:
             await dialect.prepare(body, meter.caller)
         targets = await routing.route(meter.caller, body.model)
