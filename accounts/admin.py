@@ -17,7 +17,8 @@ from billing.admin import BudgetInline, KeyBudgetInline, send_test_alert, spend_
 from proxy.admin import NameListField, routed_names
 
 from . import keys, pepper, services
-from .models import ApiKey, ManagementToken, Membership, Tenant
+from .models import ApiKey, ManagementToken, Membership, Project, Tenant
+from .project_admin import ProjectAdmin as ProjectAdmin  # registers the project admin
 
 LIMITS = ["requests_per_minute", "tokens_per_minute", "max_concurrent"]
 LIMITS_HELP = "A request must fit both its key's limits and its tenant's."
@@ -92,6 +93,9 @@ class ApiKeyForm(AllowedModelsForm):
                 pepper.require_current()
         except ValidationError as e:
             self.add_error(None, e)
+        project = cleaned.get("project")
+        if project is not None and isinstance(tenant, Tenant) and project.tenant_id != tenant.pk:
+            self.add_error("project", "The project must be one of the key's tenant's projects.")
         expires_at = cleaned.get("expires_at")
         if self.instance.pk is None and expires_at is not None and expires_at <= timezone.now():
             self.add_error("expires_at", "The expiry time must be in the future.")
@@ -111,6 +115,7 @@ def issue_drafted(request: HttpRequest, draft: ApiKey, *, tenant: Tenant) -> Api
         created_by=request.user,
         expires_at=draft.expires_at,
         allowed_models=draft.allowed_models,
+        project=draft.project,
     )
     limits = {name: getattr(draft, name) for name in LIMITS if getattr(draft, name) is not None}
     if limits:
@@ -202,8 +207,8 @@ class KeyStatusFilter(admin.SimpleListFilter):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     form = ApiKeyForm
-    list_display = ["masked", "name", "tenant", "key_status", "created_at", "expires_at", "last_used_at"]
-    list_select_related = ["tenant"]
+    list_display = ["masked", "name", "tenant", "project", "key_status", "created_at", "expires_at", "last_used_at"]
+    list_select_related = ["tenant", "project"]
     list_filter = [KeyStatusFilter]
     search_fields = ["=prefix", "name", "tenant__slug", "tenant__name"]
     autocomplete_fields = ["tenant"]
@@ -222,8 +227,18 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:
-            return ["tenant", "name", "expires_at", "allowed_models", "response_cache"]
-        return ["tenant", "name", "masked", "expires_at", "allowed_models", "response_cache", *self.readonly_fields[1:]]
+            return ["tenant", "name", "project", "expires_at", "allowed_models", "response_cache"]
+        return ["tenant", "name", "project", "masked", "expires_at", "allowed_models", "response_cache",
+                *self.readonly_fields[1:]]
+
+    def get_form(self, request: HttpRequest, obj: ApiKey | None = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change, **kwargs)
+        if "project" in form.base_fields:
+            # An issued key's tenant is fixed: offer only its projects. A new key's are checked against its tenant.
+            field = form.base_fields["project"]
+            field.queryset = (Project.objects.filter(tenant=obj.tenant) if obj else Project.objects.all()).select_related("tenant")
+            field.label_from_instance = lambda project: f"{project.tenant} / {project}"
+        return form
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         return [*self.readonly_fields, "tenant"] if obj else []

@@ -1,4 +1,5 @@
-"""Management API: tenants and their API keys. Operators (staff) see all; tenant owners only their own tenants."""
+"""Management API: tenants, their projects and API keys. Operators (staff) see all; tenant owners only their own
+tenants."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from rest_framework.response import Response
 
 from gateway_site.api_errors import still_referenced
 
-from . import keys, services
-from .models import ApiKey, Membership, Tenant
+from . import keys, projects, services
+from .models import ApiKey, Membership, Project, Tenant
 
 
 def owned_tenants(user: Any) -> QuerySet[Tenant]:
@@ -81,14 +82,42 @@ class TenantField(serializers.SlugRelatedField):
         return owned_tenants(self.context["request"].user)
 
 
+class ProjectRefField(serializers.Field):
+    """A project of the key's tenant, given by slug or id (null: none); shown by slug. Resolved in the serializer's
+    validate, once the tenant is known."""
+
+    def to_representation(self, project: Project) -> str:
+        return project.slug
+
+    def to_internal_value(self, data: Any) -> int | str:
+        if isinstance(data, bool) or not isinstance(data, int | str) or not str(data).strip() or len(str(data)) > 64:
+            raise serializers.ValidationError("Give the project's slug or id, or null for none.")
+        return data
+
+
+def resolve_project(tenant: Tenant, ref: int | str) -> Project:
+    """The tenant's project by id (a number) or slug (a string; digits are tried as an id after the slug)."""
+    scope = Project.objects.filter(tenant=tenant)
+    found = scope.filter(slug=ref).first() if isinstance(ref, str) else None
+    digits = str(ref).strip()
+    if found is None and digits.isascii() and digits.isdigit() and 0 < int(digits) < 2**63:
+        found = scope.filter(pk=int(digits)).first()
+    if found is None:  # another tenant's project is as unknown as a missing one
+        raise serializers.ValidationError({"project": f"No project {str(ref)[:64]!r} in tenant {tenant.slug}."})
+    return found
+
+
 class ApiKeySerializer(serializers.ModelSerializer):
     tenant = TenantField()
+    project = ProjectRefField(required=False, allow_null=True,
+                              help_text="The key's project in its tenant, by slug or id; null for none. Its requests "
+                                        "count toward it.")
     status = serializers.SerializerMethodField()
 
     class Meta:
         model = ApiKey
-        fields = ["id", "tenant", "name", "prefix", "status", "created_at", "expires_at", "revoked_at", "last_used_at",
-                  "allowed_models", "requests_per_minute", "tokens_per_minute", "max_concurrent"]
+        fields = ["id", "tenant", "project", "name", "prefix", "status", "created_at", "expires_at", "revoked_at",
+                  "last_used_at", "allowed_models", "requests_per_minute", "tokens_per_minute", "max_concurrent"]
         read_only_fields = ["prefix", "created_at", "revoked_at", "last_used_at"]
 
     def get_status(self, key: ApiKey) -> str:
@@ -102,6 +131,8 @@ class ApiKeySerializer(serializers.ModelSerializer):
                 services.check_allowed_models(tenant=tenant, allowed_models=data["allowed_models"])
             except DjangoValidationError as e:
                 raise serializers.ValidationError(e.message_dict) from None
+        if tenant is not None and data.get("project") is not None:
+            data["project"] = resolve_project(tenant, data["project"])
         return data
 
     def get_fields(self) -> dict[str, serializers.Field]:
@@ -134,7 +165,8 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
     serializer_class = ApiKeySerializer
 
     def get_queryset(self) -> QuerySet[ApiKey]:
-        return ApiKey.objects.filter(tenant__in=owned_tenants(self.request.user)).select_related("tenant").order_by("-id")
+        return (ApiKey.objects.filter(tenant__in=owned_tenants(self.request.user)).select_related("tenant", "project")
+                .order_by("-id"))
 
     @extend_schema(responses={201: IssuedKeySerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -143,6 +175,7 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
         data = serializer.validated_data
         key, secret = services.issue_key(tenant=data["tenant"], name=data["name"], created_by=request.user,
                                          expires_at=data.get("expires_at"), allowed_models=data.get("allowed_models"),
+                                         project=data.get("project"),
                                          limits=keys.Limits(**{f: data.get(f) for f in (
                                              "requests_per_minute", "tokens_per_minute", "max_concurrent")}))
         return Response({**self.get_serializer(key).data, "key": secret}, status=201)
@@ -174,3 +207,62 @@ class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
         except services.KeyNotActive as e:
             raise exceptions.ValidationError({"detail": str(e)}) from None
         return Response({**self.get_serializer(new).data, "key": secret}, status=201)
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    tenant = TenantField()
+    owners = serializers.SlugRelatedField(slug_field="username", many=True, required=False,
+                                          queryset=Membership.objects.none(),
+                                          help_text="Usernames of members of the tenant answerable for the project.")
+    keys = serializers.PrimaryKeyRelatedField(source="api_keys", many=True, read_only=True,
+                                              help_text="Ids of the keys in the project; set a key's project to move it.")
+
+    class Meta:
+        model = Project
+        fields = ["id", "tenant", "name", "slug", "owners", "keys", "created_at"]
+        read_only_fields = ["created_at"]
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        from django.contrib.auth import get_user_model
+
+        fields = super().get_fields()
+        # Only members of tenants the caller manages can be named; anyone else is "does not exist".
+        members = get_user_model().objects.filter(memberships__tenant__in=owned_tenants(self.context["request"].user))
+        fields["owners"].child_relation.queryset = members.distinct()  # type: ignore[attr-defined]
+        return fields
+
+
+class ProjectViewSet(viewsets.ModelViewSet):
+    """Projects of the tenants you manage: a key belongs to at most one, and usage can be grouped by it."""
+
+    serializer_class = ProjectSerializer
+
+    def get_queryset(self) -> QuerySet[Project]:
+        return (Project.objects.filter(tenant__in=owned_tenants(self.request.user)).select_related("tenant")
+                .prefetch_related("owners", "api_keys").order_by("tenant__slug", "slug"))
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        data = serializer.validated_data
+        serializer.instance = as_api_errors(lambda: projects.create_project(
+            tenant=data["tenant"], name=data["name"], slug=data["slug"], owners=data.get("owners", [])))
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        data, project = serializer.validated_data, serializer.instance
+        if "tenant" in data and data["tenant"] != project.tenant:
+            raise exceptions.ValidationError({"tenant": "A project cannot move to another tenant."})
+        as_api_errors(lambda: projects.update_project(project=project, name=data.get("name"), slug=data.get("slug"),
+                                                      owners=data.get("owners")))
+
+    def perform_destroy(self, instance: Project) -> None:
+        try:
+            projects.delete_project(project=instance)
+        except ProtectedError as e:  # its ledger rows are kept for billing
+            raise still_referenced(e, "move its keys to another project instead.") from None
+
+
+def as_api_errors(save: Any) -> Any:
+    """Run a service; its ValidationError becomes the API's 400 with the same fields."""
+    try:
+        return save()
+    except DjangoValidationError as e:
+        raise serializers.ValidationError(e.message_dict if hasattr(e, "error_dict") else e.messages) from None

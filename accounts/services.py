@@ -16,9 +16,12 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from audit import context as audit_context
+from audit import services as audit
+
 from . import keys, pepper
 from .keys import Limits, limits_of
-from .models import ApiKey, ManagementToken, Membership, Tenant
+from .models import ApiKey, ManagementToken, Membership, Project, Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +56,14 @@ def issue_key(
     allowed_models: list[str] | None = None,
     rotated_from: ApiKey | None = None,
     limits: Limits | None = None,
+    project: Project | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key. Returns the row and the plaintext, which is shown once and never stored."""
+    """Create a key. Returns the row and the plaintext, which is shown once and never stored.
+    Raises ValidationError for a past expiry, models outside the tenant's or another tenant's project."""
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "The expiry time must be in the future."})
+    if project is not None and project.tenant_id != tenant.pk:
+        raise ValidationError({"project": "The project must be one of the key's tenant's projects."})
     if rotated_from is None:  # a rotation keeps the old key's list: /v1 still admits only what both lists allow
         check_allowed_models(tenant=tenant, allowed_models=allowed_models or [])
     pepper.require_current()  # raises PepperMismatch: a key minted under another pepper fails every request
@@ -70,6 +77,7 @@ def issue_key(
         expires_at=expires_at,
         allowed_models=list(allowed_models or []),
         rotated_from=rotated_from,
+        project=project,
         **(asdict(limits) if limits else {}),
     )
     key.full_clean(exclude=["digest", "prefix", "rotated_from"])
@@ -106,12 +114,15 @@ def revoke_key(*, key: ApiKey, now: datetime | None = None) -> ApiKey:
     if not changed:
         raise KeyNotActive(f"{key.masked} is already revoked")
     key.revoked_at = now
+    # The UPDATE above sends no signal, so the audit entry is written here.
+    audit.record_update(instance=key, changes={"revoked_at": (None, now)}, verb="revoke")
     keys.forget(key.prefix)  # and once more after commit, in every process
     logger.info("api key revoked: tenant=%s prefix=%s", key.tenant_id, key.prefix)
     return key
 
 
 @transaction.atomic
+@audit_context.verb("rotate")  # names both entries, the old key's revocation and its replacement's creation
 def rotate_key(
     *, key: ApiKey, created_by: AbstractBaseUser | None = None, now: datetime | None = None
 ) -> tuple[ApiKey, str]:
@@ -130,6 +141,7 @@ def rotate_key(
         allowed_models=key.allowed_models,
         rotated_from=key,
         limits=limits_of(key),
+        project=key.project,
     )
     carry_key_budgets(old=key, new=new)
     return new, secret

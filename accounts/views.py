@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from . import services
-from .models import ApiKey, Membership, Tenant
+from .models import ApiKey, Membership, Project, Tenant
 from .tenancy import SESSION_KEY, tenant_page
 
 
@@ -24,12 +24,19 @@ class KeyForm(forms.Form):
     expires_on = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}),
                                  help_text="Optional. The key stops working at the end of this day, in your time zone.")
     allowed_models = forms.CharField(required=False, help_text="Optional. Comma-separated model names; empty allows all.")
+    project = forms.ModelChoiceField(queryset=Project.objects.none(), required=False, empty_label="No project",
+                                     help_text="Optional. The key's requests count toward this project.")
 
     def models(self) -> list[str]:
         return [m.strip() for m in self.cleaned_data["allowed_models"].split(",") if m.strip()]
 
-    def narrow_to(self, tenant: Tenant) -> None:
-        """Say in the form which models the operator allows the tenant: a key can only narrow that list."""
+    def narrow_to(self, tenant: Tenant, *, owner: bool) -> None:
+        """Say in the form which models the operator allows the tenant: a key can only narrow that list. Only owners
+        choose a project, among the tenant's."""
+        if owner:
+            self.fields["project"].queryset = Project.objects.filter(tenant=tenant).order_by("name")  # type: ignore[attr-defined]
+        else:
+            del self.fields["project"]
         if tenant.allowed_models:
             allowed = ", ".join(tenant.allowed_models)
             self.fields["allowed_models"].help_text = (
@@ -60,21 +67,23 @@ def shown_once(request: HttpRequest, key: ApiKey, secret: str, what: str) -> Htt
 def keys(request: HttpRequest) -> HttpResponse:
     tenant = request.tenant  # type: ignore[attr-defined]
     form = KeyForm(request.POST or None)
-    form.narrow_to(tenant)
+    form.narrow_to(tenant, owner=request.is_owner)  # type: ignore[attr-defined]
     if request.method == "POST" and form.is_valid():
         expires = form.cleaned_data["expires_on"]
         try:
             key, secret = services.issue_key(tenant=tenant, name=form.cleaned_data["name"], created_by=request.user,
                                              expires_at=end_of_day(expires, tenant) if expires else None,
-                                             allowed_models=form.models())
+                                             allowed_models=form.models(),
+                                             project=form.cleaned_data.get("project"))
         except ValidationError as e:
             form.add_error(None, e)
         else:
             return shown_once(request, key, secret, "Key created")
-    rows = ApiKey.objects.for_tenant(tenant).order_by("-created_at")
+    rows = ApiKey.objects.for_tenant(tenant).select_related("project").order_by("-created_at")
     now = timezone.now()
     return render(request, "pages/keys.html", {"title": "API keys", "form": form, "now": now,
-                                               "keys": [(key, key.status(now)) for key in rows]})
+                                               "keys": [(key, key.status(now)) for key in rows],
+                                               "projects": list(Project.objects.filter(tenant=tenant).order_by("name"))})
 
 
 @tenant_page()

@@ -6,7 +6,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
-from accounts.api import ApiKeyViewSet, TenantViewSet
+from accounts.api import ApiKeyViewSet, ProjectViewSet, TenantViewSet
 from batches.api import QueuesView
 from billing.api import BudgetViewSet, PriceViewSet, UsageViewSet
 from proxy.api import DeploymentViewSet, ProviderViewSet, RouteViewSet
@@ -16,6 +16,7 @@ from .api_errors import not_found
 router = DefaultRouter()
 router.register("tenants", TenantViewSet, basename="tenant")
 router.register("keys", ApiKeyViewSet, basename="apikey")
+router.register("projects", ProjectViewSet, basename="project")
 router.register("budgets", BudgetViewSet, basename="budget")
 router.register("prices", PriceViewSet, basename="price")
 router.register("usage", UsageViewSet, basename="usage")
