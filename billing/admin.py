@@ -22,7 +22,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApiKey, Tenant
 
-from . import alerts, budgets, charts, export
+from . import alerts, budgets, charts, export, ledger_filters
 from .models import Budget, BudgetAlert, Price, UsageRecord, UsageRollup, picos_to_dollars
 
 CENTS = Decimal("0.01")
@@ -64,12 +64,13 @@ class LedgerPaginator(Paginator):
 class UsageRecordAdmin(admin.ModelAdmin):
     list_display = [
         "created_at", "tenant", "key", "public_model", "provider", "stream", "prompt_tokens", "completion_tokens",
-        "usage_source", "end_reason", "status_code", "latency_ms", "ttfb_ms", "cost",
+        "usage_source", "end_reason", "status_code", "latency_ms", "ttfb_ms", "cost", "project", "tags", "end_user",
     ]
-    list_select_related = ["tenant", "key"]
-    list_filter = ["end_reason", "usage_source", "stream", "endpoint", "unpriced"]
+    list_select_related = ["tenant", "key", "project"]
+    list_filter = ["end_reason", "usage_source", "stream", "endpoint", "unpriced", *ledger_filters.LIST_FILTERS]
     search_fields = ["=request_id"]
-    search_help_text = "A request id (x-request-id), a tenant slug, or an API key (its prefix or the whole key)."
+    search_help_text = ("A request id (x-request-id), a tenant slug, an API key (its prefix or the whole key), "
+                        "tag:<tag> or user:<end user>.")
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
     paginator = LedgerPaginator
@@ -109,6 +110,8 @@ class UsageRecordAdmin(admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
+        if (attributed := ledger_filters.search(queryset, term)) is not None:
+            return attributed, False
         try:
             return queryset.filter(request_id=uuid.UUID(term)), False
         except ValueError:

@@ -20,8 +20,8 @@ from accounts.api import StaffOnly, TenantField, owned_tenants
 from accounts.models import ApiKey, Tenant
 from gateway_site.api_errors import still_referenced
 
-from . import budgets, export, usage
-from .models import Budget, Price, UsageRollup, picos_to_dollars
+from . import attributed_usage, budgets, export, tags, usage
+from .models import Budget, Price, UsageRecord, UsageRollup, picos_to_dollars
 
 # What an owner may change on a budget the operator set: when and where it alerts, never what it allows.
 OWNER_MAY_CHANGE = {"alert_thresholds"}
@@ -167,6 +167,12 @@ class UsageQuerySerializer(serializers.Serializer):
     key = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1, help_text="Only this key (its id).")
     model = serializers.CharField(required=False, max_length=200, help_text="Only this model (the name clients send).")
     provider = serializers.CharField(required=False, max_length=64, help_text="Only this provider (its name).")
+    tag = serializers.CharField(required=False, max_length=tags.MAX_TAG_LENGTH,
+                                help_text="Only requests with this tag. Read from the ledger: only days it still holds, "
+                                          f"at most {attributed_usage.LEDGER_MAX_DAYS} at a time.")
+    user = serializers.CharField(required=False, max_length=tags.MAX_END_USER_LENGTH,
+                                 help_text="Only requests of this end user (their `user` field). Read from the ledger, "
+                                           "as tag is.")
     format = serializers.ChoiceField(choices=["json", "csv"], default="json",
                                      help_text="json: pages of rows; csv: every row, streamed.")
 
@@ -186,6 +192,12 @@ class UsageQuerySerializer(serializers.Serializer):
     def validate_key(self, value: int) -> int:
         if not ApiKey.objects.filter(pk=value, tenant__in=owned_tenants(self.context["request"].user)).exists():
             raise serializers.ValidationError("No such key among your tenants' keys.")
+        return value
+
+    def validate_tag(self, value: str) -> str:
+        if not tags.is_tag(value):
+            raise serializers.ValidationError("A tag is letters, digits and _ . : = / @ + - characters, such as "
+                                              "team:search.")
         return value
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -299,14 +311,31 @@ class UsageViewSet(viewsets.GenericViewSet):
         rows = self.get_queryset()
         if "tenant" in asked:
             rows = rows.filter(tenant=asked["tenant"])
-        rows = usage.report(rows, granularity=asked["granularity"], groups=groups, days=asked["days"],
-                            key_id=asked.get("key"), model=asked.get("model"), provider=asked.get("provider"))
+        if "tag" in asked or "user" in asked:
+            rows = self.attributed(request, asked)
+        else:
+            rows = usage.report(rows, granularity=asked["granularity"], groups=groups, days=asked["days"],
+                                key_id=asked.get("key"), model=asked.get("model"), provider=asked.get("provider"))
         if request.accepted_renderer.format == "csv":
             columns = usage_columns(groups)
             lines = ([usage_row(row, groups)[c] for c in columns] for row in rows.iterator(chunk_size=export.CHUNK))
             return export.csv_response(request._request, filename="tollgate-usage.csv", header=columns, rows=lines)
         page = self.paginate_queryset(rows)
         return self.get_paginated_response([usage_row(row, groups) for row in page or []])
+
+    def attributed(self, request: Request, asked: dict[str, Any]) -> QuerySet[UsageRecord]:
+        """The report of a tag or end user, summed from the ledger rows of the caller's tenants."""
+        rows = UsageRecord.objects.all() if request.user.is_staff else UsageRecord.objects.filter(
+            tenant__in=owned_tenants(request.user))
+        if "tenant" in asked:
+            rows = rows.filter(tenant=asked["tenant"])
+        try:
+            return attributed_usage.report(
+                rows, granularity=asked["granularity"], groups=asked["group_by"], days=asked["days"],
+                tag=asked.get("tag"), end_user=asked.get("user"), key_id=asked.get("key"), model=asked.get("model"),
+                provider=asked.get("provider"), project_ids=asked.get("project"))
+        except usage.BadQuery as e:
+            raise exceptions.ValidationError({e.param: [e.message]}) from None
 
     def finalize_response(self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if isinstance(response, Response):

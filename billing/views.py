@@ -16,10 +16,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
-from accounts.models import ApiKey, validate_email_list
+from accounts.models import ApiKey, Project, validate_email_list
 from accounts.tenancy import tenant_page
 
-from . import budgets, charts, export
+from . import budgets, charts, export, tags
 from .admin import cost, dollars
 from .models import Budget, UsageRecord, UsageRollup, validate_thresholds
 
@@ -180,7 +180,10 @@ def budget_thresholds(request: HttpRequest, budget_id: int) -> HttpResponse:
 
 class RequestFilters(forms.Form):
     key = forms.ModelChoiceField(queryset=ApiKey.objects.none(), required=False, empty_label="All keys")
+    project = forms.ModelChoiceField(queryset=Project.objects.none(), required=False, empty_label="All projects")
     model = forms.CharField(required=False, max_length=200)
+    tag = forms.CharField(required=False, max_length=tags.MAX_TAG_LENGTH, help_text="e.g. team:search")
+    user = forms.CharField(required=False, max_length=tags.MAX_END_USER_LENGTH, label="End user")
     end_reason = forms.ChoiceField(required=False, choices=[("", "All outcomes"), *UsageRecord.EndReason.choices])
     # Bounded so a day and its time zone always make a datetime (year 1 or 9999 would overflow: a 500).
     day_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}),
@@ -193,6 +196,13 @@ class RequestFilters(forms.Form):
         super().__init__(*args, **kwargs)
         self.tenant = tenant
         self.fields["key"].queryset = ApiKey.objects.for_tenant(tenant).order_by("name")  # type: ignore[attr-defined]
+        self.fields["project"].queryset = Project.objects.filter(tenant=tenant).order_by("name")  # type: ignore[attr-defined]
+
+    def clean_tag(self) -> str:
+        tag: str = self.cleaned_data["tag"].strip()
+        if tag and not tags.is_tag(tag):
+            raise forms.ValidationError("A tag is letters, digits and _ . : = / @ + - characters, such as team:search.")
+        return tag
 
     def requests(self, *, page: bool = True) -> QuerySet[UsageRecord]:
         """The tenant's ledger rows these filters select, newest first (the keyset cursor only when ``page``)."""
@@ -202,8 +212,14 @@ class RequestFilters(forms.Form):
         data, zone = self.cleaned_data, zoneinfo.ZoneInfo(self.tenant.timezone)
         if data["key"]:
             rows = rows.filter(key=data["key"])
+        if data["project"]:
+            rows = rows.filter(project=data["project"])
         if data["model"]:
             rows = rows.filter(public_model=data["model"].strip())
+        if data["tag"]:
+            rows = rows.filter(tags__contains=tags.needle(data["tag"]))
+        if data["user"]:
+            rows = rows.filter(end_user=data["user"])
         if data["end_reason"]:
             rows = rows.filter(end_reason=data["end_reason"])
         if data["day_from"]:
@@ -233,7 +249,8 @@ def requests_page(request: HttpRequest, form: RequestFilters, page: list[UsageRe
     return render(request, "pages/requests.html", {
         "title": "Requests", "form": form, "filtered": filtered,
         "rows": [{"row": r, "at": r.created_at.astimezone(zone), "cost": cost(r.cost_picos),
-                  "prompt": tokens(r.prompt_tokens), "completion": tokens(r.completion_tokens)} for r in page],
+                  "prompt": tokens(r.prompt_tokens), "completion": tokens(r.completion_tokens),
+                  "tags": tags.parse_stored(r.tags)} for r in page],
         "older": older.urlencode() if more else None, "newest": "before" in request.GET,
         "export": download.urlencode(),
     }, status=status)
@@ -241,10 +258,11 @@ def requests_page(request: HttpRequest, form: RequestFilters, page: list[UsageRe
 
 EXPORT_HEADER = ["time", "request_id", "key", "endpoint", "model", "provider", "upstream_model", "stream", "outcome",
                  "error_code", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "usage_source",
-                 "latency_ms", "ttfb_ms", "cost_usd", "cache_write_tokens", "images"]
+                 "latency_ms", "ttfb_ms", "cost_usd", "cache_write_tokens", "images", "project", "tags", "end_user"]
 EXPORT_FIELDS = ["request_id", "key__name", "endpoint", "public_model", "provider", "upstream_model", "stream",
                  "end_reason", "error_code", "status_code", "prompt_tokens", "completion_tokens", "cached_tokens",
-                 "usage_source", "latency_ms", "ttfb_ms", "cost_picos", "cache_write_tokens", "images"]
+                 "usage_source", "latency_ms", "ttfb_ms", "cost_picos", "cache_write_tokens", "images", "project__name",
+                 "tags", "end_user"]
 
 
 @tenant_page()
@@ -262,8 +280,8 @@ def request_export(request: HttpRequest) -> HttpResponseBase:
 
     def lines() -> Iterator[list[object]]:
         # Columns added later go after cost_usd, so a reader of the older columns by position still reads them.
-        for at, request_id, *middle, picos, writes, images in rows:
+        for at, request_id, *middle, picos, writes, images, project, tagged, end_user in rows:
             yield [export.utc(at).astimezone(zone).isoformat(), request_id.hex, *middle, export.money(picos), writes,
-                   images]
+                   images, project or "", tagged.strip(","), end_user]
 
     return export.csv_response(request, filename=f"{tenant.slug}-requests.csv", header=EXPORT_HEADER, rows=lines())
