@@ -267,6 +267,33 @@ LOGOUT_REDIRECT_URL = "login"
 
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
+# Single sign-on with OpenID Connect (README, "Single sign-on"): off while no issuer is set. The provider's endpoints
+# come from its discovery document, fetched on first use (accounts/sso.py).
+from accounts import sso_config as _sso  # noqa: E402 (reads the environment only)
+
+TOLLGATE_OIDC_ISSUER = _sso.issuer("TOLLGATE_OIDC_ISSUER")
+TOLLGATE_OIDC_CLIENT_ID = os.environ.get("TOLLGATE_OIDC_CLIENT_ID", "").strip()
+TOLLGATE_OIDC_CLIENT_SECRET = env_secret("TOLLGATE_OIDC_CLIENT_SECRET", dev_default="", debug=True)
+if TOLLGATE_OIDC_ISSUER and not (TOLLGATE_OIDC_CLIENT_ID and TOLLGATE_OIDC_CLIENT_SECRET):
+    raise ImproperlyConfigured("TOLLGATE_OIDC_ISSUER needs TOLLGATE_OIDC_CLIENT_ID and TOLLGATE_OIDC_CLIENT_SECRET")
+TOLLGATE_OIDC_SCOPES = _sso.scopes("TOLLGATE_OIDC_SCOPES", "openid email profile")
+TOLLGATE_OIDC_SIGN_ALGO = _sso.sign_algorithm("TOLLGATE_OIDC_SIGN_ALGO", "RS256")
+TOLLGATE_OIDC_PROVIDER_NAME = os.environ.get("TOLLGATE_OIDC_PROVIDER_NAME", "").strip() or "single sign-on"
+TOLLGATE_OIDC_GROUPS_CLAIM = os.environ.get("TOLLGATE_OIDC_GROUPS_CLAIM", "").strip() or "groups"
+TOLLGATE_OIDC_STAFF_GROUPS = env_list("TOLLGATE_OIDC_STAFF_GROUPS", "")
+TOLLGATE_OIDC_SUPERUSER_GROUPS = env_list("TOLLGATE_OIDC_SUPERUSER_GROUPS", "")
+TOLLGATE_OIDC_TENANT_GROUPS = _sso.tenant_grants("TOLLGATE_OIDC_TENANT_GROUPS")
+TOLLGATE_PASSWORD_LOGIN = _sso.password_login("TOLLGATE_PASSWORD_LOGIN")
+if not TOLLGATE_PASSWORD_LOGIN and not TOLLGATE_OIDC_ISSUER:
+    raise ImproperlyConfigured("TOLLGATE_PASSWORD_LOGIN=off needs TOLLGATE_OIDC_ISSUER: nobody could sign in")
+# With password sign-in off, no password authenticates anywhere (the admin, the pages, the API's session login).
+AUTHENTICATION_BACKENDS = (["accounts.sso.Backend"] if TOLLGATE_OIDC_ISSUER else []) + (
+    ["django.contrib.auth.backends.ModelBackend"] if TOLLGATE_PASSWORD_LOGIN else [])
+OIDC_AUTHENTICATE_CLASS = "accounts.sso.Authenticate"
+OIDC_CALLBACK_CLASS = "accounts.sso.Callback"
+OIDC_TIMEOUT = 10
+OIDC_USE_PKCE = True  # providers without PKCE ignore the challenge (RFC 7636)
+
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Schedules live in the database, editable in the admin (Periodic tasks); billing's migrations create the
 # defaults once, and an operator's changes are never overwritten.

@@ -23,6 +23,8 @@ from django.views.static import serve
 from django_ratelimit.core import get_usage
 from django_ratelimit.decorators import ratelimit
 
+from accounts import sso
+
 # Sign-in is limited per address and per address and account, so nobody can lock a user out from elsewhere.
 ADDRESS_RATE = "20/m"
 ADDRESS_ACCOUNT_RATE = "5/m"
@@ -102,16 +104,22 @@ def throttled_sign_in(request: HttpRequest, view: View) -> HttpResponseBase:
 
 def sign_in(request: HttpRequest) -> HttpResponseBase:
     """Tenant pages' sign-in, limited per address, per address and account, and per account for many addresses."""
-    return throttled_sign_in(request, auth.LoginView.as_view())
+    if request.method == "POST" and not settings.TOLLGATE_PASSWORD_LOGIN:
+        return sso.password_refused(request)
+    return throttled_sign_in(request, auth.LoginView.as_view(extra_context=sso.login_context()))
 
 
 def admin_sign_in(request: HttpRequest) -> HttpResponseBase:
     """The admin's sign-in, under the same limits: it takes the same accounts."""
-    return throttled_sign_in(request, admin.site.login)
+    if request.method == "POST" and not settings.TOLLGATE_PASSWORD_LOGIN:
+        return sso.password_refused(request, "admin/login.html")
+    return throttled_sign_in(request, lambda request: admin.site.login(request, extra_context=sso.login_context()))
 
 
 @ratelimit(key="ip", rate="5/m", method="POST", block=False)
 def password_reset(request: HttpRequest) -> HttpResponse:
+    if not settings.TOLLGATE_PASSWORD_LOGIN:
+        return sso.password_refused(request)
     if getattr(request, "limited", False):
         return rate_limited(request)
     return auth.PasswordResetView.as_view()(request)
