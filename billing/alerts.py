@@ -30,7 +30,7 @@ from django.utils import timezone
 from accounts import webhooks
 from accounts.models import Tenant
 
-from . import budgets, rollups
+from . import budgets, rollups, scopes
 from .models import PICOS_PER_MICRO, Budget, BudgetAlert, RollupState, UsageRecord, micros_to_dollars, parse_thresholds
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,9 @@ def message(alert: BudgetAlert) -> AlertMessage:
         rows = rows.filter(created_at__lt=end)
     if budget.key_id:
         rows = rows.filter(key_id__in=budgets.key_lineage(budget.key_id))
+    # A narrower budget's top spenders are among the rows it counts.
+    rows = rows.filter(scopes.ledger_q(project_id=budget.project_id, model=budget.model, tag=budget.tag,
+                                       end_user=budget.end_user))
     spending = rows.filter(cost_picos__gt=0)  # a model or key that cost nothing is not a top spender
     top_models = [(r["public_model"] or "(none)", shown(r["cost"]))
                   for r in spending.values("public_model").annotate(cost=Sum("cost_picos")).order_by("-cost")[:5]]

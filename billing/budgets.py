@@ -8,9 +8,10 @@ nothing, so no job ever resets anything.
 
 from __future__ import annotations
 
+import re
 import time
 import zoneinfo
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -21,9 +22,10 @@ from django.utils import timezone
 
 from accounts.models import ApiKey
 
-from . import rollups
+from . import rollups, scopes
 from .models import (PICOS_PER_MICRO, Budget, BudgetPeriod, Reservation, UsageRecord, UsageRollup, micros_to_dollars,
                      picos_to_micros_up)
+from .tags import needle
 
 LIFETIME_START = datetime(2000, 1, 1, tzinfo=UTC)
 CENTS = Decimal("0.01")
@@ -48,10 +50,30 @@ class BudgetSpec:
     period: str
     hard: bool
     zone: str
+    # Narrower scopes (billing/scopes.py): the budget covers the requests matching every one that is set.
+    project_id: int | None = None
+    model: str = ""  # a public model name or glob
+    tag: str = ""
+    end_user: str = ""
+    label: str = ""  # the scope in words, "model gpt-4o*, tag team:x", when narrower than the tenant or the key
+    matcher: re.Pattern[str] | None = field(default=None, compare=False, repr=False)  # the model glob, compiled
 
     @property
     def scope(self) -> str:
         return "key" if self.key_id else "tenant"
+
+    @property
+    def narrow(self) -> bool:
+        return self.project_id is not None or bool(self.model or self.tag or self.end_user)
+
+    def covers(self, key_id: int | None, project_id: int | None, model: str, tags: str, end_user: str) -> bool:
+        """Whether a request of the key and project, to the canonical public model, with the tags (stored form) and
+        end user, is one this budget counts."""
+        return ((self.key_id is None or self.key_id == key_id)
+                and (self.project_id is None or self.project_id == project_id)
+                and (not self.model or (self.matcher.fullmatch(model) is not None if self.matcher else self.model == model))
+                and (not self.tag or needle(self.tag) in tags)
+                and (not self.end_user or self.end_user == end_user))
 
 
 @dataclass(frozen=True)
@@ -88,25 +110,42 @@ def period_bounds(period: str, zone: str, now: datetime) -> tuple[datetime, date
 
 
 def spec_of(budget: Budget) -> BudgetSpec:
+    narrow = budget.project_id is not None or bool(budget.model or budget.tag or budget.end_user)
     return BudgetSpec(id=budget.pk, name=str(budget), tenant_id=budget.tenant_id, key_id=budget.key_id,
-                      limit_micros=budget.amount_micros, period=budget.period, hard=budget.hard, zone=budget.tenant.timezone)
+                      limit_micros=budget.amount_micros, period=budget.period, hard=budget.hard, zone=budget.tenant.timezone,
+                      project_id=budget.project_id, model=budget.model, tag=budget.tag, end_user=budget.end_user,
+                      label=budget.scope_label if narrow else "", matcher=scopes.model_matcher(budget.model) if budget.model else None)
 
 
 @dataclass(frozen=True)
 class Table:
     by_tenant: dict[int, tuple[BudgetSpec, ...]]
     loaded_at: float
+    # Tenants with a budget narrower than a key (project, model, tag, user), and those with a model budget: the
+    # common tenant has neither, and its requests pay nothing for the narrower scopes.
+    narrow: frozenset[int] = frozenset()
+    modelled: frozenset[int] = frozenset()
 
-    def applicable(self, tenant_id: int, key_id: int | None) -> tuple[BudgetSpec, ...]:
-        return tuple(b for b in self.by_tenant.get(tenant_id, ()) if b.key_id is None or b.key_id == key_id)
+    def applicable(self, tenant_id: int, key_id: int | None, project_id: int | None = None, model: str = "",
+                   tags: str = "", end_user: str = "") -> tuple[BudgetSpec, ...]:
+        """The budgets a request counts against: the tenant's, its key's, and the narrower ones it matches."""
+        if tenant_id not in self.narrow:
+            return tuple(b for b in self.by_tenant.get(tenant_id, ()) if b.key_id is None or b.key_id == key_id)
+        return tuple(b for b in self.by_tenant.get(tenant_id, ()) if b.covers(key_id, project_id, model, tags, end_user))
+
+    def has_model_budgets(self, tenant_id: int) -> bool:
+        return tenant_id in self.modelled
 
 
 def load_table() -> Table:
     by_tenant: dict[int, list[BudgetSpec]] = {}
-    budgets = Budget.objects.filter(is_active=True, tenant__is_active=True).select_related("tenant", "key")
+    budgets = Budget.objects.filter(is_active=True, tenant__is_active=True).select_related("tenant", "key", "project")
     for budget in budgets.order_by("pk"):
         by_tenant.setdefault(budget.tenant_id, []).append(spec_of(budget))
-    return Table(by_tenant={k: tuple(v) for k, v in by_tenant.items()}, loaded_at=time.monotonic())
+    specs = [spec for tenant in by_tenant.values() for spec in tenant]
+    return Table(by_tenant={k: tuple(v) for k, v in by_tenant.items()}, loaded_at=time.monotonic(),
+                 narrow=frozenset(s.tenant_id for s in specs if s.narrow),
+                 modelled=frozenset(s.tenant_id for s in specs if s.model))
 
 
 def key_lineage(key_id: int) -> list[int]:
@@ -120,6 +159,9 @@ def key_lineage(key_id: int) -> list[int]:
 def ledger_spent(spec: BudgetSpec, starts_at: datetime, until: datetime | None = None) -> int:
     """The exact cost, in pico-dollars, the ledger holds for the budget's scope since the period started."""
     rows = UsageRecord.objects.filter(tenant_id=spec.tenant_id, created_at__gte=starts_at)
+    if spec.narrow:
+        rows = rows.filter(scopes.ledger_q(project_id=spec.project_id, model=spec.model, tag=spec.tag,
+                                           end_user=spec.end_user))
     if spec.key_id:
         rows = rows.filter(key_id__in=key_lineage(spec.key_id))
     if until is not None:
@@ -128,8 +170,12 @@ def ledger_spent(spec: BudgetSpec, starts_at: datetime, until: datetime | None =
     pruned = rollups.pruned_before()
     if pruned is not None and starts_at < pruned:
         # Older rows were pruned (only ever more than 62 days back: lifetime budgets); their days are rolled up.
+        # Rollups keep the project and the model, not tags or users: Budget.clean refuses a lifetime budget on those.
         days = UsageRollup.objects.filter(granularity="day", tenant_id=spec.tenant_id, bucket__gte=starts_at,
                                           bucket__lt=min(pruned, until) if until else pruned)
+        if spec.narrow:
+            days = days.filter(scopes.ledger_q(project_id=spec.project_id, model=spec.model, tag="", end_user="",
+                                               model_field="model", rollup=True))
         if spec.key_id:
             days = days.filter(key_id__in=key_lineage(spec.key_id))
         spent += int(days.aggregate(total=Sum("cost_picos"))["total"] or 0)

@@ -177,7 +177,13 @@ class Budget(models.Model):
 
     @property
     def scope_label(self) -> str:
-        return f"key {self.key.prefix}" if self.key_id and self.key else f"tenant {self.tenant.slug}" if self.tenant_id else "tenant"
+        """The scope in words, its narrower parts after the key: "key tg-ab12, model gpt-4o*, tag team:x"."""
+        parts = [f"key {self.key.prefix}"] if self.key_id and self.key else []
+        if self.project_id and self.project:
+            parts.append(f"project {self.project.slug}")
+        parts += [f"{what} {value}" for what, value in (("model", self.model), ("tag", self.tag),
+                                                         ("user", self.end_user)) if value]
+        return ", ".join(parts) or (f"tenant {self.tenant.slug}" if self.tenant_id else "tenant")
 
     @property
     def amount_micros(self) -> int:
@@ -188,6 +194,34 @@ class Budget(models.Model):
             raise ValidationError({"key": "This key belongs to another tenant."})
         if self.amount is not None and self.amount <= 0:
             raise ValidationError({"amount": "A budget must be more than zero."})
+        self.clean_scopes()
+
+    def clean_scopes(self) -> None:
+        from . import scopes, tags
+
+        errors: dict[str, str] = {}
+        if self.project_id and self.tenant_id and self.project.tenant_id != self.tenant_id:
+            errors["project"] = "This project belongs to another tenant."
+        elif self.project_id and self.key_id and self.key.project_id != self.project_id:
+            errors["project"] = "A key budget's project is the key's own project (or empty)."
+        if self.model and scopes.is_glob(self.model):
+            try:
+                scopes.glob_regex(self.model)
+            except scopes.BadGlob as e:
+                errors["model"] = str(e)
+        elif self.model and (self.model != self.model.strip() or not self.model.isprintable()):
+            errors["model"] = "A model name has no surrounding spaces or control characters."
+        if self.tag and not tags.is_tag(self.tag):
+            errors["tag"] = ("A tag has up to 64 letters, digits and . _ : = / @ + - characters, starting with a "
+                             "letter or digit.")
+        if len(self.end_user) > tags.MAX_END_USER_LENGTH:
+            errors["end_user"] = f"An end user has up to {tags.MAX_END_USER_LENGTH} characters."
+        if (self.tag or self.end_user) and self.period == self.Period.LIFETIME:
+            # Pruned ledger days live on in rollups, which keep no tags or users: a lifetime total could not be
+            # counted from the ledger again, so these budgets reset by day, week or month.
+            errors["period"] = "A tag or end-user budget has a day, week or month period, not lifetime."
+        if errors:
+            raise ValidationError(errors)
 
 
 class BudgetPeriod(models.Model):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 
@@ -39,8 +40,8 @@ async def budget_table() -> Table:
             if _budgets is None or outages.dependency_of(e) is None:
                 raise
             outages.note("database", e)  # budgets rarely change: keep enforcing the last known ones
-            _budgets = Table(_budgets.by_tenant, time.monotonic() - settings.TOLLGATE_ROUTES_CACHE_SECONDS
-                             + RETRY_SECONDS)
+            _budgets = replace(_budgets, loaded_at=time.monotonic() - settings.TOLLGATE_ROUTES_CACHE_SECONDS
+                               + RETRY_SECONDS)
     return _budgets
 
 
@@ -84,7 +85,12 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
     Admitted requests leave a slot and a hold on the meter."""
     caller, body = meter.caller, meter.body
     assert caller is not None and body is not None
-    specs = (await budget_table()).applicable(caller.tenant_id, caller.key_id)
+    table = await budget_table()
+    # The model a budget sees is the canonical route name, the one the ledger row stores.
+    specs = table.applicable(caller.tenant_id, caller.key_id, caller.project_id, targets[0].public_model, meter.tags,
+                             meter.end_user)
+    if table.has_model_budgets(caller.tenant_id):
+        meter.plan = await same_budgets_plan(table, meter, targets, specs)
     scopes = [s for s in (Scope("key", caller.key_prefix, caller.key_limits, caller.tenant_id),
                           Scope("tenant", caller.tenant_slug, caller.tenant_limits, caller.tenant_id)) if s.limits]
     if not specs and not scopes:
@@ -98,7 +104,7 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
     # reaches a dearer model than the one held for (proxy/retries.py keeps to this plan).
     chain = targets[:1]
     if specs:
-        meter.plan = await routing.plan(caller, targets)
+        meter.plan = meter.plan or await routing.plan(caller, targets)
         chain = meter.plan.targets()
     sizes = await asyncio.to_thread(worst_cases, body, chain) if counted else {}
     worst = max(sizes.values(), key=lambda w: w.total_tokens) if sizes else None
@@ -146,10 +152,26 @@ async def check_limits(meter: Meter, targets: list[Target]) -> None:
         meter.hold = hold
 
 
+async def same_budgets_plan(table: Table, meter: Meter, targets: list[Target],
+                            specs: tuple[BudgetSpec, ...]) -> routing.Plan:
+    """The request's plan less the deployments whose route other budgets cover than the first's.
+
+    A fallback (or an alias shared by routes) may serve another public model, and the ledger row names the one that
+    served: serving only where exactly the budgets held for apply keeps their totals equal to the ledger."""
+    caller = meter.caller
+    assert caller is not None
+    plan = await routing.plan(caller, targets)
+    held = {s.id for s in specs}
+    others = {t.deployment_id for t in plan.targets() if t.public_model != targets[0].public_model
+              and {s.id for s in table.applicable(caller.tenant_id, caller.key_id, caller.project_id, t.public_model,
+                                                  meter.tags, meter.end_user)} != held}
+    return plan.without(others) if others else plan
+
+
 def refusal(check: Check, amount: int) -> str:
     """Why a hard budget refused: it is used up, or what is left is less than this request's worst case."""
     spec, spent, held = check.spec, check.spent_micros, check.reserved_micros
-    budget = f"the {spec.period} budget of this {spec.scope} ({dollars(spec.limit_micros)})"
+    budget = f"{budget_words(spec)} ({dollars(spec.limit_micros)})"
     in_flight = f" ({dollars(held)} more is held by requests in flight)" if held else ""
     if spent + held >= spec.limit_micros:
         return (f"You reached {budget}: {dollars(spent)} is spent{in_flight}. Requests are refused until the period "
@@ -157,6 +179,11 @@ def refusal(check: Check, amount: int) -> str:
     return (f"This request would exceed {budget}: {dollars(spec.limit_micros - spent - held)} remains{in_flight} and "
             f"this request may cost up to {dollars(amount)} (its prompt and max_tokens at the model's price). Send a "
             "shorter prompt or a lower max_tokens.")
+
+
+def budget_words(spec: BudgetSpec) -> str:
+    """"the month budget of this key", or of a narrower budget its scope: "the day budget for model gpt-4o*"."""
+    return f"the {spec.period} budget for {spec.label}" if spec.label else f"the {spec.period} budget of this {spec.scope}"
 
 
 def never_fits_rates(scopes: list[Scope], tokens: int) -> None:
@@ -173,9 +200,10 @@ def never_fits_budgets(specs: tuple[BudgetSpec, ...], amount: int) -> None:
     """Refuse for good a request whose worst case is more than a hard budget's whole amount."""
     for spec in specs:
         if spec.hard and amount > spec.limit_micros + holds.overdraft():
-            raise NeverFits(f"This request may cost up to {dollars(amount)}, more than the whole {spec.period} budget "
-                            f"of this {spec.scope} ({dollars(spec.limit_micros)}). Send a shorter prompt or a lower "
-                            "max_tokens, or ask for a larger budget.")
+            whole = budget_words(spec).replace("the ", "the whole ", 1)
+            raise NeverFits(f"This request may cost up to {dollars(amount)}, more than {whole} "
+                            f"({dollars(spec.limit_micros)}). Send a shorter prompt or a lower max_tokens, or ask for a "
+                            "larger budget.")
 
 
 def give_back(request_id: str, scopes: list[Scope], asking: asyncio.Future[Any]) -> None:
