@@ -413,6 +413,8 @@ if TOLLGATE_UNPRICED not in ("allow", "deny"):
 # Provider API keys are encrypted at rest with this secret (SECRET_KEY when unset).
 TOLLGATE_CREDENTIALS_KEY = env_secret("TOLLGATE_CREDENTIALS_KEY", dev_default=SECRET_KEY, debug=True)
 TOLLGATE_PUBLIC_URL = os.environ.get("TOLLGATE_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# An invitation to join a tenant (Members page) can be accepted for this many days after it was sent.
+TOLLGATE_INVITATION_DAYS = env_int("TOLLGATE_INVITATION_DAYS", 7, minimum=1)
 # Alert webhooks go only to public addresses; on, also to private, loopback and link-local ones (accounts/webhooks.py).
 TOLLGATE_WEBHOOK_ALLOW_PRIVATE = env_bool("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", False)
 
