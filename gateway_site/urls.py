@@ -7,7 +7,6 @@ from django.urls import include, path, re_path
 
 from accounts import members
 from accounts import projects
-from accounts import members
 from accounts import views as accounts
 from audit import views as audit
 from batches import pages as batches
@@ -40,13 +39,6 @@ urlpatterns = [
     path("keys/<int:key_id>/project/", projects.move_key, name="move_key"),
     path("projects/", projects.project_list, name="projects"),
     path("projects/<int:project_id>/", projects.project_edit, name="project_edit"),
-    path("members/", members.members, name="members"),
-    path("members/invite/", members.invite, name="invite_member"),
-    path("members/leave/", members.leave_tenant, name="leave_tenant"),
-    path("members/<int:membership_id>/remove/", members.remove_member, name="remove_member"),
-    path("members/<int:membership_id>/role/", members.change_role, name="change_role"),
-    path("members/invitations/<int:invitation_id>/revoke/", members.revoke_invitation, name="revoke_invitation"),
-    path("invite/<str:token>/", members.invitation, name="invitation"),
     path("members/", members.members, name="members"),
     path("members/invite/", members.invite, name="invite_member"),
     path("members/leave/", members.leave_tenant, name="leave_tenant"),
