@@ -6,3 +6,8 @@ from django.apps import AppConfig
 class AuditConfig(AppConfig):
     name = "audit"
     verbose_name = "Audit log"
+
+    def ready(self) -> None:
+        from . import registry
+
+        registry.register_models()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 from gateway_site.env import (  # noqa: F401 (the helpers stay importable from here)
@@ -74,6 +75,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "audit.middleware.AuditMiddleware",  # source and client address of audit entries; /v1 passes straight through
 ]
 
 ROOT_URLCONF = "gateway_site.urls"
@@ -308,6 +310,16 @@ TOLLGATE_LEDGER_RETENTION_DAYS = env_int("TOLLGATE_LEDGER_RETENTION_DAYS", 0, mi
 if 0 < TOLLGATE_LEDGER_RETENTION_DAYS < 62:
     # Budget totals are rebuilt from the ledger for the current period (at most a month), so keep two.
     raise ImproperlyConfigured("TOLLGATE_LEDGER_RETENTION_DAYS must be 0 (keep forever) or at least 62")
+# Audit log entries older than this many days are deleted nightly (0 keeps them forever).
+TOLLGATE_AUDIT_RETENTION_DAYS = env_int("TOLLGATE_AUDIT_RETENTION_DAYS", 365, minimum=0)
+# Merged into the database schedule (Periodic tasks in the admin) each time beat starts: its time is reset from
+# here then, while disabling it in the admin sticks.
+CELERY_BEAT_SCHEDULE = {
+    "Prune the audit log past its retention": {
+        "task": "audit.tasks.prune_entries",
+        "schedule": crontab(minute="41", hour="3"),
+    },
+}
 
 EMAIL_HOST = os.environ.get("EMAIL_HOST", "").strip()
 if EMAIL_HOST:

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from auditlog.models import LogEntry
+from django.conf import settings
+from django.db import models
+from django.db.models import QuerySet
+from django.utils import timezone
+from django.utils.encoding import smart_str
+
+from . import context
+
+logger = logging.getLogger(__name__)
+
+
+def record_update(*, instance: models.Model, changes: dict[str, tuple[object, object]], verb: str = "") -> LogEntry:
+    """Write an update entry for a change made with QuerySet.update(), which sends no signal. Returns the entry."""
+    verb = context.current_verb() or verb  # a revocation inside a rotation is part of the rotation
+    entry = LogEntry.objects.log_create(
+        instance, action=LogEntry.Action.UPDATE,
+        changes={field: [smart_str(old), smart_str(new)] for field, (old, new) in changes.items()},  # as auditlog's diff
+        additional_data={**instance.get_additional_data(), **({"verb": verb} if verb else {})},  # type: ignore[attr-defined]
+    )
+    return entry  # type: ignore[no-any-return]
+
+
+def tenant_entries(tenant_id: int) -> QuerySet[LogEntry]:
+    """A tenant's entries, newest first (what its owners see on the Activity page)."""
+    return LogEntry.objects.filter(additional_data__tenant=tenant_id).order_by("-timestamp", "-pk")
+
+
+def prune_entries(*, now: datetime | None = None) -> int:
+    """Delete entries older than TOLLGATE_AUDIT_RETENTION_DAYS (0 keeps them forever). Returns how many went."""
+    days = settings.TOLLGATE_AUDIT_RETENTION_DAYS
+    if not days:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    deleted, _ = LogEntry.objects.filter(timestamp__lt=cutoff).delete()
+    if deleted:
+        logger.info("audit log: %s entries older than %s days pruned", deleted, days)
+    return deleted
