@@ -18,6 +18,7 @@ from proxy.admin import NameListField, routed_names
 
 from . import keys, pepper, services
 from .models import ApiKey, ManagementToken, Membership, Project, Tenant
+from .invitation_admin import InvitationAdmin as InvitationAdmin  # registers the invitation admin
 from .project_admin import ProjectAdmin as ProjectAdmin  # registers the project admin
 
 LIMITS = ["requests_per_minute", "tokens_per_minute", "max_concurrent"]

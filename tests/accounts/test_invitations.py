@@ -345,3 +345,30 @@ def test_concurrent_changes_keep_an_owner(how: str) -> None:
     thread.join(10)
     assert len(errors) == 1
     assert list(Membership.objects.filter(tenant=alice.tenant, role="owner").values_list("user__username", flat=True)) == ["alice"]
+
+
+def test_an_operator_invites_from_the_admin_and_revokes(admin_client: Client, alice: Party) -> None:
+    response = admin_client.post("/admin/accounts/invitation/add/",
+                                 {"tenant": alice.tenant.pk, "email": "owner@example.com", "role": "owner"}, follow=True)
+    assert response.status_code == 200
+    invitation = Invitation.objects.get(email="owner@example.com")
+    assert invitation.role == "owner" and invitation.invited_by is not None and invitation.invited_by.is_superuser
+    assert emailed_link() == f"http://testserver{path_of(invitation)}"
+    page = admin_client.get(f"/admin/accounts/invitation/{invitation.pk}/change/").content.decode()
+    assert invitations.token_for(invitation) in page and "pending" in page
+    listing = admin_client.get("/admin/accounts/invitation/")
+    assert listing.status_code == 200 and "owner@example.com" in listing.content.decode()
+    admin_client.post("/admin/accounts/invitation/", {"action": "revoke_selected", "_selected_action": [invitation.pk]})
+    assert Invitation.objects.get(pk=invitation.pk).status() == "revoked"
+    page = admin_client.get(f"/admin/accounts/invitation/{invitation.pk}/change/").content.decode()
+    assert invitations.token_for(invitation) not in page
+    assert admin_client.post(f"/admin/accounts/invitation/{invitation.pk}/delete/").status_code == 403
+
+
+def test_the_admin_refuses_to_invite_a_member(admin_client: Client, alice: Party) -> None:
+    alice.user.email = "alice@example.com"
+    alice.user.save()
+    response = admin_client.post("/admin/accounts/invitation/add/",
+                                 {"tenant": alice.tenant.pk, "email": "ALICE@example.com", "role": "member"})
+    assert response.status_code == 200 and "already a member" in response.content.decode()
+    assert not Invitation.objects.exists() and not mail.outbox
