@@ -139,7 +139,7 @@ class Planner:
                     raise ConfigError(f"routes[{name}].deployments[{index}].provider: no provider named "
                                       f"{dep['provider']!r} in the file" + ("" if self.prune else " or the database"))
                 self.deployment(name, dep, deployments)
-        for rows in deployments.values():
+        for _, rows in sorted(deployments.items()):
             for row in rows:
                 label = f"{row.route.name} → {row.provider.name}/{row.upstream_model}"
                 self.leftover("deployment", label, lambda row=row: delete_row(row), lambda: None)
