@@ -87,7 +87,8 @@ def export() -> Exported:
     for deployment in Deployment.objects.select_related("provider"):
         deployments.setdefault(deployment.route_id, []).append(deployment_entry(deployment))
     routes = []
-    for route in ModelRoute.objects.order_by("name"):
+    # Sorted here, not by the database: collations differ, and the same data must give the same text everywhere.
+    for route in sorted(ModelRoute.objects.all(), key=lambda r: r.name):
         out = route_entry(route)
         if deployments.get(route.pk):
             out["deployments"] = sorted(deployments[route.pk], key=deployment_order)
@@ -95,7 +96,7 @@ def export() -> Exported:
     prices = sorted((price_entry(p) for p in Price.objects.select_related("provider")),
                     key=lambda p: (p["model"], p.get("provider", ""), p["effective_from"]))
     tenants = []
-    for tenant in Tenant.objects.order_by("slug").prefetch_related("projects"):
+    for tenant in sorted(Tenant.objects.prefetch_related("projects"), key=lambda t: t.slug):
         out = tenant_entry(tenant)
         projects = sorted((project_entry(p) for p in tenant.projects.all()), key=lambda p: p["slug"])
         budgets = Budget.objects.filter(tenant=tenant).select_related("project")
@@ -108,7 +109,8 @@ def export() -> Exported:
         if scoped:
             out["budgets"] = scoped
         tenants.append(out)
-    document = {"version": 1, "providers": [provider_entry(p) for p in Provider.objects.order_by("name")],
+    providers = [provider_entry(p) for p in sorted(Provider.objects.all(), key=lambda p: p.name)]
+    document = {"version": 1, "providers": providers,
                 "routes": routes, "prices": prices, "tenants": tenants}
     return Exported(document, notes)
 

@@ -9,7 +9,6 @@ never are.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -146,7 +145,8 @@ class Planner:
         for name, row in current.items():
             self.leftover("route", name, lambda row=row: delete_row(row), lambda: None)
 
-    def deployment(self, route: str, data: dict[str, Any], current: dict[tuple[str, str, str], list[Deployment]]) -> None:
+    def deployment(self, route: str, data: dict[str, Any],
+                   current: dict[tuple[str, str, str], list[Deployment]]) -> None:
         provider, upstream = data["provider"], data["upstream_model"]
         values = f.from_file(f.DEPLOYMENT, data)
         rows = current.get((route, provider, upstream), [])
@@ -179,7 +179,8 @@ class Planner:
         for key in ("fallbacks", "context_window_fallbacks"):
             names = data.get(key, [])
             if itself := [n for n in names if n in own]:
-                raise ConfigError(f"routes[{data['name']}].{key}: a route cannot fall back to itself: {', '.join(itself)}")
+                raise ConfigError(f"routes[{data['name']}].{key}: a route cannot fall back to itself: "
+                                  f"{', '.join(itself)}")
             if unknown := [n for n in names if n not in routed]:
                 raise ConfigError(f"routes[{data['name']}].{key}: no route answers to {', '.join(unknown)}")
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.core.exceptions import ValidationError
 from django.db import models
 
@@ -76,7 +74,3 @@ def delete_project(project: Project) -> None:
     prefixes = list(project.api_keys.values_list("prefix", flat=True))
     project.delete()
     keys.forget_many(prefixes)  # the keys' cached records still name the project
-
-
-def unused(*_: Any) -> str | None:
-    return None

@@ -77,7 +77,8 @@ def build_rich_config() -> None:
                         contact_emails=["ops@alice.example", "cfo@alice.example"])
     Tenant.objects.filter(pk=alice.pk).update(
         requests_per_minute=60, tokens_per_minute=100_000, max_concurrent=4, allowed_models=["gpt-4o", "claude"],
-        batch_tier="high", alert_webhook_url="https://hooks.alice.example/tollgate", alert_webhook_secret=WEBHOOK_SECRET)
+        batch_tier="high", alert_webhook_url="https://hooks.alice.example/tollgate",
+        alert_webhook_secret=WEBHOOK_SECRET)
     make_tenant("bob")
     search = Project.objects.create(tenant=alice, slug="search", name="Search")
     Project.objects.create(tenant=alice, slug="support", name="Support")
@@ -131,13 +132,21 @@ def test_the_export_carries_every_kind_of_object_by_natural_keys(capsys: pytest.
     assert gpt["batch_discount_percent"] == "25.5"
     assert gpt["deployments"][1] == {"provider": "openai", "upstream_model": "gpt-4o-2024-08-06", "weight": 3}
     alice = document["tenants"][0]
-    assert alice["slug"] == "alice" and alice["requests_per_minute"] == 60 and alice["allowed_models"] == ["gpt-4o", "claude"]
+    assert alice["slug"] == "alice" and alice["requests_per_minute"] == 60
+    assert alice["allowed_models"] == ["gpt-4o", "claude"]
     assert alice["contact_emails"] == ["ops@alice.example", "cfo@alice.example"]
     assert [p["slug"] for p in alice["projects"]] == ["search", "support"]
     assert {b.get("tag") for b in alice["budgets"]} >= {"team:search", "env:prod"}
     assert document["tenants"][1] == {"slug": "bob", "name": "Bob"}  # defaults are left out
     assert "1 key budget(s) left out" in err.getvalue()
     assert '"id"' not in out.getvalue() and "pk:" not in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_export_to_a_file_writes_what_standard_output_gets(tmp_path: Path) -> None:
+    build_rich_config()
+    call_command("tollgate", "export", "-o", str(tmp_path / "out.yaml"), stdout=io.StringIO(), stderr=io.StringIO())
+    assert (tmp_path / "out.yaml").read_text() == export()
 
 
 @pytest.mark.django_db
@@ -257,14 +266,16 @@ def test_the_readme_example_validates_and_applies(tmp_path: Path, monkeypatch: p
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(("text", "message"), [
-    ("version: 1\nproviders: [name: x\n", r"is not valid YAML \(line 3, column 1\): expected ',' or ']', but got '<stream end>'$"),
+    ("version: 1\nproviders: [name: x\n",
+     r"is not valid YAML \(line 3, column 1\): expected ',' or ']', but got '<stream end>'$"),
     ("- just a list\n", r"must be a mapping"),
     ("providers: []\n", r"\(top level\): 'version' is a required property"),
     ("version: 1\ntenants:\n- slug: a\n  name: A\n  budgets:\n  - amount: '5'\n    period: yearly\n",
      r"tenants\[0\]\.budgets\[0\]\.period: 'yearly' is not one of"),
     ("version: 1\ntenants:\n- slug: a\n  name: A\n  colour: red\n",
      r"tenants\[0\]: Additional properties are not allowed \('colour' was unexpected\)"),
-    ("version: 1\nprices:\n- model: m\n  effective_from: 2026-01-01\n  input_per_million: cheap\n  output_per_million: 1\n",
+    ("version: 1\nprices:\n- model: m\n  effective_from: 2026-01-01\n  input_per_million: cheap\n"
+     "  output_per_million: 1\n",
      r"prices\[0\]\.input_per_million: 'cheap' is not an amount"),
     ("version: 1\nproviders:\n- name: openai\n  kind: openai_compatible\n  preset: openai\n  credential: sk-live-123\n",
      r"providers\[0\]\.credential: 'sk-live-123' is not an environment-variable reference"),
@@ -286,7 +297,8 @@ def test_a_bad_file_is_one_clear_error_and_nothing_is_applied(tmp_path: Path, te
 @pytest.mark.django_db
 def test_an_invalid_value_late_in_the_file_rolls_everything_back(tmp_path: Path) -> None:
     text = ("version: 1\nproviders:\n- name: demo\n  kind: demo\nroutes:\n- name: demo\n  deployments:\n"
-            "  - provider: demo\n    upstream_model: demo\ntenants:\n- slug: moon\n  name: Moon\n  timezone: Mars/Base\n")
+            "  - provider: demo\n    upstream_model: demo\n"
+            "tenants:\n- slug: moon\n  name: Moon\n  timezone: Mars/Base\n")
     for args in ((), ("--yes",)):
         with pytest.raises(CommandError, match=r"tenant moon: timezone: 'Mars/Base' is not an IANA time zone"):
             apply(write(tmp_path, text), *args)

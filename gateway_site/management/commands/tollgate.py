@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ class Command(BaseCommand):
         out = actions.add_parser("export", help="Write the configuration as YAML (to standard output by default)")
         out.add_argument("-o", "--output", metavar="FILE", help="Write to this file instead")
         into = actions.add_parser("apply", help="Show, and with --yes apply, what a configuration file changes")
-        into.add_argument("path", metavar="FILE", help="A file written by `tollgate export` (or by hand); - reads stdin")
+        into.add_argument("path", metavar="FILE",
+                          help="A file written by `tollgate export` (or by hand); - reads standard input")
         into.add_argument("--yes", action="store_true", help="Apply the changes (default: only show them)")
         into.add_argument("--prune", action="store_true",
                           help="Also delete what the file leaves out (never tenants, nor budgets on API keys)")
@@ -48,8 +50,6 @@ class Command(BaseCommand):
 
     def apply(self, path: str, *, commit: bool, prune: bool) -> None:
         if path == "-":
-            import sys
-
             text = sys.stdin.read()
         else:
             try:
