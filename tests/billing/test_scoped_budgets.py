@@ -23,6 +23,8 @@ from proxy.services import ensure_demo_route
 
 from ..conftest import Party
 from ..factories import make_key, make_route
+from ..proxy.retrying import Clock, clock, deploy, healthy  # noqa: F401 (fixtures)
+from ..proxy.retrying import chat as retrying_chat
 
 
 @pytest.fixture(autouse=True)
@@ -243,3 +245,29 @@ def test_the_budget_table_is_read_with_a_fixed_number_of_queries(alice: Party, d
         table = budgets.load_table()
     assert re.fullmatch(r"Month budget of project search, model m0\*, tag t0",
                         table.by_tenant[alice.tenant.pk][0].name)
+
+
+def test_a_fallback_is_taken_only_to_a_model_the_same_budgets_cover(
+    client: Client, alice: Party, mock_upstream_url: str, clock: Clock
+) -> None:
+    deploy(mock_upstream_url, "backup", "mock")
+    deploy(mock_upstream_url, "primary", "mock-500", max_attempts=1, fallbacks=["backup"])
+    for name in ("primary", "backup"):
+        Price.objects.create(model=name, input_per_million=Decimal("1"), output_per_million=Decimal("2"))
+    named = Budget.objects.create(tenant=alice.tenant, amount=Decimal("10"), period="day", model="primary")
+    every = Budget.objects.create(tenant=alice.tenant, amount=Decimal("10"), period="day", model="*")
+    # The backup is covered by "*" alone: spend there would land on "primary", which its row would not name.
+    refused = retrying_chat(client, alice, "primary")
+    assert refused.status_code == 502 and "fallback" not in row_of(refused).gate
+    assert [a["route"] for a in row_of(refused).gate["attempts"]] == ["primary"]
+    Budget.objects.filter(pk=named.pk).update(is_active=False)
+    limits.forget_budgets()
+    served = retrying_chat(client, alice, "primary")
+    assert served.status_code == 200 and row_of(served).public_model == "backup"
+    assert spent(every) == ledger(every) == row_of(served).cost_picos > 0
+    # A budget on the fallback alone: the request held nothing for it, so the fallback is not taken either.
+    Budget.objects.filter(pk=every.pk).update(model="backup")
+    limits.forget_budgets()
+    assert retrying_chat(client, alice, "primary").status_code == 502
+    assert UsageRecord.objects.filter(public_model="backup").count() == 1
+    assert spent(every) == ledger(every)
