@@ -6,10 +6,11 @@ from datetime import UTC, date
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import ProtectedError, QuerySet
+from django.db.models import ProtectedError, Q, QuerySet
 from django.http import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import exceptions, permissions, serializers, viewsets
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -17,7 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api import StaffOnly, TenantField, owned_tenants
-from accounts.models import ApiKey, Tenant
+from accounts.models import ApiKey, Project, Tenant
 from gateway_site.api_errors import still_referenced
 
 from . import attributed_usage, budgets, export, tags, usage
@@ -32,12 +33,13 @@ OPERATORS_BUDGET = ("This budget was set by your Tollgate operator: you may chan
 class BudgetSerializer(serializers.ModelSerializer):
     tenant = TenantField()
     key = serializers.PrimaryKeyRelatedField(queryset=ApiKey.objects.all(), required=False, allow_null=True)
+    project = ProjectField(required=False, allow_null=True)
     this_period = serializers.SerializerMethodField()
 
     class Meta:
         model = Budget
-        fields = ["id", "tenant", "key", "name", "amount", "period", "hard", "alert_thresholds", "is_active", "set_by",
-                  "created_at", "this_period"]
+        fields = ["id", "tenant", "key", "project", "model", "tag", "end_user", "name", "amount", "period", "hard",
+                  "alert_thresholds", "is_active", "set_by", "created_at", "this_period"]
         read_only_fields = ["set_by", "created_at"]
         extra_kwargs = {"amount": {"help_text": "USD per period, up to six decimals (micro-dollars); more than zero."}}
 
@@ -62,7 +64,43 @@ class BudgetSerializer(serializers.ModelSerializer):
         key = data.get("key", getattr(self.instance, "key", None))
         if key is not None and key.tenant_id != tenant.pk:
             raise serializers.ValidationError({"key": "The key must belong to the budget's tenant."})
+        if data.get("project") is not None:
+            data["project"] = project_of(tenant, data["project"])
+        # The narrower scopes are checked by the model's own rules (Budget.clean_scopes), on the budget as it would be.
+        scoped = ("key", "project", "model", "tag", "end_user", "period")
+        budget = Budget(tenant=tenant, **{name: data.get(name, getattr(self.instance, name, None) if self.instance
+                                                         else Budget._meta.get_field(name).get_default())
+                                          for name in scoped})
+        try:
+            budget.clean_scopes()
+        except DjangoValidationError as e:
+            raise serializers.ValidationError(e.message_dict) from None
         return data
+
+
+class ProjectField(serializers.Field):
+    """A project by its id or its slug; read back as its id. Resolved within the budget's tenant (validate)."""
+
+    def to_representation(self, value: Any) -> int:
+        return int(value.pk)
+
+    def to_internal_value(self, data: Any) -> int | str:
+        if isinstance(data, bool) or not isinstance(data, (int, str)) or (isinstance(data, str) and len(data) > 64):
+            raise serializers.ValidationError("A project's id or slug.")
+        return data
+
+
+def project_of(tenant: Tenant, value: int | str) -> Any:
+    """The tenant's project with this id or slug; another tenant's project is as unknown as a missing one."""
+    from accounts.models import Project
+
+    mine = Project.objects.filter(tenant=tenant)
+    found = mine.filter(slug=value).first() if isinstance(value, str) else None
+    if found is None and (isinstance(value, int) or value.isascii() and value.isdigit()) and 0 < int(value) < 2**63:
+        found = mine.filter(pk=int(value)).first()
+    if found is None:
+        raise serializers.ValidationError({"project": "No such project in the budget's tenant."})
+    return found
 
 
 def locked_changes(budget: Budget, data: dict[str, Any]) -> list[str]:
@@ -161,10 +199,12 @@ class UsageQuerySerializer(serializers.Serializer):
     granularity = serializers.ChoiceField(choices=["day", "hour"], default="day", help_text="One row per UTC day or hour.")
     group_by = serializers.CharField(
         required=False, allow_blank=True, max_length=100,
-        help_text="Names among tenant, key, model, provider, separated by commas (default tenant,key,model); "
+        help_text="Names among tenant, key, project, model, provider, separated by commas (default tenant,key,model); "
                   "empty for one row per day or hour.")
     tenant = serializers.SlugField(required=False, max_length=64, help_text="Only this tenant (its slug).")
     key = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1, help_text="Only this key (its id).")
+    project = serializers.CharField(required=False, max_length=64,
+                                    help_text="Only this project (its slug, or its id), among your tenants' projects.")
     model = serializers.CharField(required=False, max_length=200, help_text="Only this model (the name clients send).")
     provider = serializers.CharField(required=False, max_length=64, help_text="Only this provider (its name).")
     tag = serializers.CharField(required=False, max_length=tags.MAX_TAG_LENGTH,
@@ -194,6 +234,14 @@ class UsageQuerySerializer(serializers.Serializer):
             raise serializers.ValidationError("No such key among your tenants' keys.")
         return value
 
+    def validate_project(self, value: str) -> list[int]:
+        mine = Project.objects.filter(tenant__in=owned_tenants(self.context["request"].user))
+        by_id = Q(pk=int(value)) if value.isascii() and value.isdigit() and 0 < int(value) < 2**63 else Q()
+        ids = list(mine.filter(Q(slug=value) | by_id).values_list("pk", flat=True)) if value else []
+        if not ids:  # another tenant's project is as unknown as a missing one
+            raise serializers.ValidationError("No such project among your tenants' projects.")
+        return ids
+
     def validate_tag(self, value: str) -> str:
         if not tags.is_tag(value):
             raise serializers.ValidationError("A tag is letters, digits and _ . : = / @ + - characters, such as "
@@ -217,6 +265,8 @@ class UsageRowSerializer(serializers.Serializer):
     tenant = serializers.CharField(required=False, help_text="The tenant's slug.")
     key = serializers.IntegerField(required=False, allow_null=True, help_text="The key's id; null for no key.")
     key_prefix = serializers.CharField(required=False, allow_null=True, help_text="The key's public id.")
+    project = serializers.CharField(required=False, allow_null=True, help_text="The project's slug; null for none.")
+    project_id = serializers.IntegerField(required=False, allow_null=True, help_text="The project's id.")
     model = serializers.CharField(required=False, allow_blank=True)
     provider = serializers.CharField(required=False, allow_blank=True, help_text="Blank: reached no provider.")
     requests = serializers.IntegerField()
@@ -236,9 +286,11 @@ class UsageRowSerializer(serializers.Serializer):
 
 
 def usage_columns(groups: tuple[str, ...]) -> list[str]:
-    named = {"tenant": ["tenant"], "key": ["key", "key_prefix"], "model": ["model"], "provider": ["provider"]}
+    named = {"tenant": ["tenant"], "key": ["key", "key_prefix"], "project": ["project", "project_id"], "model": ["model"],
+             "provider": ["provider"]}
     return ["bucket", *(column for name in groups for column in named[name]),
-            *(name for name in UsageRowSerializer().fields if name not in ("bucket", *usage.GROUPS, "key_prefix"))]
+            *(name for name in UsageRowSerializer().fields
+              if name not in ("bucket", *usage.GROUPS, "key_prefix", "project_id"))]
 
 
 def usage_row(row: dict[str, Any], groups: tuple[str, ...]) -> dict[str, Any]:
@@ -249,6 +301,8 @@ def usage_row(row: dict[str, Any], groups: tuple[str, ...]) -> dict[str, Any]:
         out["tenant"] = row["tenant__slug"]
     if "key" in groups:
         out["key"], out["key_prefix"] = row["key_id"], row["key__prefix"]
+    if "project" in groups:
+        out["project"], out["project_id"] = row["project__slug"], row["project_id"]
     for name in ("model", "provider"):
         if name in groups:
             out[name] = row[name]
@@ -291,7 +345,7 @@ class CSVRenderer(BaseRenderer):
                                     description="An invalid parameter, in DRF's envelope: each with its messages.")},
 ))
 class UsageViewSet(viewsets.GenericViewSet):
-    """Usage from the rollups, per UTC day or hour and per tenant, key, model and provider. Operators see every
+    """Usage from the rollups, per UTC day or hour and per tenant, key, project, model and provider. Operators see every
     tenant; tenant owners see their own tenants. Rollups are rebuilt from the ledger every few minutes."""
 
     renderer_classes = [JSONRenderer, CSVRenderer]
@@ -315,7 +369,8 @@ class UsageViewSet(viewsets.GenericViewSet):
             rows = self.attributed(request, asked)
         else:
             rows = usage.report(rows, granularity=asked["granularity"], groups=groups, days=asked["days"],
-                                key_id=asked.get("key"), model=asked.get("model"), provider=asked.get("provider"))
+                                key_id=asked.get("key"), model=asked.get("model"), provider=asked.get("provider"),
+                                project_ids=asked.get("project"))
         if request.accepted_renderer.format == "csv":
             columns = usage_columns(groups)
             lines = ([usage_row(row, groups)[c] for c in columns] for row in rows.iterator(chunk_size=export.CHUNK))

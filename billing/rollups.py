@@ -1,4 +1,4 @@
-"""Usage rollups per tenant, key, model, provider and UTC hour / day, read incrementally from the ledger.
+"""Usage rollups per tenant, key, project, model, provider and UTC hour / day, read incrementally from the ledger.
 
 Each run reads the ledger rows written since the last one (by id, the watermark), finds the hours and days
 they fall in, rebuilds those hours whole from the ledger, and derives those days from their hours. A late row (one
@@ -80,8 +80,8 @@ def lock_state() -> RollupState:
     return RollupState.objects.select_for_update().get(name=STATE)
 
 
-Group = tuple[int, int | None, str, str]
-GROUP = ("tenant_id", "key_id", "public_model", "provider")
+Group = tuple[int, int | None, int | None, str, str]
+GROUP = ("tenant_id", "key_id", "project_id", "public_model", "provider")
 LATENCY = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
 TTFB = {"ttfb_p50_ms": 0.5, "ttfb_p95_ms": 0.95}
 
@@ -114,7 +114,7 @@ def rebuild(granularity: str, start: datetime, end: datetime) -> int:
         for name, field, which in (("latency", "latency_ms", answered), ("ttfb", "ttfb_ms", first_byte)):
             bins = rows.filter(which).annotate(bin=sketches.Bin(field)).values(*GROUP, "bin").annotate(n=Count("id"))
             for b in bins.order_by():
-                sketched[(b["tenant_id"], b["key_id"], b["public_model"], b["provider"])][name][str(b["bin"])] = b["n"]
+                sketched[group_of(b)][name][str(b["bin"])] = b["n"]
     else:
         percentiles = defaultdict(dict)
         for name, field, which, fractions in (("latency", "latency_ms", answered, LATENCY),
@@ -124,11 +124,12 @@ def rebuild(granularity: str, start: datetime, end: datetime) -> int:
                 sketched[group][name] = sketches.of(ordered)
     rollups = []
     for g in groups:
-        group = (g["tenant_id"], g["key_id"], g["public_model"], g["provider"])
+        group = group_of(g)
         figures = g if percentiles is None else percentiles.get(group, {})
         rollups.append(UsageRollup(
-            granularity=granularity, bucket=start, tenant_id=g["tenant_id"], key_id=g["key_id"], model=g["public_model"],
-            provider=g["provider"], requests=g["requests"], errors=g["errors"], rejected=g["rejected"],
+            granularity=granularity, bucket=start, tenant_id=g["tenant_id"], key_id=g["key_id"],
+            project_id=g["project_id"], model=g["public_model"], provider=g["provider"], requests=g["requests"],
+            errors=g["errors"], rejected=g["rejected"],
             prompt_tokens=g["prompt"] or 0, completion_tokens=g["completion"] or 0, cost_picos=g["cost"] or 0,
             sketch=sketched[group], **{name: figures.get(name) for name in (*LATENCY, *TTFB)}))
     return replace(granularity, start, rollups)
@@ -145,15 +146,16 @@ def derive_day(start: datetime) -> int:
     hours = UsageRollup.objects.filter(granularity=UsageRollup.Granularity.HOUR, bucket__gte=start,
                                        bucket__lt=start + DAY)
     refresh_unsketched(hours)
-    days: dict[tuple[int, int | None, str, str], UsageRollup] = {}
-    merged: dict[tuple[int, int | None, str, str], dict[str, sketches.Sketch]] = {}
-    bounds: dict[tuple[int, int | None, str, str], dict[str, list[int]]] = {}
+    days: dict[Group, UsageRollup] = {}
+    merged: dict[Group, dict[str, sketches.Sketch]] = {}
+    bounds: dict[Group, dict[str, list[int]]] = {}
     for hour in hours.order_by("bucket", "pk"):
-        group = (hour.tenant_id, hour.key_id, hour.model, hour.provider)
+        group = (hour.tenant_id, hour.key_id, hour.project_id, hour.model, hour.provider)
         day = days.get(group)
         if day is None:
             day = days[group] = UsageRollup(granularity=UsageRollup.Granularity.DAY, bucket=start, tenant_id=hour.tenant_id,
-                                            key_id=hour.key_id, model=hour.model, provider=hour.provider)
+                                            key_id=hour.key_id, project_id=hour.project_id, model=hour.model,
+                                            provider=hour.provider)
             merged[group], bounds[group] = {name: {} for name in SKETCHED}, defaultdict(list)
         for field in SUMMED:
             setattr(day, field, getattr(day, field) + getattr(hour, field))
@@ -186,9 +188,13 @@ def refresh_unsketched(hours: object) -> None:
 def group_values(rows: object, field: str) -> dict[Group, list[int]]:
     """Each group's values of the field, smallest first."""
     values: dict[Group, list[int]] = defaultdict(list)
-    for tenant_id, key_id, model, provider, value in rows.values_list(*GROUP, field).order_by(field):  # type: ignore[attr-defined]
-        values[(tenant_id, key_id, model, provider)].append(value)
+    for *group, value in rows.values_list(*GROUP, field).order_by(field):  # type: ignore[attr-defined]
+        values[tuple(group)].append(value)  # type: ignore[arg-type]
     return values
+
+
+def group_of(row: dict[str, object]) -> Group:
+    return tuple(row[name] for name in GROUP)  # type: ignore[return-value]
 
 
 def discrete(ordered: list[int], fraction: float) -> int:

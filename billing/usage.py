@@ -25,11 +25,12 @@ from .models import PICOS_PER_MICRO, Budget, UsageRecord, UsageRollup, picos_to_
 KEY_MAX_DAYS = 92
 REPORT_MAX_DAYS = 366
 REPORT_DEFAULT_DAYS = 30
-GROUPS = ("tenant", "key", "model", "provider")
+GROUPS = ("tenant", "key", "project", "model", "provider")
 DEFAULT_GROUPS = ("tenant", "key", "model")
-# What each group_by name selects from a rollup: the tenant by slug, a key by id and prefix.
-GROUP_COLUMNS = {"tenant": ("tenant__slug",), "key": ("key_id", "key__prefix"), "model": ("model",),
-                 "provider": ("provider",)}
+# What each group_by name selects from a rollup: the tenant by slug, a key by id and prefix, a project by id and
+# slug (a slug is unique only within its tenant).
+GROUP_COLUMNS = {"tenant": ("tenant__slug",), "key": ("key_id", "key__prefix"), "project": ("project_id", "project__slug"),
+                 "model": ("model",), "provider": ("provider",)}
 PERCENTILES = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttfb_p50_ms", "ttfb_p95_ms")
 
 
@@ -213,7 +214,8 @@ def parse_groups(value: str | None) -> tuple[str, ...]:
 
 
 def report(rows: QuerySet[UsageRollup], *, granularity: str, groups: tuple[str, ...], days: DateRange,
-           key_id: int | None = None, model: str | None = None, provider: str | None = None) -> QuerySet[UsageRollup]:
+           key_id: int | None = None, model: str | None = None, provider: str | None = None,
+           project_ids: list[int] | None = None) -> QuerySet[UsageRollup]:
     """Sum the rollups in ``rows`` (already scoped to the caller's tenants) per bucket and group, oldest first.
 
     Each row holds the bucket, the group's columns (GROUP_COLUMNS), the sums and ``rollups``, how many rollup rows
@@ -222,6 +224,8 @@ def report(rows: QuerySet[UsageRollup], *, granularity: str, groups: tuple[str, 
     rows = rows.filter(granularity=granularity, bucket__gte=days.starts_at, bucket__lt=days.ends_at)
     if key_id is not None:
         rows = rows.filter(key_id=key_id)
+    if project_ids is not None:
+        rows = rows.filter(project_id__in=project_ids)
     if model is not None:
         rows = rows.filter(model=model)
     if provider is not None:

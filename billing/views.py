@@ -77,6 +77,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "spend_chart": charts.bars(spend, label=f"Spend per day, last {DAYS} days", fmt=cost),
         "token_chart": charts.bars(token_points, label=f"Tokens per day, last {DAYS} days", fmt=tokens),
         "by_model": breakdown("model", "model", "(none)"), "by_key": breakdown("key_id", "key__name", "(no key)"),
+        "by_project": (breakdown("project_id", "project__name", "(no project)")
+                       if Project.objects.filter(tenant=tenant).exists() else None),
         # A typical hour: the mean of the last day's hourly percentiles.
         "latency_p50": latency["p50"] // latency["windows"] if latency["windows"] and latency["p50"] else None,
         "latency_p95": latency["p95"] // latency["windows"] if latency["windows"] and latency["p95"] else None,
