@@ -30,6 +30,18 @@ OPERATORS_BUDGET = ("This budget was set by your Tollgate operator: you may chan
                     "{what}. Add a budget of your own to restrict spending further.")
 
 
+class ProjectField(serializers.Field):
+    """A project by its id or its slug; read back as its id. Resolved within the budget's tenant (validate)."""
+
+    def to_representation(self, value: Any) -> int:
+        return int(value.pk)
+
+    def to_internal_value(self, data: Any) -> int | str:
+        if isinstance(data, bool) or not isinstance(data, (int, str)) or (isinstance(data, str) and len(data) > 64):
+            raise serializers.ValidationError("A project's id or slug.")
+        return data
+
+
 class BudgetSerializer(serializers.ModelSerializer):
     tenant = TenantField()
     key = serializers.PrimaryKeyRelatedField(queryset=ApiKey.objects.all(), required=False, allow_null=True)
@@ -75,18 +87,6 @@ class BudgetSerializer(serializers.ModelSerializer):
             budget.clean_scopes()
         except DjangoValidationError as e:
             raise serializers.ValidationError(e.message_dict) from None
-        return data
-
-
-class ProjectField(serializers.Field):
-    """A project by its id or its slug; read back as its id. Resolved within the budget's tenant (validate)."""
-
-    def to_representation(self, value: Any) -> int:
-        return int(value.pk)
-
-    def to_internal_value(self, data: Any) -> int | str:
-        if isinstance(data, bool) or not isinstance(data, (int, str)) or (isinstance(data, str) and len(data) > 64):
-            raise serializers.ValidationError("A project's id or slug.")
         return data
 
 
