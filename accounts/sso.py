@@ -32,10 +32,14 @@ logger = logging.getLogger(__name__)
 
 ENDPOINTS = ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri")
 # mozilla-django-oidc's names for what our settings and the discovery document hold.
-_FROM_SETTINGS = {"OIDC_RP_CLIENT_ID": "TOLLGATE_OIDC_CLIENT_ID", "OIDC_RP_CLIENT_SECRET": "TOLLGATE_OIDC_CLIENT_SECRET",
-                  "OIDC_RP_SCOPES": "TOLLGATE_OIDC_SCOPES", "OIDC_RP_SIGN_ALGO": "TOLLGATE_OIDC_SIGN_ALGO"}
-_FROM_DISCOVERY = {"OIDC_OP_AUTHORIZATION_ENDPOINT": "authorization_endpoint", "OIDC_OP_TOKEN_ENDPOINT": "token_endpoint",
-                   "OIDC_OP_USER_ENDPOINT": "userinfo_endpoint", "OIDC_OP_JWKS_ENDPOINT": "jwks_uri"}
+_FROM_SETTINGS = {
+    "OIDC_RP_CLIENT_ID": "TOLLGATE_OIDC_CLIENT_ID", "OIDC_RP_CLIENT_SECRET": "TOLLGATE_OIDC_CLIENT_SECRET",
+    "OIDC_RP_SCOPES": "TOLLGATE_OIDC_SCOPES", "OIDC_RP_SIGN_ALGO": "TOLLGATE_OIDC_SIGN_ALGO",
+}
+_FROM_DISCOVERY = {
+    "OIDC_OP_AUTHORIZATION_ENDPOINT": "authorization_endpoint", "OIDC_OP_TOKEN_ENDPOINT": "token_endpoint",
+    "OIDC_OP_USER_ENDPOINT": "userinfo_endpoint", "OIDC_OP_JWKS_ENDPOINT": "jwks_uri",
+}
 
 _discovered: dict[str, dict[str, str]] = {}
 _lock = threading.Lock()

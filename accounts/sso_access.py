@@ -96,7 +96,8 @@ def _last_owner(membership: Membership) -> bool:
 
 
 def _marked_tenants(user: AbstractBaseUser) -> set[int]:
-    names = user.groups.filter(name__startswith=MARKER_PREFIX).values_list("name", flat=True)  # type: ignore[attr-defined]
+    groups = user.groups  # type: ignore[attr-defined]
+    names = groups.filter(name__startswith=MARKER_PREFIX).values_list("name", flat=True)
     return {int(name.removeprefix(MARKER_PREFIX)) for name in names if name.removeprefix(MARKER_PREFIX).isdigit()}
 
 
