@@ -238,9 +238,19 @@ def test_apply_makes_running_processes_drop_their_tables(tmp_path: Path, monkeyp
     text = text.replace("amount: '500'", "amount: '600'")
     routing._table = routing.load_table()
     monkeypatch.setattr(limits, "_budgets", object())
-    apply(write(tmp_path, text), "--yes")
+    out = apply(write(tmp_path, text), "--yes")
+    # Of the two month budgets with the same scope, the one whose amount changed is updated; nothing is recreated.
+    assert "~ budget alice month\n    amount: \"500\" → \"600\"\n" in out and "+ budget" not in out
     assert routing._table is None and limits._budgets is None  # reloaded from the database on the next request
     assert ModelRoute.objects.get(name="claude").max_attempts == 2
+
+
+@pytest.mark.django_db
+def test_apply_reads_standard_input_for_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("version: 1\ntenants:\n- slug: carol\n  name: Carol\n"))
+    out = io.StringIO()
+    call_command("tollgate", "apply", "-", "--yes", stdout=out)
+    assert out.getvalue().startswith("+ tenant carol\n") and Tenant.objects.filter(slug="carol").exists()
 
 
 def test_the_schema_is_valid_draft_2020_12() -> None:
