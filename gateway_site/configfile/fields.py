@@ -19,7 +19,7 @@ REQUIRED = object()  # a field always written, whatever its value
 class Field:
     name: str
     default: Any = REQUIRED
-    kind: str = "plain"  # plain | decimal | emails
+    kind: str = "plain"  # plain | decimal | emails | text
 
 
 PROVIDER = (Field("kind"), Field("preset", ""), Field("base_url", ""), Field("api_version", ""),
@@ -41,7 +41,7 @@ PROJECT = (Field("name"),)
 # A budget is known by its scope, period and name; the rest are its settings.
 BUDGET_SCOPE = (Field("name", ""), Field("project", ""), Field("model", ""), Field("tag", ""), Field("end_user", ""),
                 Field("period", "month"))
-BUDGET = (Field("amount", kind="decimal"), Field("hard", True), Field("alert_thresholds", "50,80,100"),
+BUDGET = (Field("amount", kind="decimal"), Field("hard", True), Field("alert_thresholds", "50,80,100", "text"),
           Field("is_active", True), Field("set_by", "operator"))
 
 
@@ -63,7 +63,9 @@ def to_file(field: Field, value: Any) -> Any:
 
 def canonical(field: Field, value: Any) -> Any:
     """A value read from a file in the form export writes (numbers and strings both name an amount)."""
-    return plain_decimal(value) if field.kind == "decimal" else value
+    if field.kind == "decimal":
+        return plain_decimal(value)
+    return str(value) if field.kind == "text" else value  # alert_thresholds: 80 means "80"
 
 
 def to_model(field: Field, value: Any) -> Any:

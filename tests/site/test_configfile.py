@@ -253,6 +253,19 @@ def test_apply_reads_standard_input_for_a_dash(monkeypatch: pytest.MonkeyPatch) 
     assert out.getvalue().startswith("+ tenant carol\n") and Tenant.objects.filter(slug="carol").exists()
 
 
+@pytest.mark.django_db
+def test_a_hand_written_file_may_give_numbers_where_export_writes_strings(tmp_path: Path) -> None:
+    text = ("version: 1\nprices:\n- model: m\n  effective_from: 2026-03-01\n  input_per_million: 2.5\n"
+            "  output_per_million: 10\ntenants:\n- slug: carol\n  name: Carol\n  budgets:\n"
+            "  - amount: 100\n    alert_thresholds: 90\n")
+    apply(write(tmp_path, text), "--yes")
+    price = Price.objects.get(model="m")
+    assert (price.input_per_million, price.output_per_million) == (Decimal("2.5"), Decimal("10"))
+    assert Budget.objects.get(tenant__slug="carol").alert_thresholds == "90"
+    assert apply(write(tmp_path, text)).startswith("no changes")
+    assert "alert_thresholds: '90'" in export() and "input_per_million: '2.5'" in export()
+
+
 def test_the_schema_is_valid_draft_2020_12() -> None:
     jsonschema.Draft202012Validator.check_schema(load.schema())
 
