@@ -223,13 +223,15 @@ class BudgetStatusColumn:
 
 @admin.register(Budget)
 class BudgetAdmin(BudgetStatusColumn, admin.ModelAdmin):
-    list_display = ["label", "tenant", "key", "amount", "period", "hard", "is_active", "set_by", "this_period"]
-    list_select_related = ["tenant", "key"]
+    list_display = ["label", "tenant", "scope", "amount", "period", "hard", "is_active", "set_by", "this_period"]
+    list_select_related = ["tenant", "key", "project"]
     list_filter = ["period", "hard", "is_active", "set_by"]
-    search_fields = ["name", "tenant__slug", "tenant__name", "=key__prefix"]
+    search_fields = ["name", "tenant__slug", "tenant__name", "=key__prefix", "model", "=tag", "=end_user",
+                     "project__slug"]
     autocomplete_fields = ["tenant", "key"]
-    fields = ["tenant", "key", "name", "amount", "period", "hard", "alert_thresholds", "is_active", "set_by",
-              "this_period", "created_at"]
+    # A budget covers the requests matching every scope set: the key, project, model (or glob), tag and end user.
+    fields = ["tenant", "key", "project", "model", "tag", "end_user", "name", "amount", "period", "hard",
+              "alert_thresholds", "is_active", "set_by", "this_period", "created_at"]
     readonly_fields = ["set_by", "this_period", "created_at"]  # a budget added here is the operator's
     list_per_page = 50  # each row asks for its period's status
 
@@ -237,20 +239,30 @@ class BudgetAdmin(BudgetStatusColumn, admin.ModelAdmin):
     def label(self, budget: Budget) -> str:
         return str(budget)
 
+    @admin.display(description="scope")
+    def scope(self, budget: Budget) -> str:
+        return budget.scope_label
+
 
 class BudgetInline(BudgetStatusColumn, admin.TabularInline):
     model = Budget
     fk_name = "tenant"
     extra = 0
-    fields = ["name", "key", "amount", "period", "hard", "alert_thresholds", "is_active", "set_by", "this_period"]
+    fields = ["name", "key", "project", "model", "tag", "end_user", "amount", "period", "hard", "alert_thresholds",
+              "is_active", "set_by", "this_period"]
     readonly_fields = ["set_by", "this_period"]
 
     def get_formset(self, request: HttpRequest, obj: Model | None = None, **kwargs: Any) -> type[BaseInlineFormSet]:
+        from accounts.models import Project
+
         formset: type[BaseInlineFormSet] = super().get_formset(request, obj, **kwargs)
         if "key" in formset.form.base_fields:
             # Offer this tenant's keys only, rather than every key of every tenant.
             keys = ApiKey.objects.for_tenant(obj) if isinstance(obj, Tenant) else ApiKey.objects.none()
             formset.form.base_fields["key"].queryset = keys  # type: ignore[attr-defined]
+        if "project" in formset.form.base_fields:
+            projects = Project.objects.filter(tenant=obj) if isinstance(obj, Tenant) else Project.objects.none()
+            formset.form.base_fields["project"].queryset = projects  # type: ignore[attr-defined]
         return formset
 
 

@@ -103,13 +103,19 @@ class OwnBudgetForm(forms.ModelForm):
 
     class Meta:
         model = Budget
-        fields = ["name", "key", "amount", "period", "hard", "alert_thresholds"]
+        fields = ["name", "key", "project", "model", "tag", "end_user", "amount", "period", "hard", "alert_thresholds"]
+        labels = {"end_user": "End user"}
 
     def __init__(self, *args: Any, tenant: Any, **kwargs: Any) -> None:
+        from accounts.models import Project
+
         super().__init__(*args, **kwargs)
         self.instance.tenant, self.instance.set_by = tenant, Budget.SetBy.TENANT
         self.fields["key"].queryset = ApiKey.objects.for_tenant(tenant).active().order_by("name")  # type: ignore[attr-defined]
         self.fields["key"].empty_label = "Every key of the tenant"  # type: ignore[attr-defined]
+        # Only the tenant's own projects can be chosen; another tenant's id posted anyway is "not one of the choices".
+        self.fields["project"].queryset = Project.objects.filter(tenant=tenant).order_by("name")  # type: ignore[attr-defined]
+        self.fields["project"].empty_label = "Every project"  # type: ignore[attr-defined]
 
 
 OPERATORS_BUDGET = "{budget} was set by your Tollgate operator: you may change its alert thresholds, not remove it."

@@ -271,3 +271,86 @@ def test_a_fallback_is_taken_only_to_a_model_the_same_budgets_cover(
     assert retrying_chat(client, alice, "primary").status_code == 502
     assert UsageRecord.objects.filter(public_model="backup").count() == 1
     assert spent(every) == ledger(every)
+
+
+def management(user: Any) -> Client:
+    from accounts import services
+
+    _, token = services.issue_management_token(user=user, name="test")
+    return Client(headers={"Authorization": f"Bearer {token}"})
+
+
+def test_the_api_scopes_a_budget_to_a_project_by_id_or_slug_of_its_own_tenant(alice: Party, bob: Party) -> None:
+    mine = project_of(alice)
+    theirs = Project.objects.create(tenant=bob.tenant, name="Secret", slug="secret")
+    api = management(alice.user)
+    by_slug = api.post("/api/budgets/", {"tenant": "alice", "amount": "2", "period": "day", "project": "search",
+                                         "model": "gpt-4o*", "tag": "team:x", "end_user": "u123"},
+                       content_type="application/json")
+    assert by_slug.status_code == 201, by_slug.content
+    assert {k: by_slug.json()[k] for k in ("project", "model", "tag", "end_user", "set_by")} == {
+        "project": mine.pk, "model": "gpt-4o*", "tag": "team:x", "end_user": "u123", "set_by": "tenant"}
+    by_id = api.post("/api/budgets/", {"tenant": "alice", "amount": "2", "project": mine.pk},
+                     content_type="application/json")
+    assert by_id.status_code == 201 and Budget.objects.get(pk=by_id.json()["id"]).project == mine
+    # bob's project is as unknown to alice as one that does not exist, by id or slug
+    for value in (theirs.pk, "secret", 2**70, "", True, ["x"]):
+        refused = api.post("/api/budgets/", {"tenant": "alice", "amount": "2", "project": value},
+                           content_type="application/json")
+        assert refused.status_code == 400 and "project" in refused.json(), (value, refused.content)
+    assert "secret" not in json.dumps([b.json() for b in (by_slug, by_id)])
+    assert not Budget.objects.filter(project=theirs).exists()
+    bobs = management(bob.user).get("/api/budgets/").json()
+    assert all(b.get("tenant") != "alice" for b in (bobs.get("results", bobs) if isinstance(bobs, dict) else bobs))
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"tag": "team x"}, "tag"), ({"model": "gpt-[4"}, "model"), ({"end_user": "u" * 257}, "end_user"),
+    ({"tag": "team:x", "period": "lifetime"}, "period"),
+])
+def test_bad_scopes_are_400_on_the_api_and_the_page_not_500(client: Client, alice: Party, fields: dict[str, str],
+                                                             field: str) -> None:
+    refused = management(alice.user).post("/api/budgets/", {"tenant": "alice", "amount": "1", **fields},
+                                          content_type="application/json")
+    assert refused.status_code == 400 and field in refused.json(), refused.content
+    client.force_login(alice.user)
+    page = client.post("/budgets/", {"amount": "1", "period": fields.get("period", "month"), "hard": "on",
+                                     "alert_thresholds": "50,80,100", **fields})
+    assert page.status_code == 200 and not Budget.objects.exists()
+    assert page.context["add_form"].errors.get(field)
+
+
+def test_an_owner_adds_a_scoped_budget_on_the_page_among_their_own_projects_only(
+    client: Client, alice: Party, bob: Party
+) -> None:
+    mine = project_of(alice)
+    theirs = Project.objects.create(tenant=bob.tenant, name="Secret", slug="secret")
+    client.force_login(alice.user)
+    page = client.get("/budgets/")
+    assert b"Search" in page.content and b"Secret" not in page.content
+    form = {"amount": "1", "period": "day", "hard": "on", "alert_thresholds": "50,80,100", "model": "demo*",
+            "tag": "team:x", "end_user": "u1"}
+    assert client.post("/budgets/", {**form, "project": theirs.pk}).status_code == 200  # not one of the choices
+    assert not Budget.objects.exists()
+    assert client.post("/budgets/", {**form, "project": mine.pk}).status_code == 302
+    budget = Budget.objects.get()
+    assert (budget.project, budget.model, budget.tag, budget.end_user, budget.set_by) == (mine, "demo*", "team:x", "u1",
+                                                                                          "tenant")
+    assert b"project search, model demo*, tag team:x, user u1" in client.get("/budgets/").content
+    client.force_login(bob.user)
+    assert b"team:x" not in client.get("/budgets/").content
+
+
+def test_the_admin_shows_and_checks_the_scopes(client: Client, alice: Party, bob: Party) -> None:
+    from django.contrib.auth.models import User
+
+    theirs = Project.objects.create(tenant=bob.tenant, name="Secret", slug="secret")
+    mine = project_of(alice)
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    form = {"tenant": alice.tenant.pk, "amount": "1", "period": "day", "hard": "on", "alert_thresholds": "50,80,100",
+            "is_active": "on", "model": "gpt-4o*", "tag": "team:x", "end_user": ""}
+    refused = client.post("/admin/billing/budget/add/", {**form, "project": theirs.pk})
+    assert refused.status_code == 200 and b"another tenant" in refused.content and not Budget.objects.exists()
+    assert client.post("/admin/billing/budget/add/", {**form, "project": mine.pk}).status_code == 302
+    listed = client.get("/admin/billing/budget/")
+    assert b"project search, model gpt-4o*, tag team:x" in listed.content
