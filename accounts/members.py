@@ -163,7 +163,6 @@ def invitation_page(request: HttpRequest, invitation: Invitation | None, state: 
         "title": "Invitation", "invitation": invitation, "state": state,
         "login_url": f"{reverse('login')}?next={request.path}", **context}, status=status)
     response["Cache-Control"] = "no-store"
-    response["Referrer-Policy"] = "no-referrer"  # the link is a credential until it is used
     return response
 
 
