@@ -134,6 +134,9 @@ class Authenticate(OIDCAuthenticationRequestView):
         except ProviderUnavailable as e:
             logger.warning("single sign-on provider unavailable: %s", e)
             return render(request, "registration/sso_unavailable.html", login_context(), status=503)
+        except ImproperlyConfigured as e:  # the discovery document does not fit the settings: the operator's to fix
+            logger.error("single sign-on misconfigured: %s", e)
+            return render(request, "registration/sso_unavailable.html", login_context(), status=503)
         return super().get(request)
 
 

@@ -69,6 +69,7 @@ def test_a_discovery_document_of_another_issuer_is_a_configuration_error(
     with sso_settings("https://id.example.com"):
         with pytest.raises(ImproperlyConfigured, match="names 'https://elsewhere.example'"):
             single_sign_on.discovery()
+        assert client.get("/oidc/authenticate/").status_code == 503  # a page, not a 500
         del document["issuer"], document["jwks_uri"]
         document["issuer"] = "https://id.example.com/"
         with pytest.raises(ImproperlyConfigured, match="lacks jwks_uri"):
