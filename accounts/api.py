@@ -9,7 +9,8 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import ProtectedError, QuerySet
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import exceptions, mixins, permissions, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -82,6 +83,7 @@ class TenantField(serializers.SlugRelatedField):
         return owned_tenants(self.context["request"].user)
 
 
+@extend_schema_field(OpenApiTypes.STR)
 class ProjectRefField(serializers.Field):
     """A project of the key's tenant, given by slug or id (null: none); shown by slug. Resolved in the serializer's
     validate, once the tenant is known."""

@@ -14,6 +14,12 @@ def _tenant_changed(instance: Any, created: bool = False, **_: Any) -> None:
         keys.forget_tenant(instance.pk)
 
 
+def _membership_deleted(instance: Any, **_: Any) -> None:
+    from .projects import drop_owner
+
+    drop_owner(tenant_id=instance.tenant_id, user_id=instance.user_id)
+
+
 class AccountsConfig(AppConfig):
     name = "accounts"
     default_auto_field = "django.db.models.BigAutoField"
@@ -28,3 +34,5 @@ class AccountsConfig(AppConfig):
         tenant = self.get_model("Tenant")
         post_save.connect(_tenant_changed, sender=tenant, dispatch_uid="accounts-Tenant-save")
         post_delete.connect(_tenant_changed, sender=tenant, dispatch_uid="accounts-Tenant-delete")
+        post_delete.connect(_membership_deleted, sender=self.get_model("Membership"),
+                            dispatch_uid="accounts-Membership-delete")

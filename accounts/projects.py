@@ -44,6 +44,11 @@ def check_owners(*, tenant: Tenant, owners: Iterable[AbstractBaseUser]) -> list[
     return owners
 
 
+def drop_owner(*, tenant_id: int, user_id: int) -> None:
+    """Remove the user from the owners of the tenant's projects: owners are members, and this one left."""
+    Project.owners.through.objects.filter(project__tenant_id=tenant_id, user_id=user_id).delete()
+
+
 @transaction.atomic
 def create_project(*, tenant: Tenant, name: str, slug: str, owners: Iterable[AbstractBaseUser] = ()) -> Project:
     """Create and return a project of the tenant. Raises ValidationError on bad fields, a taken slug or an owner

@@ -73,6 +73,15 @@ def test_an_owner_must_be_a_member_of_the_tenant(alice: Party, bob: Party) -> No
     assert list(project.owners.all()) == []
 
 
+def test_a_member_who_leaves_no_longer_owns_the_tenants_projects(alice: Party, bob: Party) -> None:
+    carol = member_of(alice, "carol")
+    services.add_member(tenant=bob.tenant, user=carol)
+    ours = create_project(tenant=alice.tenant, name="Search", slug="search", owners=[carol, alice.user])
+    theirs = create_project(tenant=bob.tenant, name="Bob's", slug="bobs", owners=[carol])
+    Membership.objects.get(tenant=alice.tenant, user=carol).delete()
+    assert list(ours.owners.all()) == [alice.user] and list(theirs.owners.all()) == [carol]
+
+
 def test_slugs_are_unique_within_a_tenant_only(alice: Party, bob: Party) -> None:
     create_project(tenant=alice.tenant, name="Search", slug="search")
     with pytest.raises(ValidationError):
