@@ -11,16 +11,20 @@ import subprocess
 import sys
 from datetime import date
 from decimal import Decimal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 import yaml
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import override_settings
 
 from accounts.models import Project, Tenant
 from billing.models import Budget, Price, UsageRecord
+from gateway_site import changes
 from gateway_site.configfile import load
 from proxy import limits, routing
 from proxy.models import Deployment, ModelRoute, Provider
@@ -243,6 +247,24 @@ def test_apply_makes_running_processes_drop_their_tables(tmp_path: Path, monkeyp
     assert "~ budget alice month\n    amount: \"500\" → \"600\"\n" in out and "+ budget" not in out
     assert routing._table is None and limits._budgets is None  # reloaded from the database on the next request
     assert ModelRoute.objects.get(name="claude").max_attempts == 2
+
+
+@pytest.mark.django_db
+@override_settings(REDIS_URL="redis://127.0.0.1:6379/7")  # publish is replaced: nothing connects
+def test_apply_announces_its_changes_to_other_processes_after_commit_and_a_dry_run_does_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Callable[..., Any]) -> None:
+    published: list[str] = []
+    monkeypatch.setattr(changes, "publish", lambda url, kind, detail: published.append(kind))
+    text = ("version: 1\nproviders:\n- name: demo\n  kind: demo\nroutes:\n- name: demo\n  deployments:\n"
+            "  - provider: demo\n    upstream_model: demo\nprices:\n- model: demo\n  effective_from: '2026-01-01'\n"
+            "  input_per_million: 1\n  output_per_million: 2\ntenants:\n- slug: carol\n  name: Carol\n"
+            "  budgets:\n  - amount: 5\n")
+    with django_capture_on_commit_callbacks(execute=True):
+        apply(write(tmp_path, text))
+    assert published == []
+    with django_capture_on_commit_callbacks(execute=True):
+        apply(write(tmp_path, text), "--yes")
+    assert {"routes", "prices", "budgets"} <= set(published)
 
 
 @pytest.mark.django_db
