@@ -252,7 +252,8 @@ def test_apply_makes_running_processes_drop_their_tables(tmp_path: Path, monkeyp
 @pytest.mark.django_db
 @override_settings(REDIS_URL="redis://127.0.0.1:6379/7")  # publish is replaced: nothing connects
 def test_apply_announces_its_changes_to_other_processes_after_commit_and_a_dry_run_does_not(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Callable[..., Any]) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        django_capture_on_commit_callbacks: Callable[..., Any]) -> None:
     published: list[str] = []
     monkeypatch.setattr(changes, "publish", lambda url, kind, detail: published.append(kind))
     text = ("version: 1\nproviders:\n- name: demo\n  kind: demo\nroutes:\n- name: demo\n  deployments:\n"
