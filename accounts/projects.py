@@ -99,8 +99,8 @@ def set_key_project(*, key: ApiKey, project: Project | None) -> ApiKey:
     """Put the key in the project (None: in none) and drop its cached lookup, so /v1 counts its next request to
     the new project. Raises ValidationError for another tenant's project."""
     check_key_project(tenant=key.tenant_id, project=project)
-    ApiKey.objects.filter(pk=key.pk).update(project=project)
     key.project = project
+    key.save(update_fields=["project"])  # a save, not an UPDATE, so the change is audited like any other
     keys.forget(key.prefix)
     logger.info("api key %s moved to project %s", key.prefix, project.slug if project else "(none)")
     return key
