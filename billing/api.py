@@ -278,7 +278,7 @@ class UsageRowSerializer(serializers.Serializer):
     cost_usd = serializers.CharField(help_text="Exact cost in US dollars, twelve decimals (a decimal string).")
     cost_picos = serializers.IntegerField(help_text="Exact cost in pico-dollars (10^-12 USD).")
     latency_p50_ms = serializers.IntegerField(allow_null=True, help_text="Percentiles are given when the row is one "
-                                              "rollup (group by all four): they cannot be added up. Null otherwise.")
+                                              "rollup (group by all five): they cannot be added up. Null otherwise.")
     latency_p95_ms = serializers.IntegerField(allow_null=True)
     latency_p99_ms = serializers.IntegerField(allow_null=True)
     ttfb_p50_ms = serializers.IntegerField(allow_null=True, help_text="Time to first byte.")
