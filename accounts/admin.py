@@ -117,12 +117,8 @@ def issue_drafted(request: HttpRequest, draft: ApiKey, *, tenant: Tenant) -> Api
         expires_at=draft.expires_at,
         allowed_models=draft.allowed_models,
         project=draft.project,
+        limits=keys.Limits(**{name: getattr(draft, name) for name in LIMITS}),
     )
-    limits = {name: getattr(draft, name) for name in LIMITS if getattr(draft, name) is not None}
-    if limits:
-        ApiKey.objects.filter(pk=created.pk).update(**limits)
-        for name, value in limits.items():
-            setattr(created, name, value)
     show_new_key(request, created, secret)
     return created
 
@@ -321,5 +317,6 @@ class ManagementTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected tokens")
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ManagementToken]) -> None:
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        now = timezone.now()
+        count = sum(services.revoke_management_token(token=token, now=now) for token in queryset)
         messages.success(request, f"Revoked {count} tokens.")

@@ -117,9 +117,14 @@ def rotate() -> tuple[int, int]:
     and no longer match anything presented, so they stay in the table as revoked rows, for the ledger's sake.
     """
     now = timezone.now()
-    key_prefixes = list(ApiKey.objects.filter(revoked_at__isnull=True).values_list("prefix", flat=True))
+    from audit.services import record_updates
+
+    active_keys = list(ApiKey.objects.filter(revoked_at__isnull=True).only("pk", "tenant_id", "name", "prefix"))
+    active_tokens = list(ManagementToken.objects.filter(revoked_at__isnull=True).only("pk", "name", "prefix"))
+    key_prefixes = [key.prefix for key in active_keys]
     keys_revoked = ApiKey.objects.filter(revoked_at__isnull=True).update(revoked_at=now)
     tokens_revoked = ManagementToken.objects.filter(revoked_at__isnull=True).update(revoked_at=now)
+    record_updates(instances=[*active_keys, *active_tokens], changes={"revoked_at": (None, now)}, verb="rotate pepper")
     KeyPepper.objects.all().delete()
     KeyPepper.objects.create(fingerprint=fingerprint())
     transaction.on_commit(lambda: keys.forget_many(key_prefixes))

@@ -194,6 +194,17 @@ def issue_management_token(*, user: AbstractBaseUser, name: str) -> tuple[Manage
     return token, plaintext
 
 
+def revoke_management_token(*, token: ManagementToken, now: datetime | None = None) -> bool:
+    """Revoke the token. Returns False if it was already revoked."""
+    now = now or timezone.now()
+    if not ManagementToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now):
+        return False
+    token.revoked_at = now
+    audit.record_update(instance=token, changes={"revoked_at": (None, now)}, verb="revoke")  # UPDATE sends no signal
+    logger.info("management token revoked: user=%s prefix=%s", token.user_id, token.prefix)
+    return True
+
+
 def management_token_user(presented: str, *, now: datetime | None = None) -> tuple[AbstractBaseUser, ManagementToken] | None:
     """The active user of a presented management token, or None."""
     parts = presented.split("-", 2)  # the secret part may itself contain dashes
