@@ -184,3 +184,25 @@ def test_tagged_usage_groups_by_project_too(alice: Party, moved: dict[str, Any])
     for r in usage(token_client(alice.user), group_by="project", project="ads", tag="team:ads"):
         totals[r["project"]] += r["cost_picos"]
     assert dict(totals) == {"ads": 123_456_796}
+
+
+def test_the_projects_page_counts_pruned_days_from_the_rollups(alice: Party) -> None:
+    from billing import usage as usage_module
+    from billing.models import RollupState
+
+    search = create_project(tenant=alice.tenant, name="Search", slug="search")
+    month = usage_module.month_so_far()
+    for project, cost, at in ((search, 3_000_000_000_000, month.starts_at), (search, 1_000_000_000_000, None),
+                              (None, 2_000_000_000_000, month.starts_at)):
+        UsageRecord.objects.create(tenant=alice.tenant, key=alice.key, project=project, endpoint="chat",
+                                   public_model="gpt-4o", end_reason="complete", status_code=200, cost_picos=cost,
+                                   created_at=at or datetime.now(UTC))
+    rollups.roll_up()
+    # The first day of the month is pruned from the ledger: its spend is read from its day rollup.
+    UsageRecord.objects.filter(created_at__lt=month.starts_at + timedelta(days=1)).delete()
+    RollupState.objects.filter(name=rollups.STATE).update(pruned_before=month.starts_at + timedelta(days=1))
+    owner = Client()
+    owner.force_login(alice.user)
+    page = owner.get("/projects/").content.decode()
+    # Search: $3 from the pruned first day's rollup and $1 from the ledger (on the 1st, both from the rollup).
+    assert "$4.00" in page and "Keys in no project spent $2.00" in page
