@@ -24,6 +24,8 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from audit.services import record_update, record_updates
+
 from .models import Invitation, Membership, Project, Tenant
 
 logger = logging.getLogger(__name__)
@@ -132,7 +134,9 @@ def invite(*, tenant: Tenant, email: str, role: str = Membership.Role.MEMBER, in
     email = check_invitable(tenant=tenant, email=email, role=role)
     now = now or timezone.now()
     with transaction.atomic():
+        superseded = list(pending(tenant, now).filter(email__iexact=email))
         pending(tenant, now).filter(email__iexact=email).update(revoked_at=now)
+        record_updates(instances=superseded, changes={"revoked_at": (None, now)}, verb="resend")  # UPDATE: no signal
         invitation = Invitation.objects.create(tenant=tenant, email=email, role=role, invited_by=invited_by,
                                                created_at=now, expires_at=now + lifetime())
         send_invitation(invitation, site=site)
@@ -163,6 +167,7 @@ def revoke(*, invitation: Invitation, now: datetime | None = None) -> None:
         invitation.refresh_from_db()
         raise InvitationClosed(CLOSED[invitation.status(now)])
     invitation.revoked_at = now
+    record_update(instance=invitation, changes={"revoked_at": (None, now)}, verb="revoke")  # UPDATE: no signal
 
 
 def email_matches(user: AbstractBaseUser, invitation: Invitation) -> bool:
@@ -189,6 +194,8 @@ def accept(*, invitation: Invitation, user: AbstractBaseUser, now: datetime | No
         if not pending(invitation.tenant, now).filter(pk=invitation.pk).update(accepted_at=now, accepted_by=user):
             invitation.refresh_from_db()
             raise InvitationClosed(CLOSED[invitation.status(now)])
+        record_update(instance=invitation, changes={"accepted_at": (None, now), "accepted_by": (None, user.pk)},
+                      verb="accept")
         membership, created = Membership.objects.get_or_create(tenant=invitation.tenant, user=user,
                                                                defaults={"role": invitation.role})
     invitation.accepted_at, invitation.accepted_by = now, user
