@@ -42,7 +42,7 @@ def claim_crossings(*, now: datetime | None = None) -> list[int]:
     """Create an alert for every threshold an active budget has crossed in its current period. Returns new ids."""
     now = now or timezone.now()
     claimed = []
-    for budget in Budget.objects.filter(is_active=True).select_related("tenant", "key"):
+    for budget in Budget.objects.filter(is_active=True).select_related("tenant", "key", "project"):
         state = budgets.status(budget, now=now)
         if state.limit_micros <= 0:
             continue
@@ -68,7 +68,8 @@ def claim_refusals(*, now: datetime | None = None) -> list[int]:
     if not refused_by:
         return []
     claimed = []
-    hard = Budget.objects.filter(pk__in=list(refused_by), is_active=True, hard=True).select_related("tenant", "key")
+    hard = Budget.objects.filter(pk__in=list(refused_by), is_active=True, hard=True).select_related(
+        "tenant", "key", "project")
     for budget in hard.order_by("pk"):
         state = budgets.status(budget, now=now)
         if refused_by[budget.pk] < state.starts_at or state.limit_micros <= 0:
@@ -194,7 +195,8 @@ def email_alert(alert_id: int, *, now: datetime | None = None) -> bool:
     now = now or timezone.now()
     if not BudgetAlert.objects.filter(pk=alert_id, email_sent_at__isnull=True).update(email_sent_at=now):
         return False  # sent already, or being sent by another worker
-    alert = BudgetAlert.objects.select_related("budget__tenant", "budget__key").get(pk=alert_id)
+    alert = BudgetAlert.objects.select_related("budget__tenant", "budget__key", "budget__project").get(
+        pk=alert_id)
     mail = message(alert)
     if not mail.recipients:
         logger.warning("budget alert %s: tenant %s has no contact emails", alert_id, alert.budget.tenant.slug)
@@ -232,7 +234,8 @@ def webhook_payload(alert: BudgetAlert) -> dict[str, object]:
 def post_webhook(alert_id: int, *, now: datetime | None = None, client: httpx.Client | None = None) -> bool:
     """POST the alert to the tenant's webhook, signed, at most once. Raises on failure so the task retries."""
     now = now or timezone.now()
-    alert = BudgetAlert.objects.select_related("budget__tenant", "budget__key").get(pk=alert_id)
+    alert = BudgetAlert.objects.select_related("budget__tenant", "budget__key", "budget__project").get(
+        pk=alert_id)
     tenant = alert.budget.tenant
     if not tenant.alert_webhook_url:
         return False

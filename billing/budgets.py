@@ -71,9 +71,12 @@ class BudgetSpec:
         end user, is one this budget counts."""
         return ((self.key_id is None or self.key_id == key_id)
                 and (self.project_id is None or self.project_id == project_id)
-                and (not self.model or (self.matcher.fullmatch(model) is not None if self.matcher else self.model == model))
+                and (not self.model or self.covers_model(model))
                 and (not self.tag or needle(self.tag) in tags)
                 and (not self.end_user or self.end_user == end_user))
+
+    def covers_model(self, model: str) -> bool:
+        return self.matcher.fullmatch(model) is not None if self.matcher else self.model == model
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,10 @@ def period_bounds(period: str, zone: str, now: datetime) -> tuple[datetime, date
 def spec_of(budget: Budget) -> BudgetSpec:
     narrow = budget.project_id is not None or bool(budget.model or budget.tag or budget.end_user)
     return BudgetSpec(id=budget.pk, name=str(budget), tenant_id=budget.tenant_id, key_id=budget.key_id,
-                      limit_micros=budget.amount_micros, period=budget.period, hard=budget.hard, zone=budget.tenant.timezone,
-                      project_id=budget.project_id, model=budget.model, tag=budget.tag, end_user=budget.end_user,
-                      label=budget.scope_label if narrow else "", matcher=scopes.model_matcher(budget.model) if budget.model else None)
+                      limit_micros=budget.amount_micros, period=budget.period, hard=budget.hard,
+                      zone=budget.tenant.timezone, project_id=budget.project_id, model=budget.model, tag=budget.tag,
+                      end_user=budget.end_user, label=budget.scope_label if narrow else "",
+                      matcher=scopes.model_matcher(budget.model) if budget.model else None)
 
 
 @dataclass(frozen=True)
