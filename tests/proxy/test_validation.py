@@ -216,9 +216,10 @@ def test_oversized_body_is_413(client: Client, alice: Party, demo: ModelRoute) -
 
 @override_settings(TOLLGATE_MAX_BODY_BYTES=2048, DATA_UPLOAD_MAX_MEMORY_SIZE=2048)
 def test_body_at_the_limit_is_accepted(client: Client, alice: Party, demo: ModelRoute) -> None:
-    body = chat(messages=[{"role": "user", "content": "x"}])
-    padding = 2048 - len(json.dumps(body)) - len(', "user": ""')
-    response = post(client, CHAT, {**body, "user": "u" * padding}, alice.auth)
+    padding = 2048 - len(json.dumps(chat(messages=[{"role": "user", "content": ""}])))
+    body = chat(messages=[{"role": "user", "content": "x" * padding}])
+    assert len(json.dumps(body)) == 2048
+    response = post(client, CHAT, body, alice.auth)
     assert response.status_code == 200, response.content
 
 
