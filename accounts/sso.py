@@ -155,6 +155,8 @@ class Callback(OIDCAuthenticationCallbackView):
         except (requests.RequestException, ProviderUnavailable) as e:
             # Only the exception's class: a token endpoint's error text is the provider's, not ours to log.
             logger.warning("single sign-on failed talking to the provider: %s", type(e).__name__)
+        except ImproperlyConfigured as e:
+            logger.error("single sign-on misconfigured: %s", e)
         return self.login_failure()
 
     def login_failure(self) -> HttpResponseRedirect:

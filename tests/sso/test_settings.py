@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import httpx
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -121,3 +126,15 @@ def test_groups_come_from_the_configured_claim(db: None) -> None:
     with override_settings(TOLLGATE_OIDC_GROUPS_CLAIM="realm_access.roles"):
         assert single_sign_on.groups_from({"realm_access": {"roles": ["ops"]}}) == {"ops"}
         assert single_sign_on.groups_from({"realm_access": "ops"}) == set()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"TOLLGATE_PASSWORD_LOGIN": "off"}, "TOLLGATE_PASSWORD_LOGIN=off needs TOLLGATE_OIDC_ISSUER"),
+    ({"TOLLGATE_OIDC_ISSUER": "https://id.example.com"}, "needs TOLLGATE_OIDC_CLIENT_ID"),
+    ({"TOLLGATE_OIDC_TENANT_GROUPS": "admins=acme"}, "group=tenant-slug:role"),
+])
+def test_a_process_with_bad_sso_settings_does_not_start(env: dict[str, str], message: str) -> None:
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "gateway_site.settings_test", **env}
+    result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], env=environment,
+                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode != 0 and "ImproperlyConfigured" in result.stderr and message in result.stderr
