@@ -3,8 +3,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
 from auditlog.cid import get_cid
+from auditlog.diff import model_instance_diff
 from auditlog.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.conf import settings
@@ -45,6 +47,33 @@ def record_updates(*, instances: Iterable[models.Model], changes: dict[str, tupl
             additional_data={**instance.get_additional_data(), **({"verb": verb} if verb else {})},  # type: ignore[attr-defined]
         )
         stamp(LogEntry, entry)  # bulk_create sends no pre_save
+        entries.append(entry)
+    return len(LogEntry.objects.bulk_create(entries, batch_size=500))
+
+
+def record_saved(*, rows: Iterable[tuple[models.Model | None, models.Model]]) -> int:
+    """Entries for rows written by bulk_create (old is None) or bulk_update (old is the row as it was), which send
+    no signal, diffed as auditlog diffs a save. Returns how many entries were written."""
+    from .registry import stamp
+
+    rows = list(rows)
+    # Diff what the database holds (Decimal("2.5") and "2.50" are one value, stored once), not the objects given.
+    stored: dict[type[models.Model], dict[Any, models.Model]] = {}
+    for model in {type(new) for _, new in rows}:
+        stored[model] = model._base_manager.in_bulk([new.pk for _, new in rows if type(new) is model])
+    entries = []
+    for old, given in rows:
+        new = stored[type(given)][given.pk]
+        changes = model_instance_diff(old, new)
+        if not changes:
+            continue
+        entry = LogEntry(
+            content_type=ContentType.objects.get_for_model(new), object_pk=smart_str(new.pk),
+            object_id=new.pk if isinstance(new.pk, int) else None, object_repr=smart_str(new), cid=get_cid(),
+            action=LogEntry.Action.CREATE if old is None else LogEntry.Action.UPDATE, changes=changes,
+            additional_data=new.get_additional_data(),  # type: ignore[attr-defined]
+        )
+        stamp(LogEntry, entry)
         entries.append(entry)
     return len(LogEntry.objects.bulk_create(entries, batch_size=500))
 

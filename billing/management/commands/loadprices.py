@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
+from audit.services import record_saved
 from gateway_site import changes
 from billing import litellm_prices
 from billing.models import Price
@@ -274,6 +275,10 @@ def same_amounts(a: Price, b: Price) -> bool:
 def save_prices(prices: list[Price], *, update: bool, skip_current: bool = False) -> Outcome:
     """Create the prices that are new, and with update overwrite the ones that differ. Returns what happened."""
     outcome = plan_prices(prices, update=update, skip_current=skip_current)
+    before = Price.objects.in_bulk([price.pk for price in outcome.updated])
     Price.objects.bulk_create(outcome.created)
     Price.objects.bulk_update(outcome.updated, UPDATED)
+    # Bulk writes send no signals: the audit entries are written here, one per price created or changed.
+    record_saved(rows=[*((None, price) for price in outcome.created),
+                       *((before[price.pk], price) for price in outcome.updated)])
     return outcome
