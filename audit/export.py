@@ -1,7 +1,8 @@
 """Audit entries as rows for CSV and JSON downloads (the admin's export actions and the Activity page's links).
 
-Operators see every actor and client address. A tenant's owners see those of their own members; a change an operator
-made to their tenant shows as "operator", without the operator's name or address.
+Operators see every actor and client address. A tenant's owners see those of their members and former members; a
+change an operator (a staff user who is not a member) made to their tenant shows as "operator", without the
+operator's name or address.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def for_export(entries: QuerySet[LogEntry]) -> QuerySet[LogEntry]:
 def row(entry: LogEntry, *, zone: tzinfo | None = None, members: frozenset[int] | None = None) -> Row:
     """One entry as plain values; with ``members`` (a tenant's view) only those users' names and addresses show."""
     data = entry.additional_data or {}
-    known = members is None or entry.actor_id in members
+    # A former member (removed since) is still shown by name; only operators stay anonymous to a tenant.
+    operator = entry.actor is not None and (entry.actor.is_staff or entry.actor.is_superuser)
+    known = members is None or entry.actor_id in members or not operator
     actor = entry.actor.get_username() if entry.actor else (entry.actor_email or "")
     return Row(
         time=(entry.timestamp.astimezone(zone) if zone else entry.timestamp).isoformat(),

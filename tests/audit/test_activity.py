@@ -98,3 +98,12 @@ def test_nav_link_only_for_owners(alice: Party) -> None:
     assert 'href="/activity/"' in signed_in(alice.user).get("/keys/").content.decode()
     member = signed_in(make_user("mallory", tenant=alice.tenant, role=Membership.Role.MEMBER))
     assert 'href="/activity/"' not in member.get("/keys/").content.decode()
+
+
+def test_a_former_members_changes_still_name_them(alice: Party) -> None:
+    dave = make_user("dave", tenant=alice.tenant, role=Membership.Role.OWNER)
+    signed_in(dave).post("/keys/", {"name": "daves-key"}, REMOTE_ADDR="203.0.113.77")
+    Membership.objects.filter(user=dave).delete()
+    data = json.loads(body(signed_in(alice.user).get("/activity/export.json")))
+    made = next(item for item in data if item["object"].startswith("daves-key") and item["action"] == "create")
+    assert made["actor"] == "dave" and made["remote_addr"] == "203.0.113.77" and made["source"] == "page"
