@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from . import invitations
+from . import invitations, sso
 from .models import Invitation, Membership
 from .tenancy import SESSION_KEY, tenant_page
 
@@ -161,7 +161,7 @@ def invitation_page(request: HttpRequest, invitation: Invitation | None, state: 
                     **context: object) -> HttpResponse:
     response = render(request, "pages/invitation.html", {
         "title": "Invitation", "invitation": invitation, "state": state,
-        "login_url": f"{reverse('login')}?next={request.path}", **context}, status=status)
+        "login_url": f"{reverse('login')}?next={request.path}", **sso.login_context(), **context}, status=status)
     response["Cache-Control"] = "no-store"
     return response
 

@@ -112,13 +112,23 @@ def test_an_existing_user_signs_in_first_then_accepts_as_owner(alice: Party) -> 
     assert "Alice" in client.get("/").content.decode()
 
 
-def test_with_password_sign_in_off_a_new_invitee_is_sent_to_sign_in(alice: Party, settings: object) -> None:
+def test_with_password_sign_in_off_a_new_invitee_signs_in_with_sso(alice: Party, settings: object) -> None:
+    settings.TOLLGATE_OIDC_ISSUER = "https://sso.example.com"  # type: ignore[attr-defined]
+    settings.TOLLGATE_OIDC_PROVIDER_NAME = "Acme SSO"  # type: ignore[attr-defined]
     settings.TOLLGATE_PASSWORD_LOGIN = False  # type: ignore[attr-defined]
     invitation = invite(alice)
-    page = Client().get(path_of(invitation))
-    assert "Sign in to accept" in page.content.decode() and "password1" not in page.content.decode()
+    body = Client().get(path_of(invitation)).content.decode()
+    assert f'href="/oidc/authenticate/?next={path_of(invitation).replace(":", "%3A")}">Sign in with Acme SSO' in body
+    assert "password1" not in body and "Sign in to accept" not in body
     assert Client().post(path_of(invitation), {"password1": PASSWORD, "password2": PASSWORD}).status_code == 200
     assert not User.objects.filter(email="carol@example.com").exists()
+
+
+def test_with_sso_on_a_new_invitee_may_set_a_password_or_use_sso(alice: Party, settings: object) -> None:
+    settings.TOLLGATE_OIDC_ISSUER = "https://sso.example.com"  # type: ignore[attr-defined]
+    settings.TOLLGATE_OIDC_PROVIDER_NAME = "Acme SSO"  # type: ignore[attr-defined]
+    body = Client().get(path_of(invite(alice))).content.decode()
+    assert "Create account and join" in body and "sign in with Acme SSO" in body
 
 
 def test_an_account_of_another_address_cannot_accept(alice: Party, bob: Party) -> None:
@@ -372,3 +382,12 @@ def test_the_admin_refuses_to_invite_a_member(admin_client: Client, alice: Party
                                  {"tenant": alice.tenant.pk, "email": "ALICE@example.com", "role": "member"})
     assert response.status_code == 200 and "already a member" in response.content.decode()
     assert not Invitation.objects.exists() and not mail.outbox
+
+
+def test_the_members_pages_need_a_signed_in_member(client: Client, alice: Party) -> None:
+    for path in ("/members/", "/members/invite/", "/members/leave/"):
+        response = client.post(path)
+        assert response.status_code == 302 and response["Location"].startswith("/login/?next=")
+    assert 'href="/members/"' in signed_in(alice.user).get("/").content.decode()
+    outsider = signed_in(make_user("nobody"))
+    assert outsider.get("/members/").status_code == 403 and outsider.post("/members/leave/").status_code == 403
