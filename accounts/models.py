@@ -87,6 +87,14 @@ class Membership(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+
+    class Source(models.TextChoices):
+        LOCAL = "local", "Made here (an invitation, the admin, a command)"
+        SSO = "sso", "Granted by single sign-on"
+
+    # Single sign-on keeps the memberships it granted in step with the provider's groups, and never lowers or
+    # removes one made here (accounts/sso_access.py).
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.LOCAL, db_default=Source.LOCAL)
     created_at = models.DateTimeField(default=tz.now)
 
     class Meta:

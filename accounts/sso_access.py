@@ -3,8 +3,7 @@
 The rules, applied on every sign-in (README, "Single sign-on"):
 - Superuser status follows TOLLGATE_OIDC_SUPERUSER_GROUPS when that is set; staff status follows
   TOLLGATE_OIDC_STAFF_GROUPS when that is set. A superuser is always staff. Unset lists change nothing.
-- A membership that single sign-on created is marked (the user joins the Django group "sso-membership:<tenant id>");
-  marked memberships follow the groups: the role changes with them, and the membership goes when no group grants
+- A membership that single sign-on created has source "sso"; those follow the groups: the role changes with them, and the membership goes when no group grants
   the tenant any more.
 - A membership made any other way (an invitation, the admin, a command) is never lowered or removed by a sign-in;
   a group granting owner raises it to owner.
@@ -16,14 +15,13 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from .models import Membership, Tenant
 
 logger = logging.getLogger(__name__)
 
-MARKER_PREFIX = "sso-membership:"
 _RANK = {Membership.Role.MEMBER: 0, Membership.Role.OWNER: 1}
 
 
@@ -46,12 +44,11 @@ def sync_access(user: AbstractBaseUser, groups: set[str]) -> None:
     for slug in sorted(roles.keys() - tenants.keys()):
         logger.warning("TOLLGATE_OIDC_TENANT_GROUPS names tenant %r, which does not exist", slug)
     held = {m.tenant_id: m for m in Membership.objects.select_for_update().filter(user=user)}
-    marked = _marked_tenants(user)
+    marked = {tenant_id for tenant_id, m in held.items() if m.source == Membership.Source.SSO}
     for slug, tenant in tenants.items():
         role, membership = roles[slug], held.get(tenant.pk)
         if membership is None:
-            Membership.objects.create(tenant=tenant, user=user, role=role)
-            _mark(user, tenant.pk)
+            Membership.objects.create(tenant=tenant, user=user, role=role, source=Membership.Source.SSO)
         elif tenant.pk in marked or role == Membership.Role.OWNER:
             _set_role(membership, role)
     for tenant_id in marked - {tenant.pk for tenant in tenants.values()}:
@@ -61,7 +58,6 @@ def sync_access(user: AbstractBaseUser, groups: set[str]) -> None:
             continue
         if membership is not None:
             membership.delete()
-        _unmark(user, tenant_id)
 
 
 def _sync_status(user: AbstractBaseUser, groups: set[str]) -> None:
@@ -94,17 +90,3 @@ def _last_owner(membership: Membership) -> bool:
                   .filter(tenant_id=membership.tenant_id, role=Membership.Role.OWNER).values_list("pk", flat=True))
     return owners == [membership.pk]
 
-
-def _marked_tenants(user: AbstractBaseUser) -> set[int]:
-    groups = user.groups  # type: ignore[attr-defined]
-    names = groups.filter(name__startswith=MARKER_PREFIX).values_list("name", flat=True)
-    return {int(name.removeprefix(MARKER_PREFIX)) for name in names if name.removeprefix(MARKER_PREFIX).isdigit()}
-
-
-def _mark(user: AbstractBaseUser, tenant_id: int) -> None:
-    group, _ = Group.objects.get_or_create(name=f"{MARKER_PREFIX}{tenant_id}")
-    user.groups.add(group)  # type: ignore[attr-defined]
-
-
-def _unmark(user: AbstractBaseUser, tenant_id: int) -> None:
-    user.groups.remove(*Group.objects.filter(name=f"{MARKER_PREFIX}{tenant_id}"))  # type: ignore[attr-defined]
