@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import password_validation
@@ -146,9 +147,9 @@ def invite(*, tenant: Tenant, email: str, role: str = Membership.Role.MEMBER, in
 
 def send_invitation(invitation: Invitation, *, site: str | None = None) -> None:
     """Email the invitation's link to the invited address."""
-    inviter = invitation.invited_by
+    inviter: Any = invitation.invited_by
     context = {"invitation": invitation, "tenant": invitation.tenant, "link": link_for(invitation, site=site),
-               "inviter": (inviter.get_full_name() or inviter.get_username()) if inviter else "",  # type: ignore[attr-defined]
+               "inviter": (inviter.get_full_name() or inviter.get_username()) if inviter else "",
                "role": invitation.get_role_display().lower(), "days": settings.TOLLGATE_INVITATION_DAYS}
     send_mail(f"[Tollgate] You are invited to {invitation.tenant.name}",
               render_to_string("accounts/email/invitation.txt", context), None, [invitation.email])

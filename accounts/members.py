@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from . import invitations, sso
-from .models import Invitation, Membership
+from .models import Invitation, Membership, Tenant
 from .tenancy import SESSION_KEY, tenant_page
 
 logger = logging.getLogger(__name__)
@@ -56,11 +56,16 @@ class JoinForm(forms.Form):
         return data
 
 
+def tenant_of(request: HttpRequest) -> Tenant:
+    return request.tenant  # type: ignore[attr-defined,no-any-return]
+
+
 def members_page(request: HttpRequest, form: InviteForm, status: int = 200) -> HttpResponse:
-    tenant = request.tenant  # type: ignore[attr-defined]
+    tenant = tenant_of(request)
     rows = Membership.objects.filter(tenant=tenant).select_related("user").order_by("role", "user__username")
     now = timezone.now()
-    pending = invitations.pending(tenant, now).select_related("invited_by") if request.is_owner else []  # type: ignore[attr-defined]
+    owner: bool = request.is_owner  # type: ignore[attr-defined]
+    pending = invitations.pending(tenant, now).select_related("invited_by") if owner else []
     return render(request, "pages/members.html", {
         "title": "Members", "members": rows, "invitations": pending, "form": form, "roles": Membership.Role.choices,
         "owners": sum(1 for m in rows if m.role == Membership.Role.OWNER)}, status=status)
@@ -77,7 +82,7 @@ def invite(request: HttpRequest) -> HttpResponse:
     form = InviteForm(request.POST)
     if form.is_valid():
         try:
-            invitation = invitations.invite(tenant=request.tenant, email=form.cleaned_data["email"],  # type: ignore[attr-defined]
+            invitation = invitations.invite(tenant=tenant_of(request), email=form.cleaned_data["email"],
                                             role=form.cleaned_data["role"], invited_by=request.user,
                                             site=request.build_absolute_uri("/"))
         except ValidationError as e:
@@ -96,7 +101,7 @@ def invite(request: HttpRequest) -> HttpResponse:
 @tenant_page(owner=True)
 @require_POST
 def revoke_invitation(request: HttpRequest, invitation_id: int) -> HttpResponse:
-    invitation = get_object_or_404(Invitation.objects.filter(tenant=request.tenant), pk=invitation_id)  # type: ignore[attr-defined]
+    invitation = get_object_or_404(Invitation.objects.filter(tenant=tenant_of(request)), pk=invitation_id)
     try:
         invitations.revoke(invitation=invitation)
     except invitations.InvitationClosed:
@@ -109,7 +114,7 @@ def revoke_invitation(request: HttpRequest, invitation_id: int) -> HttpResponse:
 @tenant_page(owner=True)
 @require_POST
 def remove_member(request: HttpRequest, membership_id: int) -> HttpResponse:
-    membership = get_object_or_404(Membership.objects.filter(tenant=request.tenant), pk=membership_id)  # type: ignore[attr-defined]
+    membership = get_object_or_404(Membership.objects.filter(tenant=tenant_of(request)), pk=membership_id)
     try:
         invitations.remove_member(tenant=membership.tenant, user=membership.user, by=request.user)  # type: ignore[arg-type]
     except (invitations.LastOwner, invitations.NotAnOwner) as e:
@@ -124,7 +129,7 @@ def remove_member(request: HttpRequest, membership_id: int) -> HttpResponse:
 @tenant_page(owner=True)
 @require_POST
 def change_role(request: HttpRequest, membership_id: int) -> HttpResponse:
-    membership = get_object_or_404(Membership.objects.filter(tenant=request.tenant), pk=membership_id)  # type: ignore[attr-defined]
+    membership = get_object_or_404(Membership.objects.filter(tenant=tenant_of(request)), pk=membership_id)
     form = RoleForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose owner or member.")
@@ -144,7 +149,7 @@ def change_role(request: HttpRequest, membership_id: int) -> HttpResponse:
 @tenant_page()
 @require_POST
 def leave_tenant(request: HttpRequest) -> HttpResponse:
-    tenant = request.tenant  # type: ignore[attr-defined]
+    tenant = tenant_of(request)
     try:
         invitations.leave(tenant=tenant, user=request.user)  # type: ignore[arg-type]
     except invitations.LastOwner:

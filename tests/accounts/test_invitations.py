@@ -32,7 +32,8 @@ def signed_in(user: User) -> Client:
 
 
 def invite(party: Party, email: str = "carol@example.com", role: str = Membership.Role.MEMBER, **kw: object) -> Invitation:
-    return invitations.invite(tenant=party.tenant, email=email, role=role, invited_by=party.user, **kw)  # type: ignore[arg-type]
+    return invitations.invite(tenant=party.tenant, email=email, role=role, invited_by=party.user,
+                              **kw)  # type: ignore[arg-type]
 
 
 def path_of(invitation: Invitation) -> str:
@@ -293,7 +294,8 @@ def test_the_last_owner_cannot_leave_be_removed_or_be_demoted(alice: Party) -> N
     member = make_user("carol", tenant=alice.tenant, role=Membership.Role.MEMBER)
     own = Membership.objects.get(tenant=alice.tenant, user=alice.user)
     client = signed_in(alice.user)
-    for path, data in [("/members/leave/", {}), (f"/members/{own.pk}/remove/", {}), (f"/members/{own.pk}/role/", {"role": "member"})]:
+    for path, data in [("/members/leave/", {}), (f"/members/{own.pk}/remove/", {}),
+                       (f"/members/{own.pk}/role/", {"role": "member"})]:
         response = client.post(path, data, follow=True)
         assert "last owner" in response.content.decode()
         assert Membership.objects.get(pk=own.pk).role == "owner"
@@ -307,7 +309,8 @@ def test_the_last_owner_cannot_leave_be_removed_or_be_demoted(alice: Party) -> N
     assert client.post("/members/leave/").status_code == 302
     assert not Membership.objects.filter(pk=own.pk).exists()
     invitations.leave(tenant=alice.tenant, user=make_user("dave", tenant=alice.tenant, role=Membership.Role.MEMBER))
-    assert list(Membership.objects.filter(tenant=alice.tenant).values_list("user__username", "role")) == [("carol", "owner")]
+    left = Membership.objects.filter(tenant=alice.tenant).values_list("user__username", "role")
+    assert list(left) == [("carol", "owner")]
 
 
 def test_an_owner_already_a_member_keeps_the_role_on_accepting(alice: Party) -> None:
@@ -354,7 +357,8 @@ def test_concurrent_changes_keep_an_owner(how: str) -> None:
         assert thread.is_alive()  # waits on the owner rows this transaction locked
     thread.join(10)
     assert len(errors) == 1
-    assert list(Membership.objects.filter(tenant=alice.tenant, role="owner").values_list("user__username", flat=True)) == ["alice"]
+    owners = Membership.objects.filter(tenant=alice.tenant, role="owner").values_list("user__username", flat=True)
+    assert list(owners) == ["alice"]
 
 
 def test_an_operator_invites_from_the_admin_and_revokes(admin_client: Client, alice: Party) -> None:
