@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+import csv
+import io
+import json
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -12,7 +14,6 @@ from django.core.management import call_command
 from django.test import Client, TestCase
 
 from accounts.models import ApiKey, Tenant
-from billing.models import Budget
 from proxy.models import Provider
 
 from ..api.conftest import token_client
@@ -106,3 +107,17 @@ class AsgiSourceTests(TestCase):
         assert response.status_code == 200
         entry = await sync_to_async(lambda: last_for(ApiKey.objects.get(name="asgi")))()
         assert source(entry) == "page" and entry.actor_id == alice.user.pk and entry.remote_addr == "127.0.0.1"
+
+    async def test_activity_exports_stream_over_asgi(self) -> None:
+        alice = await sync_to_async(make_party)("alice")
+        await self.async_client.aforce_login(alice.user)
+        for path, parse in (("/activity/export.json", json.loads), ("/activity/export.csv", csv_rows)):
+            response = await self.async_client.get(path)
+            assert response.status_code == 200
+            text = "".join([part.decode() if isinstance(part, bytes) else part
+                            async for part in response.streaming_content])
+            assert len(parse(text)) == await LogEntry.objects.filter(additional_data__tenant=alice.tenant.pk).acount()
+
+
+def csv_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
