@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 SALT = "tollgate.invitation"
 OWNER = Membership.Role.OWNER
+USERNAME_LENGTH = 150  # django.contrib.auth's User.username; an address (up to 254) may be longer
 
 
 class InvitationError(Exception):
@@ -210,6 +211,9 @@ def create_invitee(*, invitation: Invitation, name: str, password: str, now: dat
     email = invitation.email
     if User.objects.filter(Q(username__iexact=email) | Q(email__iexact=email)).exists():
         raise ValidationError(f"An account for {email} exists already: sign in to accept the invitation.")
+    if len(email) > USERNAME_LENGTH:
+        raise ValidationError(f"{email} is longer than a username may be ({USERNAME_LENGTH} characters): sign in "
+                              "with single sign-on, or ask the owner to invite a shorter address.")
     user = User(username=email, email=email, first_name=name.strip()[:150])
     password_validation.validate_password(password, user)
     user.set_password(password)

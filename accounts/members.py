@@ -17,12 +17,18 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
+from django_ratelimit.decorators import ratelimit
+
+from gateway_site.views import rate_limited
 
 from . import invitations, sso
 from .models import Invitation, Membership, Tenant
 from .tenancy import SESSION_KEY, tenant_page
 
 logger = logging.getLogger(__name__)
+
+# Each invitation emails an address the owner chose: a bound per tenant keeps the outbox from becoming a relay.
+INVITE_RATE = "50/h"
 
 
 class InviteForm(forms.Form):
@@ -67,8 +73,8 @@ def members_page(request: HttpRequest, form: InviteForm, status: int = 200) -> H
     owner: bool = request.is_owner  # type: ignore[attr-defined]
     pending = invitations.pending(tenant, now).select_related("invited_by") if owner else []
     return render(request, "pages/members.html", {
-        "title": "Members", "members": rows, "invitations": pending, "form": form, "roles": Membership.Role.choices,
-        "owners": sum(1 for m in rows if m.role == Membership.Role.OWNER)}, status=status)
+        "title": "Members", "members": rows, "invitations": pending, "form": form, "roles": Membership.Role.choices},
+        status=status)
 
 
 @tenant_page()
@@ -76,9 +82,16 @@ def members(request: HttpRequest) -> HttpResponse:
     return members_page(request, InviteForm())
 
 
+def invite_rate(group: str, request: HttpRequest) -> str:
+    return INVITE_RATE
+
+
 @tenant_page(owner=True)
 @require_POST
+@ratelimit(key=lambda group, request: str(tenant_of(request).pk), rate=invite_rate, method="POST", block=False)
 def invite(request: HttpRequest) -> HttpResponse:
+    if getattr(request, "limited", False):
+        return rate_limited(request, retry_after=3600)
     form = InviteForm(request.POST)
     if form.is_valid():
         try:

@@ -395,3 +395,22 @@ def test_the_members_pages_need_a_signed_in_member(client: Client, alice: Party)
     assert 'href="/members/"' in signed_in(alice.user).get("/").content.decode()
     outsider = signed_in(make_user("nobody"))
     assert outsider.get("/members/").status_code == 403 and outsider.post("/members/leave/").status_code == 403
+
+
+def test_an_address_too_long_for_a_username_is_told_to_use_sso(alice: Party) -> None:
+    address = "a" * 60 + "@" + "b" * 60 + "." + "c" * 40 + ".com"
+    invitation = invite(alice, address)
+    response = Client().post(path_of(invitation), {"password1": PASSWORD, "password2": PASSWORD})
+    assert response.status_code == 400 and "longer than a username" in response.content.decode()
+    assert not User.objects.filter(email=address).exists() and invitation.status() == "pending"
+
+
+def test_invitations_per_tenant_are_rate_limited(alice: Party, bob: Party, monkeypatch: pytest.MonkeyPatch) -> None:
+    from accounts import members
+
+    monkeypatch.setattr(members, "INVITE_RATE", "2/h")
+    client = signed_in(alice.user)
+    answers = [client.post("/members/invite/", {"email": f"p{i}@example.com", "role": "member"}).status_code
+               for i in range(3)]
+    assert answers == [302, 302, 429] and len(mail.outbox) == 2
+    assert signed_in(bob.user).post("/members/invite/", {"email": "q@example.com", "role": "member"}).status_code == 302
