@@ -277,6 +277,7 @@ def change_role(*, tenant: Tenant, user: AbstractBaseUser, role: str, by: Abstra
 
 def _drop(membership: Membership) -> None:
     # The user no longer answers for the tenant's projects either.
-    Project.owners.through.objects.filter(project__tenant_id=membership.tenant_id, user_id=membership.user_id).delete()
+    for project in Project.objects.filter(tenant_id=membership.tenant_id, owners=membership.user_id):
+        project.owners.remove(membership.user_id)  # through the relation: its signal puts the change in the audit log
     membership.delete()
     logger.info("user %s left tenant %s", membership.user_id, membership.tenant.slug)

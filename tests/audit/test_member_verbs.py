@@ -60,3 +60,17 @@ def test_role_change_and_removal_on_the_members_page(alice: Party) -> None:
     removed = LogEntry.objects.filter(content_type__model="membership", object_pk=str(membership.pk),
                                       action=LogEntry.Action.DELETE).get()
     assert source(removed) == "page" and removed.actor == alice.user and removed.additional_data["tenant"] == alice.tenant.pk
+
+
+def test_a_removed_member_stops_owning_projects_on_the_record(alice: Party) -> None:
+    from accounts.models import Project
+
+    dave = make_user("dave", tenant=alice.tenant, role=Membership.Role.MEMBER)
+    project = Project.objects.create(tenant=alice.tenant, name="Search", slug="search")
+    project.owners.add(dave)
+    membership = Membership.objects.get(user=dave)
+    assert signed_in(alice).post(f"/members/{membership.pk}/remove/").status_code == 302
+    assert not project.owners.exists()
+    dropped = entries_for(project)[-1]
+    assert dropped.changes["owners"] == {"type": "m2m", "operation": "delete", "objects": ["dave"]}
+    assert source(dropped) == "page" and dropped.actor == alice.user
