@@ -9,7 +9,8 @@ from typing import Any
 from django.db.models import ProtectedError, Q, QuerySet
 from django.http import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
+from drf_spectacular.utils import (OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view,
+                                   inline_serializer)
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import exceptions, permissions, serializers, viewsets
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -30,6 +31,8 @@ OPERATORS_BUDGET = ("This budget was set by your Tollgate operator: you may chan
                     "{what}. Add a budget of your own to restrict spending further.")
 
 
+@extend_schema_field({"oneOf": [{"type": "integer"}, {"type": "string"}], "nullable": True,
+                      "description": "Only the requests of this project's keys: its id or slug (read back as its id)."})
 class ProjectField(serializers.Field):
     """A project by its id or its slug; read back as its id. Resolved within the budget's tenant (validate)."""
 
