@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from auditlog.models import LogEntry
 from auditlog.registry import auditlog
@@ -21,8 +22,12 @@ HIDDEN = "audit.registry.hidden"
 
 
 def hidden(value: str) -> str:
-    """What the log shows of a secret: whether it is set, so a change shows without its value."""
-    return "(none)" if value in ("", "None") else "(set)"  # auditlog passes values as text: None is "None"
+    """What the log shows of a secret: whether it is set, so a change shows without its value. Of a URL (a webhook's
+    path often holds its token, as Slack's do), only the scheme and host."""
+    if value in ("", "None"):  # auditlog passes values as text: None is "None"
+        return "(none)"
+    url = urlsplit(value) if value.startswith(("http://", "https://")) else None
+    return f"{url.scheme}://{url.hostname}/…" if url and url.hostname else "(set)"
 
 
 def own_tenant(instance: models.Model) -> int | None:
@@ -53,7 +58,7 @@ def register_models() -> None:
 
     always_out = ["created_at"]
     plan: list[tuple[type[models.Model], Callable[[models.Model], int | None], dict[str, Any]]] = [
-        (Tenant, own_tenant, {"exclude_fields": always_out, "mask_fields": ["alert_webhook_secret"]}),
+        (Tenant, own_tenant, {"exclude_fields": always_out, "mask_fields": ["alert_webhook_secret", "alert_webhook_url"]}),
         (Membership, tenant_field, {"exclude_fields": always_out}),
         (Invitation, tenant_field, {"exclude_fields": always_out}),
         (Project, tenant_field, {"exclude_fields": always_out, "m2m_fields": {"owners"}}),

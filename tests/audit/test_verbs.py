@@ -47,6 +47,13 @@ def test_webhook_secret_is_masked(alice: Party) -> None:
     assert secret not in json.dumps(list(LogEntry.objects.values_list("changes", flat=True)))
 
 
+def test_webhook_url_shows_only_its_host(alice: Party) -> None:
+    alice.tenant.alert_webhook_url = "https://hooks.slack.com/services/T000/B000/tokenpart"
+    alice.tenant.save()
+    assert last_for(alice.tenant).changes == {"alert_webhook_url": ["(none)", "https://hooks.slack.com/…"]}
+    assert "tokenpart" not in json.dumps(list(LogEntry.objects.values_list("changes", flat=True)))
+
+
 def test_membership_role_change_and_removal(alice: Party) -> None:
     user = make_user("dave", tenant=alice.tenant, role=Membership.Role.MEMBER)
     membership = Membership.objects.get(user=user)
