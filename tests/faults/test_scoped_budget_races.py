@@ -77,17 +77,20 @@ def streamed_or_whole(i: int) -> tuple[str, bool]:
     return ("demo", True) if i % 3 == 0 else ("mock", False)
 
 
-async def call(body: bytes, headers: dict[str, str]) -> AsgiReply:
+async def call(body: bytes, headers: dict[str, str], leave_after: float | None = None) -> AsgiReply:
     """One request through the /v1 handler (as tests/proxy/v1_client.asgi_call, with room for 200 at once: in process
-    the database steps of every request share one thread, and on PostgreSQL the last may wait several seconds)."""
+    the database steps of every request share one thread, and on PostgreSQL the last may wait several seconds).
+    ``leave_after``: the client goes away that many seconds after sending its body (status 499 if before any answer)."""
     sent: list[dict[str, Any]] = []
     pending = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive() -> dict[str, Any]:
         if pending:
             return pending.pop(0)
-        await asyncio.Event().wait()  # the client neither sends more nor leaves
-        return {}
+        if leave_after is None:
+            await asyncio.Event().wait()  # the client neither sends more nor leaves
+        await asyncio.sleep(leave_after or 0)
+        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -97,14 +100,15 @@ async def call(body: bytes, headers: dict[str, str]) -> AsgiReply:
              "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
              "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
     await asyncio.wait_for(api_handler()(scope, receive, send), timeout=60)
-    start = next(m for m in sent if m["type"] == "http.response.start")
+    start = next((m for m in sent if m["type"] == "http.response.start"), {"status": 499, "headers": []})
     return AsgiReply(status=start["status"], headers={k.decode().lower(): v.decode() for k, v in start["headers"]},
                      content=b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
 
 
-def burst(calls: list[tuple[bytes, dict[str, str]]]) -> list[AsgiReply]:
+def burst(calls: list[tuple[bytes, dict[str, str]]], leaving: Callable[[int], float | None] = lambda i: None,
+          ) -> list[AsgiReply]:
     async def run() -> list[AsgiReply]:
-        return await asyncio.gather(*(call(body, headers) for body, headers in calls))
+        return await asyncio.gather(*(call(body, headers, leaving(i)) for i, (body, headers) in enumerate(calls)))
 
     return async_to_sync(run)()
 
@@ -168,3 +172,26 @@ def test_200_concurrent_requests_never_pass_a_tag_budget(backend: str, alice: Pa
     tags = ["team:x", "team:y", "env:prod,team:x", None]
     answers = burst([request(alice, *streamed_or_whole(i), tags=tags[i % 4]) for i in range(REQUESTS)])
     check(backend, alice, budget, answers, lambda r: ",team:x," in r.tags, (key_budget,))
+
+
+def test_clients_leaving_a_race_on_a_tag_budget_leave_one_row_each_and_nothing_held(
+    backend: str, alice: Party, routes: None
+) -> None:
+    budget = Budget.objects.create(tenant=alice.tenant, amount=LIMIT, period="day", tag="team:x")
+    # Every third client leaves: at once, or while its answer is on its way (streams from the built-in model).
+    answers = burst([request(alice, *streamed_or_whole(i), tags="team:x" if i % 2 else "team:y")
+                     for i in range(REQUESTS)], leaving=lambda i: (0.0, 0.02)[i % 2] if i % 3 == 1 else None)
+    assert {a.status for a in answers} <= {200, 429, 499}
+    rows = list(UsageRecord.objects.filter(tenant=alice.tenant))
+    # A client gone before its request was read reached no provider and has no row; every other one has one.
+    at_once = sum(1 for i in range(REQUESTS) if i % 3 == 1 and i % 2 == 0)
+    assert REQUESTS - at_once <= len(rows) == len({r.request_id for r in rows}) <= REQUESTS
+    assert {a["x-request-id"] for a in answers if a.status != 499} <= {r.request_id.hex for r in rows}
+    assert any(r.end_reason not in ("complete", "rejected") for r in rows)  # some clients did leave mid-request
+    mine = sum(r.cost_picos for r in rows if ",team:x," in r.tags)
+    assert 0 < mine <= (budget.amount_micros + holds.overdraft()) * 10**6
+    state = budgets.status(Budget.objects.get(pk=budget.pk))
+    spec = budgets.spec_of(Budget.objects.select_related("tenant").get(pk=budget.pk))
+    ledger = budgets.ledger_spent(spec, budgets.period_bounds(spec.period, spec.zone, datetime.now(UTC))[0])
+    assert (state.spent_picos, state.reserved_micros) == (ledger, 0) == (mine, 0)
+    assert open_holds(backend, alice.tenant.pk) == 0
