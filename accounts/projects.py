@@ -46,7 +46,8 @@ def check_owners(*, tenant: Tenant, owners: Iterable[AbstractBaseUser]) -> list[
 
 def drop_owner(*, tenant_id: int, user_id: int) -> None:
     """Remove the user from the owners of the tenant's projects: owners are members, and this one left."""
-    Project.owners.through.objects.filter(project__tenant_id=tenant_id, user_id=user_id).delete()
+    for project in Project.objects.filter(tenant_id=tenant_id, owners=user_id):
+        project.owners.remove(user_id)  # through the relation: its signal puts the change in the audit log
 
 
 @transaction.atomic

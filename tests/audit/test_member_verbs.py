@@ -74,3 +74,16 @@ def test_a_removed_member_stops_owning_projects_on_the_record(alice: Party) -> N
     dropped = entries_for(project)[-1]
     assert dropped.changes["owners"] == {"type": "m2m", "operation": "delete", "objects": ["dave"]}
     assert source(dropped) == "page" and dropped.actor == alice.user
+
+
+def test_a_membership_deleted_anywhere_drops_project_ownership_on_the_record(alice: Party) -> None:
+    from accounts.models import Project
+
+    dave = make_user("dave", tenant=alice.tenant, role=Membership.Role.MEMBER)
+    project = Project.objects.create(tenant=alice.tenant, name="Search", slug="search")
+    project.owners.add(dave)
+    Membership.objects.get(user=dave).delete()  # e.g. the tenant admin's inline, or a shell
+    assert not project.owners.exists()
+    dropped = entries_for(project)[-1]
+    assert dropped.changes["owners"] == {"type": "m2m", "operation": "delete", "objects": ["dave"]}
+    assert source(dropped) == "command"
