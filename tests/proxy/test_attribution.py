@@ -4,16 +4,21 @@ every /v1 endpoint that reaches a provider, streamed or not; bad values refused 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from asgiref.sync import async_to_sync
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from accounts.keys import caller_by_id
-from batches import lines
+from batches import lines, tasks
+from billing import journal, recovery
 from billing.models import UsageRecord
 from billing.tags import MAX_END_USER_LENGTH, MAX_TAGS, is_tag, stored
+from gateway_site.celery import app
+from proxy import metering, routing
 from proxy.attribution import attribute
 from proxy.metering import Meter
 from proxy.parsing import parse_data
@@ -175,6 +180,33 @@ def test_a_batch_line_is_attributed_from_its_body(party: Party) -> None:
     assert (row.batch_id, row.tags, row.end_user) == ("batch_x", ",team:search,", "customer-9")
     outcome = async_to_sync(lines.run_line)(context, "b", body_for("chat", user=7))
     assert outcome is not None and outcome.status == 400 and outcome.body["error"]["param"] == "user"
+
+
+def test_a_background_response_is_attributed_from_its_body(party: Party, client: Any) -> None:
+    body = body_for("responses", background=True, user="customer-3", metadata={"job": "nightly", "note": "a b"})
+    with mock.patch.object(app, "send_task"):
+        created = client.post("/v1/responses", data=json.dumps(body), content_type="application/json",
+                              headers=party.auth)
+    assert created.status_code == 200, created.content
+    tasks.run_background_response.apply(args=[created.json()["id"]])
+    [row] = UsageRecord.objects.all()
+    assert (row.endpoint, row.status_code, row.tags, row.end_user) == ("responses", 200, ",job:nightly,", "customer-3")
+
+
+def test_a_killed_process_leaves_the_row_its_attribution(party: Party, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    book = journal.Journal(tmp_path)
+    monkeypatch.setattr(metering, "journal", lambda: book)
+    caller = caller_by_id(party.key.pk)
+    meter = Meter("chat")
+    meter.caller, meter.body = caller, parse_data(body_for("chat", user="u-5", metadata={"team": "a"}), "chat")
+    attribute(meter, "env:prod", meter.body)
+    meter.target = async_to_sync(routing.route)(caller, "demo")[0]
+    async_to_sync(meter.begin)()
+    metering._open.pop(meter.request_id)  # the process "dies" here: nothing renews or settles it
+    entry = recovery.lost_entry(journal.read(book.path)[meter.request_id])
+    assert (entry.tags, entry.end_user) == (",env:prod,team:a,", "u-5")
+    book.close()
 
 
 def test_without_header_metadata_or_user_nothing_is_set() -> None:
