@@ -241,3 +241,25 @@ def test_random_header_values_never_give_a_500(party: Party, header: str, endpoi
         envelope = reply.json()
         assert envelope["error"]["param"] == "x-tollgate-tags"
         assert (row.end_reason, row.tags) == ("rejected", "")
+
+
+JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(
+    max_size=40)
+
+
+@hypothesis_settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(user=JSON_SCALARS | st.text(min_size=250, max_size=260) | st.lists(JSON_SCALARS, max_size=2),
+       metadata=st.dictionaries(st.text(max_size=20), JSON_SCALARS, max_size=20) | JSON_SCALARS,
+       endpoint=st.sampled_from(["chat", "embeddings"]))
+def test_random_users_and_metadata_never_give_a_500(party: Party, user: Any, metadata: Any, endpoint: str) -> None:
+    reply, row = send(party, endpoint, body_for(endpoint, user=user, metadata=metadata))
+    valid_user = user is None or (isinstance(user, str) and len(user) <= MAX_END_USER_LENGTH and "\x00" not in user)
+    assert reply.status == (200 if valid_user else 400), reply.content
+    if valid_user:
+        assert row.end_user == (user or "")
+        recorded = row.tags.strip(",").split(",") if row.tags else []
+        assert len(recorded) <= MAX_TAGS and all(is_tag(tag) for tag in recorded)
+        pairs = {f"{k}:{v}" for k, v in metadata.items() if isinstance(v, str)} if isinstance(metadata, dict) else set()
+        assert set(recorded) <= pairs  # only metadata pairs, never anything else of the body
+    else:
+        assert reply.json()["error"]["param"] == "user" and row.end_user == ""
