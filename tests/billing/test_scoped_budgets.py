@@ -354,3 +354,33 @@ def test_the_admin_shows_and_checks_the_scopes(client: Client, alice: Party, bob
     assert client.post("/admin/billing/budget/add/", {**form, "project": mine.pk}).status_code == 302
     listed = client.get("/admin/billing/budget/")
     assert b"project search, model gpt-4o*, tag team:x" in listed.content
+
+
+def test_a_refusing_narrow_budget_gets_its_refusal_alert(client: Client, alice: Party) -> None:
+    tagged = Budget.objects.create(tenant=alice.tenant, amount=Decimal("0.03"), period="day", tag="team:x")
+    assert chat(client, alice, tags="team:x").status_code == 200
+    assert chat(client, alice, tags="team:x").status_code == 429
+    [alert_id] = alerts.claim_refusals()
+    alert = alerts.BudgetAlert.objects.get(pk=alert_id)
+    assert (alert.budget_id, alert.kind) == (tagged.pk, "refusing")
+    assert "Day budget of tag team:x is refusing requests" in alerts.message(alert).subject
+
+
+def test_requests_of_a_tenant_without_model_budgets_plan_no_fallbacks_at_the_gate(
+    client: Client, alice: Party, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planned: list[str] = []
+    original = routing.plan
+
+    async def plan(caller: Any, targets: list[Any]) -> Any:
+        planned.append(targets[0].public_model)
+        return await original(caller, targets)
+
+    monkeypatch.setattr(routing, "plan", plan)
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("1"), tag="team:x")  # narrow, but not by model
+    assert chat(client, alice, tags="team:y").status_code == 200  # no budget applies: nothing is planned
+    assert planned == []
+    Budget.objects.create(tenant=alice.tenant, amount=Decimal("1"), model="nothing*")
+    limits.forget_budgets()
+    assert chat(client, alice, tags="team:y").status_code == 200  # a model budget elsewhere: fallbacks are planned
+    assert planned == ["demo"]
