@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 # Each invitation emails an address the owner chose: a bound per tenant keeps the outbox from becoming a relay.
 INVITE_RATE = "50/h"
+INVITE_GROUP = "tollgate.invitations"  # the Members page and the API count together
 
 
 class InviteForm(forms.Form):
@@ -88,7 +89,8 @@ def invite_rate(group: str, request: HttpRequest) -> str:
 
 @tenant_page(owner=True)
 @require_POST
-@ratelimit(key=lambda group, request: str(tenant_of(request).pk), rate=invite_rate, method="POST", block=False)
+@ratelimit(group=INVITE_GROUP, key=lambda group, request: str(tenant_of(request).pk), rate=invite_rate, method="POST",
+           block=False)
 def invite(request: HttpRequest) -> HttpResponse:
     if getattr(request, "limited", False):
         return rate_limited(request, retry_after=3600)

@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import ApiKeyViewSet, ProjectViewSet, TenantViewSet
+from accounts.invitations_api import InvitationViewSet
 from batches.api import QueuesView
 from billing.api import BudgetViewSet, PriceViewSet, UsageViewSet
 from proxy.api import DeploymentViewSet, ProviderViewSet, RouteViewSet
@@ -17,6 +18,7 @@ router = DefaultRouter()
 router.register("tenants", TenantViewSet, basename="tenant")
 router.register("keys", ApiKeyViewSet, basename="apikey")
 router.register("projects", ProjectViewSet, basename="project")
+router.register("invitations", InvitationViewSet, basename="invitation")
 router.register("budgets", BudgetViewSet, basename="budget")
 router.register("prices", PriceViewSet, basename="price")
 router.register("usage", UsageViewSet, basename="usage")

@@ -414,3 +414,62 @@ def test_invitations_per_tenant_are_rate_limited(alice: Party, bob: Party, monke
                for i in range(3)]
     assert answers == [302, 302, 429] and len(mail.outbox) == 2
     assert signed_in(bob.user).post("/members/invite/", {"email": "q@example.com", "role": "member"}).status_code == 302
+
+
+def test_owners_invite_and_revoke_through_the_api(alice: Party) -> None:
+    from ..api.conftest import token_client
+
+    api = token_client(alice.user)
+    created = api.post("/api/invitations/", {"tenant": "alice", "email": "carol@example.com", "role": "owner"},
+                       content_type="application/json")
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert (body["tenant"], body["email"], body["role"], body["status"], body["invited_by"]) == (
+        "alice", "carol@example.com", "owner", "pending", "alice")
+    invitation = Invitation.objects.get(pk=body["id"])
+    assert invitations.token_for(invitation) not in created.content.decode()  # the link goes by email only
+    assert emailed_link() == f"http://testserver{path_of(invitation)}"
+    assert [row["id"] for row in api.get("/api/invitations/").json()["results"]] == [invitation.pk]
+    revoked = api.post(f"/api/invitations/{invitation.pk}/revoke/")
+    assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+    again = api.post(f"/api/invitations/{invitation.pk}/revoke/")
+    assert again.status_code == 409 and "withdrawn" in again.json()["detail"]
+    assert api.delete(f"/api/invitations/{invitation.pk}/").status_code == 405
+    alice.user.email = "alice@example.com"
+    alice.user.save()
+    for data in ({"tenant": "alice", "email": "ALICE@example.com", "role": "member"},
+                 {"tenant": "alice", "email": "nope", "role": "member"},
+                 {"tenant": "alice", "email": "x@example.com", "role": "admin"},
+                 {"tenant": "alice", "email": ["x@example.com"], "role": "member"}):
+        assert api.post("/api/invitations/", data, content_type="application/json").status_code == 400
+
+
+def test_bob_cannot_see_revoke_or_invite_into_alices_tenant_through_the_api(alice: Party, bob: Party) -> None:
+    from ..api.conftest import token_client
+
+    invitation = invite(alice)
+    api = token_client(bob.user)
+    assert api.get("/api/invitations/").json()["results"] == []
+    assert api.get(f"/api/invitations/{invitation.pk}/").status_code == 404
+    assert api.post(f"/api/invitations/{invitation.pk}/revoke/").status_code == 404
+    refused = api.post("/api/invitations/", {"tenant": "alice", "email": "eve@example.com", "role": "owner"},
+                       content_type="application/json")
+    assert refused.status_code == 400 and "tenant" in refused.json()
+    member = token_client(make_user("mallory", tenant=alice.tenant, role=Membership.Role.MEMBER))
+    assert member.get("/api/invitations/").json()["results"] == []
+    assert member.post("/api/invitations/", {"tenant": "alice", "email": "eve@example.com", "role": "owner"},
+                       content_type="application/json").status_code == 400
+    assert invitation.status() == "pending" and Invitation.objects.count() == 1 and len(mail.outbox) == 1
+
+
+def test_the_api_and_the_page_share_the_invitation_rate(alice: Party, monkeypatch: pytest.MonkeyPatch) -> None:
+    from accounts import members
+
+    from ..api.conftest import token_client
+
+    monkeypatch.setattr(members, "INVITE_RATE", "2/h")
+    assert signed_in(alice.user).post("/members/invite/", {"email": "p@example.com", "role": "member"}).status_code == 302
+    api = token_client(alice.user)
+    answers = [api.post("/api/invitations/", {"tenant": "alice", "email": f"q{i}@example.com", "role": "member"},
+                        content_type="application/json").status_code for i in range(2)]
+    assert answers == [201, 429] and len(mail.outbox) == 2
