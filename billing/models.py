@@ -211,6 +211,9 @@ class Budget(models.Model):
                 errors["model"] = str(e)
         elif self.model and (self.model != self.model.strip() or not self.model.isprintable()):
             errors["model"] = "A model name has no surrounding spaces or control characters."
+        elif self.model and (route := self.route_named_by()) is not None:
+            errors["model"] = (f"'{self.model}' is another name of the model '{route}': name it so (requests are "
+                               "counted by the name of the route that served them).")
         if self.tag and not tags.is_tag(self.tag):
             errors["tag"] = ("A tag has up to 64 letters, digits and . _ : = / @ + - characters, starting with a "
                              "letter or digit.")
@@ -222,6 +225,15 @@ class Budget(models.Model):
             errors["period"] = "A tag or end-user budget has a day, week or month period, not lifetime."
         if errors:
             raise ValidationError(errors)
+
+    def route_named_by(self) -> str | None:
+        """The route this plain model name is an alias (or prefixed name) of, when it is not a route's own name."""
+        from proxy.models import ModelRoute
+
+        routes = ModelRoute.objects.only("name", "aliases", "strip_prefix")
+        if routes.filter(name=self.model).exists():
+            return None
+        return next((route.name for route in routes if self.model in route.public_names()), None)
 
 
 class BudgetPeriod(models.Model):

@@ -384,3 +384,14 @@ def test_requests_of_a_tenant_without_model_budgets_plan_no_fallbacks_at_the_gat
     limits.forget_budgets()
     assert chat(client, alice, tags="team:y").status_code == 200  # a model budget elsewhere: fallbacks are planned
     assert planned == ["demo"]
+
+
+def test_a_model_budget_names_the_route_not_one_of_its_aliases(alice: Party) -> None:
+    from proxy.models import ModelRoute
+
+    ModelRoute.objects.filter(name="demo-mini").update(aliases=["mini"])
+    with pytest.raises(ValidationError) as refused:
+        Budget(tenant=alice.tenant, amount=Decimal("1"), model="mini").full_clean()
+    assert "'demo-mini'" in refused.value.message_dict["model"][0]
+    for model in ("demo-mini", "not-routed-yet", "mini*"):
+        Budget(tenant=alice.tenant, amount=Decimal("1"), model=model).full_clean()
