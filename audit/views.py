@@ -3,8 +3,10 @@ from __future__ import annotations
 import zoneinfo
 
 from django import forms
+from django.apps import apps
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
+from django.utils.text import capfirst
 
 from accounts.tenancy import tenant_page
 
@@ -29,7 +31,14 @@ def shown(row: export.Row) -> dict[str, object]:
             changes.append((field, f"{sign} {', '.join(map(str, values.get('objects', [])))}"))
         elif isinstance(values, list) and len(values) == 2:
             changes.append((field, f"{values[0]} → {values[1]}"))
-    return {**row, "at": f"{row['time'][:10]} {row['time'][11:19]}", "fields": changes}
+    return {**row, "at": f"{row['time'][:10]} {row['time'][11:19]}", "fields": changes, "kind": kind(row["model"])}
+
+
+def kind(label: str) -> str:
+    try:
+        return capfirst(str(apps.get_model(label)._meta.verbose_name))
+    except LookupError:  # a model removed since the entry was written
+        return label
 
 
 @tenant_page(owner=True)

@@ -37,6 +37,7 @@ def test_owner_sees_own_changes_and_bob_sees_none_of_alices(alice: Party, bob: P
     assert page.status_code == 200
     text = page.content.decode()
     assert "alice-secret-project" in text and "bob-only-key" not in text and "Download CSV" in text
+    assert "API key" in text and "accounts.apikey" not in text
     bobs = signed_in(bob.user)
     for path in ("/activity/", "/activity/export.csv", "/activity/export.json"):
         response = bobs.get(path)
