@@ -16,7 +16,7 @@ PAGE = 50
 
 
 class Older(forms.Form):
-    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+    before = forms.IntegerField(required=False, min_value=1, max_value=2**63 - 1, widget=forms.HiddenInput)
 
 
 def members_of(request: HttpRequest) -> frozenset[int]:
