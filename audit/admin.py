@@ -41,7 +41,9 @@ class TenantFilter(admin.SimpleListFilter):
         value = self.value()
         if not value:
             return queryset
-        return queryset.filter(additional_data__tenant=int(value)) if value.isdigit() else queryset.none()
+        if not (value.isdigit() and int(value) < 2**63):  # no tenant has such an id (and SQLite cannot bind it)
+            return queryset.none()
+        return queryset.filter(additional_data__tenant=int(value))
 
 
 @admin.register(LogEntry)
