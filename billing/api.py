@@ -365,7 +365,7 @@ class UsageViewSet(viewsets.GenericViewSet):
         query.is_valid(raise_exception=True)
         asked = query.validated_data
         groups = asked["group_by"]
-        rows = self.get_queryset()
+        rows: QuerySet[Any] = self.get_queryset()  # rollups, or ledger rows for a tag or end user
         if "tenant" in asked:
             rows = rows.filter(tenant=asked["tenant"])
         if "tag" in asked or "user" in asked:

@@ -154,6 +154,9 @@ def test_the_usage_api_filters_by_tag_and_user_from_the_ledger(alice: Party, led
     [row] = usage(api, tag="team:search", start=today, group_by="tenant,model")
     assert (row["tenant"], row["model"], row["requests"], row["cost_picos"]) == ("alice", "gpt-4o", 1, 1_000)
     assert row["latency_p50_ms"] is None
+    [row] = usage(api, tag="team:search", start=today, group_by="project")
+    assert (row["project"], row["project_id"], row["requests"]) == ("search", ledger["search"].pk, 1)
+    assert usage(api, user="u-10", start=today, project="search") == []  # u-10's request has no project
     [row] = usage(api, user="u-10", start=today, group_by="")
     assert (row["requests"], row["prompt_tokens"], row["total_tokens"]) == (1, 10, 15)
     assert usage(api, tag="team:search", user="u-10", start=today) == []
