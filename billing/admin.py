@@ -248,9 +248,11 @@ class BudgetInline(BudgetStatusColumn, admin.TabularInline):
     model = Budget
     fk_name = "tenant"
     extra = 0
-    fields = ["name", "key", "project", "model", "tag", "end_user", "amount", "period", "hard", "alert_thresholds",
-              "is_active", "set_by", "this_period"]
+    # The model, tag and end-user scopes and the alert thresholds are set on the budget's own page (the change
+    # link): the tenant page stays readable at laptop widths.
+    fields = ["name", "key", "project", "amount", "period", "hard", "is_active", "set_by", "this_period"]
     readonly_fields = ["set_by", "this_period"]
+    show_change_link = True
 
     def get_formset(self, request: HttpRequest, obj: Model | None = None, **kwargs: Any) -> type[BaseInlineFormSet]:
         from accounts.models import Project
