@@ -52,6 +52,8 @@ def test_an_owner_invites_by_email_with_a_working_link(alice: Party) -> None:
     assert response.status_code == 302 and response["Location"] == "/members/"
     [message] = mail.outbox
     assert message.to == ["carol@example.com"] and "Alice" in message.subject
+    assert "alice invited you to join Alice on Tollgate, as a member." in message.body
+    assert "The link works once, for 7 days." in message.body
     link = emailed_link()
     assert link.startswith("http://testserver/invite/")  # absolute, from the request's host
     invitation = Invitation.objects.get(tenant=alice.tenant)
