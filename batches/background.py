@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from accounts.keys import Caller, KeyRejected, caller_by_id
 from proxy import outages
+from proxy.attribution import PARAM as TAGS_HEADER
 from proxy.auth import rejection
 from proxy.background import publish
 from proxy.db import db_step
@@ -129,9 +130,12 @@ class BackgroundRun:
             context = await self.load_context()
             watcher = asyncio.ensure_future(self.watch())
             try:
-                data = {name: value for name, value in self.job.request.items() if name not in ("background", "stream")}
+                data = {name: value for name, value in self.job.request.items()
+                        if name not in ("background", "stream", TAGS_HEADER)}
+                tags = self.job.request.get(TAGS_HEADER)
                 outcome = await execute(Meter(RESPONSES), context, data, len(encode_json(data)), self.stopped,
-                                        what=f"background response {self.job.response_id}", prepare=self.prepare)
+                                        what=f"background response {self.job.response_id}", prepare=self.prepare,
+                                        tags_header=tags if isinstance(tags, str) else None)
             finally:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)

@@ -90,7 +90,8 @@ async def run_line(context: LineContext, custom_id: str, data: JSONDict, size: i
 
 async def execute(meter: Meter, context: LineContext, data: JSONDict, size: int = 0,
                   stopped: Callable[[], str | None] = lambda: None, *, what: str,
-                  prepare: Callable[[ApiRequest, Caller], Awaitable[None]] | None = None) -> Outcome | None:
+                  prepare: Callable[[ApiRequest, Caller], Awaitable[None]] | None = None,
+                  tags_header: str | None = None) -> Outcome | None:
     """Run one request that no client waits on (a batch line, a background response) through the /v1 steps, its row
     in the ledger under ``meter``; ``prepare`` runs after parsing, before routing (a dialect's conversation state).
     Returns its outcome, or None when ``stopped()`` named a reason while it waited at the gate. Never raises but
@@ -109,7 +110,9 @@ async def execute(meter: Meter, context: LineContext, data: JSONDict, size: int 
         if body.stream:
             raise GatewayError("Batch requests cannot stream.", param="stream", code="invalid_value")
         body.size = size
-        attribute(meter, None, body)  # the line's metadata and user: a batch line has no headers of its own
+        # The line's metadata and user; a batch line has no headers of its own, a background response keeps its
+        # creator's x-tollgate-tags.
+        attribute(meter, tags_header, body)
         if prepare is not None:
             await prepare(body, meter.caller)
         targets = await routing.route(meter.caller, body.model)

@@ -24,6 +24,7 @@ from gateway_site.celery import app
 
 from . import outages, responses_store, routing
 from .asgi import BODY_TIMED_OUT, BODY_TOO_LARGE
+from .attribution import PARAM as TAGS_HEADER, header_tags
 from .auth import authenticate
 from .db import db_step
 from .dialects import get_dialect
@@ -133,6 +134,9 @@ async def create(request: HttpRequest) -> HttpResponseBase:
 
             return await relay(request, RESPONSES, caller)
         refuse_unsupported(data)
+        tags = request.headers.get(TAGS_HEADER)
+        if tags is not None:
+            header_tags(tags)  # refused now, as on any /v1 request; the run reads them from the stored request
         # The provider never sees background: the worker asks it for the answer itself.
         body = dialect.parse(without(data, "background"))
         await dialect.prepare(body, caller)  # a previous_response_id that cannot be continued is refused now
@@ -146,6 +150,8 @@ async def create(request: HttpRequest) -> HttpResponseBase:
             return responses_store.storable(data), responses_store.storable(items), responses_store.storable(response)
 
         stored_data, stored_items, stored_response = await asyncio.to_thread(clean) if big else clean()
+        if tags is not None:
+            stored_data[TAGS_HEADER] = tags  # no parameter of the API has this name: the run takes it out
         queue = await asave_queued(
             response_id=response_id, tenant_id=caller.tenant_id, key_id=caller.key_id, model=body.model,
             request=stored_data, input_items=stored_items, response=stored_response)

@@ -21,6 +21,7 @@ from gateway_site.celery import app
 from proxy import metering, routing
 from proxy.attribution import attribute
 from proxy.metering import Meter
+from proxy.models import StoredResponse
 from proxy.parsing import parse_data
 from proxy.services import ensure_demo_route
 
@@ -191,6 +192,21 @@ def test_a_background_response_is_attributed_from_its_body(party: Party, client:
     tasks.run_background_response.apply(args=[created.json()["id"]])
     [row] = UsageRecord.objects.all()
     assert (row.endpoint, row.status_code, row.tags, row.end_user) == ("responses", 200, ",job:nightly,", "customer-3")
+
+
+def test_a_background_response_keeps_its_header_tags_and_refuses_bad_ones(party: Party, client: Any) -> None:
+    body = body_for("responses", background=True, metadata={"job": "nightly"})
+    with mock.patch.object(app, "send_task") as sent:
+        refused = client.post("/v1/responses", data=json.dumps(body), content_type="application/json",
+                              headers={**party.auth, "x-tollgate-tags": "team:search, not a tag"})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "x-tollgate-tags"
+        assert not sent.called and not StoredResponse.objects.exists()
+        created = client.post("/v1/responses", data=json.dumps(body), content_type="application/json",
+                              headers={**party.auth, "x-tollgate-tags": "team:search"})
+    assert created.status_code == 200, created.content
+    tasks.run_background_response.apply(args=[created.json()["id"]])
+    [row] = UsageRecord.objects.all()
+    assert (row.status_code, row.tags) == (200, ",job:nightly,team:search,")
 
 
 def test_a_killed_process_leaves_the_row_its_attribution(party: Party, tmp_path: Path,
