@@ -184,11 +184,15 @@ class BudgetState:
         return max(self.limit_micros - picos_to_micros_up(self.spent_picos) - self.held_micros, 0)
 
 
-def key_budgets(*, tenant_id: int, key_id: int, now: datetime | None = None) -> list[BudgetState]:
-    """Return the active budgets that apply to the key (its tenant's and its own) with this period's figures."""
+def key_budgets(*, tenant_id: int, key_id: int, project_id: int | None = None,
+                now: datetime | None = None) -> list[BudgetState]:
+    """Return the active budgets that may apply to the key's requests (its tenant's, its project's and its own, those
+    narrowed to a model, tag or end user included) with this period's figures."""
     now = now or timezone.now()
     applicable = (Budget.objects.filter(tenant_id=tenant_id, is_active=True)
-                  .filter(Q(key__isnull=True) | Q(key_id=key_id)).select_related("tenant", "key").order_by("id"))
+                  .filter(Q(key__isnull=True) | Q(key_id=key_id))
+                  .filter(Q(project__isnull=True) | Q(project_id=project_id))
+                  .select_related("tenant", "key", "project").order_by("id"))
     states = []
     for budget in applicable:
         state = budgets.status(budget, now=now)

@@ -85,7 +85,7 @@ def day(value: str, param: str) -> date:
 
 def read(caller: Caller, days: usage.DateRange) -> tuple[usage.KeyUsage, list[usage.BudgetState]]:
     return (usage.key_usage(tenant_id=caller.tenant_id, key_id=caller.key_id, days=days),
-            usage.key_budgets(tenant_id=caller.tenant_id, key_id=caller.key_id))
+            usage.key_budgets(tenant_id=caller.tenant_id, key_id=caller.key_id, project_id=caller.project_id))
 
 
 aread = db_step(read)
@@ -106,7 +106,8 @@ def usage_json(found: usage.KeyUsage) -> dict[str, object]:
 
 def budget_json(state: usage.BudgetState) -> dict[str, object]:
     budget = state.budget
-    return {"id": budget.pk, "name": str(budget), "scope": state.scope, "period": budget.period, "hard": budget.hard,
+    return {"id": budget.pk, "name": str(budget), "scope": state.scope, "applies_to": budget.scope_label,
+            "period": budget.period, "hard": budget.hard,
             "period_start": state.starts_at.isoformat(),
             "period_end": state.ends_at.isoformat() if state.ends_at else None,
             "limit_usd": str(micros_to_dollars(state.limit_micros)), "limit_micros": state.limit_micros,

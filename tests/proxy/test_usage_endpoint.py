@@ -17,6 +17,8 @@ from django.test import Client
 from django.utils import timezone
 
 from billing import budgets, holds, rollups
+from accounts.models import Project
+from accounts.projects import set_key_project
 from billing.models import Budget, Price, RollupState, UsageRecord
 from proxy import routing
 
@@ -165,6 +167,26 @@ def test_budgets_show_spent_held_and_left_of_this_period(client: Client, alice: 
     assert month["period_start"] == budgets.period_bounds("month", "UTC", now)[0].isoformat()
     others = [b["id"] for b in usage(client, other_secret).json()["budgets"]]
     assert others == [tenant_budget.pk, Budget.objects.get(key=other_key).pk]
+
+
+def test_budgets_of_other_projects_are_not_listed_and_narrowed_ones_say_what_they_cover(
+        client: Client, alice: Party) -> None:
+    search = Project.objects.create(tenant=alice.tenant, name="Search", slug="search")
+    ads = Project.objects.create(tenant=alice.tenant, name="Ads", slug="ads")
+    set_key_project(key=alice.key, project=search)
+    tenant_wide = Budget.objects.create(tenant=alice.tenant, amount=Decimal("9"))
+    own_project = Budget.objects.create(tenant=alice.tenant, project=search, amount=Decimal("5"))
+    Budget.objects.create(tenant=alice.tenant, project=ads, amount=Decimal("5"))  # another project's: not listed
+    by_model = Budget.objects.create(tenant=alice.tenant, model="gpt-4o*", amount=Decimal("2"))
+    by_tag = Budget.objects.create(tenant=alice.tenant, project=search, tag="team:x", amount=Decimal("1"), period="day")
+
+    listed = {b["id"]: b for b in usage(client, alice).json()["budgets"]}
+    assert set(listed) == {tenant_wide.pk, own_project.pk, by_model.pk, by_tag.pk}
+    assert listed[tenant_wide.pk]["applies_to"] == "tenant alice"
+    assert listed[own_project.pk]["applies_to"] == "project search"
+    assert listed[by_model.pk]["applies_to"] == "model gpt-4o*"
+    assert listed[by_tag.pk]["applies_to"] == "project search, tag team:x"
+    assert {b["scope"] for b in listed.values()} == {"tenant"}
 
 
 def test_bobs_key_never_sees_alices_usage(client: Client, alice: Party, bob: Party) -> None:
