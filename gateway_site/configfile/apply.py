@@ -10,6 +10,8 @@ from typing import Any
 from django.db import DatabaseError, transaction
 from django.db.models import ProtectedError, RestrictedError
 
+from audit.context import verb
+
 from . import ConfigError
 from .plan import Plan, Planner
 from .tenants import plan_tenants
@@ -33,7 +35,7 @@ def execute(planned: Plan, *, commit: bool) -> None:
     """Make every change in one transaction; without commit, roll them back (a dry run that validates each row).
     Raises ConfigError when a row is invalid or the database refuses; then nothing is applied."""
     try:
-        with transaction.atomic():
+        with verb("config apply"), transaction.atomic():  # the audit log names where these changes came from
             for change in planned.changes:
                 change.run()
             if not commit:

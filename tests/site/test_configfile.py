@@ -180,6 +180,19 @@ def test_applying_twice_changes_nothing_the_second_time(tmp_path: Path, monkeypa
 
 
 @pytest.mark.django_db
+def test_changes_applied_from_a_file_are_in_the_audit_log_as_such(tmp_path: Path) -> None:
+    from auditlog.models import LogEntry
+
+    path = write(tmp_path, "version: 1\ntenants:\n  - slug: acme\n    name: Acme\n")
+    apply(path)
+    assert not LogEntry.objects.exists()  # a dry run leaves nothing, in the log either
+    apply(path, "--yes")
+    [entry] = LogEntry.objects.all()
+    assert entry.object_repr == "Acme" and entry.additional_data["source"] == "command"
+    assert entry.additional_data["verb"] == "config apply"
+
+
+@pytest.mark.django_db
 def test_the_dry_run_shows_the_diff_and_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     build_rich_config()
     monkeypatch.setenv("TOLLGATE_PROVIDER_OPENAI_KEY", STORED_KEY)
