@@ -9,7 +9,8 @@ from rest_framework.routers import DefaultRouter
 from accounts.api import ApiKeyViewSet, ProjectViewSet, TenantViewSet
 from accounts.invitations_api import InvitationViewSet
 from batches.api import QueuesView
-from billing.api import BudgetViewSet, PriceViewSet, UsageViewSet
+from billing.api import BudgetViewSet, PriceViewSet
+from billing.usage_api import UsageViewSet
 from proxy.api import DeploymentViewSet, ProviderViewSet, RouteViewSet
 
 from .api_errors import not_found
