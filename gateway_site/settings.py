@@ -267,8 +267,6 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
 
-CELERY_TASK_IGNORE_RESULT = True
-CELERY_TASK_ACKS_LATE = True
 # Single sign-on with OpenID Connect (README, "Single sign-on"): off while no issuer is set. The provider's endpoints
 # come from its discovery document, fetched on first use (accounts/sso.py).
 from accounts import sso_config as _sso  # noqa: E402 (reads the environment only)
@@ -296,6 +294,8 @@ OIDC_CALLBACK_CLASS = "accounts.sso.Callback"
 OIDC_TIMEOUT = 10
 OIDC_USE_PKCE = True  # providers without PKCE ignore the challenge (RFC 7636)
 
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Schedules live in the database, editable in the admin (Periodic tasks); billing's migrations create the
 # defaults once, and an operator's changes are never overwritten.
