@@ -250,14 +250,14 @@ def test_a_route_without_a_per_image_price_notes_no_images(client: Client, alice
     assert (row.images, row.cost_picos) == (0, (50 * D("3.75") + 10 * 15) * 10**6)
 
 
-def test_the_requests_export_ends_with_cache_writes_and_images_of_the_tenants_own_rows(alice: Party,
-                                                                                       bob: Party) -> None:
+def test_the_requests_export_adds_cache_writes_and_images_after_the_older_columns(alice: Party, bob: Party) -> None:
     from .test_export import record, rows_of, signed_in
 
     record(alice, picos=39_450_000_000, cache_write_tokens=5_000, images=2)
     record(bob, picos=5, cache_write_tokens=777, images=9)
     [row] = rows_of(signed_in(alice).get("/requests/export.csv"))
-    assert list(row)[-3:] == ["cost_usd", "cache_write_tokens", "images"]
+    # New columns go at the end, so readers of the older columns find them where they were.
+    assert list(row)[-6:] == ["cost_usd", "cache_write_tokens", "images", "project", "tags", "end_user"]
     assert (row["cost_usd"], row["cache_write_tokens"], row["images"]) == ("0.039450000000", "5000", "2")
 
 
