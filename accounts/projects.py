@@ -180,8 +180,8 @@ def project_edit(request: HttpRequest, project_id: int) -> HttpResponse:
     if request.method == "POST" and form.is_valid() and save_form(request, form, project):
         messages.success(request, f"Project {project.name} saved.")
         return redirect("projects")
-    return render(request, "pages/project_form.html", {"title": f"Project {project.name}", "form": form},
-                  status=400 if request.method == "POST" else 200)
+    context = {"title": f"Project {project.name}", "form": form, "back_to": "projects"}
+    return render(request, "pages/form.html", context, status=400 if request.method == "POST" else 200)
 
 
 @tenant_page(owner=True)
