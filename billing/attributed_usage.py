@@ -40,14 +40,8 @@ def report(rows: QuerySet[UsageRecord], *, granularity: str, groups: tuple[str, 
         rows = rows.filter(tags__contains=tags.needle(tag))
     if end_user is not None:
         rows = rows.filter(end_user=end_user)
-    if key_id is not None:
-        rows = rows.filter(key_id=key_id)
-    if project_ids is not None:
-        rows = rows.filter(project_id__in=project_ids)
-    if model is not None:
-        rows = rows.filter(public_model=model)
-    if provider is not None:
-        rows = rows.filter(provider=provider)
+    rows = usage.narrowed(rows, key_id=key_id, project_ids=project_ids, model_field="public_model", model=model,
+                          provider=provider)
     trunc = TruncHour if granularity == "hour" else TruncDay
     columns = [column for name in groups for column in usage.GROUP_COLUMNS[name]]
     none = Value(None, output_field=IntegerField())

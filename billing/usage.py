@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from django.db.models import Count, Max, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
@@ -217,6 +218,20 @@ def parse_groups(value: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def narrowed(rows: QuerySet[Any], *, key_id: int | None, project_ids: list[int] | None, model_field: str,
+             model: str | None, provider: str | None) -> QuerySet[Any]:
+    """The rows (rollups or ledger rows, whose model column is ``model_field``) the usage filters given select."""
+    if key_id is not None:
+        rows = rows.filter(key_id=key_id)
+    if project_ids is not None:
+        rows = rows.filter(project_id__in=project_ids)
+    if model is not None:
+        rows = rows.filter(**{model_field: model})
+    if provider is not None:
+        rows = rows.filter(provider=provider)
+    return rows
+
+
 def report(rows: QuerySet[UsageRollup], *, granularity: str, groups: tuple[str, ...], days: DateRange,
            key_id: int | None = None, model: str | None = None, provider: str | None = None,
            project_ids: list[int] | None = None) -> QuerySet[UsageRollup]:
@@ -226,14 +241,7 @@ def report(rows: QuerySet[UsageRollup], *, granularity: str, groups: tuple[str, 
     it adds up. Percentiles cannot be added up, so each is the rollup's own when the row is a single rollup.
     """
     rows = rows.filter(granularity=granularity, bucket__gte=days.starts_at, bucket__lt=days.ends_at)
-    if key_id is not None:
-        rows = rows.filter(key_id=key_id)
-    if project_ids is not None:
-        rows = rows.filter(project_id__in=project_ids)
-    if model is not None:
-        rows = rows.filter(model=model)
-    if provider is not None:
-        rows = rows.filter(provider=provider)
+    rows = narrowed(rows, key_id=key_id, project_ids=project_ids, model_field="model", model=model, provider=provider)
     columns = [column for name in groups for column in GROUP_COLUMNS[name]]
     return (rows.values("bucket", *columns)
             .annotate(n=Sum("requests"), failed=Sum("errors"), refused=Sum("rejected"), prompt=Sum("prompt_tokens"),
