@@ -75,7 +75,7 @@ def check_item(item: Any, at: str) -> None:
     if not isinstance(item, dict):
         raise wrong_type(at, "an object")
     kind = field(item, "type", str, "a string", at)
-    if kind is None and "role" not in item:
+    if kind == "" or (kind is None and "role" not in item):  # an empty type would be read as a message
         raise missing(f"{at}.type")
     if kind in (None, "message"):
         check_message(item, at)

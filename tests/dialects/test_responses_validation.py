@@ -38,6 +38,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output"),
     ({"input": [{"type": "function_call_output", "call_id": "c", "output": 3}]}, "input[0].output"),
     ({"input": [{"type": 7}]}, "input[0].type"),
+    ({"input": [{"type": "", "content": "Hi"}]}, "input[0].type"),
+    ({"input": [{"type": ""}]}, "input[0].type"),
     ({"instructions": ["Be brief."]}, "instructions"),
     ({"tools": {"type": "function"}}, "tools"),
     ({"tools": ["f"]}, "tools[0]"),
