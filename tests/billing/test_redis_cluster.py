@@ -24,7 +24,7 @@ from billing.models import Budget, Price, UsageRecord
 from proxy import ratelimits, routing
 from proxy.services import ensure_demo_route
 
-from ..conftest import Party, make_party
+from ..conftest import Party, make_party, room_in_this_minute
 
 
 @pytest.fixture
@@ -64,6 +64,7 @@ def test_the_gate_budgets_rate_limits_and_reaping_run_on_a_cluster(on_cluster: s
         party.key.save()
         budget_of[party.tenant.pk] = Budget.objects.create(tenant=party.tenant, amount=Decimal("1"), period="month")
         Budget.objects.create(tenant=party.tenant, key=party.key, amount=Decimal("0.5"), period="lifetime")
+    room_in_this_minute()
     for party in parties:
         assert [chat(client, party).status_code for _ in range(4)] == [200, 200, 200, 429]  # 3 a minute
     for party in parties:

@@ -24,6 +24,14 @@ def alice_signs_in(alice: Party) -> Party:
     return alice
 
 
+@pytest.fixture(autouse=True)
+def one_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    # django-ratelimit counts in fixed windows by the clock: each test here counts within one, so its clock stands
+    # still (a test that moves it sets its own).
+    start = time.time()
+    monkeypatch.setattr(ratelimit_core, "time", SimpleNamespace(time=lambda: start))
+
+
 def attempt(address: str, username: str, password: str = "wrong guess", path: str = "/login/") -> int:
     return Client().post(path, {"username": username, "password": password}, REMOTE_ADDR=address).status_code
 
