@@ -99,7 +99,8 @@ def test_the_pages_and_the_admin_report_no_csp_violation(chromium: Any, site: st
 
     # A tenant owner's pages.
     owner = Watched(sign_in(chromium, site, "alice"))
-    for path in ("/", "/keys/", "/budgets/", "/requests/", "/password/", f"/budgets/{budget.pk}/thresholds/"):
+    for path in ("/", "/keys/", "/budgets/", "/requests/", "/password/", f"/budgets/{budget.pk}/thresholds/",
+                 "/projects/", "/members/", "/activity/"):
         assert owner.visit(f"{site}{path}") == [], path
     assert owner.visit(f"{site}/live/") == []
     owner.page.get_by_text("Connected.").wait_for()  # the WebSocket is allowed by connect-src 'self'
