@@ -219,8 +219,7 @@ def test_body_at_the_limit_is_accepted(client: Client, alice: Party, demo: Model
     padding = 2048 - len(json.dumps(chat(messages=[{"role": "user", "content": ""}])))
     body = chat(messages=[{"role": "user", "content": "x" * padding}])
     assert len(json.dumps(body)) == 2048
-    response = post(client, CHAT, body, alice.auth)
-    assert response.status_code == 200, response.content
+    assert (response := post(client, CHAT, body, alice.auth)).status_code == 200, response.content
 
 
 def test_get_is_405(client: Client, alice: Party, demo: ModelRoute) -> None:
